@@ -1,0 +1,54 @@
+"""`python -m server`: run one iofleet node."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from server.app import create_app, serve
+from server.jsonlog import configure_logging
+from server.node import NODE_KEY
+from server.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("iofleet.main")
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"iofleet: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.node_id, settings.log_level)
+    if settings.uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(run(settings))
+    return 0
+
+
+async def run(settings: Settings) -> None:
+    app = create_app(settings)
+    node = app[NODE_KEY]
+    stop = asyncio.Event()
+
+    def on_sigterm() -> None:
+        # First SIGTERM: the paced drain, exit 0 when it is done. A second one: stop now.
+        if not node.drain.start("SIGTERM"):
+            log.warning("SIGTERM while draining; stopping now", extra={"event": "signal.term"})
+            stop.set()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    await serve(app, stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

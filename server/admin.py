@@ -1,0 +1,82 @@
+"""The admin listener: health, readiness, metrics, status and the drain lever.
+
+It runs on its own port, never behind the public balancer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from server.node import NODE_KEY, Node
+
+
+def create_admin_app(node: Node) -> web.Application:
+    app = web.Application()
+    app[NODE_KEY] = node
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/admin/status", status)
+    app.router.add_post("/admin/drain", drain)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    fanout = node.fanout_state()
+    ready = not node.sio.draining and fanout != "down"
+    body = {"ready": ready, "draining": node.sio.draining, "redis": fanout}
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    node.metrics.rooms.set(node.sio.room_count())
+    body = generate_latest(node.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def status(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    return web.json_response(
+        {
+            "node_id": node.settings.node_id,
+            "connections": len(node.sio.connections),
+            "rooms": node.sio.room_count(),
+            "draining": node.sio.draining,
+            "uptime_s": round(time.monotonic() - node.started, 1),
+            "redis": node.fanout_state(),
+        }
+    )
+
+
+async def drain(request: web.Request) -> web.Response:
+    node = request.app[NODE_KEY]
+    expected = node.settings.admin_token
+    if expected is None:
+        return web.json_response({"error": "IOFLEET_ADMIN_TOKEN is not set"}, status=403)
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        return web.json_response({"error": "bad admin token"}, status=401)
+    started = node.drain.start("admin")
+    if request.query.get("wait", "").lower() in ("1", "true", "yes"):
+        # Shielded: a preStop hook that gives up must not cancel the drain.
+        await asyncio.shield(node.drain.wait())
+    return web.json_response(
+        {
+            "draining": True,
+            "already_draining": not started,
+            "done": node.drain.done.is_set(),
+            "connections": len(node.sio.connections),
+        },
+        status=202 if not node.drain.done.is_set() else 200,
+    )

@@ -1,0 +1,151 @@
+"""The app factory: builds a node's parts and owns their lifecycles."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import socketio
+from aiohttp import web
+from redis import asyncio as aioredis
+
+from server.admin import create_admin_app
+from server.drain import DrainController
+from server.fanout import FanoutManager
+from server.metrics import Metrics
+from server.node import NODE_KEY, Node
+from server.public import create_public_app
+from server.settings import Settings
+from server.sio import IofleetServer
+
+log = logging.getLogger("iofleet.app")
+
+LAG_SAMPLE_SECONDS = 0.5
+SHUTDOWN_STEP_TIMEOUT = 5.0
+
+
+def build_node(settings: Settings) -> Node:
+    metrics = Metrics()
+    fanout = FanoutManager(settings.redis_url, settings.redis_channel, metrics) if settings.redis_url else None
+    sio = IofleetServer(settings, metrics, client_manager=fanout)
+    metrics.fanout_up.set(1 if fanout is None else 0)
+    drain = DrainController(
+        sio,
+        drain_delay=settings.drain_delay,
+        drain_seconds=settings.drain_seconds,
+        on_state=lambda draining: metrics.draining.set(1 if draining else 0),
+    )
+    node = Node(settings=settings, metrics=metrics, sio=sio, drain=drain, fanout=fanout)
+    load_handlers(settings.handlers)(sio)
+    return node
+
+
+def load_handlers(spec: str) -> Callable[[socketio.AsyncServer], Any]:
+    module_name, function_name = spec.split(":")
+    register = getattr(importlib.import_module(module_name), function_name)
+    if not callable(register):
+        raise TypeError(f"IOFLEET_HANDLERS: {spec} is not callable")
+    return register  # type: ignore[no-any-return]
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The public application; the admin app hangs off it as `ADMIN_APP_KEY`."""
+    node = build_node(settings)
+    app = create_public_app(node)
+    app.cleanup_ctx.append(redis_client)
+    app.cleanup_ctx.append(event_loop_lag)
+    app.on_shutdown.append(close_connections)
+    if settings.admin_port:
+        app[ADMIN_APP_KEY] = create_admin_app(node)
+    return app
+
+
+ADMIN_APP_KEY = web.AppKey("iofleet_admin_app", web.Application)
+
+
+async def redis_client(app: web.Application) -> AsyncIterator[None]:
+    """A Redis client for applications (matching queues), when REDIS_URL is set."""
+    node = app[NODE_KEY]
+    url = node.settings.redis_url
+    if url is not None:
+        node.sio.redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=2, decode_responses=True
+        )
+    yield
+    if node.sio.redis is not None:
+        try:
+            await asyncio.wait_for(node.sio.redis.aclose(), SHUTDOWN_STEP_TIMEOUT)
+        except (Exception, asyncio.CancelledError):
+            pass
+
+
+async def event_loop_lag(app: web.Application) -> AsyncIterator[None]:
+    gauge = app[NODE_KEY].metrics.event_loop_lag
+
+    async def sample() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LAG_SAMPLE_SECONDS)
+            gauge.set(max(0.0, loop.time() - before - LAG_SAMPLE_SECONDS))
+
+    task = asyncio.create_task(sample(), name="iofleet-loop-lag")
+    yield
+    task.cancel()
+
+
+async def close_connections(app: web.Application) -> None:
+    """On shutdown, close what is left so clients reconnect elsewhere, then stop
+    the Socket.IO server and the fan-out without waiting on a Redis that is gone."""
+    node = app[NODE_KEY]
+    for sid in list(node.sio.connections):
+        await node.sio.close_connection(sid)
+    try:
+        await asyncio.wait_for(node.sio.shutdown(), SHUTDOWN_STEP_TIMEOUT)
+    except (Exception, asyncio.CancelledError):
+        log.warning("socket.io shutdown timed out", extra={"event": "shutdown.slow"})
+    if node.fanout is not None:
+        await node.fanout.close()
+
+
+async def serve(app: web.Application, stop: asyncio.Event) -> None:
+    """Run both listeners until the drain finishes or `stop` is set."""
+    node = app[NODE_KEY]
+    settings = node.settings
+    runners = [web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_STEP_TIMEOUT)]
+    sites = [(runners[0], settings.host, settings.port)]
+    if ADMIN_APP_KEY in app:
+        admin_runner = web.AppRunner(app[ADMIN_APP_KEY], access_log=None, shutdown_timeout=1)
+        runners.append(admin_runner)
+        sites.append((admin_runner, settings.admin_bind, settings.admin_port))
+    for runner, host, port in sites:
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+    log.info(
+        "listening",
+        extra={
+            "event": "server.start",
+            "port": settings.port,
+            "admin_port": settings.admin_port,
+            "redis": node.fanout_state(),
+            "auth": settings.auth,
+        },
+    )
+    waiters = {asyncio.create_task(node.drain.wait()), asyncio.create_task(stop.wait())}
+    started = time.monotonic()
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        # Public first (closes sockets), admin last (a `?wait=true` drain call gets its answer).
+        for runner in runners:
+            await runner.cleanup()
+        log.info(
+            "stopped",
+            extra={"event": "server.stop", "uptime_s": round(time.monotonic() - started, 1)},
+        )

@@ -1,0 +1,109 @@
+"""JWT checks for the handshake, and short-lived guest tokens."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from server.settings import Settings
+
+# Clock skew tolerated between the token issuer and this node.
+LEEWAY_SECONDS = 30
+
+
+class AuthError(Exception):
+    """A handshake's credentials were refused. The message is safe to show the client."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    user: str
+    guest: bool = False
+
+
+def token_from_handshake(auth: object, environ: Mapping[str, Any]) -> str | None:
+    """The socket.io v4 `auth: {token}` payload first, then `Authorization: Bearer`."""
+    if isinstance(auth, Mapping):
+        token = auth.get("token")
+        if isinstance(token, str) and token:
+            return token
+    header = environ.get("HTTP_AUTHORIZATION", "")
+    if isinstance(header, str) and header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    return None
+
+
+class TokenVerifier:
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.auth == "jwt"
+        self.audience = settings.jwt_audience
+        self.issuer = settings.jwt_issuer
+        self._keys: list[tuple[str, str]] = []
+        if settings.jwt_secret is not None:
+            self._keys.append(("HS256", settings.jwt_secret.get_secret_value()))
+        if settings.jwt_public_key is not None:
+            self._keys.append(("RS256", settings.jwt_public_key.get_secret_value()))
+
+    def verify(self, token: str | None) -> Identity:
+        if not self.enabled:
+            return Identity(user="anonymous")
+        if not token:
+            raise AuthError("auth: token missing")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError:
+            raise AuthError("auth: malformed token") from None
+        key = next((k for alg, k in self._keys if alg == header.get("alg")), None)
+        if key is None:
+            raise AuthError(f"auth: algorithm {header.get('alg')!r} not accepted")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[str(header["alg"])],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["sub", "exp"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("auth: token expired") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError("auth: bad signature") from None
+        except jwt.MissingRequiredClaimError as error:
+            raise AuthError(f"auth: token has no {error.claim!r} claim") from None
+        except (jwt.InvalidAudienceError, jwt.InvalidIssuerError) as error:
+            raise AuthError(f"auth: {error}") from None
+        except jwt.InvalidTokenError:
+            raise AuthError("auth: malformed token") from None
+        user = claims["sub"]
+        if not isinstance(user, str) or not user:
+            raise AuthError("auth: 'sub' must be a non-empty string")
+        return Identity(user=user, guest=bool(claims.get("guest", False)))
+
+
+class GuestTokenIssuer:
+    """Signs short-lived tokens for anonymous visitors (the demo page, trials)."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.jwt_secret is not None  # Settings validation guarantees it
+        self._secret = settings.jwt_secret.get_secret_value()
+        self.ttl = settings.guest_token_ttl
+        self.audience = settings.jwt_audience
+        self.issuer = settings.jwt_issuer
+
+    def issue(self) -> tuple[str, str]:
+        """Return (token, user id)."""
+        user = f"guest-{secrets.token_hex(6)}"
+        now = int(time.time())
+        claims: dict[str, Any] = {"sub": user, "iat": now, "exp": now + self.ttl, "guest": True}
+        if self.audience:
+            claims["aud"] = self.audience
+        if self.issuer:
+            claims["iss"] = self.issuer
+        return jwt.encode(claims, self._secret, algorithm="HS256"), user

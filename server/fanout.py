@@ -1,0 +1,153 @@
+"""Cross-node fan-out through Redis pub/sub.
+
+Extends python-socketio's `AsyncRedisManager` at its hooks (STYLE.md #5) with
+what production needs and the library leaves out: a dead Redis never blocks an
+emit for long or crashes the node, every lost publish is counted and logged once
+per burst, the listener reconnects with capped backoff and reports whether it
+is subscribed (that is `/readyz`), and shutdown never waits on a Redis that is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import socketio
+from redis import asyncio as aioredis
+
+from server.jsonlog import OncePerBurst
+from server.metrics import Metrics
+
+log = logging.getLogger("iofleet.fanout")
+
+# A publish must not hold an event handler for long while Redis is unreachable.
+PUBLISH_TIMEOUT_SECONDS = 2.0
+# After a failure, skip trying for this long: fail fast instead of piling up connects.
+PUBLISH_RETRY_AFTER_SECONDS = 1.0
+# The listener's reconnect backoff: 0.25 s doubling up to 5 s, so a returning
+# Redis is noticed within seconds (the library's cap of 60 s is too slow for readiness).
+LISTEN_BACKOFF_START = 0.25
+LISTEN_BACKOFF_CAP = 5.0
+
+
+class FanoutManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+    name = "iofleet-redis"
+
+    def __init__(self, url: str, channel: str, metrics: Metrics) -> None:
+        super().__init__(url, channel=channel, logger=log)
+        self.metrics = metrics
+        self.subscribed = False
+        self._publish_log = OncePerBurst(window=10.0)
+        self._listen_log = OncePerBurst(window=10.0)
+        self._last_publish_failure = float("-inf")
+        self._listener: aioredis.Redis | None = None
+
+    def _redis_connect(self) -> None:
+        # Two clients: publishes get a socket timeout so they cannot hang; the
+        # subscriber must block on reads indefinitely, so it gets keepalive and
+        # periodic health checks instead. Both pools reconnect by themselves.
+        if self.redis is None:
+            self.redis = aioredis.Redis.from_url(
+                self.redis_url,
+                socket_connect_timeout=PUBLISH_TIMEOUT_SECONDS,
+                socket_timeout=PUBLISH_TIMEOUT_SECONDS,
+            )
+        if self._listener is None:
+            self._listener = aioredis.Redis.from_url(
+                self.redis_url,
+                socket_connect_timeout=PUBLISH_TIMEOUT_SECONDS,
+                socket_keepalive=True,
+                health_check_interval=10,
+            )
+        if self.pubsub is None:
+            self.pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
+        self.connected = True
+
+    async def _publish(self, data: Any) -> Any:
+        now = time.monotonic()
+        if not self.subscribed and now - self._last_publish_failure < PUBLISH_RETRY_AFTER_SECONDS:
+            self._publish_failed("redis unavailable (recent failure)", now)
+            return None
+        try:
+            if self.redis is None:
+                self._redis_connect()
+            return await asyncio.wait_for(
+                self.redis.publish(self.channel, self.json.dumps(data)),
+                PUBLISH_TIMEOUT_SECONDS,
+            )
+        except (OSError, TimeoutError, aioredis.RedisError) as error:
+            self._publish_failed(f"{type(error).__name__}: {error}", now)
+            return None
+
+    def _publish_failed(self, reason: str, now: float) -> None:
+        self._last_publish_failure = now
+        self.metrics.fanout_publish_failures.inc()
+        if self._publish_log.should_log(now):
+            log.error(
+                "fan-out publish failed; other nodes miss this message",
+                extra={
+                    "event": "fanout.publish_failed",
+                    "reason": reason,
+                    "suppressed": self._publish_log.take_suppressed(),
+                },
+            )
+
+    async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
+        backoff = LISTEN_BACKOFF_START
+        while True:
+            try:
+                if not self.subscribed:
+                    self._redis_connect()
+                    await self.pubsub.subscribe(self.channel)
+                    self._set_subscribed(True)
+                    backoff = LISTEN_BACKOFF_START
+                async for message in self.pubsub.listen():
+                    yield message
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # any failure here means: reconnect
+                self._set_subscribed(False)
+                if self._listen_log.should_log():
+                    log.error(
+                        "fan-out subscriber lost Redis; retrying",
+                        extra={
+                            "event": "fanout.listen_failed",
+                            "reason": f"{type(error).__name__}: {error}",
+                            "retry_in_s": backoff,
+                        },
+                    )
+                await self._reset_pubsub()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, LISTEN_BACKOFF_CAP)
+
+    def _set_subscribed(self, value: bool) -> None:
+        if value and not self.subscribed:
+            log.info("fan-out subscribed", extra={"event": "fanout.subscribed"})
+            self._listen_log.reset()
+        self.subscribed = value
+        self.metrics.fanout_up.set(1 if value else 0)
+
+    async def _reset_pubsub(self) -> None:
+        pubsub, self.pubsub = self.pubsub, None
+        if pubsub is not None:
+            try:
+                await asyncio.wait_for(pubsub.aclose(), 1.0)
+            except (Exception, asyncio.CancelledError):  # best effort on a dead link
+                pass
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Stop listening and drop connections without waiting on a dead Redis."""
+        thread = getattr(self, "thread", None)
+        if isinstance(thread, asyncio.Task) and not thread.done():
+            thread.cancel()
+            await asyncio.wait({thread}, timeout=timeout)
+        for client in (self.redis, self._listener):
+            if client is not None:
+                try:
+                    await asyncio.wait_for(client.aclose(), timeout)
+                except (Exception, asyncio.CancelledError):
+                    pass
+        self.subscribed = False

@@ -1,0 +1,174 @@
+"""The server's settings: read once from `IOFLEET_*` variables, validated, frozen.
+
+This is the one place that reads the environment. A bad value stops the
+process with one line naming the variable (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "IOFLEET_"
+NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+Transport = Literal["websocket", "polling"]
+
+
+def _default_node_id() -> str:
+    """The host name (the pod name on Kubernetes), cut to what a node id may hold."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:63].strip("-")
+    return cleaned or "node"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every `IOFLEET_` variable the server reads. Field name = variable name."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,  # DESIGN: an empty value means unset
+        frozen=True,
+        extra="ignore",
+    )
+
+    port: int = Field(8000, ge=1, le=65535, description="Public port: /socket.io/ and the demo.")
+    admin_port: int = Field(
+        9000, ge=0, le=65535, description="Admin port (health, metrics, drain); 0 turns it off."
+    )
+    host: str = Field("0.0.0.0", description="Address both listeners bind to.")  # noqa: S104
+    admin_host: str | None = Field(None, description="Admin listener address (default: HOST).")
+    redis_url: str | None = Field(None, description="redis:// or rediss:// URL; unset = one node.")
+    redis_channel: str = Field("iofleet", description="Pub/sub channel shared by all nodes.")
+    auth: Literal["jwt", "none"] = Field("jwt", description="`none` only when set explicitly.")
+    jwt_secret: SecretStr | None = Field(None, description="HS256 secret.")
+    jwt_public_key: SecretStr | None = Field(None, description="RS256 public key (PEM).")
+    jwt_audience: str | None = Field(None, description="Required `aud` claim, if set.")
+    jwt_issuer: str | None = Field(None, description="Required `iss` claim, if set.")
+    guest_tokens: bool = Field(False, description="Serve POST /auth/guest (needs JWT_SECRET).")
+    guest_token_ttl: int = Field(3600, ge=60, le=86400, description="Guest token lifetime (s).")
+    guest_rate_per_minute: float = Field(10, gt=0, description="Guest tokens per client IP/min.")
+    trust_proxy_headers: bool = Field(
+        False, description="Take the client IP from X-Forwarded-For (behind our balancer)."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Allowed origins; empty = same origin only."
+    )
+    transports: Annotated[list[Transport], NoDecode] = Field(
+        default_factory=lambda: ["websocket", "polling"], description="Engine.IO transports."
+    )
+    ping_interval: float = Field(25, gt=0, le=300, description="Engine.IO ping interval (s).")
+    ping_timeout: float = Field(20, gt=0, le=300, description="Engine.IO ping timeout (s).")
+    max_connections: int = Field(10000, ge=1, description="Connections this node accepts.")
+    max_message_bytes: int = Field(
+        1_000_000, ge=1024, description="Largest packet accepted; larger closes the sender."
+    )
+    rate_limit: float = Field(20, gt=0, description="Events/s per connection and per user.")
+    rate_limit_burst: float | None = Field(None, gt=0, description="Bucket size (2 x rate).")
+    rate_limit_strikes: int = Field(
+        50, ge=1, description="Events refused in a row before that client is disconnected."
+    )
+    max_rooms_per_user: int = Field(50, ge=1, description="Rooms one user may be in, per node.")
+    drain_seconds: float = Field(30, ge=0, description="Time to spread the closing over (s).")
+    drain_delay: float = Field(5, ge=0, description="Wait for deregistration first (s).")
+    admin_token: SecretStr | None = Field(None, description="Bearer token for POST /admin/*.")
+    node_id: str = Field(default_factory=_default_node_id, description="This node's id.")
+    handlers: str = Field(
+        "server.apps.chat:register", description="module:function registering app events."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    uvloop: bool = Field(True, description="Run on uvloop when it is installed.")
+
+    _split = field_validator("cors_origins", "transports", mode="before")(_split_csv)
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id_is_safe(cls, value: str) -> str:
+        # The node id is embedded in Engine.IO session ids, which nginx matches.
+        if not NODE_ID_PATTERN.match(value):
+            raise ValueError("must match [A-Za-z0-9_-]{1,63}")
+        return value
+
+    @field_validator("transports")
+    @classmethod
+    def _some_transport(cls, value: list[Transport]) -> list[Transport]:
+        if not value:
+            raise ValueError("needs at least one of websocket, polling")
+        return value
+
+    @field_validator("handlers")
+    @classmethod
+    def _handlers_shape(cls, value: str) -> str:
+        if value.count(":") != 1 or not all(value.split(":")):
+            raise ValueError("must be module:function")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_urls(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.match(r"^https?://[^/]+$", origin):
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+        return value
+
+    @model_validator(mode="after")
+    def _auth_has_a_key(self) -> Settings:
+        if self.auth == "jwt" and self.jwt_secret is None and self.jwt_public_key is None:
+            raise ValueError("IOFLEET_AUTH=jwt needs IOFLEET_JWT_SECRET or IOFLEET_JWT_PUBLIC_KEY")
+        if self.guest_tokens and self.jwt_secret is None:
+            raise ValueError("IOFLEET_GUEST_TOKENS=true needs IOFLEET_JWT_SECRET to sign tokens")
+        return self
+
+    @property
+    def admin_bind(self) -> str:
+        return self.admin_host or self.host
+
+    @property
+    def burst(self) -> float:
+        return self.rate_limit_burst or 2 * self.rate_limit
+
+    @property
+    def cors_allowed(self) -> list[str] | str | None:
+        """What engineio expects: None = same origin only, '*' = any."""
+        if "*" in self.cors_origins:
+            return "*"
+        return self.cors_origins or None
+
+
+class SettingsError(Exception):
+    """A setting is wrong; the message is one line naming the variable."""
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"] if isinstance(part, str))
+    message = first["msg"].removeprefix("Value error, ")
+    count = error.error_count()
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    if not field:  # a rule across variables: its message names them
+        return f"invalid settings: {message}{more}"
+    value = first.get("input")
+    shown = f" (got {value!r})" if isinstance(value, str) and "secret" not in field else ""
+    return f"invalid setting {ENV_PREFIX}{field.upper()}: {message}{shown}{more}"

@@ -1,0 +1,167 @@
+"""Real processes on loopback for the tests: redis-server and iofleet servers.
+
+Every process is started on 127.0.0.1 on a free port and stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jwt
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_JWT_SECRET = "test-secret-for-loopback-only-0123456789"
+TEST_ADMIN_TOKEN = "test-admin-token"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_token(user: str, secret: str = TEST_JWT_SECRET, ttl: float = 600, **claims: object) -> str:
+    now = int(time.time())
+    payload = {"sub": user, "iat": now, "exp": now + int(ttl), **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+def wait_until(predicate: object, timeout: float = 15, interval: float = 0.05) -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met within {timeout}s")
+
+
+def http_status(url: str, method: str = "GET", headers: Mapping[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, method=method, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0
+
+
+@dataclass
+class RedisServer:
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--bind", "127.0.0.1",
+                "--port", str(self.port),
+                "--save", "",
+                "--appendonly", "no",
+                "--protected-mode", "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._answers, timeout=10)
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+
+@dataclass
+class ServerProcess:
+    """One `python -m server` on loopback, its log in a temp file."""
+
+    node_id: str
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self, wait_ready: bool = True) -> ServerProcess:
+        env = {
+            **os.environ,
+            "IOFLEET_HOST": "127.0.0.1",
+            "IOFLEET_PORT": str(self.port),
+            "IOFLEET_ADMIN_PORT": str(self.admin_port),
+            "IOFLEET_NODE_ID": self.node_id,
+            "IOFLEET_JWT_SECRET": TEST_JWT_SECRET,
+            "IOFLEET_ADMIN_TOKEN": TEST_ADMIN_TOKEN,
+            "IOFLEET_CORS_ORIGINS": "http://localhost",
+            **self.env,
+        }
+        fd, name = tempfile.mkstemp(prefix=f"iofleet-{self.node_id}-", suffix=".log")
+        self.log_path = Path(name)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server"], env=env, cwd=REPO, stdout=fd, stderr=fd
+        )
+        os.close(fd)
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.node_id} exited early:\n{self.log()}")
+            return http_status(f"{self.admin_url}/readyz") == 200
+
+        wait_until(ready, timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
