@@ -82,7 +82,8 @@ def test_haproxy_cookie_stickiness_balances_handshakes(tmp_path: Path) -> None:
     assert "balance leastconn" in config
     assert "cookie iofleet_node insert indirect nocache" in config
     # A handshake (no sid) is balanced even when it carries an old server's cookie.
-    assert "ignore-persist if !{ urlp(sid) -m found }" in config
+    assert "http-request replace-header Cookie" in config
+    assert "iofleet_node=[^;]*;?" in config
     assert "server node2 127.0.0.1:20002 check port 21002 cookie node2" in config
     assert "stats socket" not in config
     assert haproxy_check(config, tmp_path).returncode == 0
@@ -151,7 +152,8 @@ def test_timeouts_exceed_ping_interval_plus_timeout() -> None:
 
 
 DIRECTIVES = re.compile(
-    r"^\s*(timeout \w|cookie |balance |ignore-persist|hash-type|hard-stop-after|retry-on"
+    r"^\s*(timeout \w|cookie |balance |http-request replace-header Cookie|hash-type"
+    r"|hard-stop-after|retry-on"
     r"|option (persist|redispatch|httpchk)|stats socket|server-template"
     r"|ip_hash|hash \$|least_conn|worker_shutdown_timeout|proxy_\w+_timeout|map \$arg_sid"
     r"|proxy_next_upstream |proxy_buffering)"

@@ -1,0 +1,192 @@
+"""Run HAProxy or nginx on this machine from rendered configs, everything under one directory.
+
+Used by the local fleet and by the tests: the config, pid file, admin socket, logs
+and nginx temp paths all live in `workdir`, so several instances never collide.
+"""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from iofleet.levers import HaproxyRuntime, NginxLever
+from iofleet.processes import StartError, spawn, stop_pid, tcp_answers, wait_until
+from iofleet.render import (
+    Backend,
+    HaproxyOptions,
+    NginxOptions,
+    Timeouts,
+    render_haproxy,
+    render_nginx,
+)
+
+BalancerKind = Literal["haproxy", "nginx"]
+
+
+@dataclass
+class LocalBalancer:
+    """A running HAProxy or nginx and the files it was started from."""
+
+    kind: BalancerKind
+    host: str
+    port: int
+    workdir: Path
+    process: subprocess.Popen[bytes]
+    config_path: Path
+    haproxy: HaproxyOptions | None = None
+    nginx: NginxOptions | None = None
+    nginx_args: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.kind}.log"
+
+    def runtime(self) -> HaproxyRuntime:
+        """HAProxy's runtime API (the drain lever)."""
+        assert self.haproxy is not None and self.haproxy.admin_socket is not None
+        return HaproxyRuntime(self.haproxy.admin_socket)
+
+    def nginx_lever(self) -> NginxLever:
+        assert self.nginx is not None
+        return NginxLever(self.nginx, self.config_path, self.nginx_args)
+
+    def stop(self, grace: float = 10.0) -> None:
+        stop_pid(self.pid, grace=grace, process=self.process)
+
+
+def connection_budget() -> int:
+    """Connections this machine's open-file limit allows (each proxied one holds two fds)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = 1_000_000 if soft == resource.RLIM_INFINITY else soft
+    return max(256, min(100_000, (limit - 200) // 2))
+
+
+def haproxy_options(
+    host: str, port: int, backends: tuple[Backend, ...], workdir: Path, **fields: object
+) -> HaproxyOptions:
+    """HAProxy options for a local instance: admin socket in `workdir`, logs to stdout."""
+    return HaproxyOptions(
+        listen=f"{host}:{port}",
+        backends=backends,
+        admin_socket=str(workdir / "haproxy.sock"),
+        log="stdout",
+        # HAProxy refuses to start if maxconn needs more fds than the limit allows.
+        maxconn=connection_budget(),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def nginx_options(
+    host: str, port: int, backends: tuple[Backend, ...], workdir: Path, **fields: object
+) -> NginxOptions:
+    """nginx options for a local instance: foreground, pid/logs/temp paths in `workdir`."""
+    return NginxOptions(
+        listen=f"{host}:{port}",
+        backends=backends,
+        daemon=False,
+        pid_path=str(workdir / "nginx.pid"),
+        error_log=str(workdir / "nginx-error.log"),
+        temp_dir=str(workdir / "nginx-temp"),
+        # Two workers: enough to show reloads are graceful, few enough for a laptop.
+        worker_processes="2",
+        worker_connections=connection_budget(),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def start_haproxy(options: HaproxyOptions, workdir: Path, within: float = 15) -> LocalBalancer:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "haproxy.cfg"
+    config.write_text(render_haproxy(options))
+    check = subprocess.run(
+        ["haproxy", "-c", "-q", "-f", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if check.returncode != 0:
+        raise StartError(f"haproxy -c {config}: {check.stdout}{check.stderr}")
+    if options.admin_socket:
+        Path(options.admin_socket).unlink(missing_ok=True)  # a stale one from a killed run
+    host, port = _split(options.listen)
+    log_path = workdir / "haproxy.log"
+    process = spawn(["haproxy", "-f", str(config)], log_path)
+    balancer = LocalBalancer("haproxy", host, port, workdir, process, config, haproxy=options)
+    _wait_listening(balancer, within)
+    if options.admin_socket:
+        socket_path = Path(options.admin_socket)
+        wait_until(socket_path.exists, within, "haproxy admin socket", process, log_path)
+    return balancer
+
+
+def start_nginx(options: NginxOptions, workdir: Path, within: float = 15) -> LocalBalancer:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if options.temp_dir:
+        Path(options.temp_dir).mkdir(parents=True, exist_ok=True)
+    config = workdir / "nginx.conf"
+    config.write_text(render_nginx(options))
+    args = ["-p", str(workdir), "-c", str(config), "-e", options.error_log]
+    check = subprocess.run(
+        ["nginx", *args, "-t", "-q"], capture_output=True, text=True, timeout=30, check=False
+    )
+    if check.returncode != 0:
+        raise StartError(f"nginx -t {config}: {check.stdout}{check.stderr}")
+    host, port = _split(options.listen)
+    process = spawn(["nginx", *args], workdir / "nginx.log")
+    balancer = LocalBalancer(
+        "nginx", host, port, workdir, process, config, nginx=options, nginx_args=args
+    )
+    _wait_listening(balancer, within)
+    wait_until(Path(options.pid_path).exists, within, "nginx pid file", process)
+    return balancer
+
+
+def _wait_listening(balancer: LocalBalancer, within: float) -> None:
+    try:
+        wait_until(
+            lambda: tcp_answers(balancer.host, balancer.port),
+            within,
+            f"{balancer.kind} on {balancer.host}:{balancer.port}",
+            balancer.process,
+            balancer.log_path,
+        )
+    except StartError:
+        balancer.stop(grace=2)
+        raise
+
+
+def _split(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    return (host if host and host not in {"0.0.0.0", "*", "::"} else "127.0.0.1"), int(port)
+
+
+def start_balancer(
+    kind: BalancerKind,
+    *,
+    host: str,
+    port: int,
+    backends: tuple[Backend, ...],
+    workdir: Path,
+    timeouts: Timeouts,
+    stickiness: str | None = None,
+) -> LocalBalancer:
+    """Start a local balancer of `kind` in front of `backends`."""
+    extra: dict[str, object] = {"timeouts": timeouts}
+    if stickiness:
+        extra["stickiness"] = stickiness
+    if kind == "haproxy":
+        return start_haproxy(haproxy_options(host, port, backends, workdir, **extra), workdir)
+    return start_nginx(nginx_options(host, port, backends, workdir, **extra), workdir)

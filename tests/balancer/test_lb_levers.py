@@ -1,0 +1,264 @@
+"""Drain levers against real HAProxy and nginx processes in front of stub backends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Collection
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from iofleet.balancers import (
+    LocalBalancer,
+    haproxy_options,
+    nginx_options,
+    start_haproxy,
+    start_nginx,
+)
+from iofleet.levers import (
+    HaproxyRuntime,
+    NginxLever,
+    RuntimeApiError,
+    drain_haproxy_node,
+    sync_nginx_readiness,
+)
+from iofleet.processes import free_port, pid_alive
+from iofleet.render import Backend
+from tests.support.stub_backend import StubBackend
+
+BACKEND = "iofleet_servers"
+HANDSHAKE = "/socket.io/?EIO=4&transport=polling"
+
+
+@pytest.fixture
+async def stubs() -> AsyncIterator[list[StubBackend]]:
+    backends = [await StubBackend(f"node{i}").start() for i in (1, 2, 3)]
+    yield backends
+    for backend in backends:
+        await backend.stop()
+
+
+def as_backends(stubs: list[StubBackend]) -> tuple[Backend, ...]:
+    return tuple(Backend(s.name, "127.0.0.1", s.port, s.admin_port) for s in stubs)
+
+
+@pytest.fixture
+async def haproxy(stubs: list[StubBackend], tmp_path: Path) -> AsyncIterator[LocalBalancer]:
+    options = haproxy_options("127.0.0.1", free_port(), as_backends(stubs), tmp_path)
+    # Blocking start in a thread: the stubs answer health checks from this event loop.
+    balancer = await asyncio.to_thread(start_haproxy, options, tmp_path)
+    yield balancer
+    balancer.stop()
+    assert not pid_alive(balancer.pid)
+
+
+@pytest.fixture
+async def nginx(stubs: list[StubBackend], tmp_path: Path) -> AsyncIterator[LocalBalancer]:
+    options = nginx_options("127.0.0.1", free_port(), as_backends(stubs), tmp_path)
+    balancer = await asyncio.to_thread(start_nginx, options, tmp_path)
+    yield balancer
+    balancer.stop()
+    assert not pid_alive(balancer.pid)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    # No cookie jar: each test sets the cookie it means to send.
+    async with aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=10)
+    ) as session:
+        yield session
+
+
+async def who(
+    http: aiohttp.ClientSession, url: str, cookie: str | None = None, expect: int = 200
+) -> str:
+    headers = {"Cookie": f"iofleet_node={cookie}"} if cookie else {}
+    async with http.get(url, headers=headers) as response:
+        assert response.status == expect, await response.text()
+        return await response.text()
+
+
+async def names(http: aiohttp.ClientSession, url: str, count: int, **kw: str) -> list[str]:
+    return [await who(http, url, **kw) for _ in range(count)]
+
+
+async def eventually(check: Callable[[], object], within: float = 10) -> None:
+    """Await until `check()` (sync or async) is truthy, bounded in time."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"condition not met within {within}s")
+        await asyncio.sleep(0.1)
+
+
+async def all_up(
+    runtime: HaproxyRuntime, up: Collection[str] = ("node1", "node2", "node3")
+) -> bool:
+    states = {s.name: s.up for s in await runtime.servers_state(BACKEND)}
+    return all(states.get(name) for name in up)
+
+
+async def test_haproxy_lever_drain_ready_maint(
+    haproxy: LocalBalancer, stubs: list[StubBackend], http: aiohttp.ClientSession
+) -> None:
+    runtime = haproxy.runtime()
+    await eventually(lambda: all_up(runtime))
+    base = haproxy.url
+
+    # New sessions spread (leastconn) and get the cookie of the server that took them.
+    async with http.get(f"{base}{HANDSHAKE}") as response:
+        owner = await response.text()
+        assert response.cookies["iofleet_node"].value == owner
+    assert set(await names(http, f"{base}{HANDSHAKE}", 9)) == {"node1", "node2", "node3"}
+
+    await runtime.set_state(BACKEND, "node1", "drain")
+    node1 = next(s for s in await runtime.servers_state(BACKEND) if s.name == "node1")
+    assert node1.draining and not node1.in_maintenance
+    # A handshake never lands on the draining server, even with its cookie.
+    assert "node1" not in await names(http, f"{base}{HANDSHAKE}", 9, cookie="node1")
+    # Requests of a live session (sid + cookie) still reach it.
+    assert set(await names(http, f"{base}{HANDSHAKE}&sid=node1.a", 5, cookie="node1")) == {"node1"}
+    # Still so once its health check fails (the server's own drain answers readyz 503).
+    stubs[0].ready = False
+    await eventually(lambda: all_up(runtime, ["node2", "node3"]))
+    await eventually(lambda: _not(all_up(runtime, ["node1"])))
+    assert await who(http, f"{base}{HANDSHAKE}&sid=node1.a", cookie="node1") == "node1"
+
+    # Maintenance: no new sessions; `option persist` still lets a session's requests reach
+    # the server while it lives (the lever sets maint only once sessions are gone).
+    await runtime.set_state(BACKEND, "node1", "maint")
+    assert "node1" not in await names(http, f"{base}{HANDSHAKE}", 6, cookie="node1")
+    stubs[0].ready = True
+    await runtime.set_state(BACKEND, "node1", "ready")
+    await eventually(lambda: all_up(runtime))
+    assert "node1" in await names(http, f"{base}{HANDSHAKE}", 9)
+
+    # Once the server is gone, a session's requests are redispatched to a live one.
+    await stubs[0].stop()
+    served = await names(http, f"{base}{HANDSHAKE}&sid=node1.a", 4, cookie="node1")
+    assert set(served) <= {"node2", "node3"}
+
+    with pytest.raises(RuntimeApiError):
+        await runtime.set_state(BACKEND, "nosuch", "drain")
+
+
+async def _not(check: object) -> bool:
+    assert asyncio.iscoroutine(check)
+    return not await check
+
+
+async def test_haproxy_sessions_and_wait_until_zero(
+    haproxy: LocalBalancer, stubs: list[StubBackend], http: aiohttp.ClientSession
+) -> None:
+    runtime = haproxy.runtime()
+    await eventually(lambda: all_up(runtime))
+    held = asyncio.create_task(who(http, f"{haproxy.url}/hold?sid=node2.x", cookie="node2"))
+    await eventually(lambda: _sessions_are(runtime, "node2", 1))
+    assert not await runtime.wait_sessions_zero(BACKEND, "node2", within=0.5, quiet=0.2)
+    stubs[1].release.set()
+    assert await held == "node2"
+    assert await runtime.wait_sessions_zero(BACKEND, "node2", within=5, quiet=0.3)
+    rows = await runtime.show_stat()
+    assert {r["svname"] for r in rows if r["pxname"] == BACKEND} >= {"node1", "node2", "node3"}
+
+
+async def _sessions_are(runtime: HaproxyRuntime, server: str, count: int) -> bool:
+    return await runtime.sessions(BACKEND, server) == count
+
+
+async def test_haproxy_retries_handshakes_a_draining_server_refuses(
+    haproxy: LocalBalancer, stubs: list[StubBackend], http: aiohttp.ClientSession
+) -> None:
+    runtime = haproxy.runtime()
+    await eventually(lambda: all_up(runtime))
+    stubs[0].refuse_handshakes = True  # still "ready": only the 503 retry protects clients
+    served = await names(http, f"{haproxy.url}{HANDSHAKE}", 12)
+    assert "node1" not in served
+    assert set(served) == {"node2", "node3"}
+
+
+async def test_drain_haproxy_node_end_to_end(
+    haproxy: LocalBalancer, stubs: list[StubBackend], http: aiohttp.ClientSession
+) -> None:
+    runtime = haproxy.runtime()
+    await eventually(lambda: all_up(runtime))
+    stub = stubs[2]
+    drained = await drain_haproxy_node(
+        runtime,
+        BACKEND,
+        "node3",
+        admin_url=f"http://127.0.0.1:{stub.admin_port}",
+        token=stub.admin_token,
+        within=5,
+    )
+    assert drained
+    assert not stub.ready and stub.refuse_handshakes
+    node3 = next(s for s in await runtime.servers_state(BACKEND) if s.name == "node3")
+    assert node3.in_maintenance
+    assert "node3" not in await names(http, f"{haproxy.url}{HANDSHAKE}", 9, cookie="node3")
+
+
+async def test_nginx_sid_routing_and_lever(
+    nginx: LocalBalancer, stubs: list[StubBackend], http: aiohttp.ClientSession
+) -> None:
+    lever = nginx.nginx_lever()
+    base = nginx.url
+    # Every request of a session goes to the node named in its sid.
+    for node in ("node1", "node2", "node3"):
+        assert set(await names(http, f"{base}{HANDSHAKE}&sid={node}.Ab-_9", 4)) == {node}
+    # Handshakes spread by least connections.
+    assert set(await names(http, f"{base}{HANDSHAKE}", 9)) == {"node1", "node2", "node3"}
+
+    # A request in flight through an old worker survives the reload.
+    held = asyncio.create_task(who(http, f"{base}/hold?sid=node3.x"))
+    await eventually(lambda: _workers_ready(lever))
+    await asyncio.sleep(0.3)
+    old_workers = lever.worker_pids()
+    await lever.take_out("node1")
+    assert lever.worker_pids() - old_workers
+    assert "node1" not in await names(http, f"{base}{HANDSHAKE}", 9)
+    assert await who(http, f"{base}{HANDSHAKE}&sid=node1.x") == "node1"
+    stubs[2].release.set()
+    assert await held == "node3"
+
+    await lever.remove("node1")
+    assert "node1" not in await names(http, f"{base}{HANDSHAKE}&sid=node1.x", 6)
+    await lever.put_back("node1")
+    assert "node1" in await names(http, f"{base}{HANDSHAKE}", 9)
+    assert "server 127.0.0.1" in nginx.config_path.read_text()
+
+
+def _workers_ready(lever: NginxLever) -> bool:
+    return len(lever.worker_pids()) >= 2
+
+
+async def test_nginx_readiness_watch_and_refused_handshakes(
+    nginx: LocalBalancer, stubs: list[StubBackend], http: aiohttp.ClientSession
+) -> None:
+    lever = nginx.nginx_lever()
+    base = nginx.url
+    admin_urls = {s.name: f"http://127.0.0.1:{s.admin_port}" for s in stubs}
+    assert not await sync_nginx_readiness(lever, admin_urls)  # all ready: no reload
+
+    stubs[2].ready = False
+    assert await sync_nginx_readiness(lever, admin_urls)
+    assert "node3" not in await names(http, f"{base}{HANDSHAKE}", 9)
+    # A hand-held server stays out whatever its readiness.
+    await lever.take_out("node1")
+    stubs[2].ready = True
+    assert await sync_nginx_readiness(lever, admin_urls)
+    assert set(await names(http, f"{base}{HANDSHAKE}", 9)) == {"node2", "node3"}
+    await lever.put_back("node1")
+
+    # A server that refuses handshakes (draining) costs the client nothing: nginx retries.
+    stubs[1].refuse_handshakes = True
+    served = await names(http, f"{base}{HANDSHAKE}", 12)
+    assert "node2" not in served
+    assert set(served) == {"node1", "node3"}
