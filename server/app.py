@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> web.Application:
     node = build_node(settings)
     app = create_public_app(node)
     app.cleanup_ctx.append(redis_client)
+    app.on_startup.append(start_manager)
     app.cleanup_ctx.append(event_loop_lag)
     app.on_shutdown.append(close_connections)
     if settings.admin_port:
@@ -81,6 +82,10 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
             await asyncio.wait_for(node.sio.redis.aclose(), SHUTDOWN_STEP_TIMEOUT)
         except (Exception, asyncio.CancelledError):
             pass
+
+
+async def start_manager(app: web.Application) -> None:
+    app[NODE_KEY].sio.start_manager()
 
 
 async def event_loop_lag(app: web.Application) -> AsyncIterator[None]:

@@ -71,16 +71,24 @@ class FanoutManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         if not self.subscribed and now - self._last_publish_failure < PUBLISH_RETRY_AFTER_SECONDS:
             self._publish_failed("redis unavailable (recent failure)", now)
             return None
-        try:
-            if self.redis is None:
-                self._redis_connect()
-            return await asyncio.wait_for(
-                self.redis.publish(self.channel, self.json.dumps(data)),
-                PUBLISH_TIMEOUT_SECONDS,
-            )
-        except (OSError, TimeoutError, aioredis.RedisError) as error:
-            self._publish_failed(f"{type(error).__name__}: {error}", now)
-            return None
+        self._redis_connect()
+        message = self.json.dumps(data)
+        # Two attempts: after Redis restarts, the pooled connection is dead and
+        # only the second attempt (on a fresh connection) can get through.
+        for attempt in (1, 2):
+            try:
+                return await asyncio.wait_for(
+                    self.redis.publish(self.channel, message), PUBLISH_TIMEOUT_SECONDS
+                )
+            except aioredis.ConnectionError as error:
+                if attempt == 1 and self.subscribed:
+                    continue
+                failure: Exception = error
+            except (OSError, TimeoutError, aioredis.RedisError) as error:
+                failure = error
+            self._publish_failed(f"{type(failure).__name__}: {failure}", now)
+            break
+        return None
 
     def _publish_failed(self, reason: str, now: float) -> None:
         self._last_publish_failure = now

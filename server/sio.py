@@ -74,7 +74,8 @@ class Connection:
     user: str
     bucket: TokenBucket
     connected_at: float = field(default_factory=time.monotonic)
-    strikes: int = 0
+    strikes: int = 0  # events refused in a row
+    warned: bool = False  # an `error` event went out for this run of refusals
 
 
 class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
@@ -111,6 +112,17 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
 
     def _engineio_server_class(self) -> type[IofleetEngine]:
         return IofleetEngine
+
+    def start_manager(self) -> None:
+        """Start the client manager (the Redis listener) now, with the app.
+
+        python-socketio starts it on the first connection; a node must be
+        subscribed before that, or `/readyz` never passes and no balancer
+        ever sends it the first connection.
+        """
+        if not self.manager_initialized:
+            self.manager_initialized = True
+            self.manager.initialize()
 
     # --- admission -----------------------------------------------------------
 
@@ -221,6 +233,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         # one noisy tab from draining its user's other tabs.
         if conn.bucket.take() and self.user_buckets.take(conn.user):
             conn.strikes = 0
+            conn.warned = False
             return True
         return False
 
@@ -234,7 +247,8 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             await self._send_packet(
                 conn.eio_sid, self.packet_class(sio_packet.ACK, namespace=namespace, id=id, data=[error])
             )
-        elif conn.strikes == 1:  # one error event per run of refusals, not one per event
+        elif not conn.warned:  # one error event per run of refusals, not one per event
+            conn.warned = True
             await self.emit(ERROR_EVENT, error, to=conn.sid, namespace=namespace)
         if conn.strikes >= self.settings.rate_limit_strikes:
             log.warning(

@@ -8,11 +8,13 @@ import { io } from "socket.io-client";
 const sockets = new Map();
 
 function out(message) {
-  process.stdout.write(JSON.stringify(message) + "\n");
+  process.stdout.write(JSON.stringify({ ...message, t: Date.now() / 1000 }) + "\n");
 }
 
 function open({ client, url, opts }) {
-  const socket = io(url, { forceNew: true, ...opts });
+  // withCredentials: under Node the client keeps cookies only when asked, while
+  // a browser tab keeps them by default; balancer stickiness cookies need them.
+  const socket = io(url, { forceNew: true, withCredentials: true, ...opts });
   sockets.set(client, socket);
   const engineInfo = () => ({
     engine_sid: socket.io.engine ? socket.io.engine.id : null,

@@ -1,0 +1,88 @@
+"""Redis stopped and restarted under connected clients: no crash, readiness
+flips and recovers, fan-out resumes by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import urllib.request
+
+from tests.support.jsclient import JsClients
+from tests.support.procs import RedisServer, http_status, make_token, wait_until
+
+
+def metric(admin_url: str, name: str) -> float:
+    with urllib.request.urlopen(f"{admin_url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    assert match, name
+    return float(match.group(1))
+
+
+async def test_redis_outage_and_recovery(redis_server: RedisServer, start_server, js: JsClients) -> None:
+    env = {"IOFLEET_REDIS_URL": redis_server.url}
+    node_a = start_server("node-a", **env)
+    node_b = start_server("node-b", **env)
+    for name, node in (("a1", node_a), ("a2", node_a), ("b1", node_b)):
+        await js.open(name, node.url, auth={"token": make_token(name)}, transports=["websocket"])
+        await js.wait_client(name, "connect")
+        assert (await js.call(name, "room:join", {"room": "r"}))["ok"]
+
+    redis_server.stop()
+    await asyncio.to_thread(
+        wait_until, lambda: http_status(f"{node_a.admin_url}/readyz") == 503, 10
+    )
+    await asyncio.to_thread(
+        wait_until, lambda: http_status(f"{node_b.admin_url}/readyz") == 503, 10
+    )
+    # Emits during the outage: the sender's node still delivers locally, the
+    # loss to other nodes is counted, nobody is disconnected, no crash.
+    mark = len(js.messages)
+    for i in range(20):
+        assert (await js.call("a1", "chat:message", {"room": "r", "text": f"outage {i}"}))["ok"]
+    await js.wait_for(
+        lambda m: m.get("client") == "a2" and m.get("event") == "chat:message"
+        and m["args"][0]["text"] == "outage 19",
+        start=mark,
+    )
+    assert metric(node_a.admin_url, "iofleet_fanout_publish_failures_total") >= 20
+    assert metric(node_a.admin_url, "iofleet_fanout_up") == 0
+    log_lines = [json.loads(line) for line in node_a.log().splitlines()]
+    publish_logs = [e for e in log_lines if e.get("event") == "fanout.publish_failed"]
+    assert 1 <= len(publish_logs) <= 2  # once per burst, not once per message
+    assert not [m for m in js.messages[mark:] if m.get("type") == "disconnect"]
+    assert http_status(f"{node_a.admin_url}/healthz") == 200
+
+    # Redis comes back on the same port: readiness and fan-out recover alone.
+    redis_server.start()
+    for node in (node_a, node_b):
+        await asyncio.to_thread(
+            wait_until, lambda n=node: http_status(f"{n.admin_url}/readyz") == 200, 15
+        )
+    mark = len(js.messages)
+    assert (await js.call("a1", "chat:message", {"room": "r", "text": "back"}))["ok"]
+    got = await js.wait_for(
+        lambda m: m.get("client") == "b1" and m.get("event") == "chat:message", start=mark
+    )
+    assert got["args"][0]["text"] == "back"
+    assert (await js.call("b1", "chat:message", {"room": "r", "text": "back too"}))["ok"]
+    await js.wait_for(
+        lambda m: m.get("client") == "a1" and m.get("event") == "chat:message"
+        and m["args"][0]["text"] == "back too",
+        start=mark,
+    )
+    assert metric(node_a.admin_url, "iofleet_fanout_up") == 1
+
+
+async def test_shutdown_does_not_hang_when_redis_died_first(
+    redis_server: RedisServer, start_server, js: JsClients
+) -> None:
+    node = start_server("node-x", IOFLEET_REDIS_URL=redis_server.url, IOFLEET_DRAIN_DELAY="0",
+                        IOFLEET_DRAIN_SECONDS="1")
+    await js.open("c", node.url, auth={"token": make_token("c")}, reconnection=False)
+    await js.wait_client("c", "connect")
+    redis_server.stop()
+    await asyncio.sleep(0.5)
+    node.signal()
+    assert await asyncio.to_thread(node.wait_exit, 15) == 0
