@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, get_args
 
 import typer
+from rich.console import Console
 
+from iofleet.fleet import FleetConfig
 from iofleet.render import (
     DnsDiscovery,
     HaproxyOptions,
@@ -17,6 +20,7 @@ from iofleet.render import (
     render_haproxy,
     render_nginx,
 )
+from iofleet.up import run_detached, run_down, run_foreground
 
 app = typer.Typer(
     name="iofleet",
@@ -137,3 +141,43 @@ def render_nginx_command(
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
     typer.echo(render_nginx(options), nl=False)
+
+
+StateDirOpt = Annotated[
+    Path, typer.Option(help="Where fleet.json, secrets, logs and balancer files live.")
+]
+
+
+@app.command("up")
+def up_command(
+    *,
+    servers: Annotated[int, typer.Option(min=1, max=50, help="Server processes.")] = 3,
+    balancer: Annotated[str, typer.Option(help="haproxy | nginx")] = "haproxy",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Public port on 127.0.0.1.")] = 8080,
+    stickiness: Annotated[
+        str, typer.Option(help="Balancer stickiness; default cookie (haproxy) / sid (nginx).")
+    ] = "",
+    state_dir: StateDirOpt = Path(".iofleet"),
+    detach: Annotated[bool, typer.Option(help="Return once everything answers.")] = False,
+) -> None:
+    """Run Redis, N servers and a sticky balancer on this machine (Ctrl-C stops all)."""
+    kind = _choice(balancer, ("haproxy", "nginx"), "--balancer")
+    if stickiness:
+        allowed = get_args(HaproxyStickiness if kind == "haproxy" else NginxStickiness)
+        _choice(stickiness, allowed, "--stickiness")
+    config = FleetConfig(
+        servers=servers,
+        balancer=kind,  # type: ignore[arg-type]
+        port=port,
+        state_dir=state_dir,
+        stickiness=stickiness or None,
+    )
+    console = Console()
+    code = run_detached(config, console) if detach else run_foreground(config, console)
+    raise typer.Exit(code)
+
+
+@app.command("down")
+def down_command(state_dir: StateDirOpt = Path(".iofleet")) -> None:
+    """Stop the fleet `iofleet up` started from this state directory."""
+    raise typer.Exit(run_down(state_dir, Console()))

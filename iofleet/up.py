@@ -1,0 +1,157 @@
+"""`iofleet up` / `iofleet down`: run the local fleet in the foreground or detached."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from iofleet.fleet import Fleet, FleetConfig, down, read_state
+from iofleet.levers import watch_nginx_readiness
+from iofleet.processes import StartError, pid_alive, spawn
+
+FLEET_LOG = "fleet.log"
+
+
+def _running_owner(state_dir: Path) -> int | None:
+    state = read_state(state_dir)
+    if state is None:
+        return None
+    owner = int(state.get("pid", 0))
+    return owner if owner and pid_alive(owner) else None
+
+
+def _refuse_second_fleet(config: FleetConfig, console: Console) -> bool:
+    owner = _running_owner(config.state_dir)
+    if owner is not None:
+        console.print(
+            f"[red]a fleet is already running from {config.state_dir} (pid {owner});"
+            " stop it with `iofleet down`[/red]"
+        )
+        return True
+    down(config.state_dir)  # leftovers of a fleet whose owner was killed
+    return False
+
+
+def run_foreground(config: FleetConfig, console: Console) -> int:
+    """Start the fleet, print its URLs, and stop it all on Ctrl-C or SIGTERM."""
+    if _refuse_second_fleet(config, console):
+        return 1
+    fleet = Fleet(config)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (`iofleet down`) during start-up unwinds like Ctrl-C: Fleet.start stops
+    # whatever it had started.
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with console.status(f"starting {config.servers} servers behind {config.balancer}..."):
+            fleet.start()
+    except StartError as error:
+        console.print(f"[red]iofleet up failed:[/red] {error}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print_fleet(console, fleet.state(), foreground=True)
+    try:
+        asyncio.run(_supervise(fleet, console))
+    finally:
+        with console.status("stopping the fleet..."):
+            fleet.stop()
+        console.print("fleet stopped")
+    return 0
+
+
+async def _supervise(fleet: Fleet, console: Console) -> None:
+    """Wait for Ctrl-C/SIGTERM; report children that exit; keep nginx's readiness in sync."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    watcher: asyncio.Task[None] | None = None
+    if fleet.balancer is not None and fleet.balancer.kind == "nginx":
+        admin_urls = {s.node_id or "": f"http://127.0.0.1:{s.admin_port}" for s in fleet.servers}
+        watcher = asyncio.create_task(
+            watch_nginx_readiness(fleet.balancer.nginx_lever(), admin_urls)
+        )
+    reported: set[str] = set()
+    while not stop.is_set():
+        for name in sorted(set(fleet.exited()) - reported):
+            console.print(f"[yellow]{name} exited; see {fleet.logs}[/yellow]")
+            reported.add(name)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+    if watcher is not None:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+def run_detached(config: FleetConfig, console: Console, within: float = 90) -> int:
+    """Start `iofleet up` in the background and return once everything answers."""
+    if _refuse_second_fleet(config, console):
+        return 1
+    state_dir = config.state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / FLEET_LOG
+    log_path.write_text("")
+    argv = [sys.executable, "-m", "iofleet", "up", "--state-dir", str(state_dir)]
+    argv += ["--servers", str(config.servers), "--balancer", config.balancer]
+    argv += ["--port", str(config.port)]
+    if config.stickiness:
+        argv += ["--stickiness", config.stickiness]
+    owner = spawn(argv, log_path, env=config.env)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        state = read_state(state_dir)
+        if state and state.get("pid") == owner.pid and state.get("status") == "running":
+            print_fleet(console, state, foreground=False)
+            return 0
+        if owner.poll() is not None:
+            console.print(f"[red]iofleet up failed[/red]; {log_path}:\n{log_path.read_text()}")
+            return 1
+        time.sleep(0.2)
+    console.print(f"[red]the fleet did not answer within {within:.0f}s[/red]; see {log_path}")
+    down(state_dir)
+    return 1
+
+
+def run_down(state_dir: Path, console: Console) -> int:
+    if read_state(state_dir) is None:
+        console.print(f"no fleet recorded in {state_dir}")
+        return 0
+    leftovers = down(state_dir)
+    note = f" (stopped {len(leftovers)} leftover processes by pid)" if leftovers else ""
+    console.print(f"fleet stopped{note}")
+    return 0
+
+
+def print_fleet(console: Console, state: dict[str, Any], foreground: bool) -> None:
+    """The URLs of a running fleet; secrets are named by file, never printed."""
+    balancer = state["balancer"]
+    table = Table(title="iofleet local fleet", show_header=True, header_style="bold")
+    table.add_column("what")
+    table.add_column("where")
+    table.add_row("demo chat", f"[bold green]{state['url']}[/bold green]")
+    table.add_row(f"balancer ({balancer['kind']})", f"pid {balancer['pid']}, {balancer['config']}")
+    if balancer.get("admin_socket"):
+        table.add_row("HAProxy runtime API", balancer["admin_socket"])
+    for server in state["servers"]:
+        admin = f"http://127.0.0.1:{server['admin_port']}"
+        table.add_row(
+            f"server {server['node_id']}",
+            f"pid {server['pid']}, {admin}/admin/status, {admin}/metrics",
+        )
+    table.add_row("redis", f"redis://127.0.0.1:{state['redis']['port']}/0")
+    table.add_row("secrets (JWT, admin token)", state["secrets"])
+    table.add_row("logs", state["logs"])
+    console.print(table)
+    console.print("Ctrl-C stops everything." if foreground else "Stop it with `iofleet down`.")
