@@ -1,0 +1,171 @@
+"""iofleet's Pulumi program: reads the stack config, wires the components, exports.
+
+A regional stack builds Network -> Cluster -> RedisCache -> BalancerController ->
+SocketService -> Autoscaler -> Balancer -> Observability; the global stack reads the
+regional stacks' outputs and builds GlobalRouting.
+"""
+
+import sys
+from pathlib import Path
+
+# Pulumi runs this file from infra/ (runpy); the repo root on sys.path makes the
+# `infra.*` and `iofleet.*` imports resolve the same way under `pulumi up` and pytest.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pulumi
+
+from infra.balancer import Balancer, BalancerArgs, BalancerController, BalancerControllerArgs
+from infra.cluster import Cluster, ClusterArgs
+from infra.config import GlobalConfig, RegionalConfig, load
+from infra.global_routing import GlobalRouting, GlobalRoutingArgs, Region
+from infra.network import Network, NetworkArgs
+from infra.observability import Observability, ObservabilityArgs
+from infra.redis import RedisCache, RedisCacheArgs
+from infra.secrets import jwt_secret
+from infra.workloads import (
+    HAPROXY_LABELS,
+    Autoscaler,
+    AutoscalerArgs,
+    SocketService,
+    SocketServiceArgs,
+)
+
+
+def regional(cfg: RegionalConfig) -> None:
+    tags = {"iofleet:stack": cfg.stack, "iofleet:managed-by": "pulumi"}
+    network = Network(
+        "network",
+        NetworkArgs(cfg.vpc_cidr, cfg.az_count, cfg.name, cfg.single_nat_gateway, tags),
+    )
+    cluster = Cluster(
+        "cluster",
+        ClusterArgs(
+            cluster_name=cfg.name,
+            version=cfg.cluster_version,
+            region=cfg.region,
+            private_subnet_ids=network.private_subnet_ids,
+            public_subnet_ids=network.public_subnet_ids,
+            public_access_cidrs=list(cfg.cluster_public_access_cidrs),
+            instance_types=list(cfg.node_instance_types),
+            node_min=cfg.node_min,
+            node_desired=cfg.node_desired,
+            node_max=cfg.node_max,
+            tags=tags,
+        ),
+    )
+    redis = RedisCache(
+        "redis",
+        RedisCacheArgs(
+            vpc_id=network.vpc_id,
+            subnet_ids=network.private_subnet_ids,
+            client_security_group_id=cluster.node_security_group_id,
+            replication_group_id=cfg.name,
+            node_type=cfg.redis_node_type,
+            replicas=cfg.redis_replicas,
+            engine_version=cfg.redis_engine_version,
+            snapshot_retention_days=cfg.redis_snapshot_retention_days,
+            tags=tags,
+        ),
+    )
+    controller = BalancerController(
+        "balancer-controller",
+        BalancerControllerArgs(cfg.balancer, cluster, cfg.name, cfg.region, network.vpc_id, cfg),
+    )
+    secret = jwt_secret(cfg)
+    service = SocketService(
+        "server",
+        SocketServiceArgs(
+            settings=cfg,
+            redis_url=redis.url,
+            jwt_secret=secret,
+            provider=cluster.provider,
+            alb_readiness_gate=cfg.balancer == "alb",
+            admin_clients=(
+                [{"podSelector": {"matchLabels": HAPROXY_LABELS}}]
+                if cfg.balancer == "haproxy"
+                else []
+            ),
+            depends_on=list(controller.releases),
+        ),
+    )
+    Autoscaler(
+        "autoscaler",
+        AutoscalerArgs(cfg, cluster.provider, service.deployment_name, cfg.namespace, [service]),
+    )
+    balancer = Balancer(
+        "balancer",
+        BalancerArgs(
+            settings=cfg,
+            provider=cluster.provider,
+            namespace=cfg.namespace,
+            public_service=service.public_service,
+            headless_service=service.headless_service,
+            depends_on=[service, *controller.releases],
+        ),
+    )
+    Observability(
+        "observability",
+        ObservabilityArgs(
+            provider=cluster.provider,
+            namespace=cfg.namespace,
+            prometheus_namespace=cfg.prometheus_namespace,
+            prometheus_operator=cfg.prometheus_operator,
+            admin_service_labels=service.admin_service_labels,
+            redis_member_ids=redis.member_cluster_ids,
+            lb_type=balancer.lb_type,
+            lb_arn_suffix=balancer.lb_arn_suffix,
+            target_group_arn_suffix=balancer.target_group_arn_suffix,
+            alarm_email=cfg.alarm_email,
+            name_prefix=cfg.name,
+            tags=tags,
+            depends_on=[service],
+        ),
+    )
+    pulumi.export("region", cfg.region)
+    pulumi.export("cluster_name", cluster.name)
+    pulumi.export("kubeconfig", cluster.kubeconfig)
+    pulumi.export("namespace", cfg.namespace)
+    pulumi.export("redis_primary_endpoint", redis.primary_endpoint)
+    pulumi.export("balancer", cfg.balancer)
+    pulumi.export("public_hostname", balancer.hostname)
+    pulumi.export("public_scheme", "https" if cfg.certificate_arn else "http")
+    pulumi.export("balancer_arn", balancer.lb_arn)
+    pulumi.export("balancer_zone_id", balancer.lb_zone_id)
+    if secret is not None and cfg.jwt_secret is None:
+        pulumi.export("jwt_secret", secret)
+
+
+def global_(cfg: GlobalConfig) -> None:
+    regions = []
+    for name in cfg.regional_stacks:
+        ref = pulumi.StackReference(name)
+        regions.append(
+            Region(
+                stack=name,
+                region=ref.require_output("region"),
+                hostname=ref.require_output("public_hostname"),
+                lb_arn=ref.require_output("balancer_arn"),
+                lb_zone_id=ref.require_output("balancer_zone_id"),
+                scheme=ref.require_output("public_scheme"),
+                key=name.rsplit("/", 1)[-1],
+            )
+        )
+    routing = GlobalRouting(
+        "global",
+        GlobalRoutingArgs(
+            routing=cfg.routing,
+            regions=regions,
+            domain=cfg.domain,
+            hosted_zone_id=cfg.hosted_zone_id,
+            health_check_path=cfg.health_check_path,
+        ),
+    )
+    pulumi.export("endpoint", routing.endpoint)
+    pulumi.export("regions", [r.stack for r in regions])
+
+
+settings = load()
+if isinstance(settings, GlobalConfig):
+    global_(settings)
+else:
+    regional(settings)

@@ -1,0 +1,258 @@
+"""Cluster: EKS control plane, a managed node group across the AZs, OIDC for IRSA and
+the Kubernetes provider every workload uses."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+NODE_POLICIES = (
+    "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
+    "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
+    "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
+)
+
+
+@dataclass
+class ClusterArgs:
+    cluster_name: str
+    version: str
+    region: str
+    private_subnet_ids: list[pulumi.Output[str]]
+    public_subnet_ids: list[pulumi.Output[str]]
+    public_access_cidrs: list[str]
+    instance_types: list[str]
+    node_min: int
+    node_desired: int
+    node_max: int
+    tags: dict[str, str]
+
+
+def _assume_role(service: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": service},
+                    "Action": ["sts:AssumeRole", "sts:TagSession"],
+                }
+            ],
+        }
+    )
+
+
+class Cluster(pulumi.ComponentResource):
+    """EKS with secrets envelope encryption, control-plane logs, a managed node group in
+    the private subnets and an IAM OIDC provider so service accounts can assume roles."""
+
+    name: pulumi.Output[str]
+    node_security_group_id: pulumi.Output[str]
+    oidc_provider_arn: pulumi.Output[str]
+    oidc_issuer: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]
+    provider: k8s.Provider
+
+    def __init__(
+        self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("iofleet:cluster:Cluster", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self._name = name
+        self._args = args
+        role = aws.iam.Role(
+            f"{name}-control-plane",
+            assume_role_policy=_assume_role("eks.amazonaws.com"),
+            tags=args.tags,
+            opts=child,
+        )
+        attach = aws.iam.RolePolicyAttachment(
+            f"{name}-control-plane",
+            role=role.name,
+            policy_arn="arn:aws:iam::aws:policy/AmazonEKSClusterPolicy",
+            opts=child,
+        )
+        key = aws.kms.Key(
+            f"{name}-secrets",
+            description=f"{args.cluster_name} Kubernetes secrets envelope encryption",
+            enable_key_rotation=True,
+            tags=args.tags,
+            opts=child,
+        )
+        self._eks = aws.eks.Cluster(
+            f"{name}-eks",
+            name=args.cluster_name,
+            version=args.version,
+            role_arn=role.arn,
+            vpc_config={
+                "subnet_ids": [*args.private_subnet_ids, *args.public_subnet_ids],
+                "endpoint_private_access": True,
+                "endpoint_public_access": True,
+                "public_access_cidrs": args.public_access_cidrs,
+            },
+            access_config={
+                "authentication_mode": "API_AND_CONFIG_MAP",
+                "bootstrap_cluster_creator_admin_permissions": True,
+            },
+            encryption_config={"provider": {"key_arn": key.arn}, "resources": ["secrets"]},
+            enabled_cluster_log_types=["api", "audit", "authenticator"],
+            tags=args.tags,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[attach]),
+        )
+        self.name = self._eks.name
+        # Managed node groups without a launch template use the EKS-created cluster
+        # security group; Redis admits exactly that group.
+        self.node_security_group_id = self._eks.vpc_config.cluster_security_group_id
+        self._create_node_group()
+        issuer = self._eks.identities[0].oidcs[0].issuer
+        oidc = aws.iam.OpenIdConnectProvider(
+            f"{name}-oidc",
+            url=issuer,
+            client_id_lists=["sts.amazonaws.com"],
+            # IAM trusts EKS issuers through its own root CAs; no thumbprint is pinned.
+            tags=args.tags,
+            opts=child,
+        )
+        self.oidc_provider_arn = oidc.arn
+        self.oidc_issuer = issuer
+        self.kubeconfig = pulumi.Output.secret(self._kubeconfig())
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            # Field managers make drift from kubectl edits visible instead of silent.
+            enable_server_side_apply=True,
+            opts=child,
+        )
+        self.register_outputs({"name": self.name, "oidc_provider_arn": self.oidc_provider_arn})
+
+    def _create_node_group(self) -> None:
+        args = self._args
+        child = pulumi.ResourceOptions(parent=self)
+        role = aws.iam.Role(
+            f"{self._name}-nodes",
+            assume_role_policy=_assume_role("ec2.amazonaws.com"),
+            tags=args.tags,
+            opts=child,
+        )
+        attachments = [
+            aws.iam.RolePolicyAttachment(
+                f"{self._name}-nodes-{arn.rsplit('/', 1)[-1]}",
+                role=role.name,
+                policy_arn=arn,
+                opts=child,
+            )
+            for arn in NODE_POLICIES
+        ]
+        aws.eks.NodeGroup(
+            f"{self._name}-nodes",
+            cluster_name=self._eks.name,
+            node_role_arn=role.arn,
+            # Private subnets of every AZ: the server's zone spread needs nodes in each.
+            subnet_ids=args.private_subnet_ids,
+            instance_types=args.instance_types,
+            ami_type="AL2023_x86_64_STANDARD",
+            capacity_type="ON_DEMAND",
+            scaling_config={
+                "min_size": args.node_min,
+                "desired_size": args.node_desired,
+                "max_size": args.node_max,
+            },
+            update_config={"max_unavailable": 1},
+            labels={"iofleet.io/pool": "default"},
+            tags=args.tags,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=attachments,
+                # A cluster autoscaler owns the live size once the group exists.
+                ignore_changes=["scalingConfig.desiredSize"],
+            ),
+        )
+
+    def _kubeconfig(self) -> pulumi.Output[str]:
+        """A kubeconfig that gets short-lived tokens from `aws eks get-token`."""
+
+        def build(values: list[str]) -> str:
+            name, endpoint, ca = values
+            return json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": name,
+                            "cluster": {"server": endpoint, "certificate-authority-data": ca},
+                        }
+                    ],
+                    "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+                    "current-context": name,
+                    "users": [
+                        {
+                            "name": name,
+                            "user": {
+                                "exec": {
+                                    "apiVersion": "client.authentication.k8s.io/v1beta1",
+                                    "command": "aws",
+                                    "args": [
+                                        "eks",
+                                        "get-token",
+                                        "--cluster-name",
+                                        name,
+                                        "--region",
+                                        self._args.region,
+                                    ],
+                                }
+                            },
+                        }
+                    ],
+                }
+            )
+
+        return pulumi.Output.all(
+            self._eks.name, self._eks.endpoint, self._eks.certificate_authority.data
+        ).apply(build)
+
+    def irsa_role(
+        self, name: str, namespace: str, service_account: str, policy: str
+    ) -> aws.iam.Role:
+        """An IAM role only the given service account can assume (IRSA)."""
+
+        def trust(values: list[str]) -> str:
+            arn, issuer = values
+            host = issuer.removeprefix("https://")
+            return json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Federated": arn},
+                            "Action": "sts:AssumeRoleWithWebIdentity",
+                            "Condition": {
+                                "StringEquals": {
+                                    f"{host}:sub": f"system:serviceaccount:{namespace}:"
+                                    f"{service_account}",
+                                    f"{host}:aud": "sts.amazonaws.com",
+                                }
+                            },
+                        }
+                    ],
+                }
+            )
+
+        role = aws.iam.Role(
+            name,
+            assume_role_policy=pulumi.Output.all(self.oidc_provider_arn, self.oidc_issuer).apply(
+                trust
+            ),
+            tags=self._args.tags,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        aws.iam.RolePolicy(
+            name, role=role.id, policy=policy, opts=pulumi.ResourceOptions(parent=self)
+        )
+        return role

@@ -1,0 +1,333 @@
+"""Observability: Prometheus scrape + alert rules, the Grafana dashboard, CloudWatch
+alarms for ElastiCache and the load balancer."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+import yaml
+
+from infra.workloads import SERVER, SERVER_LABELS
+
+DASHBOARD = Path(__file__).parent / "dashboards" / "iofleet.json"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Alert thresholds; each one is the point where users start to notice."""
+
+    connect_p95_seconds: float = 0.5
+    """Handshake (auth + join) time, 95th percentile."""
+    handler_p99_seconds: float = 0.2
+    """Application event handler time, 99th percentile."""
+    memory_per_connection_bytes: int = 64 * 1024
+    """Working set per open connection, on pods holding at least 1000."""
+    event_loop_lag_seconds: float = 0.1
+    cpu_of_request: float = 0.8
+    """CPU used over CPU requested, sustained."""
+    redis_engine_cpu_percent: int = 70
+    redis_memory_percent: int = 80
+    redis_replication_lag_seconds: int = 1
+    balancer_5xx_per_5m: int = 10
+
+
+def alert_rules(namespace: str, t: Thresholds) -> list[dict[str, Any]]:
+    """Prometheus rule groups (the PrometheusRule spec and the plain rules file)."""
+    server = f'namespace="{namespace}", container="server"'
+    scoped = f'namespace="{namespace}"'
+
+    def rule(name: str, expr: str, duration: str, severity: str, summary: str) -> dict[str, Any]:
+        return {
+            "alert": name,
+            "expr": expr,
+            "for": duration,
+            "labels": {"severity": severity, "service": "iofleet"},
+            "annotations": {"summary": summary},
+        }
+
+    def quantile(q: float, selector: str) -> str:
+        return (
+            f"histogram_quantile({q}, sum by (le) "
+            f"(rate(iofleet_event_handler_seconds_bucket{{{selector}}}[5m])))"
+        )
+
+    rules = [
+        rule(
+            "IofleetConnectSlow",
+            f"{quantile(0.95, scoped + ', event=' + chr(34) + 'connect' + chr(34))} "
+            f"> {t.connect_p95_seconds}",
+            "10m",
+            "warning",
+            f"p95 connect handling above {t.connect_p95_seconds}s",
+        ),
+        rule(
+            "IofleetHandlerLatencyHigh",
+            f"{quantile(0.99, scoped)} > {t.handler_p99_seconds}",
+            "10m",
+            "warning",
+            f"p99 event handler time above {t.handler_p99_seconds}s",
+        ),
+        rule(
+            "IofleetMemoryPerConnectionHigh",
+            f"(sum by (pod) (container_memory_working_set_bytes{{{server}}}) "
+            f"/ sum by (pod) (iofleet_connections{{{scoped}}})) > {t.memory_per_connection_bytes}"
+            f" and on (pod) (sum by (pod) (iofleet_connections{{{scoped}}}) > 1000)",
+            "15m",
+            "warning",
+            "memory per connection above budget (leak or oversized state)",
+        ),
+        rule(
+            "IofleetEventLoopLag",
+            f"max by (pod) (iofleet_event_loop_lag_seconds{{{scoped}}}) "
+            f"> {t.event_loop_lag_seconds}",
+            "5m",
+            "critical",
+            f"event loop lag above {t.event_loop_lag_seconds}s: pings and messages stall",
+        ),
+        rule(
+            "IofleetCpuHigh",
+            f"sum by (pod) (rate(container_cpu_usage_seconds_total{{{server}}}[5m])) / "
+            f'sum by (pod) (kube_pod_container_resource_requests{{{server}, resource="cpu"}}) '
+            f"> {t.cpu_of_request}",
+            "10m",
+            "warning",
+            "server CPU above its request; scale-out is not keeping up",
+        ),
+        rule(
+            "IofleetFanoutDown",
+            f"min by (pod) (iofleet_fanout_up{{{scoped}}}) == 0",
+            "1m",
+            "critical",
+            "a server lost its Redis subscription: cross-node messages are lost",
+        ),
+        rule(
+            "IofleetFanoutPublishFailures",
+            f"sum(rate(iofleet_fanout_publish_failures_total{{{scoped}}}[5m])) > 0",
+            "5m",
+            "warning",
+            "publishes to Redis are failing",
+        ),
+        rule(
+            "IofleetAtMaxReplicas",
+            f"kube_horizontalpodautoscaler_status_current_replicas{{{scoped}, "
+            f'horizontalpodautoscaler="{SERVER}"}} >= '
+            f"kube_horizontalpodautoscaler_spec_max_replicas{{{scoped}, "
+            f'horizontalpodautoscaler="{SERVER}"}}',
+            "15m",
+            "warning",
+            "the HPA is pinned at max_replicas; raise it or the target",
+        ),
+    ]
+    return [{"name": "iofleet.rules", "rules": rules}]
+
+
+@dataclass
+class ObservabilityArgs:
+    provider: k8s.Provider
+    namespace: str
+    prometheus_namespace: str
+    prometheus_operator: bool
+    admin_service_labels: dict[str, str]
+    redis_member_ids: list[str]
+    lb_type: str
+    lb_arn_suffix: pulumi.Output[str]
+    target_group_arn_suffix: pulumi.Output[str]
+    alarm_email: str
+    name_prefix: str
+    tags: dict[str, str]
+    depends_on: list[pulumi.Resource]
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+class Observability(pulumi.ComponentResource):
+    """ServiceMonitor + PrometheusRule (or a rules ConfigMap), the Grafana dashboard
+    ConfigMap, and CloudWatch alarms to an SNS topic."""
+
+    alarm_topic_arn: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: ObservabilityArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("iofleet:observability:Observability", name, None, opts)
+        self._args = args
+        self._k8s = pulumi.ResourceOptions(
+            parent=self, provider=args.provider, depends_on=args.depends_on
+        )
+        self._create_prometheus(name)
+        self._create_dashboard(name)
+        topic = aws.sns.Topic(
+            f"{name}-alarms",
+            name=f"{args.name_prefix}-alarms",
+            tags=args.tags,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        if args.alarm_email:
+            aws.sns.TopicSubscription(
+                f"{name}-alarms-email",
+                topic=topic.arn,
+                protocol="email",
+                endpoint=args.alarm_email,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+        self.alarm_topic_arn = topic.arn
+        self._create_redis_alarms(name)
+        self._create_balancer_alarms(name)
+        self.register_outputs({"alarm_topic_arn": self.alarm_topic_arn})
+
+    def _create_prometheus(self, name: str) -> None:
+        a = self._args
+        groups = alert_rules(a.namespace, a.thresholds)
+        labels = {**SERVER_LABELS, "release": "prometheus"}
+        if not a.prometheus_operator:
+            # Without the operator's CRDs: a rules file for the team's own Prometheus.
+            k8s.core.v1.ConfigMap(
+                f"{name}-rules",
+                metadata={"name": f"{SERVER}-rules", "namespace": a.namespace, "labels": labels},
+                data={"iofleet.rules.yaml": yaml.safe_dump({"groups": groups}, sort_keys=False)},
+                opts=self._k8s,
+            )
+            return
+        k8s.apiextensions.CustomResource(
+            f"{name}-servicemonitor",
+            api_version="monitoring.coreos.com/v1",
+            kind="ServiceMonitor",
+            metadata={"name": SERVER, "namespace": a.namespace, "labels": labels},
+            spec={
+                "selector": {"matchLabels": a.admin_service_labels},
+                "namespaceSelector": {"matchNames": [a.namespace]},
+                # Admin port only: /metrics is never on the public listener.
+                "endpoints": [{"port": "admin", "path": "/metrics", "interval": "15s"}],
+            },
+            opts=self._k8s,
+        )
+        k8s.apiextensions.CustomResource(
+            f"{name}-rules",
+            api_version="monitoring.coreos.com/v1",
+            kind="PrometheusRule",
+            metadata={"name": SERVER, "namespace": a.namespace, "labels": labels},
+            spec={"groups": groups},
+            opts=self._k8s,
+        )
+
+    def _create_dashboard(self, name: str) -> None:
+        a = self._args
+        k8s.core.v1.ConfigMap(
+            f"{name}-dashboard",
+            metadata={
+                "name": "iofleet-dashboard",
+                "namespace": a.prometheus_namespace,
+                # The Grafana sidecar loads every ConfigMap carrying this label.
+                "labels": {"grafana_dashboard": "1", "app.kubernetes.io/part-of": "iofleet"},
+            },
+            data={"iofleet.json": json.dumps(json.loads(DASHBOARD.read_text()))},
+            opts=self._k8s,
+        )
+
+    def _alarm(
+        self,
+        name: str,
+        *,
+        namespace: str,
+        metric: str,
+        dimensions: pulumi.Input[dict[str, pulumi.Input[str]]],
+        statistic: str,
+        threshold: float,
+        periods: int,
+        description: str,
+    ) -> None:
+        aws.cloudwatch.MetricAlarm(
+            name,
+            name=name,
+            namespace=namespace,
+            metric_name=metric,
+            dimensions=dimensions,
+            statistic=statistic,
+            period=60,
+            evaluation_periods=periods,
+            datapoints_to_alarm=periods,
+            threshold=threshold,
+            comparison_operator="GreaterThanThreshold",
+            # A metric that stops (a replica that became primary, an idle LB) is not an
+            # incident by itself.
+            treat_missing_data="notBreaching",
+            alarm_description=description,
+            alarm_actions=[self.alarm_topic_arn],
+            ok_actions=[self.alarm_topic_arn],
+            tags=self._args.tags,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _create_redis_alarms(self, name: str) -> None:
+        t = self._args.thresholds
+        prefix = self._args.name_prefix
+        for member in self._args.redis_member_ids:
+            dims = {"CacheClusterId": member}
+            common = {"namespace": "AWS/ElastiCache", "dimensions": dims}
+            self._alarm(
+                f"{member}-engine-cpu",
+                metric="EngineCPUUtilization",
+                statistic="Average",
+                threshold=t.redis_engine_cpu_percent,
+                periods=5,
+                description=f"{prefix}: Redis main thread busy; pub/sub fan-out will lag",
+                **common,  # type: ignore[arg-type]
+            )
+            self._alarm(
+                f"{member}-memory",
+                metric="DatabaseMemoryUsagePercentage",
+                statistic="Average",
+                threshold=t.redis_memory_percent,
+                periods=5,
+                description=f"{prefix}: Redis memory high (pub/sub output buffers?)",
+                **common,  # type: ignore[arg-type]
+            )
+            self._alarm(
+                f"{member}-replication-lag",
+                metric="ReplicationLag",
+                statistic="Maximum",
+                threshold=t.redis_replication_lag_seconds,
+                periods=3,
+                description=f"{prefix}: replica behind; a failover would lose messages",
+                **common,  # type: ignore[arg-type]
+            )
+            self._alarm(
+                f"{member}-evictions",
+                metric="Evictions",
+                statistic="Sum",
+                threshold=0,
+                periods=1,
+                description=f"{prefix}: Redis evicting keys",
+                **common,  # type: ignore[arg-type]
+            )
+
+    def _create_balancer_alarms(self, name: str) -> None:
+        a = self._args
+        prefix = a.name_prefix
+        namespace = "AWS/ApplicationELB" if a.lb_type == "application" else "AWS/NetworkELB"
+        if a.lb_type == "application":
+            self._alarm(
+                f"{prefix}-lb-5xx",
+                namespace=namespace,
+                metric="HTTPCode_ELB_5XX_Count",
+                dimensions={"LoadBalancer": a.lb_arn_suffix},
+                statistic="Sum",
+                threshold=a.thresholds.balancer_5xx_per_5m,
+                periods=5,
+                description=f"{prefix}: the ALB answers 5xx (no healthy target?)",
+            )
+        self._alarm(
+            f"{prefix}-lb-unhealthy",
+            namespace=namespace,
+            metric="UnHealthyHostCount",
+            dimensions={"LoadBalancer": a.lb_arn_suffix, "TargetGroup": a.target_group_arn_suffix},
+            statistic="Maximum",
+            threshold=0,
+            periods=3,
+            description=f"{prefix}: targets failing the balancer health check",
+        )

@@ -1,0 +1,356 @@
+"""iofleet's invariants as policies. Each check is a pure function over resource
+properties (camelCase, as the engine passes them) returning violation messages; the
+`POLICIES` list wraps them for pulumi-policy. Only stdlib and pulumi_policy here: the
+pack runs in its own small virtualenv.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from pulumi_policy import (
+    EnforcementLevel,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+
+REPLICATION_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
+SERVICE = "kubernetes:core/v1:Service"
+INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"
+CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
+WORKLOADS = {
+    DEPLOYMENT: ("spec", "template", "spec"),
+    "kubernetes:apps/v1:StatefulSet": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:DaemonSet": ("spec", "template", "spec"),
+    "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
+    "kubernetes:core/v1:Pod": ("spec",),
+}
+CONNECTIONS_METRIC = "iofleet_connections"
+# The server's own defaults (server/settings.py) when a variable is not set.
+SERVER_DEFAULTS = {
+    "IOFLEET_PING_INTERVAL": 25.0,
+    "IOFLEET_PING_TIMEOUT": 20.0,
+    "IOFLEET_DRAIN_SECONDS": 30.0,
+    "IOFLEET_DRAIN_DELAY": 5.0,
+    "IOFLEET_ADMIN_PORT": 9000.0,
+}
+# Balancer defaults when nothing is set: ALB 60 s idle, ingress-nginx 60 s read/send.
+ALB_DEFAULT_IDLE = 60.0
+NGINX_DEFAULT_TIMEOUT = 60.0
+
+Resource = tuple[str, Mapping[str, Any]]
+"""(type, props): what the stack-level checks look at."""
+
+
+def _dig(value: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _containers(pod_spec: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(pod_spec, Mapping):
+        return []
+    return [
+        c
+        for key in ("initContainers", "containers")
+        for c in pod_spec.get(key) or []
+        if isinstance(c, Mapping)
+    ]
+
+
+def _env(container: Mapping[str, Any]) -> dict[str, str]:
+    return {
+        str(e.get("name")): str(e.get("value"))
+        for e in container.get("env") or []
+        if isinstance(e, Mapping) and "value" in e
+    }
+
+
+def _number(env: Mapping[str, str], name: str) -> float:
+    try:
+        return float(env[name])
+    except (KeyError, ValueError):
+        return SERVER_DEFAULTS[name]
+
+
+def _is_server(container: Mapping[str, Any]) -> bool:
+    """A socket server container: runs `python -m server`."""
+    command = [str(c) for c in (container.get("command") or []) + (container.get("args") or [])]
+    return "server" in command and "-m" in command
+
+
+def _server_containers(resources: Iterable[Resource]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(deployment name, container) for every server container in the stack."""
+    found = []
+    for typ, props in resources:
+        if typ != DEPLOYMENT:
+            continue
+        name = str(_dig(props, "metadata", "name"))
+        for container in _containers(_dig(props, *WORKLOADS[DEPLOYMENT])):
+            if _is_server(container):
+                found.append((name, container))
+    return found
+
+
+# --- resource checks -----------------------------------------------------------------
+
+
+def check_redis(props: Mapping[str, Any]) -> list[str]:
+    """Redis carries user messages: TLS, auth, encryption and a standby in another AZ."""
+    problems = []
+    required = {
+        "transitEncryptionEnabled": "TLS in transit",
+        "atRestEncryptionEnabled": "encryption at rest",
+        "multiAzEnabled": "Multi-AZ",
+        "automaticFailoverEnabled": "automatic failover",
+    }
+    for key, what in required.items():
+        if props.get(key) is not True:
+            problems.append(f"Redis replication group must enable {what} ({key})")
+    if not props.get("authToken"):
+        problems.append("Redis replication group must require an auth token (authToken)")
+    if float(props.get("numCacheClusters") or 0) < 2:
+        problems.append("Redis replication group needs a replica for failover (numCacheClusters>=2)")
+    return problems
+
+
+def check_termination_grace(props: Mapping[str, Any]) -> list[str]:
+    """A server pod must outlive its drain: grace > DRAIN_DELAY + DRAIN_SECONDS."""
+    pod = _dig(props, *WORKLOADS[DEPLOYMENT])
+    problems = []
+    for container in _containers(pod):
+        if not _is_server(container):
+            continue
+        env = _env(container)
+        drain = _number(env, "IOFLEET_DRAIN_DELAY") + _number(env, "IOFLEET_DRAIN_SECONDS")
+        grace = float(_dig(pod, "terminationGracePeriodSeconds") or 30)
+        if grace <= drain:
+            problems.append(
+                f"terminationGracePeriodSeconds ({grace:g}) must exceed drain delay + drain "
+                f"seconds ({drain:g}), or Kubernetes kills connections mid-drain"
+            )
+    return problems
+
+
+def check_non_root(resource_type: str, props: Mapping[str, Any]) -> list[str]:
+    """Every container runs as a non-root user without privilege escalation."""
+    path = WORKLOADS.get(resource_type)
+    if path is None:
+        return []
+    pod = _dig(props, *path)
+    pod_context = _dig(pod, "securityContext") or {}
+    problems = []
+    for container in _containers(pod):
+        context = container.get("securityContext") or {}
+        name = container.get("name")
+        non_root = context.get("runAsNonRoot", pod_context.get("runAsNonRoot"))
+        user = context.get("runAsUser", pod_context.get("runAsUser"))
+        if non_root is not True:
+            problems.append(f"container {name}: runAsNonRoot must be true")
+        if user is not None and float(user) == 0:
+            problems.append(f"container {name}: runAsUser must not be 0")
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"container {name}: allowPrivilegeEscalation must be false")
+    return problems
+
+
+# --- stack checks --------------------------------------------------------------------
+
+
+def _ping_floor(resources: Sequence[Resource]) -> float:
+    floors = [
+        _number(_env(c), "IOFLEET_PING_INTERVAL") + _number(_env(c), "IOFLEET_PING_TIMEOUT")
+        for _, c in _server_containers(resources)
+    ]
+    return max(floors, default=SERVER_DEFAULTS["IOFLEET_PING_INTERVAL"] + 20.0)
+
+
+def _seconds(text: str) -> float:
+    """HAProxy/nginx durations: 60, 60s, 2m, 1h, 500ms."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text.strip())
+    if match is None:
+        return 0.0
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    return value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
+
+
+def check_idle_timeouts(resources: Sequence[Resource]) -> list[str]:
+    """Every balancer's idle timeout exceeds ping interval + ping timeout, or quiet
+    clients are cut between two pings."""
+    floor = _ping_floor(resources)
+    problems = []
+    for typ, props in resources:
+        notes = _dig(props, "metadata", "annotations") or {}
+        name = _dig(props, "metadata", "name")
+        if typ == INGRESS and _dig(props, "spec", "ingressClassName") == "alb":
+            attrs = str(notes.get("alb.ingress.kubernetes.io/load-balancer-attributes", ""))
+            found = re.search(r"idle_timeout\.timeout_seconds=(\d+)", attrs)
+            idle = float(found.group(1)) if found else ALB_DEFAULT_IDLE
+            if idle <= floor:
+                problems.append(f"ALB Ingress {name}: idle timeout {idle:g}s <= {floor:g}s")
+        elif typ == INGRESS and _dig(props, "spec", "ingressClassName") == "nginx":
+            for key in ("proxy-read-timeout", "proxy-send-timeout"):
+                value = notes.get(f"nginx.ingress.kubernetes.io/{key}")
+                seconds = _seconds(str(value)) if value else NGINX_DEFAULT_TIMEOUT
+                if seconds <= floor:
+                    problems.append(f"nginx Ingress {name}: {key} {seconds:g}s <= {floor:g}s")
+        elif typ == CONFIG_MAP and "haproxy.cfg" in (props.get("data") or {}):
+            config = str(props["data"]["haproxy.cfg"])
+            for kind in ("client", "server", "tunnel"):
+                found = re.search(rf"^\s*timeout {kind}\s+(\S+)", config, re.M)
+                seconds = _seconds(found.group(1)) if found else 0.0
+                if seconds <= floor:
+                    problems.append(f"HAProxy {name}: timeout {kind} {seconds:g}s <= {floor:g}s")
+    return problems
+
+
+def check_connection_autoscaling(resources: Sequence[Resource]) -> list[str]:
+    """Each server Deployment scales on connection count: an HPA on the Pods metric
+    iofleet_connections, or the iofleet autoscaler pointed at it."""
+    scaled: set[str] = set()
+    for typ, props in resources:
+        if typ == HPA:
+            target = _dig(props, "spec", "scaleTargetRef", "name")
+            for metric in _dig(props, "spec", "metrics") or []:
+                if _dig(metric, "pods", "metric", "name") == CONNECTIONS_METRIC:
+                    scaled.add(str(target))
+        if typ == DEPLOYMENT:
+            for container in _containers(_dig(props, *WORKLOADS[DEPLOYMENT])):
+                command = [str(c) for c in container.get("command") or []]
+                if "autoscaler" in command and "-m" in command:
+                    scaled.add(_env(container).get("IOFLEET_AUTOSCALER_DEPLOYMENT", ""))
+    return [
+        f"server Deployment {name} has no HPA or autoscaler on {CONNECTIONS_METRIC}"
+        for name in sorted({n for n, _ in _server_containers(resources)} - scaled)
+    ]
+
+
+def check_admin_private(resources: Sequence[Resource]) -> list[str]:
+    """The admin port (drain, metrics) is never behind a public Service or Ingress."""
+    admin_ports: set[str] = {"admin"}
+    for _, container in _server_containers(resources):
+        admin_ports.add(str(int(_number(_env(container), "IOFLEET_ADMIN_PORT"))))
+        for port in container.get("ports") or []:
+            if port.get("name") == "admin":
+                admin_ports.add(str(int(float(port.get("containerPort", 0)))))
+    problems = []
+    admin_services: dict[str, set[str]] = {}
+    for typ, props in resources:
+        if typ != SERVICE:
+            continue
+        name = str(_dig(props, "metadata", "name"))
+        for port in _dig(props, "spec", "ports") or []:
+            target = port.get("targetPort", port.get("port"))
+            if _port_key(target) in admin_ports:
+                admin_services.setdefault(name, set()).update(
+                    {_port_key(port.get("port")), str(port.get("name"))}
+                )
+                if _dig(props, "spec", "type") in ("LoadBalancer", "NodePort"):
+                    problems.append(f"Service {name} exposes the admin port publicly")
+    for typ, props in resources:
+        if typ != INGRESS:
+            continue
+        for backend in _ingress_backends(props):
+            service = str(_dig(backend, "service", "name"))
+            port = _dig(backend, "service", "port") or {}
+            key = _port_key(port.get("number", port.get("name")))
+            if key in admin_ports or key in admin_services.get(service, set()):
+                problems.append(f"Ingress routes to the admin port of Service {service}")
+    return problems
+
+
+def _port_key(value: Any) -> str:
+    if isinstance(value, float | int):
+        return str(int(value))
+    return str(value)
+
+
+def _ingress_backends(props: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    backends = []
+    default = _dig(props, "spec", "defaultBackend")
+    if isinstance(default, Mapping):
+        backends.append(default)
+    for rule in _dig(props, "spec", "rules") or []:
+        for path in _dig(rule, "http", "paths") or []:
+            if isinstance(_dig(path, "backend"), Mapping):
+                backends.append(path["backend"])
+    return backends
+
+
+# --- pulumi-policy wrappers ----------------------------------------------------------
+
+
+def _resource_policy(name: str, description: str, types: set[str], check: Any) -> Any:
+    def validate(args: ResourceValidationArgs, report: ReportViolation) -> None:
+        if args.resource_type not in types:
+            return
+        for problem in check(args.resource_type, args.props):
+            report(problem, None)
+
+    return ResourceValidationPolicy(
+        name=name,
+        description=description,
+        validate=validate,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    )
+
+
+def _stack_policy(name: str, description: str, check: Any) -> Any:
+    def validate(args: StackValidationArgs, report: ReportViolation) -> None:
+        resources = [(r.resource_type, r.props) for r in args.resources]
+        for problem in check(resources):
+            report(problem, None)
+
+    return StackValidationPolicy(
+        name=name,
+        description=description,
+        validate=validate,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    )
+
+
+POLICIES = [
+    _resource_policy(
+        "redis-tls-auth-multi-az",
+        "ElastiCache: TLS in transit, auth token, encryption at rest, Multi-AZ, failover.",
+        {REPLICATION_GROUP},
+        lambda _t, props: check_redis(props),
+    ),
+    _resource_policy(
+        "termination-grace-covers-drain",
+        "Server pods: terminationGracePeriodSeconds > drain delay + drain seconds.",
+        {DEPLOYMENT},
+        lambda _t, props: check_termination_grace(props),
+    ),
+    _resource_policy(
+        "non-root-containers",
+        "Every container runs as non-root without privilege escalation.",
+        set(WORKLOADS),
+        check_non_root,
+    ),
+    _stack_policy(
+        "balancer-idle-timeout",
+        "Balancer idle timeouts exceed ping interval + ping timeout.",
+        check_idle_timeouts,
+    ),
+    _stack_policy(
+        "connection-count-autoscaling",
+        "Server Deployments scale on iofleet_connections (HPA or the iofleet autoscaler).",
+        check_connection_autoscaling,
+    ),
+    _stack_policy(
+        "admin-port-not-public",
+        "The admin port is never exposed by a LoadBalancer/NodePort Service or an Ingress.",
+        check_admin_private,
+    ),
+]

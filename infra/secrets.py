@@ -1,0 +1,19 @@
+"""The JWT verification secret the servers get, when the stack uses HS256."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_random as random
+
+from infra.config import RegionalConfig
+
+
+def jwt_secret(cfg: RegionalConfig) -> pulumi.Output[str] | None:
+    """None with a public key (RS/ES tokens); the operator's secret if set; otherwise a
+    generated one, exported as a stack secret so the token issuer can share it."""
+    if cfg.jwt_public_key:
+        return None
+    if cfg.jwt_secret is not None:
+        return cfg.jwt_secret
+    generated = random.RandomPassword("jwt-secret", length=64, special=False)
+    return pulumi.Output.secret(generated.result)

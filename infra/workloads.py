@@ -1,0 +1,677 @@
+"""Workloads: the socket server (SocketService) and the connection-count autoscaler
+(Autoscaler). Specs are written as camelCase dicts so they read like the manifests a
+platform team would review with kubectl."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+import pulumi_tls as tls
+
+from infra.config import RegionalConfig
+
+SERVER = "iofleet-server"
+AUTOSCALER = "iofleet-autoscaler"
+PUBLIC_PORT = 8000
+ADMIN_PORT = 9000
+METRICS_API_PORT = 6443
+CONNECTIONS_METRIC = "iofleet_connections"
+SERVER_LABELS = {"app.kubernetes.io/name": SERVER, "app.kubernetes.io/part-of": "iofleet"}
+AUTOSCALER_LABELS = {"app.kubernetes.io/name": AUTOSCALER, "app.kubernetes.io/part-of": "iofleet"}
+HAPROXY_LABELS = {
+    "app.kubernetes.io/name": "iofleet-haproxy",
+    "app.kubernetes.io/part-of": "iofleet",
+}
+UID = 10001
+
+# The preStop hook: ask the server to drain and block until it is done, so Kubernetes
+# sends SIGTERM only to an empty process. Plain python (the image has no curl). If the
+# call fails the kubelet goes on to SIGTERM, which starts the same drain.
+PRESTOP = (
+    "import os, urllib.request as r; "
+    "r.urlopen(r.Request('http://127.0.0.1:{port}/admin/drain?wait=true', method='POST', "
+    "headers={{'Authorization': 'Bearer ' + os.environ['IOFLEET_ADMIN_TOKEN']}}), "
+    "timeout={timeout})"
+)
+
+RESTRICTED_CONTAINER: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": UID,
+    "runAsGroup": UID,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_POD: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": UID,
+    "runAsGroup": UID,
+    "fsGroup": UID,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def meta(name: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels}
+
+
+@dataclass
+class SocketServiceArgs:
+    settings: RegionalConfig
+    redis_url: pulumi.Output[str]
+    jwt_secret: pulumi.Output[str] | None
+    """HS256 secret; None when settings.jwt_public_key is used."""
+    provider: k8s.Provider
+    alb_readiness_gate: bool
+    """Label the namespace so the AWS LB controller injects target-health readiness gates."""
+    admin_clients: list[dict[str, Any]]
+    """NetworkPolicy peers (besides autoscaler and Prometheus) allowed on the admin port."""
+    depends_on: list[pulumi.Resource]
+
+
+class SocketService(pulumi.ComponentResource):
+    """Namespace, Secret, Deployment, PDB, Services, HPA and NetworkPolicy of the server."""
+
+    namespace: str
+    public_service: str
+    headless_service: str
+    admin_service: str
+    deployment_name: str
+
+    def __init__(
+        self, name: str, args: SocketServiceArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("iofleet:workloads:SocketService", name, None, opts)
+        self._args = args
+        s = args.settings
+        self.namespace = s.namespace
+        self.deployment_name = SERVER
+        self.public_service = SERVER
+        self.headless_service = f"{SERVER}-headless"
+        self.admin_service = f"{SERVER}-admin"
+        self.admin_service_labels = {**SERVER_LABELS, "iofleet.io/port": "admin"}
+        self._opts = pulumi.ResourceOptions(parent=self, provider=args.provider)
+
+        labels = {
+            # Pods run under the "restricted" Pod Security Standard.
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest",
+        }
+        if args.alb_readiness_gate:
+            labels["elbv2.k8s.aws/pod-readiness-gate-inject"] = "enabled"
+        self._ns = k8s.core.v1.Namespace(
+            f"{name}-ns",
+            metadata={"name": s.namespace, "labels": labels},
+            opts=pulumi.ResourceOptions(parent=self, provider=args.provider),
+        )
+        self._ns_opts = pulumi.ResourceOptions(
+            parent=self, provider=args.provider, depends_on=[self._ns]
+        )
+        self.admin_token = random.RandomPassword(
+            f"{name}-admin-token",
+            length=48,
+            special=False,
+            opts=pulumi.ResourceOptions(parent=self),
+        ).result
+        self._create_secret(name)
+        self.deployment = self._create_deployment(name)
+        self._create_services(name)
+        self._create_pdb(name)
+        self.hpa = self._create_hpa(name)
+        self._create_network_policy(name)
+        self.register_outputs({"namespace": self.namespace})
+
+    def _create_secret(self, name: str) -> None:
+        data: dict[str, pulumi.Input[str]] = {
+            "redis-url": self._args.redis_url,
+            "admin-token": self.admin_token,
+        }
+        if self._args.jwt_secret is not None:
+            data["jwt-secret"] = self._args.jwt_secret
+        self.secret = k8s.core.v1.Secret(
+            f"{name}-secret",
+            metadata=meta(SERVER, self.namespace, SERVER_LABELS),
+            type="Opaque",
+            string_data=data,
+            opts=self._ns_opts,
+        )
+
+    def _env(self) -> list[dict[str, Any]]:
+        s = self._args.settings
+
+        def secret(var: str, key: str) -> dict[str, Any]:
+            return {"name": var, "valueFrom": {"secretKeyRef": {"name": SERVER, "key": key}}}
+
+        plain = {
+            "IOFLEET_HOST": "0.0.0.0",
+            "IOFLEET_PORT": PUBLIC_PORT,
+            "IOFLEET_ADMIN_PORT": ADMIN_PORT,
+            "IOFLEET_AUTH": "jwt",
+            # Behind our balancer: client addresses come from X-Forwarded-For.
+            "IOFLEET_TRUST_PROXY_HEADERS": "true",
+            "IOFLEET_CORS_ORIGINS": ",".join(s.cors_origins),
+            "IOFLEET_TRANSPORTS": ",".join(s.transports),
+            "IOFLEET_PING_INTERVAL": s.ping_interval,
+            "IOFLEET_PING_TIMEOUT": s.ping_timeout,
+            "IOFLEET_MAX_CONNECTIONS": s.max_connections,
+            "IOFLEET_MAX_MESSAGE_BYTES": s.max_message_bytes,
+            "IOFLEET_RATE_LIMIT": s.rate_limit,
+            "IOFLEET_DRAIN_SECONDS": s.drain_seconds,
+            "IOFLEET_DRAIN_DELAY": s.drain_delay,
+        }
+        if s.handlers:
+            plain["IOFLEET_HANDLERS"] = s.handlers
+        if s.jwt_public_key:
+            plain["IOFLEET_JWT_PUBLIC_KEY"] = s.jwt_public_key
+        env = [{"name": k, "value": str(v)} for k, v in plain.items()]
+        env.append(
+            # Each pod's node id is its name: logs, metrics and /admin/status line up.
+            {"name": "IOFLEET_NODE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+        )
+        env.append(secret("IOFLEET_REDIS_URL", "redis-url"))
+        env.append(secret("IOFLEET_ADMIN_TOKEN", "admin-token"))
+        if self._args.jwt_secret is not None:
+            env.append(secret("IOFLEET_JWT_SECRET", "jwt-secret"))
+        return env
+
+    def _container(self) -> dict[str, Any]:
+        s = self._args.settings
+        drain_timeout = s.drain_delay + s.drain_seconds + 5
+        return {
+            "name": "server",
+            "image": s.image,
+            "command": ["python", "-m", "server"],
+            "ports": [
+                {"name": "http", "containerPort": PUBLIC_PORT, "protocol": "TCP"},
+                {"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"},
+            ],
+            "env": self._env(),
+            # No CPU limit: CFS throttling stalls the event loop and every socket on it;
+            # the request reserves the share, memory is capped (requests == limits).
+            "resources": {
+                "requests": {"cpu": s.server_cpu, "memory": s.server_memory},
+                "limits": {"memory": s.server_memory},
+            },
+            "startupProbe": {
+                "httpGet": {"path": "/healthz", "port": "admin"},
+                "periodSeconds": 2,
+                "failureThreshold": 30,
+            },
+            "livenessProbe": {
+                "httpGet": {"path": "/healthz", "port": "admin"},
+                "periodSeconds": 10,
+                "timeoutSeconds": 2,
+                "failureThreshold": 3,
+            },
+            # /readyz turns 503 the moment a drain starts, taking the pod out of the
+            # Service endpoints (and the balancer) before connections are closed.
+            "readinessProbe": {
+                "httpGet": {"path": "/readyz", "port": "admin"},
+                "periodSeconds": 5,
+                "timeoutSeconds": 2,
+                "failureThreshold": 1,
+                "successThreshold": 1,
+            },
+            "lifecycle": {
+                "preStop": {
+                    "exec": {
+                        "command": [
+                            "python",
+                            "-c",
+                            PRESTOP.format(port=ADMIN_PORT, timeout=drain_timeout),
+                        ]
+                    }
+                }
+            },
+            "securityContext": RESTRICTED_CONTAINER,
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        }
+
+    def _create_deployment(self, name: str) -> k8s.apps.v1.Deployment:
+        s = self._args.settings
+        return k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata=meta(SERVER, self.namespace, SERVER_LABELS),
+            spec={
+                # Initial size only: the HPA owns replicas afterwards (ignore_changes).
+                "replicas": s.min_replicas,
+                "selector": {"matchLabels": SERVER_LABELS},
+                # Surge, never remove first: a rollout adds capacity before draining.
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
+                },
+                "template": {
+                    "metadata": {"labels": SERVER_LABELS},
+                    "spec": {
+                        "serviceAccountName": SERVER,
+                        "automountServiceAccountToken": False,
+                        "terminationGracePeriodSeconds": s.termination_grace_seconds,
+                        "securityContext": RESTRICTED_POD,
+                        "topologySpreadConstraints": [
+                            {
+                                "maxSkew": 1,
+                                "topologyKey": "topology.kubernetes.io/zone",
+                                "whenUnsatisfiable": "DoNotSchedule",
+                                "labelSelector": {"matchLabels": SERVER_LABELS},
+                            },
+                            {
+                                "maxSkew": 1,
+                                "topologyKey": "kubernetes.io/hostname",
+                                "whenUnsatisfiable": "ScheduleAnyway",
+                                "labelSelector": {"matchLabels": SERVER_LABELS},
+                            },
+                        ],
+                        "containers": [self._container()],
+                        "volumes": [
+                            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}
+                        ],
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions.merge(
+                self._ns_opts,
+                pulumi.ResourceOptions(
+                    depends_on=[self.secret, self._service_account(name), *self._args.depends_on],
+                    ignore_changes=["spec.replicas"],
+                ),
+            ),
+        )
+
+    def _service_account(self, name: str) -> k8s.core.v1.ServiceAccount:
+        return k8s.core.v1.ServiceAccount(
+            f"{name}-sa",
+            metadata=meta(SERVER, self.namespace, SERVER_LABELS),
+            # The server never calls the Kubernetes API.
+            automount_service_account_token=False,
+            opts=self._ns_opts,
+        )
+
+    def _create_services(self, name: str) -> None:
+        public = {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+        k8s.core.v1.Service(
+            f"{name}-public",
+            metadata=meta(self.public_service, self.namespace, SERVER_LABELS),
+            spec={"type": "ClusterIP", "selector": SERVER_LABELS, "ports": [public]},
+            opts=self._ns_opts,
+        )
+        # Headless: one DNS A record per ready pod, for HAProxy's server-template.
+        k8s.core.v1.Service(
+            f"{name}-headless",
+            metadata=meta(self.headless_service, self.namespace, SERVER_LABELS),
+            spec={
+                "clusterIP": "None",
+                "publishNotReadyAddresses": False,
+                "selector": SERVER_LABELS,
+                "ports": [
+                    {"name": "http", "port": PUBLIC_PORT, "targetPort": "http"},
+                    {"name": "admin", "port": ADMIN_PORT, "targetPort": "admin"},
+                ],
+            },
+            opts=self._ns_opts,
+        )
+        # Admin: cluster-internal only (ClusterIP, never referenced by an Ingress).
+        k8s.core.v1.Service(
+            f"{name}-admin",
+            metadata=meta(self.admin_service, self.namespace, self.admin_service_labels),
+            spec={
+                "type": "ClusterIP",
+                "selector": SERVER_LABELS,
+                "ports": [{"name": "admin", "port": ADMIN_PORT, "targetPort": "admin"}],
+            },
+            opts=self._ns_opts,
+        )
+
+    def _create_pdb(self, name: str) -> None:
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb",
+            metadata=meta(SERVER, self.namespace, SERVER_LABELS),
+            # One pod at a time: each eviction sends its users to reconnect elsewhere,
+            # so node drains move load gradually instead of in a thundering herd.
+            spec={"maxUnavailable": 1, "selector": {"matchLabels": SERVER_LABELS}},
+            opts=self._ns_opts,
+        )
+
+    def _create_hpa(self, name: str) -> k8s.autoscaling.v2.HorizontalPodAutoscaler:
+        s = self._args.settings
+        return k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            f"{name}-hpa",
+            metadata=meta(SERVER, self.namespace, SERVER_LABELS),
+            spec={
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": SERVER},
+                "minReplicas": s.min_replicas,
+                "maxReplicas": s.max_replicas,
+                "metrics": [
+                    {
+                        "type": "Pods",
+                        "pods": {
+                            "metric": {"name": CONNECTIONS_METRIC},
+                            "target": {
+                                "type": "AverageValue",
+                                "averageValue": str(s.target_connections),
+                            },
+                        },
+                    }
+                ],
+                "behavior": {
+                    "scaleUp": {
+                        "stabilizationWindowSeconds": s.scale_up_stabilization_seconds,
+                        "selectPolicy": "Max",
+                        "policies": [
+                            {"type": "Percent", "value": s.scale_up_percent, "periodSeconds": 60},
+                            {"type": "Pods", "value": 2, "periodSeconds": 60},
+                        ],
+                    },
+                    # Every removed pod pushes its users through a reconnect: go slowly.
+                    "scaleDown": {
+                        "stabilizationWindowSeconds": s.scale_down_stabilization_seconds,
+                        "selectPolicy": "Min",
+                        "policies": [
+                            {
+                                "type": "Percent",
+                                "value": s.scale_down_percent,
+                                "periodSeconds": 60,
+                            }
+                        ],
+                    },
+                },
+            },
+            opts=pulumi.ResourceOptions.merge(
+                self._ns_opts, pulumi.ResourceOptions(depends_on=[self.deployment])
+            ),
+        )
+
+    def _create_network_policy(self, name: str) -> None:
+        s = self._args.settings
+        admin_peers = [
+            {"podSelector": {"matchLabels": AUTOSCALER_LABELS}},
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": s.prometheus_namespace}
+                }
+            },
+            *self._args.admin_clients,
+        ]
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol",
+            metadata=meta(SERVER, self.namespace, SERVER_LABELS),
+            spec={
+                "podSelector": {"matchLabels": SERVER_LABELS},
+                "policyTypes": ["Ingress"],
+                # Kubelet probes come from the node and are not subject to this policy.
+                "ingress": [
+                    {"ports": [{"port": "http", "protocol": "TCP"}]},
+                    {"from": admin_peers, "ports": [{"port": "admin", "protocol": "TCP"}]},
+                ],
+            },
+            opts=self._ns_opts,
+        )
+
+
+@dataclass
+class AutoscalerArgs:
+    settings: RegionalConfig
+    provider: k8s.Provider
+    deployment_name: str
+    namespace: str
+    depends_on: list[pulumi.Resource]
+
+
+class Autoscaler(pulumi.ComponentResource):
+    """The connection-count autoscaler: serves custom.metrics.k8s.io for the HPA and
+    keeps pod-deletion-cost on the server pods. Least-privilege RBAC, TLS serving cert."""
+
+    def __init__(
+        self, name: str, args: AutoscalerArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("iofleet:workloads:Autoscaler", name, None, opts)
+        self._args = args
+        self._ns = args.namespace
+        self._opts = pulumi.ResourceOptions(
+            parent=self, provider=args.provider, depends_on=args.depends_on
+        )
+        self._create_rbac(name)
+        ca_pem = self._create_tls(name)
+        self._create_deployment(name)
+        self._create_service(name)
+        self._create_api_services(name, ca_pem)
+        self.register_outputs({})
+
+    def _create_rbac(self, name: str) -> None:
+        ns = self._ns
+        sa = {"kind": "ServiceAccount", "name": AUTOSCALER, "namespace": ns}
+        k8s.core.v1.ServiceAccount(
+            f"{name}-sa", metadata=meta(AUTOSCALER, ns, AUTOSCALER_LABELS), opts=self._opts
+        )
+        rules = [
+            # Read connection counts from pods, and rank them with pod-deletion-cost.
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
+            # Only the server Deployment's scale subresource.
+            {
+                "apiGroups": ["apps"],
+                "resources": ["deployments/scale"],
+                "resourceNames": [self._args.deployment_name],
+                "verbs": ["get", "patch", "update"],
+            },
+        ]
+        k8s.rbac.v1.Role(
+            f"{name}-role",
+            metadata=meta(AUTOSCALER, ns, AUTOSCALER_LABELS),
+            rules=rules,
+            opts=self._opts,
+        )
+        k8s.rbac.v1.RoleBinding(
+            f"{name}-rolebinding",
+            metadata=meta(AUTOSCALER, ns, AUTOSCALER_LABELS),
+            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": AUTOSCALER},
+            subjects=[sa],
+            opts=self._opts,
+        )
+        # An aggregated API server checks callers with TokenReview/SubjectAccessReview...
+        k8s.rbac.v1.ClusterRoleBinding(
+            f"{name}-auth-delegator",
+            metadata={"name": f"{AUTOSCALER}:system:auth-delegator", "labels": AUTOSCALER_LABELS},
+            role_ref={
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:auth-delegator",
+            },
+            subjects=[sa],
+            opts=self._opts,
+        )
+        # ...and reads the front-proxy client CA from kube-system.
+        k8s.rbac.v1.RoleBinding(
+            f"{name}-auth-reader",
+            metadata=meta(f"{AUTOSCALER}-auth-reader", "kube-system", AUTOSCALER_LABELS),
+            role_ref={
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "extension-apiserver-authentication-reader",
+            },
+            subjects=[sa],
+            opts=self._opts,
+        )
+        # The HPA controller must be allowed to read the metrics we serve.
+        k8s.rbac.v1.ClusterRole(
+            f"{name}-metrics-reader",
+            metadata={"name": f"{AUTOSCALER}:metrics-reader", "labels": AUTOSCALER_LABELS},
+            rules=[
+                {
+                    "apiGroups": ["custom.metrics.k8s.io"],
+                    "resources": ["*"],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ],
+            opts=self._opts,
+        )
+        k8s.rbac.v1.ClusterRoleBinding(
+            f"{name}-hpa-metrics-reader",
+            metadata={"name": f"{AUTOSCALER}:hpa-metrics-reader", "labels": AUTOSCALER_LABELS},
+            role_ref={
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": f"{AUTOSCALER}:metrics-reader",
+            },
+            subjects=[
+                {
+                    "kind": "ServiceAccount",
+                    "name": "horizontal-pod-autoscaler",
+                    "namespace": "kube-system",
+                }
+            ],
+            opts=self._opts,
+        )
+
+    def _create_tls(self, name: str) -> pulumi.Output[str]:
+        """A private CA (its cert goes in the APIService caBundle) and a serving cert for
+        the Service DNS names. `pulumi up` renews the cert in its last 30 days."""
+        child = pulumi.ResourceOptions(parent=self)
+        ca_key = tls.PrivateKey(f"{name}-ca-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
+        ca = tls.SelfSignedCert(
+            f"{name}-ca",
+            private_key_pem=ca_key.private_key_pem,
+            subject={"common_name": "iofleet-autoscaler-ca", "organization": "iofleet"},
+            is_ca_certificate=True,
+            validity_period_hours=10 * 365 * 24,
+            allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
+            opts=child,
+        )
+        key = tls.PrivateKey(f"{name}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
+        dns = [
+            f"{AUTOSCALER}.{self._ns}.svc",
+            f"{AUTOSCALER}.{self._ns}.svc.cluster.local",
+        ]
+        csr = tls.CertRequest(
+            f"{name}-csr",
+            private_key_pem=key.private_key_pem,
+            subject={"common_name": dns[0]},
+            dns_names=dns,
+            opts=child,
+        )
+        cert = tls.LocallySignedCert(
+            f"{name}-cert",
+            cert_request_pem=csr.cert_request_pem,
+            ca_private_key_pem=ca_key.private_key_pem,
+            ca_cert_pem=ca.cert_pem,
+            validity_period_hours=365 * 24,
+            early_renewal_hours=30 * 24,
+            allowed_uses=["digital_signature", "key_encipherment", "server_auth"],
+            opts=child,
+        )
+        k8s.core.v1.Secret(
+            f"{name}-tls",
+            metadata=meta(f"{AUTOSCALER}-tls", self._ns, AUTOSCALER_LABELS),
+            type="kubernetes.io/tls",
+            string_data={"tls.crt": cert.cert_pem, "tls.key": key.private_key_pem},
+            opts=self._opts,
+        )
+        return ca.cert_pem
+
+    def _create_deployment(self, name: str) -> None:
+        s = self._args.settings
+        env = {
+            "IOFLEET_AUTOSCALER_NAMESPACE": self._ns,
+            "IOFLEET_AUTOSCALER_DEPLOYMENT": self._args.deployment_name,
+            "IOFLEET_AUTOSCALER_POD_SELECTOR": ",".join(
+                f"{k}={v}" for k, v in SERVER_LABELS.items()
+            ),
+            "IOFLEET_AUTOSCALER_ADMIN_PORT": str(ADMIN_PORT),
+            "IOFLEET_AUTOSCALER_METRICS_PORT": str(METRICS_API_PORT),
+            "IOFLEET_AUTOSCALER_TLS_CERT_FILE": "/etc/iofleet/tls/tls.crt",
+            "IOFLEET_AUTOSCALER_TLS_KEY_FILE": "/etc/iofleet/tls/tls.key",
+            "IOFLEET_AUTOSCALER_TARGET_CONNECTIONS": str(s.target_connections),
+            "IOFLEET_AUTOSCALER_MIN": str(s.min_replicas),
+            "IOFLEET_AUTOSCALER_MAX": str(s.max_replicas),
+        }
+        container = {
+            "name": "autoscaler",
+            "image": s.autoscaler_image,
+            "command": ["python", "-m", "autoscaler", "--backend", "kubernetes"],
+            "ports": [{"name": "https", "containerPort": METRICS_API_PORT, "protocol": "TCP"}],
+            "env": [{"name": k, "value": v} for k, v in env.items()],
+            "resources": {
+                "requests": {"cpu": "100m", "memory": "128Mi"},
+                "limits": {"memory": "256Mi"},
+            },
+            "readinessProbe": {"tcpSocket": {"port": "https"}, "periodSeconds": 10},
+            "livenessProbe": {"tcpSocket": {"port": "https"}, "periodSeconds": 20},
+            "securityContext": RESTRICTED_CONTAINER,
+            "volumeMounts": [
+                {"name": "tls", "mountPath": "/etc/iofleet/tls", "readOnly": True},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+        }
+        k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata=meta(AUTOSCALER, self._ns, AUTOSCALER_LABELS),
+            spec={
+                # One replica: the deletion-cost actuator is not leader-elected, and the
+                # HPA only holds its last decision while the metrics API restarts.
+                "replicas": 1,
+                "selector": {"matchLabels": AUTOSCALER_LABELS},
+                "template": {
+                    "metadata": {"labels": AUTOSCALER_LABELS},
+                    "spec": {
+                        "serviceAccountName": AUTOSCALER,
+                        "securityContext": RESTRICTED_POD,
+                        "containers": [container],
+                        "volumes": [
+                            {"name": "tls", "secret": {"secretName": f"{AUTOSCALER}-tls"}},
+                            {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
+                        ],
+                    },
+                },
+            },
+            opts=self._opts,
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-netpol",
+            metadata=meta(AUTOSCALER, self._ns, AUTOSCALER_LABELS),
+            spec={
+                "podSelector": {"matchLabels": AUTOSCALER_LABELS},
+                "policyTypes": ["Ingress"],
+                # The caller is the kube-apiserver (EKS control-plane ENIs in the VPC).
+                "ingress": [{"ports": [{"port": "https", "protocol": "TCP"}]}],
+            },
+            opts=self._opts,
+        )
+
+    def _create_service(self, name: str) -> None:
+        k8s.core.v1.Service(
+            f"{name}-svc",
+            metadata=meta(AUTOSCALER, self._ns, AUTOSCALER_LABELS),
+            spec={
+                "type": "ClusterIP",
+                "selector": AUTOSCALER_LABELS,
+                "ports": [{"name": "https", "port": 443, "targetPort": "https"}],
+            },
+            opts=self._opts,
+        )
+
+    def _create_api_services(self, name: str, ca_pem: pulumi.Output[str]) -> None:
+        bundle = ca_pem.apply(lambda pem: base64.b64encode(pem.encode()).decode())
+        for version, priority in (("v1beta1", 100), ("v1beta2", 200)):
+            k8s.apiregistration.v1.APIService(
+                f"{name}-{version}",
+                metadata={
+                    "name": f"{version}.custom.metrics.k8s.io",
+                    "labels": AUTOSCALER_LABELS,
+                },
+                spec={
+                    "group": "custom.metrics.k8s.io",
+                    "version": version,
+                    "service": {"name": AUTOSCALER, "namespace": self._ns, "port": 443},
+                    "caBundle": bundle,
+                    "insecureSkipTLSVerify": False,
+                    "groupPriorityMinimum": 100,
+                    # v1beta2 preferred where both are served.
+                    "versionPriority": priority,
+                },
+                opts=self._opts,
+            )
