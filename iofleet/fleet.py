@@ -96,7 +96,9 @@ def balancer_timeouts(env: Mapping[str, str]) -> Timeouts:
     return Timeouts(
         ping_interval_s=_seconds(env, "PING_INTERVAL", 25),
         ping_timeout_s=_seconds(env, "PING_TIMEOUT", 20),
-        drain_s=int(drain) + 10,
+        # After a reload (the nginx lever reloads) old workers cut their WebSockets when
+        # this runs out, so it is well above a drain: at least five minutes.
+        drain_s=max(int(drain) + 10, 300),
     )
 
 

@@ -79,8 +79,10 @@ class Timeouts:
     ping_timeout_s: float = 20
     """The servers' `IOFLEET_PING_TIMEOUT`."""
     drain_s: int = 60
-    """How long an old balancer process may keep WebSockets after a reload
-    (`DRAIN_DELAY + DRAIN_SECONDS` of the servers, or more)."""
+    """How long an old balancer process keeps serving its WebSockets after a reload
+    (`hard-stop-after`, `worker_shutdown_timeout`); when it runs out those clients all
+    reconnect at once. At least the servers' `DRAIN_DELAY + DRAIN_SECONDS`; longer where
+    the balancer reloads often (the nginx lever reloads on every change)."""
     connect_s: int = 5
     margin_s: int = 15
     """Slack above ping interval + ping timeout, so a slow pong is never cut."""
