@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import time
@@ -30,7 +31,11 @@ SHUTDOWN_STEP_TIMEOUT = 5.0
 
 def build_node(settings: Settings) -> Node:
     metrics = Metrics()
-    fanout = FanoutManager(settings.redis_url, settings.redis_channel, metrics) if settings.redis_url else None
+    fanout = (
+        FanoutManager(settings.redis_url, settings.redis_channel, metrics)
+        if settings.redis_url
+        else None
+    )
     sio = IofleetServer(settings, metrics, client_manager=fanout)
     metrics.fanout_up.set(1 if fanout is None else 0)
     drain = DrainController(
@@ -78,10 +83,8 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
         )
     yield
     if node.sio.redis is not None:
-        try:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(node.sio.redis.aclose(), SHUTDOWN_STEP_TIMEOUT)
-        except (Exception, asyncio.CancelledError):
-            pass
 
 
 async def start_manager(app: web.Application) -> None:

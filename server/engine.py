@@ -36,9 +36,7 @@ class LimitedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
 
     async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
         request = environ["aiohttp.request"]
-        self._sock = WebSocketResponse(
-            max_msg_size=self.server.max_http_buffer_size, compress=True
-        )
+        self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=True)
         await self._sock.prepare(request)
         negotiated = self._sock.compress
         writer = getattr(self._sock, "_writer", None)
@@ -86,7 +84,7 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.node_id = node_id
         self.reject_hook: RejectHook = _ignore_reject
-        self._async = {**self._async, "websocket": LimitedWebSocket}
+        self._async = {**self._async, "websocket": LimitedWebSocket}  # type: ignore[has-type]
 
     def generate_id(self) -> str:
         # `<node>.<random>`: nginx routes a request that carries `?sid=` to its

@@ -10,6 +10,7 @@ is subscribed (that is `/readyz`), and shutdown never waits on a Redis that is g
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import socketio
 from redis import asyncio as aioredis
+from redis.asyncio.client import PubSub
 
 from server.jsonlog import OncePerBurst
 from server.metrics import Metrics
@@ -44,8 +46,17 @@ class FanoutManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         self._listen_log = OncePerBurst(window=10.0)
         self._last_publish_failure = float("-inf")
         self._listener: aioredis.Redis | None = None
+        # Set by the library's __init__; declared for the type checker.
+        self.redis: aioredis.Redis | None
+        self.pubsub: PubSub | None
 
     def _redis_connect(self) -> None:
+        """The library's hook: make sure both clients exist."""
+        self._publisher()
+        self._subscriber()
+        self.connected = True
+
+    def _publisher(self) -> aioredis.Redis:
         # Two clients: publishes get a socket timeout so they cannot hang; the
         # subscriber must block on reads indefinitely, so it gets keepalive and
         # periodic health checks instead. Both pools reconnect by themselves.
@@ -55,6 +66,9 @@ class FanoutManager(socketio.AsyncRedisManager):  # type: ignore[misc]
                 socket_connect_timeout=PUBLISH_TIMEOUT_SECONDS,
                 socket_timeout=PUBLISH_TIMEOUT_SECONDS,
             )
+        return self.redis
+
+    def _subscriber(self) -> PubSub:
         if self._listener is None:
             self._listener = aioredis.Redis.from_url(
                 self.redis_url,
@@ -64,21 +78,21 @@ class FanoutManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             )
         if self.pubsub is None:
             self.pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
-        self.connected = True
+        return self.pubsub
 
     async def _publish(self, data: Any) -> Any:
         now = time.monotonic()
         if not self.subscribed and now - self._last_publish_failure < PUBLISH_RETRY_AFTER_SECONDS:
             self._publish_failed("redis unavailable (recent failure)", now)
             return None
-        self._redis_connect()
+        redis = self._publisher()
         message = self.json.dumps(data)
         # Two attempts: after Redis restarts, the pooled connection is dead and
         # only the second attempt (on a fresh connection) can get through.
         for attempt in (1, 2):
             try:
                 return await asyncio.wait_for(
-                    self.redis.publish(self.channel, message), PUBLISH_TIMEOUT_SECONDS
+                    redis.publish(self.channel, message), PUBLISH_TIMEOUT_SECONDS
                 )
             except aioredis.ConnectionError as error:
                 if attempt == 1 and self.subscribed:
@@ -107,12 +121,12 @@ class FanoutManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         backoff = LISTEN_BACKOFF_START
         while True:
             try:
+                pubsub = self._subscriber()
                 if not self.subscribed:
-                    self._redis_connect()
-                    await self.pubsub.subscribe(self.channel)
+                    await pubsub.subscribe(self.channel)
                     self._set_subscribed(True)
                     backoff = LISTEN_BACKOFF_START
-                async for message in self.pubsub.listen():
+                async for message in pubsub.listen():
                     yield message
             except asyncio.CancelledError:
                 raise
@@ -141,10 +155,8 @@ class FanoutManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     async def _reset_pubsub(self) -> None:
         pubsub, self.pubsub = self.pubsub, None
         if pubsub is not None:
-            try:
-                await asyncio.wait_for(pubsub.aclose(), 1.0)
-            except (Exception, asyncio.CancelledError):  # best effort on a dead link
-                pass
+            with contextlib.suppress(Exception, asyncio.CancelledError):  # a dead link
+                await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
 
     async def close(self, timeout: float = 2.0) -> None:
         """Stop listening and drop connections without waiting on a dead Redis."""
@@ -154,8 +166,6 @@ class FanoutManager(socketio.AsyncRedisManager):  # type: ignore[misc]
             await asyncio.wait({thread}, timeout=timeout)
         for client in (self.redis, self._listener):
             if client is not None:
-                try:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(client.aclose(), timeout)
-                except (Exception, asyncio.CancelledError):
-                    pass
         self.subscribed = False

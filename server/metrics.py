@@ -3,9 +3,8 @@ alerts and the autoscaler read them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client import (
     CollectorRegistry,
@@ -18,7 +17,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 # `*_created` series double the output and nothing here reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Socket.IO latency is mostly sub-millisecond; the tail matters up to seconds.
 HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)

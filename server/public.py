@@ -65,7 +65,8 @@ async def handshake_gate(request: web.Request, handler: Handler) -> web.StreamRe
                 "packet refused; closing the sender's transport",
                 extra={
                     "event": "packet.oversize",
-                    "detail": f"polling body of {length} bytes over {node.settings.max_message_bytes}",
+                    "detail": f"polling body of {length} bytes, "
+                    f"over {node.settings.max_message_bytes}",
                     "eio_sid": request.query.get("sid"),
                 },
             )

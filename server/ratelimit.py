@@ -41,7 +41,9 @@ class KeyedBuckets:
     with a full bucket, which only ever errs toward letting a client through.
     """
 
-    def __init__(self, rate: float, burst: float, max_keys: int = 100_000, clock: Clock = time.monotonic):
+    def __init__(
+        self, rate: float, burst: float, max_keys: int = 100_000, clock: Clock = time.monotonic
+    ):
         self.rate = rate
         self.burst = burst
         self.max_keys = max_keys

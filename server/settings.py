@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 ENV_PREFIX = "IOFLEET_"
 NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 Transport = Literal["websocket", "polling"]
+DEFAULT_TRANSPORTS: tuple[Transport, ...] = ("websocket", "polling")
 
 
 def _default_node_id() -> str:
@@ -44,7 +45,7 @@ class Settings(BaseSettings):
     admin_port: int = Field(
         9000, ge=0, le=65535, description="Admin port (health, metrics, drain); 0 turns it off."
     )
-    host: str = Field("0.0.0.0", description="Address both listeners bind to.")  # noqa: S104
+    host: str = Field("0.0.0.0", description="Address both listeners bind to.")
     admin_host: str | None = Field(None, description="Admin listener address (default: HOST).")
     redis_url: str | None = Field(None, description="redis:// or rediss:// URL; unset = one node.")
     redis_channel: str = Field("iofleet", description="Pub/sub channel shared by all nodes.")
@@ -63,7 +64,7 @@ class Settings(BaseSettings):
         default_factory=list, description="Allowed origins; empty = same origin only."
     )
     transports: Annotated[list[Transport], NoDecode] = Field(
-        default_factory=lambda: ["websocket", "polling"], description="Engine.IO transports."
+        default_factory=lambda: list(DEFAULT_TRANSPORTS), description="Engine.IO transports."
     )
     ping_interval: float = Field(25, gt=0, le=300, description="Engine.IO ping interval (s).")
     ping_timeout: float = Field(20, gt=0, le=300, description="Engine.IO ping timeout (s).")
@@ -109,6 +110,14 @@ class Settings(BaseSettings):
     def _handlers_shape(cls, value: str) -> str:
         if value.count(":") != 1 or not all(value.split(":")):
             raise ValueError("must be module:function")
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _secret_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        # RFC 7518 3.2: an HS256 key at least as long as the hash (32 bytes).
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("must be at least 32 bytes (RFC 7518 3.2)")
         return value
 
     @field_validator("redis_url")

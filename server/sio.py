@@ -120,7 +120,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         subscribed before that, or `/readyz` never passes and no balancer
         ever sends it the first connection.
         """
-        if not self.manager_initialized:
+        if not self.manager_initialized:  # type: ignore[has-type]
             self.manager_initialized = True
             self.manager.initialize()
 
@@ -165,7 +165,11 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
                 self.metrics.connections_rejected.labels(refusal.reason).inc()
                 log.info(
                     "connection refused",
-                    extra={"event": "connect.refused", "reason": refusal.message, "peer": peer(environ)},
+                    extra={
+                        "event": "connect.refused",
+                        "reason": refusal.message,
+                        "peer": peer(environ),
+                    },
                 )
                 raise socketio.exceptions.ConnectionRefusedError(refusal.message) from None
             self.connections[sid] = Connection(
@@ -245,7 +249,8 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         error = {"ok": False, "error": "rate limited", "event": event}
         if id is not None:
             await self._send_packet(
-                conn.eio_sid, self.packet_class(sio_packet.ACK, namespace=namespace, id=id, data=[error])
+                conn.eio_sid,
+                self.packet_class(sio_packet.ACK, namespace=namespace, id=id, data=[error]),
             )
         elif not conn.warned:  # one error event per run of refusals, not one per event
             conn.warned = True

@@ -128,7 +128,7 @@ class RedisStore:
     async def cancel(self, me: Waiting) -> None:
         for raw in await self.redis.lrange(QUEUE_KEY, 0, -1):
             if orjson.loads(raw).get("sid") == me.sid:
-                await self.redis.lrem(QUEUE_KEY, 0, raw)
+                await self.redis.lrem(QUEUE_KEY, 0, str(raw))
 
     async def set_pairing(self, sid: str, pairing: Pairing) -> None:
         value = orjson.dumps(asdict(pairing)).decode()
@@ -203,7 +203,9 @@ class Matcher:
         if pairing is None:
             return
         await self.store.clear_pairing(pairing.peer_sid)
-        await self.sio.emit("user:match:ended", {"room": pairing.room, "reason": reason}, to=pairing.peer_sid)
+        await self.sio.emit(
+            "user:match:ended", {"room": pairing.room, "reason": reason}, to=pairing.peer_sid
+        )
         await self.sio.leave_room(pairing.peer_sid, pairing.room)
 
     def _relay(self, signal: str) -> Any:

@@ -31,7 +31,12 @@ def shared_redis() -> Iterator[RedisServer]:
 @pytest.fixture(scope="module")
 def cluster(shared_redis: RedisServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     """Two nodes sharing one Redis, for tests that leave them running as they were."""
-    env = {"IOFLEET_REDIS_URL": shared_redis.url, "IOFLEET_GUEST_TOKENS": "true"}
+    env = {
+        "IOFLEET_REDIS_URL": shared_redis.url,
+        "IOFLEET_GUEST_TOKENS": "true",
+        # A polling client's disconnect waits out the current long-poll.
+        "IOFLEET_PING_INTERVAL": "5",
+    }
     nodes = (ServerProcess("node-a", env=dict(env)), ServerProcess("node-b", env=dict(env)))
     for node in nodes:
         node.start()
@@ -107,8 +112,13 @@ async def py_clients() -> AsyncIterator[Any]:
     """Factory: connected python-socketio clients, all disconnected at teardown."""
     made: list[PyClient] = []
 
-    async def connect(url: str, user: str = "py-user", transports: list[str] | None = None,
-                      token: str | None = None, **options: Any) -> PyClient:
+    async def connect(
+        url: str,
+        user: str = "py-user",
+        transports: list[str] | None = None,
+        token: str | None = None,
+        **options: Any,
+    ) -> PyClient:
         client = PyClient(**options)
         made.append(client)
         await client.sio.connect(
@@ -121,5 +131,4 @@ async def py_clients() -> AsyncIterator[Any]:
         return client
 
     yield connect
-    for client in made:
-        await client.sio.shutdown()
+    await asyncio.gather(*(client.sio.shutdown() for client in made))

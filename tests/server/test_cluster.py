@@ -42,10 +42,14 @@ async def test_room_broadcast_crosses_nodes_both_ways(cluster, js: JsClients, py
     assert (await bob.sio.call("room:join", {"room": "general"}))["ok"] is True
 
     # A -> B
-    assert await js.call("alice", "chat:message", {"room": "general", "text": "hi bob"}) == {"ok": True}
+    assert await js.call("alice", "chat:message", {"room": "general", "text": "hi bob"}) == {
+        "ok": True
+    }
     await bob.wait(lambda: bob.received("chat:message"))
     message = bob.received("chat:message")[0]
-    assert message["text"] == "hi bob" and message["from"] == "alice" and message["room"] == "general"
+    assert (
+        message["text"] == "hi bob" and message["from"] == "alice" and message["room"] == "general"
+    )
     assert isinstance(message["ts"], int)
 
     # B -> A
@@ -66,7 +70,9 @@ async def test_typing_is_throttled_and_bad_payloads_get_error_acks(cluster, js: 
     first = await js.call("t1", "typing:start", {"room": "typing-room"})
     second = await js.call("t1", "typing:start", {"room": "typing-room"})
     assert first == {"ok": True, "sent": True} and second == {"ok": True, "sent": False}
-    update = await js.wait_for(lambda m: m.get("client") == "t2" and m.get("event") == "typing:update")
+    update = await js.wait_for(
+        lambda m: m.get("client") == "t2" and m.get("event") == "typing:update"
+    )
     assert update["args"][0] == {"room": "typing-room", "user": "typist", "typing": True}
     assert not js.seen("t1", "event", "typing:update")  # not echoed to the typist
 
@@ -110,13 +116,19 @@ async def test_matching_pairs_users_across_nodes_and_relays_only_to_the_peer(
     assert await js.call("m1", "user:match") == {"ok": True, "status": "waiting"}
     second = await js.call("m2", "user:match")
     assert second["status"] == "matched" and second["peer"] == "matcher-1"
-    matched_1 = await js.wait_for(lambda m: m.get("client") == "m1" and m.get("event") == "user:matched")
-    matched_2 = await js.wait_for(lambda m: m.get("client") == "m2" and m.get("event") == "user:matched")
+    matched_1 = await js.wait_for(
+        lambda m: m.get("client") == "m1" and m.get("event") == "user:matched"
+    )
+    matched_2 = await js.wait_for(
+        lambda m: m.get("client") == "m2" and m.get("event") == "user:matched"
+    )
     assert matched_1["args"][0]["peer"] == "matcher-2"
     assert matched_1["args"][0]["room"] == matched_2["args"][0]["room"]
 
     assert await js.call("m1", "webrtc:offer", {"sdp": "v=0 offer"}) == {"ok": True}
-    offer = await js.wait_for(lambda m: m.get("client") == "m2" and m.get("event") == "webrtc:offer")
+    offer = await js.wait_for(
+        lambda m: m.get("client") == "m2" and m.get("event") == "webrtc:offer"
+    )
     assert offer["args"][0] == {"from": "matcher-1", "data": {"sdp": "v=0 offer"}}
     await js.call("m2", "webrtc:answer", {"sdp": "v=0 answer"})
     await js.wait_for(lambda m: m.get("client") == "m1" and m.get("event") == "webrtc:answer")
@@ -124,13 +136,18 @@ async def test_matching_pairs_users_across_nodes_and_relays_only_to_the_peer(
     await js.wait_for(lambda m: m.get("client") == "m2" and m.get("event") == "webrtc:ice")
 
     # The bystander is not matched: its signals go nowhere, and it saw none.
-    assert await js.call("m3", "webrtc:offer", {"sdp": "x"}) == {"ok": False, "error": "not matched"}
+    assert await js.call("m3", "webrtc:offer", {"sdp": "x"}) == {
+        "ok": False,
+        "error": "not matched",
+    }
     await asyncio.sleep(0.3)
     assert not [m for m in js.seen("m3", "event") if m["event"].startswith(("webrtc:", "user:"))]
 
     # Leaving ends the match for the peer on the other node.
     await js.close("m1")
-    ended = await js.wait_for(lambda m: m.get("client") == "m2" and m.get("event") == "user:match:ended")
+    ended = await js.wait_for(
+        lambda m: m.get("client") == "m2" and m.get("event") == "user:match:ended"
+    )
     assert ended["args"][0]["reason"] == "peer left"
 
 

@@ -40,15 +40,21 @@ async def test_sigterm_drain_moves_every_client_to_the_other_node(
     }
     node_a: ServerProcess = start_server("node-a", **env)
     node_b: ServerProcess = start_server("node-b", **env)
-    backends = tuple(Backend(n.node_id, "127.0.0.1", n.port, n.admin_port) for n in (node_a, node_b))
-    balancer = start_haproxy(haproxy_options("127.0.0.1", free_port(), backends, tmp_path), tmp_path)
+    backends = tuple(
+        Backend(n.node_id, "127.0.0.1", n.port, n.admin_port) for n in (node_a, node_b)
+    )
+    balancer = start_haproxy(
+        haproxy_options("127.0.0.1", free_port(), backends, tmp_path), tmp_path
+    )
     try:
         await _drain_scenario(node_a, node_b, balancer.url, js)
     finally:
         balancer.stop()
 
 
-async def _drain_scenario(node_a: ServerProcess, node_b: ServerProcess, url: str, js: JsClients) -> None:
+async def _drain_scenario(
+    node_a: ServerProcess, node_b: ServerProcess, url: str, js: JsClients
+) -> None:
     # Official JS clients over both transports, plus python-socketio clients.
     names = [f"js-ws-{i}" for i in range(5)] + [f"js-poll-{i}" for i in range(5)]
     for name in names:
@@ -66,7 +72,9 @@ async def _drain_scenario(node_a: ServerProcess, node_b: ServerProcess, url: str
         py.append(client)
     node_of = {}
     for name in names:
-        hello = await js.wait_for(lambda m, n=name: m.get("client") == n and m.get("event") == "server:hello")
+        hello = await js.wait_for(
+            lambda m, n=name: m.get("client") == n and m.get("event") == "server:hello"
+        )
         node_of[name] = hello["args"][0]["node_id"]
         assert (await js.call(name, "room:join", {"room": ROOM}))["ok"]
     for client in py:
@@ -88,7 +96,9 @@ async def _drain_scenario(node_a: ServerProcess, node_b: ServerProcess, url: str
     assert http_status(f"{node_a.url}/socket.io/?EIO=4&transport=polling") == 503
     # New clients through the balancer land on node-b without a single failure.
     await js.open("late", url, auth={"token": make_token("late")})
-    late = await js.wait_for(lambda m: m.get("client") == "late" and m.get("event") == "server:hello", start=mark)
+    late = await js.wait_for(
+        lambda m: m.get("client") == "late" and m.get("event") == "server:hello", start=mark
+    )
     assert late["args"][0]["node_id"] == "node-b"
 
     # 3. Closed in batches after the delay, spread over the window; 4. exit 0.
@@ -97,7 +107,9 @@ async def _drain_scenario(node_a: ServerProcess, node_b: ServerProcess, url: str
     assert '"event":"drain.done"' in node_a.log()
     drops = {}
     for name in on_a:
-        drop = await js.wait_for(lambda m, n=name: m.get("client") == n and m.get("type") == "disconnect", start=mark)
+        drop = await js.wait_for(
+            lambda m, n=name: m.get("client") == n and m.get("type") == "disconnect", start=mark
+        )
         assert drop["reason"] in ("transport close", "transport error"), drop
         drops[name] = drop["t"]
     first, last = min(drops.values()), max(drops.values())
@@ -109,7 +121,9 @@ async def _drain_scenario(node_a: ServerProcess, node_b: ServerProcess, url: str
     # Every drained client reconnected by itself, to node-b, and gets new messages.
     for name in on_a:
         hello = await js.wait_for(
-            lambda m, n=name: m.get("client") == n and m.get("event") == "server:hello", start=mark, timeout=15
+            lambda m, n=name: m.get("client") == n and m.get("event") == "server:hello",
+            start=mark,
+            timeout=15,
         )
         assert hello["args"][0]["node_id"] == "node-b"
         assert (await js.call(name, "room:join", {"room": ROOM}))["ok"]
@@ -120,13 +134,18 @@ async def _drain_scenario(node_a: ServerProcess, node_b: ServerProcess, url: str
     await js.call(names[0], "chat:message", {"room": ROOM, "text": "after the drain"})
     for name in names:
         await js.wait_for(
-            lambda m, n=name: m.get("client") == n and m.get("event") == "chat:message"
-            and m["args"][0]["text"] == "after the drain",
+            lambda m, n=name: (
+                m.get("client") == n
+                and m.get("event") == "chat:message"
+                and m["args"][0]["text"] == "after the drain"
+            ),
             start=mark,
         )
     for client in py:
-        await client.wait(lambda c=client: any(m["text"] == "after the drain" for m in c.received("chat:message")))
-        await client.sio.shutdown()
+        await client.wait(
+            lambda c=client: any(m["text"] == "after the drain" for m in c.received("chat:message"))
+        )
+    await asyncio.gather(*(client.sio.shutdown() for client in py))
     for session in sessions:
         await session.close()
 

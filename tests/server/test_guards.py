@@ -94,7 +94,9 @@ async def test_oversized_message_closes_only_the_sender(start_server, js: JsClie
     dropped = await js.wait_client("big", "disconnect", start=start)
     assert dropped["reason"] == "transport close"  # so the client reconnects by itself
     assert not js.seen("small", "disconnect")
-    assert await js.call("small", "chat:message", {"room": "r", "text": "still here"}) == {"ok": True}
+    assert await js.call("small", "chat:message", {"room": "r", "text": "still here"}) == {
+        "ok": True
+    }
     await asyncio.sleep(0.2)
     lines = [json.loads(line) for line in server.log().splitlines()]
     oversize = [entry for entry in lines if entry.get("event") == "packet.oversize"]
@@ -117,7 +119,9 @@ async def test_rate_limit_error_acks_then_disconnects_only_the_abuser(
     for name in ("flooder", "calm"):
         await js.open(name, server.url, auth={"token": make_token(name)}, transports=["websocket"])
         await js.wait_client(name, "connect")
-    acks = await asyncio.gather(*(js.call("flooder", "room:join", {"room": "r"}) for _ in range(10)))
+    acks = await asyncio.gather(
+        *(js.call("flooder", "room:join", {"room": "r"}) for _ in range(10))
+    )
     refused = [a for a in acks if a.get("error") == "rate limited"]
     assert 1 <= len(refused) <= 6 and len(refused) + sum(1 for a in acks if a["ok"]) == 10
 
@@ -160,7 +164,9 @@ async def test_malformed_packets_close_only_the_offender(cluster, js: JsClients)
                     await asyncio.wait_for(ws.recv(), 5)
     # The node is up and everyone else unaffected.
     assert http_status(f"{node_a.admin_url}/healthz") == 200
-    assert await js.call("bystander", "chat:message", {"room": "calm", "text": "ok"}) == {"ok": True}
+    assert await js.call("bystander", "chat:message", {"room": "calm", "text": "ok"}) == {
+        "ok": True
+    }
     assert not js.seen("bystander", "disconnect")
     entries = [json.loads(line) for line in node_a.log().splitlines()]
     malformed = [e for e in entries if e.get("event") == "packet.malformed"]

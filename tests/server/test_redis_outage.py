@@ -20,7 +20,9 @@ def metric(admin_url: str, name: str) -> float:
     return float(match.group(1))
 
 
-async def test_redis_outage_and_recovery(redis_server: RedisServer, start_server, js: JsClients) -> None:
+async def test_redis_outage_and_recovery(
+    redis_server: RedisServer, start_server, js: JsClients
+) -> None:
     env = {"IOFLEET_REDIS_URL": redis_server.url}
     node_a = start_server("node-a", **env)
     node_b = start_server("node-b", **env)
@@ -42,8 +44,11 @@ async def test_redis_outage_and_recovery(redis_server: RedisServer, start_server
     for i in range(20):
         assert (await js.call("a1", "chat:message", {"room": "r", "text": f"outage {i}"}))["ok"]
     await js.wait_for(
-        lambda m: m.get("client") == "a2" and m.get("event") == "chat:message"
-        and m["args"][0]["text"] == "outage 19",
+        lambda m: (
+            m.get("client") == "a2"
+            and m.get("event") == "chat:message"
+            and m["args"][0]["text"] == "outage 19"
+        ),
         start=mark,
     )
     assert metric(node_a.admin_url, "iofleet_fanout_publish_failures_total") >= 20
@@ -68,8 +73,11 @@ async def test_redis_outage_and_recovery(redis_server: RedisServer, start_server
     assert got["args"][0]["text"] == "back"
     assert (await js.call("b1", "chat:message", {"room": "r", "text": "back too"}))["ok"]
     await js.wait_for(
-        lambda m: m.get("client") == "a1" and m.get("event") == "chat:message"
-        and m["args"][0]["text"] == "back too",
+        lambda m: (
+            m.get("client") == "a1"
+            and m.get("event") == "chat:message"
+            and m["args"][0]["text"] == "back too"
+        ),
         start=mark,
     )
     assert metric(node_a.admin_url, "iofleet_fanout_up") == 1
@@ -78,8 +86,12 @@ async def test_redis_outage_and_recovery(redis_server: RedisServer, start_server
 async def test_shutdown_does_not_hang_when_redis_died_first(
     redis_server: RedisServer, start_server, js: JsClients
 ) -> None:
-    node = start_server("node-x", IOFLEET_REDIS_URL=redis_server.url, IOFLEET_DRAIN_DELAY="0",
-                        IOFLEET_DRAIN_SECONDS="1")
+    node = start_server(
+        "node-x",
+        IOFLEET_REDIS_URL=redis_server.url,
+        IOFLEET_DRAIN_DELAY="0",
+        IOFLEET_DRAIN_SECONDS="1",
+    )
     await js.open("c", node.url, auth={"token": make_token("c")}, reconnection=False)
     await js.wait_client("c", "connect")
     redis_server.stop()

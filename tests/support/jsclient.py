@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import pathlib
 from collections.abc import Callable
@@ -112,12 +113,12 @@ class JsClients:
             if remaining <= 0:
                 raise TimeoutError(f"no matching message in {timeout}s; last: {self.messages[-5:]}")
             self._changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
 
-    async def wait_client(self, client: str, kind: str, timeout: float = 10, start: int = 0) -> Message:
+    async def wait_client(
+        self, client: str, kind: str, timeout: float = 10, start: int = 0
+    ) -> Message:
         return await self.wait_for(
             lambda m: m.get("client") == client and m.get("type") == kind, timeout, start
         )
