@@ -296,6 +296,11 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         self.metrics.messages_sent.inc()
         await super()._send_packet(eio_sid, pkt)
 
+    async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
+        # Room broadcasts encode once and come through here, one call per recipient.
+        self.metrics.messages_sent.inc()
+        await super()._send_eio_packet(eio_sid, eio_pkt)
+
     # --- rooms ---------------------------------------------------------------
 
     async def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:

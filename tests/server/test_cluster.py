@@ -24,6 +24,14 @@ CONTRACT_METRICS = (
 )
 
 
+def metric(admin_url: str, sample: str) -> float:
+    with urllib.request.urlopen(f"{admin_url}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
@@ -42,6 +50,9 @@ async def test_room_broadcast_crosses_nodes_both_ways(cluster, js: JsClients, py
     assert (await bob.sio.call("room:join", {"room": "general"}))["ok"] is True
 
     # A -> B
+    sent_before = metric(node_b.admin_url, "iofleet_messages_sent_total")
+    received_label = 'iofleet_messages_received_total{event="chat:message"}'
+    received_before = metric(node_a.admin_url, received_label)
     assert await js.call("alice", "chat:message", {"room": "general", "text": "hi bob"}) == {
         "ok": True
     }
@@ -51,6 +62,8 @@ async def test_room_broadcast_crosses_nodes_both_ways(cluster, js: JsClients, py
         message["text"] == "hi bob" and message["from"] == "alice" and message["room"] == "general"
     )
     assert isinstance(message["ts"], int)
+    assert metric(node_b.admin_url, "iofleet_messages_sent_total") >= sent_before + 1
+    assert metric(node_a.admin_url, received_label) == received_before + 1
 
     # B -> A
     await bob.sio.call("chat:message", {"room": "general", "text": "hi alice"})
