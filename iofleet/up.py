@@ -49,25 +49,27 @@ def run_foreground(config: FleetConfig, console: Console) -> int:
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    # SIGTERM (`iofleet down`) during start-up unwinds like Ctrl-C: Fleet.start stops
-    # whatever it had started.
+    # SIGTERM (`iofleet down`) unwinds like Ctrl-C, whenever it comes.
     signal.signal(signal.SIGTERM, interrupt)
+    code = 0
     try:
         with console.status(f"starting {config.servers} servers behind {config.balancer}..."):
             fleet.start()
+        print_fleet(console, fleet.state(), foreground=True)
+        asyncio.run(_supervise(fleet, console))
     except StartError as error:
         console.print(f"[red]iofleet up failed:[/red] {error}")
-        return 1
+        code = 1
     except KeyboardInterrupt:
-        return 130
-    print_fleet(console, fleet.state(), foreground=True)
-    try:
-        asyncio.run(_supervise(fleet, console))
+        code = 0 if fleet.status == "running" else 130
     finally:
+        # A second Ctrl-C must not cut the stop short and leave processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         with console.status("stopping the fleet..."):
             fleet.stop()
         console.print("fleet stopped")
-    return 0
+    return code
 
 
 async def _supervise(fleet: Fleet, console: Console) -> None:

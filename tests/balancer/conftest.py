@@ -44,8 +44,14 @@ def redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def servers(redis: RedisServer) -> Iterator[list[ServerProcess]]:
-    env = {**SERVER_ENV, "IOFLEET_REDIS_URL": redis.url}
+def server_env() -> dict[str, str]:
+    """Extra `IOFLEET_` settings of the three servers (a test module may override it)."""
+    return dict(SERVER_ENV)
+
+
+@pytest.fixture
+def servers(redis: RedisServer, server_env: dict[str, str]) -> Iterator[list[ServerProcess]]:
+    env = {**server_env, "IOFLEET_REDIS_URL": redis.url}
     started = [ServerProcess(node, env=dict(env)).start(wait_ready=False) for node in NODES]
     try:
         for server in started:

@@ -12,9 +12,9 @@ import itertools
 import json
 import os
 import signal
-import subprocess
 import tempfile
 import time
+from asyncio.subprocess import DEVNULL
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +26,29 @@ CHROMIUM = "/usr/bin/chromium"
 class Chromium:
     def __init__(self) -> None:
         self.profile = Path(tempfile.mkdtemp(prefix="iofleet-chromium-"))
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: asyncio.subprocess.Process | None = None
         self._ws: Any = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> Chromium:
-        self.process = subprocess.Popen(
-            [
+        self.process = await asyncio.create_subprocess_exec(
+            *[
                 CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync",
                 f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
                 "about:blank",
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=DEVNULL,
+            stderr=DEVNULL,
             start_new_session=True,  # its own process group: the renderers go with it
         )  # fmt: skip
         port_file = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
         while not (port_file.exists() and len(port_file.read_text().splitlines()) >= 2):
-            if self.process.poll() is not None or time.monotonic() > deadline:
+            if self.process.returncode is not None or time.monotonic() > deadline:
                 raise RuntimeError("chromium did not open its DevTools port")
             await asyncio.sleep(0.1)
         port, path = port_file.read_text().splitlines()[:2]
@@ -91,13 +91,13 @@ class Chromium:
             self._reader.cancel()
         if self._ws is not None:
             await self._ws.close()
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None and self.process.returncode is None:
             self.process.terminate()
             try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
                 self.process.kill()
-                self.process.wait(5)
+                await asyncio.wait_for(self.process.wait(), 5)
         if self.process is not None:
             # Renderer/zygote helpers share the group we created; none may outlive the test.
             with contextlib.suppress(ProcessLookupError):
