@@ -18,6 +18,7 @@ from iofleet.processes import free_port
 @dataclass
 class StubBackend:
     name: str
+    host: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     ready: bool = True
@@ -38,7 +39,7 @@ class StubBackend:
         for app, port in ((public, self.port), (admin, self.admin_port)):
             runner = web.AppRunner(app)
             await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", port).start()
+            await web.TCPSite(runner, self.host, port).start()
             self._runners.append(runner)
         return self
 
