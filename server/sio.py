@@ -132,7 +132,9 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is not None and sid in self.connections:
             # After CONNECT has gone out, so every stock client processes it.
-            await self.emit(HELLO_EVENT, {"node_id": self.settings.node_id}, to=sid)
+            await self._send_local(
+                eio_sid, namespace, HELLO_EVENT, {"node_id": self.settings.node_id}
+            )
 
     async def _trigger_event(self, event: str, namespace: str, *args: Any) -> Any:
         if event == "connect":
@@ -254,7 +256,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             )
         elif not conn.warned:  # one error event per run of refusals, not one per event
             conn.warned = True
-            await self.emit(ERROR_EVENT, error, to=conn.sid, namespace=namespace)
+            await self._send_local(conn.eio_sid, namespace, ERROR_EVENT, error)
         if conn.strikes >= self.settings.rate_limit_strikes:
             log.warning(
                 "client over the rate limit for too long; closing its transport",
@@ -262,6 +264,12 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             )
             conn.strikes = 0
             await self.eio.close_transport(conn.eio_sid)
+
+    async def _send_local(self, eio_sid: str, namespace: str, event: str, data: Any) -> None:
+        """An event for a socket on this node: straight to it, not through the
+        manager, which would also publish it to every node over Redis."""
+        pkt = self.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, data])
+        await self._send_packet(eio_sid, pkt)
 
     def _event_label(self, event: str, namespace: str) -> str:
         # Client-chosen names must not become unbounded metric labels.
