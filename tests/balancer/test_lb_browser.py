@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from iofleet.levers import drain_server
-from tests.balancer.conftest import NODES, SERVER_ENV, start_balancer
 from tests.support.cdp import Chromium, Page
+from tests.support.cluster import NODES, SERVER_ENV, start_balancer
 from tests.support.procs import TEST_ADMIN_TOKEN, ServerProcess
 
 JOINED = "document.body.dataset.joined === 'yes' && document.body.dataset.node"

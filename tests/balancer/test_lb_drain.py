@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from iofleet.levers import drain_server
-from tests.balancer.conftest import Crowd, start_balancer
+from tests.support.cluster import Crowd, start_balancer
 from tests.support.jsclient import JsClients
 from tests.support.procs import TEST_ADMIN_TOKEN, ServerProcess
 

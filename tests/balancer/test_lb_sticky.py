@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.balancer.conftest import NODES, Crowd, start_balancer
+from tests.support.cluster import NODES, Crowd, start_balancer
 from tests.support.jsclient import JsClients
 from tests.support.procs import ServerProcess
 
