@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from iofleet.fleet import load_secrets
+from iofleet.levers import HaproxyRuntime, drain_server
 from iofleet.processes import free_port, pid_alive, tcp_answers
 from tests.support.jsclient import JsClients
 
@@ -42,6 +44,23 @@ def guest_token(base: str) -> str:
     with urllib.request.urlopen(request, timeout=5) as response:
         token: str = json.loads(response.read())["token"]
         return token
+
+
+async def wait_out_of_rotation(state: dict[str, Any], node: str, within: float = 15) -> None:
+    balancer = state["balancer"]
+    for _ in range(int(within * 10)):
+        if balancer["kind"] == "haproxy":
+            runtime = HaproxyRuntime(balancer["admin_socket"])
+            states = {s.name: s for s in await runtime.servers_state(balancer["backend"])}
+            if not states[node].up:
+                return
+        else:
+            port = next(s["port"] for s in state["servers"] if s["node_id"] == node)
+            config = await asyncio.to_thread(Path(balancer["config"]).read_text)
+            if f"127.0.0.1:{port} max_fails=1 fail_timeout=10s down;" in config:
+                return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{node} still in rotation after {within}s")
 
 
 @pytest.mark.parametrize("kind", ["haproxy", "nginx"])
@@ -77,6 +96,14 @@ async def test_up_detach_then_down_leaves_no_process(kind: str, tmp_path: Path) 
             assert hello["args"][0]["node_id"] in {"node1", "node2", "node3"}
         finally:
             await js.stop()
+
+        # A server that drains leaves the balancer's rotation: HAProxy by its /readyz
+        # check, nginx through the readiness watcher the fleet runs.
+        await drain_server(
+            f"http://127.0.0.1:{state['servers'][0]['admin_port']}",
+            load_secrets(state_dir)["IOFLEET_ADMIN_TOKEN"],
+        )
+        await wait_out_of_rotation(state, "node1")
 
         again = await asyncio.to_thread(iofleet, "up", "--detach", "--state-dir", str(state_dir))
         assert again.returncode == 1 and "already running" in again.stdout
