@@ -71,17 +71,18 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def who(
-    http: aiohttp.ClientSession, url: str, cookie: str | None = None, expect: int = 200
-) -> str:
+async def who(http: aiohttp.ClientSession, url: str, cookie: str | None = None) -> str:
+    """Name of the backend that answered (the request must succeed)."""
     headers = {"Cookie": f"iofleet_node={cookie}"} if cookie else {}
     async with http.get(url, headers=headers) as response:
-        assert response.status == expect, await response.text()
+        assert response.status == 200, await response.text()
         return await response.text()
 
 
-async def names(http: aiohttp.ClientSession, url: str, count: int, **kw: str) -> list[str]:
-    return [await who(http, url, **kw) for _ in range(count)]
+async def names(
+    http: aiohttp.ClientSession, url: str, count: int, cookie: str | None = None
+) -> list[str]:
+    return [await who(http, url, cookie) for _ in range(count)]
 
 
 async def eventually(check: Callable[[], object], within: float = 10) -> None:
