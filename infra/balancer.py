@@ -295,7 +295,8 @@ class Balancer(pulumi.ComponentResource):
             },
             opts=self._opts,
         )
-        return ingress.status.apply(lambda st: st.load_balancer.ingress[0].hostname or "")
+        hostname: pulumi.Output[str] = ingress.status.apply(_hostname)
+        return hostname
 
     def _create_haproxy(self, name: str) -> pulumi.Output[str]:
         s = self._args.settings
@@ -389,7 +390,8 @@ class Balancer(pulumi.ComponentResource):
             },
             opts=self._opts,
         )
-        return service.status.apply(lambda st: st.load_balancer.ingress[0].hostname or "")
+        hostname: pulumi.Output[str] = service.status.apply(_hostname)
+        return hostname
 
     def _lookup(self) -> None:
         """Read the balancer the controller made (by its fixed name and tags) once it
@@ -432,6 +434,11 @@ def haproxy_config(settings: RegionalConfig, headless_fqdn: str) -> str:
         ),
     )
     return render_haproxy(options)
+
+
+def _hostname(status: Any) -> str:
+    """The balancer's DNS name from an Ingress's or a LoadBalancer Service's status."""
+    return str(status.load_balancer.ingress[0].hostname or "")
 
 
 def _sha(text: str) -> str:

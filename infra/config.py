@@ -316,10 +316,12 @@ def _load_global(reader: _Reader, stack: str) -> GlobalConfig:
 
 
 def _qualify(stack: str) -> str:
-    """A bare stack name means this organization and project."""
+    """A bare stack name means this organization and project (DIY backends call their
+    single organization "organization")."""
     if "/" in stack:
         return stack
-    return f"{pulumi.get_organization()}/{pulumi.get_project()}/{stack}"
+    org = pulumi.get_organization() or "organization"
+    return f"{org}/{pulumi.get_project()}/{stack}"
 
 
 def _image(reader: _Reader, key: str) -> str:

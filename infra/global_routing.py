@@ -132,7 +132,8 @@ class GlobalRouting(pulumi.ComponentResource):
                 ],
                 opts=opts,
             )
-        return accelerator.dns_name
+        dns_name: pulumi.Output[str] = accelerator.dns_name
+        return dns_name
 
 
 def _port(scheme: str) -> int:

@@ -134,7 +134,8 @@ class Network(pulumi.ComponentResource):
             tags={**self._args.tags, "Name": f"{self._name}-nat-{zone}"},
             opts=pulumi.ResourceOptions(parent=self),
         )
-        return nat.id
+        nat_id: pulumi.Output[str] = nat.id
+        return nat_id
 
     def _private_route_table(self, zone: str, nat_id: pulumi.Output[str]) -> pulumi.Output[str]:
         table = aws.ec2.RouteTable(
@@ -144,7 +145,8 @@ class Network(pulumi.ComponentResource):
             tags={**self._args.tags, "Name": f"{self._name}-private-{zone}"},
             opts=pulumi.ResourceOptions(parent=self),
         )
-        return table.id
+        table_id: pulumi.Output[str] = table.id
+        return table_id
 
 
 def _subnet_cidrs(cidr: str, zones: int) -> tuple[list[str], list[str]]:

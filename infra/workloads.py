@@ -169,7 +169,7 @@ class SocketService(pulumi.ComponentResource):
             plain["IOFLEET_HANDLERS"] = s.handlers
         if s.jwt_public_key:
             plain["IOFLEET_JWT_PUBLIC_KEY"] = s.jwt_public_key
-        env = [{"name": k, "value": str(v)} for k, v in plain.items()]
+        env: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in plain.items()]
         env.append(
             # Each pod's node id is its name: logs, metrics and /admin/status line up.
             {"name": "IOFLEET_NODE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}

@@ -7,9 +7,9 @@ from pathlib import Path
 # Pulumi runs this file from infra/policy/; the repo root makes `infra.policy` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pulumi_policy import EnforcementLevel, PolicyPack  # noqa: E402
+from pulumi_policy import EnforcementLevel, PolicyPack
 
-from infra.policy.rules import POLICIES  # noqa: E402
+from infra.policy.rules import POLICIES
 
 PolicyPack(
     name="iofleet-invariants",

@@ -120,7 +120,9 @@ def check_redis(props: Mapping[str, Any]) -> list[str]:
     if not props.get("authToken"):
         problems.append("Redis replication group must require an auth token (authToken)")
     if float(props.get("numCacheClusters") or 0) < 2:
-        problems.append("Redis replication group needs a replica for failover (numCacheClusters>=2)")
+        problems.append(
+            "Redis replication group needs a replica for failover (numCacheClusters>=2)"
+        )
     return problems
 
 

@@ -102,6 +102,8 @@ class FleetMocks(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.resources: list[Recorded] = []
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.ignore_changes: dict[str, list[str]] = {}
+        """Resource name -> ignore_changes, read off the registration by RecordingMonitor."""
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         secrets: set[str] = set()
@@ -130,7 +132,9 @@ class FleetMocks(pulumi.runtime.Mocks):
             "tls:index/locallySignedCert:LocallySignedCert": {"certPem": f"CERT {name}"},
             "kubernetes:networking.k8s.io/v1:Ingress": {"status": hostname},
             "kubernetes:core/v1:Service": {"status": hostname},
-            "aws:globalaccelerator/accelerator:Accelerator": {"dnsName": "a1.awsglobalaccelerator.com"},
+            "aws:globalaccelerator/accelerator:Accelerator": {
+                "dnsName": "a1.awsglobalaccelerator.com"
+            },
             "pulumi:pulumi:StackReference": {
                 "outputs": {
                     **REGIONAL_OUTPUTS,
@@ -157,7 +161,9 @@ class FleetMocks(pulumi.runtime.Mocks):
 
     def one(self, typ: str, name_contains: str = "") -> Recorded:
         found = [r for r in self.of_type(typ) if name_contains in r.name]
-        assert len(found) == 1, f"expected one {typ} ~{name_contains!r}, got {[r.name for r in found]}"
+        assert len(found) == 1, (
+            f"expected one {typ} ~{name_contains!r}, got {[r.name for r in found]}"
+        )
         return found[0]
 
     def kubernetes(self, kind: str, name: str | None = None) -> list[Recorded]:
@@ -168,6 +174,19 @@ class FleetMocks(pulumi.runtime.Mocks):
             and r.inputs.get("kind") == kind
             and (name is None or r.inputs.get("metadata", {}).get("name") == name)
         ]
+
+
+class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
+    """Resource options (ignore_changes) travel beside the inputs; record them too."""
+
+    def __init__(self, mocks: FleetMocks) -> None:
+        super().__init__(mocks)
+        self.fleet = mocks
+
+    def RegisterResource(self, request: Any) -> Any:
+        if request.ignoreChanges:
+            self.fleet.ignore_changes[request.name] = list(request.ignoreChanges)
+        return super().RegisterResource(request)
 
 
 def _region_of(stack: str) -> str:
@@ -199,7 +218,14 @@ def run_stack(
 ) -> FleetMocks:
     """Run infra/__main__.py under fresh mocks for `stack`; returns the recorder."""
     mocks = FleetMocks()
-    pulumi.runtime.set_mocks(mocks, project="iofleet", stack=stack, preview=False)
+    pulumi.runtime.set_mocks(
+        mocks,
+        project="iofleet",
+        stack=stack,
+        organization="acme",
+        preview=False,
+        monitor=RecordingMonitor(mocks),
+    )
     pulumi.runtime.set_all_config(raw if raw is not None else stack_config(stack, overrides))
     runpy.run_path(str(PROGRAM), run_name="__main__")
     return mocks

@@ -1,0 +1,147 @@
+"""The stack config: one typed, validated place; errors name the key and what is allowed;
+Pulumi.yaml describes every key with the same default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+import yaml
+from conftest import ROOT, STACKS, run_stack, stack_config
+
+from infra.config import SPEC, ConfigError, GlobalConfig, RegionalConfig, load
+
+
+class _NoResources(pulumi.runtime.Mocks):
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        return f"{args.name}-id", dict(args.inputs)
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict:
+        return {}
+
+
+def config_error(stack: str, overrides: dict[str, Any]) -> str:
+    pulumi.runtime.set_mocks(_NoResources(), project="iofleet", stack=stack, preview=False)
+    pulumi.runtime.set_all_config(stack_config(stack, overrides))
+    with pytest.raises(ConfigError) as caught:
+        load()
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pulumi.runtime.test
+def test_every_stack_file_loads(stack: str) -> None:
+    pulumi.runtime.set_mocks(_NoResources(), project="iofleet", stack=stack, preview=False)
+    pulumi.runtime.set_all_config(stack_config(stack))
+    config = load()
+    expected = GlobalConfig if stack == "global" else RegionalConfig
+    assert isinstance(config, expected)
+    assert config.stack == stack
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        ({"iofleet:balancer": "elb"}, ["iofleet:balancer", "'elb'", "alb", "nginx", "haproxy"]),
+        ({"iofleet:image": ""}, ["iofleet:image is required", "pinned"]),
+        ({"iofleet:image": "example/server:latest"}, ["iofleet:image", "not pinned", "latest"]),
+        ({"iofleet:image": "example/server"}, ["iofleet:image", "not pinned"]),
+        ({"iofleet:az_count": 1}, ["iofleet:az_count", "out of range", "2..6"]),
+        ({"iofleet:az_count": "three"}, ["iofleet:az_count", "not an integer"]),
+        ({"iofleet:single_nat_gateway": "yes"}, ["iofleet:single_nat_gateway", "true or false"]),
+        ({"iofleet:cors_origins": []}, ["iofleet:cors_origins is required"]),
+        ({"iofleet:cors_origins": "https://a"}, ["iofleet:cors_origins", "list"]),
+        (
+            {"iofleet:transports": ["websocket", "sse"]},
+            ["iofleet:transports", "websocket, polling"],
+        ),
+        ({"iofleet:idle_timeout_seconds": 45}, ["iofleet:idle_timeout_seconds", "(45)", "45"]),
+        ({"iofleet:min_replicas": 9}, ["iofleet:min_replicas", "iofleet:max_replicas"]),
+        ({"iofleet:node_desired": 9}, ["iofleet:node_desired", "iofleet:node_min"]),
+        ({"iofleet:vpc_cidr": "10.0.0.0/8"}, ["iofleet:vpc_cidr", "/16../20"]),
+        ({"iofleet:namespace": "Iofleet_NS"}, ["iofleet:namespace", "DNS-1123"]),
+        ({"iofleet:balancr": "alb"}, ["iofleet:balancr is not a known key", "balancer"]),
+        ({"iofleet:kind": "regionl"}, ["iofleet:kind", "regional", "global"]),
+        ({"aws:region": ""}, ["aws:region is required"]),
+        (
+            {"iofleet:jwt_public_key": "PEM", "iofleet:jwt_secret": "s"},
+            ["jwt_public_key", "jwt_secret"],
+        ),
+    ],
+)
+@pulumi.runtime.test
+def test_regional_config_errors_name_the_key(
+    overrides: dict[str, Any], fragments: list[str]
+) -> None:
+    message = config_error("dev", overrides)
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        ({"iofleet:global_routing": "dns"}, ["iofleet:global_routing", "route53", "accelerator"]),
+        ({"iofleet:regional_stacks": []}, ["iofleet:regional_stacks is required"]),
+        ({"iofleet:domain": ""}, ["iofleet:domain is required"]),
+        ({"iofleet:hosted_zone_id": ""}, ["iofleet:hosted_zone_id is required"]),
+        ({"iofleet:health_check_path": "healthz"}, ["iofleet:health_check_path", "start with /"]),
+    ],
+)
+@pulumi.runtime.test
+def test_global_config_errors_name_the_key(overrides: dict[str, Any], fragments: list[str]) -> None:
+    message = config_error("global", overrides)
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+@pulumi.runtime.test
+def test_a_config_error_stops_the_program_before_any_resource() -> Any:
+    with pytest.raises(ConfigError, match="iofleet:balancer"):
+        run_stack("dev", {"iofleet:balancer": "f5"})
+
+
+@pulumi.runtime.test
+def test_derived_timings_cover_the_drain() -> None:
+    pulumi.runtime.set_mocks(_NoResources(), project="iofleet", stack="dev", preview=False)
+    pulumi.runtime.set_all_config(stack_config("dev"))
+    config = load()
+    assert isinstance(config, RegionalConfig)
+    drain = config.drain_delay + config.drain_seconds
+    assert config.termination_grace_seconds > drain
+    assert config.deregistration_delay_seconds >= config.drain_seconds
+
+
+@pulumi.runtime.test
+def test_pulumi_yaml_declares_every_key_with_description_and_default() -> None:
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    assert project["name"] == "iofleet"
+    assert project["main"] == "infra/"
+    assert project["runtime"]["name"] == "python"
+    declared = project["config"]
+    assert set(declared) == set(SPEC)
+    for key, spec in SPEC.items():
+        assert declared[key]["description"], key
+        assert declared[key]["type"] == spec.type, key
+        assert declared[key]["default"] == spec.default, key
+
+
+@pulumi.runtime.test
+def test_stack_files_use_only_known_keys() -> None:
+    for stack in STACKS:
+        config = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())["config"]
+        for key in config:
+            namespace, name = key.split(":", 1)
+            assert namespace in ("iofleet", "aws"), key
+            assert namespace == "aws" or name in SPEC, key
+
+
+@pulumi.runtime.test
+def test_docs_describe_every_key() -> None:
+    text = (ROOT / "docs" / "infra.md").read_text()
+    for key in SPEC:
+        assert f"`{key}`" in text, key
+    assert "pulumi up" in text and "Pulumi.global.yaml" in text
+    assert Path(ROOT / "infra" / "policy" / "PulumiPolicy.yaml").exists()

@@ -1,0 +1,282 @@
+"""The policy pack: each policy passes the bundle's own resources (recorded from the
+program under mocks) and fails a deliberately broken copy."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import pulumi
+import pytest
+from conftest import REGIONAL_STACKS, FleetMocks, Recorded, after_deploy, run_stack
+from pulumi_policy import (
+    PolicyCustomTimeouts,
+    PolicyResource,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+)
+
+from infra.policy.rules import POLICIES
+
+BY_NAME = {p.name: p for p in POLICIES}
+VARIANTS = [(stack, {}) for stack in REGIONAL_STACKS] + [
+    ("dev", {"iofleet:balancer": "nginx"}),
+    ("dev", {"iofleet:balancer": "alb"}),
+]
+
+
+def _options() -> PolicyResourceOptions:
+    return PolicyResourceOptions(
+        protect=False,
+        ignore_changes=[],
+        delete_before_replace=None,
+        aliases=[],
+        custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
+        additional_secret_outputs=[],
+    )
+
+
+def violations(policy_name: str, resources: list[Recorded]) -> list[str]:
+    """Run one policy the way the analyzer would, collecting what it reports."""
+    policy = BY_NAME[policy_name]
+    found: list[str] = []
+
+    def report(message: str, urn: str | None = None) -> None:
+        found.append(message)
+
+    if isinstance(policy, ResourceValidationPolicy):
+        for r in resources:
+            args = ResourceValidationArgs(
+                r.type, r.inputs, f"urn:{r.name}", r.name, _options(), None
+            )
+            policy.validate(args, report)
+    else:
+        stack = [
+            PolicyResource(
+                r.type, r.inputs, f"urn:{r.name}", r.name, _options(), None, None, [], {}
+            )
+            for r in resources
+        ]
+        policy.validate(StackValidationArgs(stack), report)
+    return found
+
+
+def broken(fleet: FleetMocks, change: Callable[[list[Recorded]], None]) -> list[Recorded]:
+    copied = copy.deepcopy(fleet.resources)
+    change(copied)
+    return copied
+
+
+def find(resources: list[Recorded], kind: str, name: str) -> dict[str, Any]:
+    return next(
+        r.inputs
+        for r in resources
+        if r.is_kubernetes and r.inputs["kind"] == kind and r.inputs["metadata"]["name"] == name
+    )
+
+
+def server_container(resources: list[Recorded]) -> dict[str, Any]:
+    return find(resources, "Deployment", "iofleet-server")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+
+
+@pulumi.runtime.test
+def test_the_pack_has_every_invariant() -> None:
+    assert set(BY_NAME) == {
+        "redis-tls-auth-multi-az",
+        "balancer-idle-timeout",
+        "termination-grace-covers-drain",
+        "connection-count-autoscaling",
+        "admin-port-not-public",
+        "non-root-containers",
+    }
+
+
+@pytest.mark.parametrize(("stack", "overrides"), VARIANTS)
+@pulumi.runtime.test
+def test_bundle_resources_pass_every_policy(stack: str, overrides: dict[str, Any]) -> Any:
+    fleet = run_stack(stack, overrides)
+
+    def check() -> None:
+        for name in BY_NAME:
+            assert violations(name, fleet.resources) == [], name
+
+    return after_deploy(check)
+
+
+def _redis(resources: list[Recorded]) -> dict[str, Any]:
+    return next(
+        r.inputs for r in resources if r.type.startswith("aws:elasticache/replicationGroup")
+    )
+
+
+REDIS_BREAKS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
+    ("TLS in transit", lambda g: g.update(transitEncryptionEnabled=False)),
+    ("auth token", lambda g: g.pop("authToken")),
+    ("Multi-AZ", lambda g: g.update(multiAzEnabled=False)),
+    ("automatic failover", lambda g: g.update(automaticFailoverEnabled=False)),
+    ("encryption at rest", lambda g: g.update(atRestEncryptionEnabled=False)),
+    ("numCacheClusters", lambda g: g.update(numCacheClusters=1)),
+]
+
+
+@pytest.mark.parametrize(("what", "change"), REDIS_BREAKS, ids=[w for w, _ in REDIS_BREAKS])
+@pulumi.runtime.test
+def test_redis_policy_fails_a_broken_group(
+    what: str, change: Callable[[dict[str, Any]], None]
+) -> Any:
+    fleet = run_stack("prod-us-east-1")
+
+    def check() -> None:
+        found = violations("redis-tls-auth-multi-az", broken(fleet, lambda rs: change(_redis(rs))))
+        assert len(found) == 1 and what in found[0], found
+
+    return after_deploy(check)
+
+
+@pulumi.runtime.test
+def test_termination_grace_policy_fails_a_short_grace() -> Any:
+    fleet = run_stack("dev")
+
+    def change(resources: list[Recorded]) -> None:
+        pod = find(resources, "Deployment", "iofleet-server")["spec"]["template"]["spec"]
+        pod["terminationGracePeriodSeconds"] = 25.0  # dev drains for 5 + 20 s
+
+    def check() -> None:
+        found = violations("termination-grace-covers-drain", broken(fleet, change))
+        assert len(found) == 1 and "(25)" in found[0], found
+
+    return after_deploy(check)
+
+
+NON_ROOT_BREAKS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
+    ("runAsNonRoot", lambda c: c["securityContext"].update(runAsNonRoot=False)),
+    ("runAsUser must not be 0", lambda c: c["securityContext"].update(runAsUser=0.0)),
+    ("allowPrivilegeEscalation", lambda c: c["securityContext"].pop("allowPrivilegeEscalation")),
+]
+
+
+@pytest.mark.parametrize(("what", "change"), NON_ROOT_BREAKS, ids=[w for w, _ in NON_ROOT_BREAKS])
+@pulumi.runtime.test
+def test_non_root_policy_fails_a_root_container(
+    what: str, change: Callable[[dict[str, Any]], None]
+) -> Any:
+    fleet = run_stack("dev")
+
+    def check() -> None:
+        found = violations(
+            "non-root-containers", broken(fleet, lambda rs: change(server_container(rs)))
+        )
+        assert found and all(what in f for f in found), found
+
+    return after_deploy(check)
+
+
+@pytest.mark.parametrize(
+    ("stack", "overrides", "kind"),
+    [
+        ("prod-us-east-1", {}, "alb"),
+        ("dev", {"iofleet:balancer": "nginx"}, "nginx"),
+        ("dev", {}, "haproxy"),
+    ],
+)
+@pulumi.runtime.test
+def test_idle_timeout_policy_fails_a_short_timeout(
+    stack: str, overrides: dict[str, Any], kind: str
+) -> Any:
+    fleet = run_stack(stack, overrides)
+
+    def change(resources: list[Recorded]) -> None:
+        if kind == "haproxy":
+            data = find(resources, "ConfigMap", "iofleet-haproxy")["data"]
+            data["haproxy.cfg"] = data["haproxy.cfg"].replace(
+                "timeout tunnel 60s", "timeout tunnel 30s"
+            )
+            return
+        notes = find(resources, "Ingress", "iofleet")["metadata"]["annotations"]
+        for key, value in list(notes.items()):
+            notes[key] = value.replace(
+                "idle_timeout.timeout_seconds=120", "idle_timeout.timeout_seconds=40"
+            )
+        notes["nginx.ingress.kubernetes.io/proxy-read-timeout"] = "40"
+
+    def check() -> None:
+        found = violations("balancer-idle-timeout", broken(fleet, change))
+        assert len(found) == 1 and "45" in found[0], found
+
+    return after_deploy(check)
+
+
+@pulumi.runtime.test
+def test_idle_timeout_policy_follows_the_servers_ping_settings() -> Any:
+    fleet = run_stack("prod-us-east-1")
+
+    def change(resources: list[Recorded]) -> None:
+        for env in server_container(resources)["env"]:
+            if env["name"] == "IOFLEET_PING_INTERVAL":
+                env["value"] = "110"  # 110 + 20 > the ALB's 120 s
+
+    def check() -> None:
+        found = violations("balancer-idle-timeout", broken(fleet, change))
+        assert len(found) == 1 and "130" in found[0], found
+
+    return after_deploy(check)
+
+
+@pulumi.runtime.test
+def test_autoscaling_policy_needs_an_hpa_or_the_autoscaler() -> Any:
+    fleet = run_stack("dev")
+
+    def drop_hpa(resources: list[Recorded]) -> None:
+        resources[:] = [r for r in resources if r.inputs.get("kind") != "HorizontalPodAutoscaler"]
+
+    def drop_both(resources: list[Recorded]) -> None:
+        drop_hpa(resources)
+        resources[:] = [
+            r for r in resources if r.inputs.get("metadata", {}).get("name") != "iofleet-autoscaler"
+        ]
+
+    def cpu_hpa(resources: list[Recorded]) -> None:
+        drop_both(resources)
+        fleet_hpa = next(
+            r for r in fleet.resources if r.inputs.get("kind") == "HorizontalPodAutoscaler"
+        )
+        hpa = copy.deepcopy(fleet_hpa)
+        hpa.inputs["spec"]["metrics"] = [{"type": "Resource", "resource": {"name": "cpu"}}]
+        resources.append(hpa)
+
+    def check() -> None:
+        name = "connection-count-autoscaling"
+        assert violations(name, broken(fleet, drop_hpa)) == []  # the autoscaler alone suffices
+        assert len(violations(name, broken(fleet, drop_both))) == 1
+        assert len(violations(name, broken(fleet, cpu_hpa))) == 1
+
+    return after_deploy(check)
+
+
+@pulumi.runtime.test
+def test_admin_port_policy_fails_public_exposure() -> Any:
+    fleet = run_stack("dev")
+    alb = run_stack("dev", {"iofleet:balancer": "alb"})
+
+    def public_admin_service(resources: list[Recorded]) -> None:
+        find(resources, "Service", "iofleet-server-admin")["spec"]["type"] = "LoadBalancer"
+
+    def lb_to_admin(resources: list[Recorded]) -> None:
+        find(resources, "Service", "iofleet-haproxy")["spec"]["ports"][0]["targetPort"] = 9000.0
+
+    def ingress_to_admin(resources: list[Recorded]) -> None:
+        backend = find(resources, "Ingress", "iofleet")["spec"]["rules"][0]["http"]["paths"][0]
+        backend["backend"]["service"] = {"name": "iofleet-server-admin", "port": {"name": "admin"}}
+
+    def check() -> None:
+        name = "admin-port-not-public"
+        assert len(violations(name, broken(fleet, public_admin_service))) == 1
+        assert len(violations(name, broken(fleet, lb_to_admin))) == 1
+        assert len(violations(name, broken(alb, ingress_to_admin))) == 1
+
+    return after_deploy(check)
