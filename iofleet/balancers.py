@@ -75,33 +75,43 @@ def connection_budget() -> int:
 def haproxy_options(
     host: str, port: int, backends: tuple[Backend, ...], workdir: Path, **fields: object
 ) -> HaproxyOptions:
-    """HAProxy options for a local instance: admin socket in `workdir`, logs to stdout."""
+    """HAProxy options for a local instance: admin socket in `workdir`, logs to stdout.
+
+    `fields` override any of these (and set any other `HaproxyOptions` field).
+    """
+    local: dict[str, object] = {
+        "admin_socket": str(workdir / "haproxy.sock"),
+        "log": "stdout",
+        # HAProxy refuses to start if maxconn needs more fds than the limit allows.
+        "maxconn": connection_budget(),
+    }
     return HaproxyOptions(
         listen=f"{host}:{port}",
         backends=backends,
-        admin_socket=str(workdir / "haproxy.sock"),
-        log="stdout",
-        # HAProxy refuses to start if maxconn needs more fds than the limit allows.
-        maxconn=connection_budget(),
-        **fields,  # type: ignore[arg-type]
+        **(local | fields),  # type: ignore[arg-type]
     )
 
 
 def nginx_options(
     host: str, port: int, backends: tuple[Backend, ...], workdir: Path, **fields: object
 ) -> NginxOptions:
-    """nginx options for a local instance: foreground, pid/logs/temp paths in `workdir`."""
+    """nginx options for a local instance: foreground, pid/logs/temp paths in `workdir`.
+
+    `fields` override any of these (and set any other `NginxOptions` field).
+    """
+    local: dict[str, object] = {
+        "daemon": False,
+        "pid_path": str(workdir / "nginx.pid"),
+        "error_log": str(workdir / "nginx-error.log"),
+        "temp_dir": str(workdir / "nginx-temp"),
+        # Two workers: enough to show reloads are graceful, few enough for a laptop.
+        "worker_processes": "2",
+        "worker_connections": connection_budget(),
+    }
     return NginxOptions(
         listen=f"{host}:{port}",
         backends=backends,
-        daemon=False,
-        pid_path=str(workdir / "nginx.pid"),
-        error_log=str(workdir / "nginx-error.log"),
-        temp_dir=str(workdir / "nginx-temp"),
-        # Two workers: enough to show reloads are graceful, few enough for a laptop.
-        worker_processes="2",
-        worker_connections=connection_budget(),
-        **fields,  # type: ignore[arg-type]
+        **(local | fields),  # type: ignore[arg-type]
     )
 
 
@@ -118,17 +128,24 @@ def start_haproxy(options: HaproxyOptions, workdir: Path, within: float = 15) ->
     )
     if check.returncode != 0:
         raise StartError(f"haproxy -c {config}: {check.stdout}{check.stderr}")
-    if options.admin_socket:
-        Path(options.admin_socket).unlink(missing_ok=True)  # a stale one from a killed run
+    unix_socket = _unix_socket(options.admin_socket)
+    if unix_socket is not None:
+        unix_socket.unlink(missing_ok=True)  # a stale one from a killed run
     host, port = _split(options.listen)
     log_path = workdir / "haproxy.log"
     process = spawn(["haproxy", "-f", str(config)], log_path)
     balancer = LocalBalancer("haproxy", host, port, workdir, process, config, haproxy=options)
     _wait_listening(balancer, within)
-    if options.admin_socket:
-        socket_path = Path(options.admin_socket)
-        wait_until(socket_path.exists, within, "haproxy admin socket", process, log_path)
+    if unix_socket is not None:
+        wait_until(unix_socket.exists, within, "haproxy admin socket", process, log_path)
     return balancer
+
+
+def _unix_socket(admin_socket: str | None) -> Path | None:
+    """The admin socket's path, None for none or a TCP one (`ipv4@HOST:PORT`)."""
+    if not admin_socket or admin_socket.startswith(("ipv4@", "ipv6@")):
+        return None
+    return Path(admin_socket)
 
 
 def start_nginx(options: NginxOptions, workdir: Path, within: float = 15) -> LocalBalancer:

@@ -64,7 +64,7 @@ class ServerState:
 
 
 class HaproxyRuntime:
-    """Client of HAProxy's runtime API on a unix socket path, or `HOST:PORT` for TCP."""
+    """Client of HAProxy's runtime API on a unix socket path, or `[ipv4@]HOST:PORT` (TCP)."""
 
     def __init__(self, address: str | Path, timeout: float = 5.0) -> None:
         self.address = str(address)
@@ -75,11 +75,11 @@ class HaproxyRuntime:
         if "\n" in line:
             raise ValueError("one command per call")
         async with asyncio.timeout(self.timeout):
-            if self.address.startswith("/") or self.address.startswith("."):
-                reader, writer = await asyncio.open_unix_connection(self.address)
-            else:
-                host, _, port = self.address.rpartition(":")
+            host, _, port = self.address.removeprefix("ipv4@").rpartition(":")
+            if host and port.isdigit():  # `stats socket ipv4@HOST:PORT`
                 reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            else:
+                reader, writer = await asyncio.open_unix_connection(self.address)
             try:
                 writer.write(line.encode() + b"\n")
                 await writer.drain()

@@ -263,3 +263,23 @@ async def test_nginx_readiness_watch_and_refused_handshakes(
     served = await names(http, f"{base}{HANDSHAKE}", 12)
     assert "node2" not in served
     assert set(served) == {"node1", "node3"}
+
+
+async def test_haproxy_runtime_api_over_tcp(stubs: list[StubBackend], tmp_path: Path) -> None:
+    port = free_port()
+    options = haproxy_options(
+        "127.0.0.1",
+        free_port(),
+        as_backends(stubs),
+        tmp_path,
+        admin_socket=f"ipv4@127.0.0.1:{port}",
+    )
+    balancer = await asyncio.to_thread(start_haproxy, options, tmp_path)
+    try:
+        runtime = balancer.runtime()
+        await eventually(lambda: all_up(runtime))
+        await runtime.set_state(BACKEND, "node2", "maint")
+        states = {s.name: s for s in await runtime.servers_state(BACKEND)}
+        assert states["node2"].in_maintenance and not states["node1"].in_maintenance
+    finally:
+        balancer.stop()
