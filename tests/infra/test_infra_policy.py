@@ -3,13 +3,15 @@ program under mocks) and fails a deliberately broken copy."""
 
 from __future__ import annotations
 
+import ast
 import copy
 from collections.abc import Callable
 from typing import Any
 
 import pulumi
 import pytest
-from conftest import REGIONAL_STACKS, FleetMocks, Recorded, after_deploy, run_stack
+import yaml
+from conftest import REGIONAL_STACKS, ROOT, FleetMocks, Recorded, after_deploy, run_stack
 from pulumi_policy import (
     PolicyCustomTimeouts,
     PolicyResource,
@@ -280,3 +282,23 @@ def test_admin_port_policy_fails_public_exposure() -> Any:
         assert len(violations(name, broken(alb, ingress_to_admin))) == 1
 
     return after_deploy(check)
+
+
+@pulumi.runtime.test
+def test_only_the_pack_entry_point_constructs_the_policy_pack() -> None:
+    """PolicyPack(...) starts the analyzer and blocks: it lives in __main__.py alone,
+    built from the same POLICIES these tests exercise."""
+    entry = ROOT / "infra" / "policy" / "__main__.py"
+    tree = ast.parse(entry.read_text())
+    calls = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "PolicyPack"
+    ]
+    assert len(calls) == 1
+    keywords = {k.arg: k.value for k in calls[0].keywords}
+    assert isinstance(keywords["policies"], ast.Name) and keywords["policies"].id == "POLICIES"
+    others = [p for p in (ROOT / "infra").rglob("*.py") if p != entry]
+    assert not [p for p in others if "PolicyPack(" in p.read_text()]
+    manifest = yaml.safe_load((ROOT / "infra" / "policy" / "PulumiPolicy.yaml").read_text())
+    assert manifest["runtime"]["name"] == "python"
