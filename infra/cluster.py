@@ -109,6 +109,18 @@ class Cluster(pulumi.ComponentResource):
         # security group; Redis admits exactly that group.
         self.node_security_group_id = self._eks.vpc_config.cluster_security_group_id
         self._create_node_group()
+        aws.eks.Addon(
+            f"{name}-vpc-cni",
+            cluster_name=self._eks.name,
+            addon_name="vpc-cni",
+            # Without the CNI's network policy agent, NetworkPolicy objects (the admin
+            # port's only-from-autoscaler-and-Prometheus rule) are accepted and ignored.
+            configuration_values=json.dumps({"enableNetworkPolicy": "true"}),
+            resolve_conflicts_on_create="OVERWRITE",
+            resolve_conflicts_on_update="OVERWRITE",
+            tags=args.tags,
+            opts=child,
+        )
         issuer = self._eks.identities[0].oidcs[0].issuer
         oidc = aws.iam.OpenIdConnectProvider(
             f"{name}-oidc",

@@ -111,6 +111,7 @@ SPEC: dict[str, Spec] = {
     "health_check_path": Spec("string", "/", "Path the global health checks request."),
 }
 
+QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 PINNED_IMAGE = re.compile(r"^[\w.\-/:]+(@sha256:[0-9a-f]{64}|:[\w][\w.\-]{0,127})$")
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -352,13 +353,25 @@ def _load_regional(reader: _Reader, stack: str, region: str) -> RegionalConfig:
     if not set(transports) <= {"websocket", "polling"}:
         raise ConfigError(f"{_full('transports')}: {transports}; allowed websocket, polling")
     secret = reader._value("jwt_secret")
+    version = reader.string("cluster_version")
+    if not re.fullmatch(r"1\.\d{2}", version):
+        raise ConfigError(f"{_full('cluster_version')}: {version!r}; use major.minor, e.g. 1.31")
+    for key in ("server_cpu", "server_memory"):
+        if not QUANTITY.match(reader.string(key)):
+            raise ConfigError(f"{_full(key)}: {reader.string(key)!r} is not a Kubernetes quantity")
+    certificate = reader.string("certificate_arn")
+    if certificate and not certificate.startswith("arn:aws:acm:"):
+        raise ConfigError(f"{_full('certificate_arn')}: {certificate!r} is not an ACM ARN")
+    email = reader.string("alarm_email")
+    if email and "@" not in email:
+        raise ConfigError(f"{_full('alarm_email')}: {email!r} is not an email address")
     config = RegionalConfig(
         stack=stack,
         region=region,
         vpc_cidr=vpc_cidr,
         az_count=reader.integer("az_count", 2, 6),
         single_nat_gateway=reader.boolean("single_nat_gateway"),
-        cluster_version=reader.string("cluster_version"),
+        cluster_version=version,
         cluster_public_access_cidrs=reader.strings("cluster_public_access_cidrs"),
         node_instance_types=reader.strings("node_instance_types"),
         node_min=reader.integer("node_min", 1, 1000),
@@ -395,12 +408,12 @@ def _load_regional(reader: _Reader, stack: str, region: str) -> RegionalConfig:
         jwt_public_key=reader.string("jwt_public_key"),
         jwt_secret=None if secret is None else pulumi.Output.secret(secret),
         balancer=reader.string("balancer", BALANCERS),  # type: ignore[arg-type]
-        certificate_arn=reader.string("certificate_arn"),
+        certificate_arn=certificate,
         idle_timeout_seconds=reader.integer("idle_timeout_seconds", 1, 4000),
         haproxy_image=reader.string("haproxy_image"),
         prometheus_namespace=reader.string("prometheus_namespace"),
         prometheus_operator=reader.boolean("prometheus_operator"),
-        alarm_email=reader.string("alarm_email"),
+        alarm_email=email,
     )
     _check_together(config)
     return config

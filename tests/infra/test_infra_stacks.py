@@ -119,6 +119,8 @@ def test_cluster_has_managed_nodes_across_azs_and_oidc(stack: str) -> Any:
         ]
         assert len(nodes["subnetIds"]) == len(private)
         assert nodes["scalingConfig"]["minSize"] == setting(stack, "node_min")
+        cni = fleet.one("aws:eks/addon:Addon", "vpc-cni").inputs
+        assert json.loads(cni["configurationValues"]) == {"enableNetworkPolicy": "true"}
         oidc = fleet.one("aws:iam/openIdConnectProvider:OpenIdConnectProvider").inputs
         assert oidc["clientIdLists"] == ["sts.amazonaws.com"]
         assert oidc["url"] == "https://oidc.eks.aws/id/ABC"
