@@ -325,6 +325,8 @@ class Balancer(pulumi.ComponentResource):
                     "image": s.haproxy_image,
                     "args": ["-f", "/usr/local/etc/haproxy/haproxy.cfg"],
                     "ports": [{"name": "http", "containerPort": HAPROXY_PORT}],
+                    # Keep serving while the NLB deregisters this pod, then stop.
+                    "lifecycle": {"preStop": {"sleep": {"seconds": max(s.drain_delay, 5)}}},
                     "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 5},
                     "livenessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 10},
                     "resources": {

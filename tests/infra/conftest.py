@@ -214,10 +214,10 @@ def _as_string(value: Any) -> str:
 
 
 def run_stack(
-    stack: str, overrides: dict[str, Any] | None = None, *, raw: dict[str, str] | None = None
+    stack: str, overrides: dict[str, Any] | None = None, *, mocks: FleetMocks | None = None
 ) -> FleetMocks:
     """Run infra/__main__.py under fresh mocks for `stack`; returns the recorder."""
-    mocks = FleetMocks()
+    mocks = mocks or FleetMocks()
     pulumi.runtime.set_mocks(
         mocks,
         project="iofleet",
@@ -226,7 +226,7 @@ def run_stack(
         preview=False,
         monitor=RecordingMonitor(mocks),
     )
-    pulumi.runtime.set_all_config(raw if raw is not None else stack_config(stack, overrides))
+    pulumi.runtime.set_all_config(stack_config(stack, overrides))
     runpy.run_path(str(PROGRAM), run_name="__main__")
     return mocks
 

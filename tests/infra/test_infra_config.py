@@ -9,7 +9,7 @@ from typing import Any
 import pulumi
 import pytest
 import yaml
-from conftest import ROOT, STACKS, run_stack, stack_config
+from conftest import ROOT, STACKS, FleetMocks, run_stack, stack_config
 
 from infra.config import SPEC, ConfigError, GlobalConfig, RegionalConfig, load
 
@@ -102,9 +102,11 @@ def test_global_config_errors_name_the_key(overrides: dict[str, Any], fragments:
 
 
 @pulumi.runtime.test
-def test_a_config_error_stops_the_program_before_any_resource() -> Any:
+def test_a_config_error_stops_the_program_before_any_resource() -> None:
+    mocks = FleetMocks()
     with pytest.raises(ConfigError, match="iofleet:balancer"):
-        run_stack("dev", {"iofleet:balancer": "f5"})
+        run_stack("dev", {"iofleet:balancer": "f5"}, mocks=mocks)
+    assert mocks.resources == []
 
 
 @pulumi.runtime.test

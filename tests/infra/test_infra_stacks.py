@@ -374,6 +374,9 @@ def test_haproxy_balancer_discovers_pods_through_the_headless_service() -> Any:
         assert lb.inputs["spec"]["type"] == "LoadBalancer"
         assert [p["targetPort"] for p in lb.inputs["spec"]["ports"]] == ["http"]
         assert not fleet.kubernetes("Ingress")
+        (haproxy,) = fleet.kubernetes("Deployment", "iofleet-haproxy")
+        (container,) = haproxy.manifest()["spec"]["template"]["spec"]["containers"]
+        assert container["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
         # HAProxy checks /readyz on the admin port: the NetworkPolicy lets it in.
         (policy,) = fleet.kubernetes("NetworkPolicy", "iofleet-server")
         assert "iofleet-haproxy" in json.dumps(policy.inputs["spec"]["ingress"])
