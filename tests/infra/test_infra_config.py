@@ -9,7 +9,7 @@ from typing import Any
 import pulumi
 import pytest
 import yaml
-from conftest import ROOT, STACKS, FleetMocks, run_stack, stack_config
+from pulumi_fleet import ROOT, STACKS, FleetMocks, run_stack, stack_config
 
 from infra.config import SPEC, ConfigError, GlobalConfig, RegionalConfig, load
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pulumi
 import pytest
-from conftest import ROOT
+from pulumi_fleet import ROOT
 
 DOCKERFILES = sorted(
     p for p in (ROOT / "infra" / "docker").glob("Dockerfile.*") if p.suffix != ".dockerignore"

@@ -8,7 +8,7 @@ from typing import Any
 import kubernetes_validate
 import pulumi
 import pytest
-from conftest import REGIONAL_STACKS, FleetMocks, after_deploy, run_stack
+from pulumi_fleet import REGIONAL_STACKS, FleetMocks, after_deploy, run_stack
 
 K8S_VERSION = "1.31"
 # Custom resources of the Prometheus operator: kubernetes-validate ships schemas for

@@ -11,7 +11,7 @@ from typing import Any
 import pulumi
 import pytest
 import yaml
-from conftest import REGIONAL_STACKS, ROOT, FleetMocks, Recorded, after_deploy, run_stack
+from pulumi_fleet import REGIONAL_STACKS, ROOT, FleetMocks, Recorded, after_deploy, run_stack
 from pulumi_policy import (
     PolicyCustomTimeouts,
     PolicyResource,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pulumi
 import pytest
-from conftest import REGIONAL_STACKS, FleetMocks, after_deploy, run_stack, stack_config
+from pulumi_fleet import REGIONAL_STACKS, FleetMocks, after_deploy, run_stack, stack_config
 
 PROD = ("prod-us-east-1", "prod-eu-west-1")
 

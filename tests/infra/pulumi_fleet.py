@@ -1,0 +1,237 @@
+"""Run the Pulumi program under mocks and record every resource it registers.
+
+(A module of its own, not conftest.py, so `from pulumi_fleet import ...` cannot collide
+with another test directory's conftest.)
+
+No Pulumi CLI or cloud here: `pulumi.runtime.set_mocks(preview=False)` stands in for the
+engine, mocked outputs are camelCase like the providers', and the stack config is what
+the CLI would pass - Pulumi.yaml's defaults overlaid by Pulumi.<stack>.yaml.
+Tests run in their own pytest call with `-p no:asyncio`: Pulumi drives its own loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import runpy
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime.stack import wait_for_rpcs
+
+ROOT = Path(__file__).resolve().parents[2]
+PROGRAM = ROOT / "infra" / "__main__.py"
+STACKS = ("dev", "prod-us-east-1", "prod-eu-west-1", "global")
+REGIONAL_STACKS = ("dev", "prod-us-east-1", "prod-eu-west-1")
+
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+"""The key Pulumi's wire format marks a secret value with."""
+
+
+def unwrap_secrets(value: Any, path: str, found: set[str]) -> Any:
+    """Plain values for the tests; `found` collects the dotted paths that were secret."""
+    if isinstance(value, dict) and SECRET_SIG in value:
+        found.add(path)
+        return unwrap_secrets(value.get("value"), path, found)
+    if isinstance(value, dict):
+        return {k: unwrap_secrets(v, f"{path}.{k}".strip("."), found) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap_secrets(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
+    return value
+
+
+@dataclass
+class Recorded:
+    type: str
+    name: str
+    inputs: dict[str, Any]
+    secrets: set[str]
+    """Dotted paths of inputs that arrived as Pulumi secrets."""
+
+    @property
+    def is_kubernetes(self) -> bool:
+        return self.type.startswith("kubernetes:") and "apiVersion" in self.inputs
+
+    def manifest(self) -> dict[str, Any]:
+        """The Kubernetes object as it would be applied: inputs are camelCase already;
+        numbers cross the mock boundary as floats and go back to JSON integers."""
+        return _integral(copy.deepcopy(self.inputs))
+
+
+def _integral(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def _lb_outputs(name: str) -> dict[str, Any]:
+    return {
+        "arn": f"arn:aws:elasticloadbalancing:us-east-1:111122223333:loadbalancer/app/{name}/1",
+        "arnSuffix": f"app/{name}/1",
+        "zoneId": "Z35SXDOTRQ7X7K",
+        "dnsName": f"{name}.elb.amazonaws.com",
+    }
+
+
+REGIONAL_OUTPUTS = {
+    "region": "us-east-1",
+    "public_hostname": "iofleet-pub-123.us-east-1.elb.amazonaws.com",
+    "balancer_arn": "arn:aws:elasticloadbalancing:us-east-1:111122223333:loadbalancer/app/x/1",
+    "balancer_zone_id": "Z35SXDOTRQ7X7K",
+    "public_scheme": "https",
+}
+
+
+class FleetMocks(pulumi.runtime.Mocks):
+    """Echo inputs back as outputs, plus the computed outputs the program reads."""
+
+    def __init__(self) -> None:
+        self.resources: list[Recorded] = []
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.ignore_changes: dict[str, list[str]] = {}
+        """Resource name -> ignore_changes, read off the registration by RecordingMonitor."""
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        secrets: set[str] = set()
+        inputs = unwrap_secrets(dict(args.inputs), "", secrets)
+        self.resources.append(Recorded(args.typ, args.name, inputs, secrets))
+        outputs = {**args.inputs, **self._computed(args.typ, args.name, inputs)}
+        return f"{args.name}-id", outputs
+
+    def _computed(self, typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        common = {"arn": f"arn:aws:mock:::{name}", "name": inputs.get("name", name)}
+        hostname = {"loadBalancer": {"ingress": [{"hostname": f"{name}.elb.amazonaws.com"}]}}
+        extra: dict[str, dict[str, Any]] = {
+            "aws:eks/cluster:Cluster": {
+                "endpoint": "https://ABC.gr7.us-east-1.eks.amazonaws.com",
+                "certificateAuthority": {"data": "Y2E="},
+                "identities": [{"oidcs": [{"issuer": "https://oidc.eks.aws/id/ABC"}]}],
+                "vpcConfig": {**inputs.get("vpcConfig", {}), "clusterSecurityGroupId": "sg-c"},
+            },
+            "aws:elasticache/replicationGroup:ReplicationGroup": {
+                "primaryEndpointAddress": "master.iofleet.cache.amazonaws.com",
+            },
+            "random:index/randomPassword:RandomPassword": {"result": f"pw-{name}"},
+            "tls:index/privateKey:PrivateKey": {"privateKeyPem": f"KEY {name}"},
+            "tls:index/selfSignedCert:SelfSignedCert": {"certPem": f"CERT {name}"},
+            "tls:index/certRequest:CertRequest": {"certRequestPem": f"CSR {name}"},
+            "tls:index/locallySignedCert:LocallySignedCert": {"certPem": f"CERT {name}"},
+            "kubernetes:networking.k8s.io/v1:Ingress": {"status": hostname},
+            "kubernetes:core/v1:Service": {"status": hostname},
+            "aws:globalaccelerator/accelerator:Accelerator": {
+                "dnsName": "a1.awsglobalaccelerator.com"
+            },
+            "pulumi:pulumi:StackReference": {
+                "outputs": {
+                    **REGIONAL_OUTPUTS,
+                    "region": _region_of(inputs.get("name", name)),
+                },
+                "secretOutputNames": [],
+            },
+        }
+        return {**common, **extra.get(typ, {})}
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], None] | dict:
+        self.calls.append((args.token, dict(args.args)))
+        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            return {"names": ["az-a", "az-b", "az-c", "az-d"], "zoneIds": ["1", "2", "3", "4"]}
+        if args.token == "aws:lb/getLoadBalancer:getLoadBalancer":
+            return _lb_outputs(str(args.args.get("name", "lb")))
+        if args.token == "aws:lb/getTargetGroup:getTargetGroup":
+            return {"arn": "arn:aws:tg", "arnSuffix": "targetgroup/iofleet/1"}
+        return {}
+
+    # --- queries used by the tests
+    def of_type(self, typ: str) -> list[Recorded]:
+        return [r for r in self.resources if r.type == typ]
+
+    def one(self, typ: str, name_contains: str = "") -> Recorded:
+        found = [r for r in self.of_type(typ) if name_contains in r.name]
+        assert len(found) == 1, (
+            f"expected one {typ} ~{name_contains!r}, got {[r.name for r in found]}"
+        )
+        return found[0]
+
+    def kubernetes(self, kind: str, name: str | None = None) -> list[Recorded]:
+        return [
+            r
+            for r in self.resources
+            if r.is_kubernetes
+            and r.inputs.get("kind") == kind
+            and (name is None or r.inputs.get("metadata", {}).get("name") == name)
+        ]
+
+
+class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
+    """Resource options (ignore_changes) travel beside the inputs; record them too."""
+
+    def __init__(self, mocks: FleetMocks) -> None:
+        super().__init__(mocks)
+        self.fleet = mocks
+
+    def RegisterResource(self, request: Any) -> Any:
+        if request.ignoreChanges:
+            self.fleet.ignore_changes[request.name] = list(request.ignoreChanges)
+        return super().RegisterResource(request)
+
+
+def _region_of(stack: str) -> str:
+    return stack.rsplit("/", 1)[-1].removeprefix("prod-")
+
+
+def project_defaults() -> dict[str, Any]:
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    return {f"iofleet:{k}": v["default"] for k, v in project["config"].items()}
+
+
+def stack_config(stack: str, overrides: dict[str, Any] | None = None) -> dict[str, str]:
+    """What the CLI passes the program: project defaults, then the stack file, as strings."""
+    stack_file = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
+    merged = {**project_defaults(), **stack_file["config"], **(overrides or {})}
+    return {k: _as_string(v) for k, v in merged.items() if v is not None}
+
+
+def _as_string(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+def run_stack(
+    stack: str, overrides: dict[str, Any] | None = None, *, mocks: FleetMocks | None = None
+) -> FleetMocks:
+    """Run infra/__main__.py under fresh mocks for `stack`; returns the recorder."""
+    mocks = mocks or FleetMocks()
+    pulumi.runtime.set_mocks(
+        mocks,
+        project="iofleet",
+        stack=stack,
+        organization="acme",
+        preview=False,
+        monitor=RecordingMonitor(mocks),
+    )
+    pulumi.runtime.set_all_config(stack_config(stack, overrides))
+    runpy.run_path(str(PROGRAM), run_name="__main__")
+    return mocks
+
+
+def after_deploy(check: Callable[[], None]) -> Coroutine[Any, Any, None]:
+    """Run `check` once every registration the program queued has completed; return this
+    from a @pulumi.runtime.test function so pulumi awaits it."""
+
+    async def settled() -> None:
+        await wait_for_rpcs(await_all_outstanding_tasks=False)
+        check()
+
+    return settled()
