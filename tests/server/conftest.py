@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import socketio
 
-from tests.support.jsclient import JsClients
 from tests.support.procs import RedisServer, ServerProcess, make_token
 
 
@@ -58,13 +57,6 @@ def start_server() -> Iterator[Any]:
     yield start
     for server in started:
         server.stop()
-
-
-@pytest.fixture
-async def js() -> AsyncIterator[JsClients]:
-    clients = await JsClients().start()
-    yield clients
-    await clients.stop()
 
 
 class PyClient:
