@@ -96,7 +96,6 @@ class SocketService(pulumi.ComponentResource):
         self.headless_service = f"{SERVER}-headless"
         self.admin_service = f"{SERVER}-admin"
         self.admin_service_labels = {**SERVER_LABELS, "iofleet.io/port": "admin"}
-        self._opts = pulumi.ResourceOptions(parent=self, provider=args.provider)
 
         labels = {
             # Pods run under the "restricted" Pod Security Standard.
