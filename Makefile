@@ -56,7 +56,7 @@ test-py: setup
 	$(VENV)/bin/pytest --ignore=tests/infra
 
 test-infra: setup
-	@if [ -d tests/infra ]; then $(VENV)/bin/pytest tests/infra -p no:asyncio; else echo "no infra tests yet"; fi
+	@if [ -d tests/infra ]; then $(VENV)/bin/pytest tests/infra -p no:asyncio -W ignore::pytest.PytestConfigWarning; else echo "no infra tests yet"; fi
 
 bench: setup
 	$(PY) -m bench.server_bench
