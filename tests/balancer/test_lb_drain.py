@@ -88,10 +88,31 @@ async def test_drain_moves_clients_without_failed_handshakes(
         expected = {n: [t for at, t in sent if at > joined_at[n]] for n in movers}
         expected |= {n: [t for _, t in sent] for n in staying}
         assert all(expected[n] for n in movers)
-        await js.wait_for(
-            lambda _m: all(crowd.received(n, t) for n, texts in expected.items() for t in texts),
-            timeout=10,
-        )
+
+        def missing() -> dict[str, list[str]]:
+            lost = {
+                n: [t for t in texts if not crowd.received(n, t)] for n, texts in expected.items()
+            }
+            return {n: texts for n, texts in lost.items() if texts}
+
+        try:
+            await crowd.until(lambda: not missing(), 10, "every expected message heard")
+        except TimeoutError:
+            details = {
+                n: {
+                    "lost": lost,
+                    "joined_at": joined_at.get(n),
+                    "hellos": crowd.hellos(n),
+                    "seen": [
+                        (m["type"], m.get("reason") or m.get("event"), m.get("t"))
+                        for m in js.messages
+                        if m.get("client") == n and m.get("event") != "chat:message"
+                    ],
+                }
+                for n, lost in missing().items()
+            }
+            sent_at = {t: at for at, t in sent}
+            pytest.fail(f"messages lost: {details}; sent at: {sent_at}; now {loop.time()}")
         assert [m for m in js.messages[mark:] if m.get("type") == "connect_error"] == []
         assert all(len(crowd.hellos(n)) == 1 for n in staying)
         reasons = {m["reason"] for m in crowd.failures(on_victim) if m["type"] == "disconnect"}

@@ -76,7 +76,7 @@ async def test_websocket_clients_spread(
             await crowd.open(name)  # polling first, then the upgrade request carries the sid
         names = ws_only + upgrading
         await crowd.wait_connected(names)
-        await js.wait_for(lambda _m: all(js.seen(n, "upgrade") for n in upgrading), timeout=15)
+        await crowd.until(lambda: all(js.seen(n, "upgrade") for n in upgrading), 15, "upgrades")
         for group in (ws_only, upgrading):
             assert set(crowd.spread(group)) == set(NODES), crowd.spread(group)
         assert min(crowd.spread(names).values()) >= 5, crowd.spread(names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,17 @@ from tests.support.procs import ServerProcess, make_token
 
 NODES = ("n1", "n2", "n3")
 # Short ping cycles: every polling client sends a request about once a second, so a few
-# seconds exercise many requests of each session through the balancer.
+# seconds exercise many requests of each session through the balancer. A generous ping
+# timeout: a loaded test machine must not look like a dead client.
 SERVER_ENV = {
     "IOFLEET_PING_INTERVAL": "1",
-    "IOFLEET_PING_TIMEOUT": "3",
+    "IOFLEET_PING_TIMEOUT": "10",
     "IOFLEET_DRAIN_DELAY": "1",
     "IOFLEET_DRAIN_SECONDS": "3",
     "IOFLEET_TRUST_PROXY_HEADERS": "true",
     "IOFLEET_RATE_LIMIT": "200",
 }
-TIMEOUTS = Timeouts(ping_interval_s=1, ping_timeout_s=3, drain_s=20)
+TIMEOUTS = Timeouts(ping_interval_s=1, ping_timeout_s=10, drain_s=20)
 
 
 def backends(servers: list[ServerProcess]) -> tuple[Backend, ...]:
@@ -63,12 +65,19 @@ async def start_balancer(
 
 @dataclass
 class Crowd:
-    """Named JS clients through one balancer, and where each one is connected."""
+    """Named JS clients through one balancer, and where each one is connected.
+
+    What the clients saw is indexed incrementally, so a check costs the same however
+    long the test has been running (a wait re-checks often).
+    """
 
     js: JsClients
     url: str
     cookies: bool
     names: list[str] = field(default_factory=list)
+    _cursor: int = 0
+    _hellos: dict[str, list[str]] = field(default_factory=dict)
+    _heard: dict[str, set[str]] = field(default_factory=dict)
 
     async def open(self, name: str, transports: list[str] | None = None) -> None:
         opts: dict[str, Any] = {"auth": {"token": make_token(name)}}
@@ -81,16 +90,47 @@ class Crowd:
         self.names.append(name)
         await self.js.open(name, self.url, **opts)
 
+    def _scan(self) -> None:
+        messages = self.js.messages
+        for message in messages[self._cursor :]:
+            if message.get("type") != "event":
+                continue
+            client, payload = message["client"], message["args"][0]
+            if message["event"] == "server:hello":
+                self._hellos.setdefault(client, []).append(payload["node_id"])
+            elif message["event"] == "chat:message":
+                self._heard.setdefault(client, set()).add(payload.get("text"))
+        self._cursor = len(messages)
+
     def hellos(self, name: str) -> list[str]:
-        return [m["args"][0]["node_id"] for m in self.js.seen(name, "event", "server:hello")]
+        """Node ids this client was told on each (re)connection, in order."""
+        self._scan()
+        return list(self._hellos.get(name, []))
 
     def node(self, name: str) -> str | None:
         hellos = self.hellos(name)
         return hellos[-1] if hellos else None
 
+    def received(self, name: str, text: str) -> bool:
+        self._scan()
+        return text in self._heard.get(name, set())
+
+    async def until(self, check: Callable[[], bool], within: float, what: str) -> None:
+        """Poll `check` every 50 ms, at most `within` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while not check():
+            if loop.time() > deadline:
+                raise TimeoutError(f"{what}: not within {within}s")
+            await asyncio.sleep(0.05)
+
     async def wait_connected(self, names: list[str], within: float = 20) -> None:
         """Every client has said hello (connected and told which node it is on)."""
-        await self.js.wait_for(lambda _m: all(self.hellos(n) for n in names), timeout=within)
+        await self.until(
+            lambda: all(self.hellos(n) for n in names),
+            within,
+            f"connected: {[n for n in names if not self.hellos(n)]} missing",
+        )
 
     def failures(self, names: list[str]) -> list[dict[str, Any]]:
         return [
@@ -103,13 +143,12 @@ class Crowd:
         acks = await asyncio.gather(*(self.js.call(n, "room:join", {"room": room}) for n in names))
         assert all(ack["ok"] for ack in acks), acks
 
-    def received(self, name: str, text: str) -> bool:
-        return any(
-            m["args"][0].get("text") == text for m in self.js.seen(name, "event", "chat:message")
-        )
-
     async def wait_received(self, names: list[str], text: str, within: float = 10) -> None:
-        await self.js.wait_for(lambda _m: all(self.received(n, text) for n in names), within)
+        await self.until(
+            lambda: all(self.received(n, text) for n in names),
+            within,
+            f"{text!r} heard by all",
+        )
 
     def spread(self, names: list[str]) -> dict[str, int]:
         counts: dict[str, int] = {}
