@@ -1,13 +1,12 @@
-"""Fixtures: three real servers sharing a real Redis, and a Node process of JS clients."""
+"""Fixtures: three real servers sharing a real Redis (`js` comes from tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from tests.support.cluster import NODES, SERVER_ENV
-from tests.support.jsclient import JsClients
 from tests.support.procs import RedisServer, ServerProcess
 
 
@@ -35,10 +34,3 @@ def servers(redis: RedisServer, server_env: dict[str, str]) -> Iterator[list[Ser
     finally:
         for server in started:
             server.stop()
-
-
-@pytest.fixture
-async def js() -> AsyncIterator[JsClients]:
-    clients = await JsClients().start()
-    yield clients
-    await clients.stop()
