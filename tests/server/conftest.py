@@ -37,11 +37,13 @@ def cluster(shared_redis: RedisServer) -> Iterator[tuple[ServerProcess, ServerPr
         "IOFLEET_PING_INTERVAL": "5",
     }
     nodes = (ServerProcess("node-a", env=dict(env)), ServerProcess("node-b", env=dict(env)))
-    for node in nodes:
-        node.start()
-    yield nodes
-    for node in nodes:
-        node.stop()
+    try:  # stop what started even when a later start fails
+        for node in nodes:
+            node.start()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
 
 
 @pytest.fixture
@@ -50,9 +52,9 @@ def start_server() -> Iterator[Any]:
     started: list[ServerProcess] = []
 
     def start(node_id: str = "solo", wait_ready: bool = True, **env: str) -> ServerProcess:
-        server = ServerProcess(node_id, env=env).start(wait_ready=wait_ready)
-        started.append(server)
-        return server
+        server = ServerProcess(node_id, env=env)
+        started.append(server)  # before start: a server that fails to get ready is stopped too
+        return server.start(wait_ready=wait_ready)
 
     yield start
     for server in started:

@@ -141,7 +141,11 @@ class ServerProcess:
         )
         os.close(fd)
         if wait_ready:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def wait_ready(self, timeout: float = 20) -> None:
@@ -150,7 +154,10 @@ class ServerProcess:
                 raise RuntimeError(f"{self.node_id} exited early:\n{self.log()}")
             return http_status(f"{self.admin_url}/readyz") == 200
 
-        wait_until(ready, timeout=timeout)
+        try:
+            wait_until(ready, timeout=timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{self.node_id} not ready in {timeout}s:\n{self.log()}") from None
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path else ""
