@@ -300,13 +300,16 @@ class SocketService(pulumi.ComponentResource):
             spec={"type": "ClusterIP", "selector": SERVER_LABELS, "ports": [public]},
             opts=self._ns_opts,
         )
-        # Headless: one DNS A record per ready pod, for HAProxy's server-template.
+        # Headless: one DNS A record per pod, for HAProxy's server-template. Not-ready
+        # pods stay in DNS on purpose: HAProxy checks /readyz itself, and a draining pod
+        # that vanished from DNS would lose its HAProxy slot, cutting its polling
+        # sessions at once instead of letting the paced drain close them.
         k8s.core.v1.Service(
             f"{name}-headless",
             metadata=meta(self.headless_service, self.namespace, SERVER_LABELS),
             spec={
                 "clusterIP": "None",
-                "publishNotReadyAddresses": False,
+                "publishNotReadyAddresses": True,
                 "selector": SERVER_LABELS,
                 "ports": [
                     {"name": "http", "port": PUBLIC_PORT, "targetPort": "http"},

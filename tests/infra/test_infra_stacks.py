@@ -370,6 +370,8 @@ def test_haproxy_balancer_discovers_pods_through_the_headless_service() -> Any:
         assert tunnel > 25 + 20
         (headless,) = fleet.kubernetes("Service", "iofleet-server-headless")
         assert headless.inputs["spec"]["clusterIP"] == "None"
+        # HAProxy health-checks /readyz itself; a draining pod must keep its DNS record.
+        assert headless.inputs["spec"]["publishNotReadyAddresses"] is True
         (lb,) = fleet.kubernetes("Service", "iofleet-haproxy")
         assert lb.inputs["spec"]["type"] == "LoadBalancer"
         assert [p["targetPort"] for p in lb.inputs["spec"]["ports"]] == ["http"]
