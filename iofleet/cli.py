@@ -24,7 +24,7 @@ from iofleet.up import run_detached, run_down, run_foreground
 
 app = typer.Typer(
     name="iofleet",
-    help="Horizontally scaled Socket.IO: local fleet, balancer configs, load tests.",
+    help="Horizontally scaled Socket.IO: the local fleet and balancer configs.",
     no_args_is_help=True,
     add_completion=False,
 )
