@@ -35,10 +35,12 @@ ROOM = "bench"
 console = Console()
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
+    """A server to measure; `{port}` in its command or env is the port it is given."""
+
     name: str
-    command: list[str]
+    command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -48,33 +50,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def targets(port: int) -> list[Target]:
-    iofleet_env = {
-        "IOFLEET_HOST": "127.0.0.1",
-        "IOFLEET_PORT": str(port),
-        "IOFLEET_ADMIN_PORT": "0",
-        "IOFLEET_AUTH": "none",
-        "IOFLEET_NODE_ID": "bench",
-        "IOFLEET_LOG_LEVEL": "WARNING",
-        # Measure throughput, not the limits: one sender sends as fast as it can.
-        "IOFLEET_RATE_LIMIT": "1000000",
-        "IOFLEET_MAX_CONNECTIONS": "1000000",
-    }
-    return [
-        Target("python-socketio", [sys.executable, "-m", "bench.baseline_server", str(port)]),
-        Target("iofleet", [sys.executable, "-m", "server"], iofleet_env),
-        Target(
-            "iofleet (asyncio loop)",
-            [sys.executable, "-m", "server"],
-            {**iofleet_env, "IOFLEET_UVLOOP": "false"},
-        ),
-    ]
+IOFLEET_ENV = {
+    "IOFLEET_HOST": "127.0.0.1",
+    "IOFLEET_PORT": "{port}",
+    "IOFLEET_ADMIN_PORT": "0",
+    "IOFLEET_AUTH": "none",
+    "IOFLEET_NODE_ID": "bench",
+    "IOFLEET_LOG_LEVEL": "WARNING",
+    # Measure throughput, not the limits: one sender sends as fast as it can.
+    "IOFLEET_RATE_LIMIT": "1000000",
+    "IOFLEET_MAX_CONNECTIONS": "1000000",
+}
+TARGETS = (
+    Target("python-socketio", (sys.executable, "-m", "bench.baseline_server", "{port}")),
+    Target("iofleet", (sys.executable, "-m", "server"), IOFLEET_ENV),
+    Target(
+        "iofleet (asyncio loop)",
+        (sys.executable, "-m", "server"),
+        {**IOFLEET_ENV, "IOFLEET_UVLOOP": "false"},
+    ),
+)
 
 
 def start(target: Target, port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        target.command,
-        env={**os.environ, **target.env},
+        [part.format(port=port) for part in target.command],
+        env={**os.environ, **{k: v.format(port=port) for k, v in target.env.items()}},
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -106,7 +107,6 @@ async def open_clients(session: aiohttp.ClientSession, url: str, count: int) -> 
 
 async def measure(target: Target, args: argparse.Namespace) -> dict[str, float]:
     port = free_port()
-    target = next(t for t in targets(port) if t.name == target.name)
     process = start(target, port)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100)
     args = parser.parse_args()
 
-    names = [t.name for t in targets(0)]
+    names = [t.name for t in TARGETS]
     results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("benchmark", total=args.runs * len(names))
@@ -181,7 +181,7 @@ def main() -> None:
             order = names if run % 2 == 0 else list(reversed(names))
             for name in order:
                 progress.update(task, description=f"run {run + 1}/{args.runs}: {name}")
-                target = next(t for t in targets(0) if t.name == name)
+                target = next(t for t in TARGETS if t.name == name)
                 results[name].append(asyncio.run(measure(target, args)))
                 progress.advance(task)
     codec = json_codec_speedup()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -73,7 +73,6 @@ class Connection:
     eio_sid: str
     user: str
     bucket: TokenBucket
-    connected_at: float = field(default_factory=time.monotonic)
     strikes: int = 0  # events refused in a row
     warned: bool = False  # an `error` event went out for this run of refusals
 

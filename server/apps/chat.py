@@ -103,7 +103,7 @@ class Chat:
         await self.sio.emit("typing:update", update, room=room, skip_sid=sid)
         return {"ok": True, "sent": True}
 
-    async def on_disconnect(self, sid: str, user: str) -> None:
+    async def on_disconnect(self, user: str) -> None:
         for key in [k for k in self._typing_sent if k[0] == user]:
             del self._typing_sent[key]
 
@@ -115,7 +115,7 @@ def register(sio: socketio.AsyncServer) -> None:
 
     async def disconnect(sid: str, reason: object = None) -> None:
         user = await user_of(sio, sid)
-        await chat.on_disconnect(sid, user)
+        await chat.on_disconnect(user)
         await matcher.on_disconnect(sid)
 
     sio.on("disconnect", disconnect)

@@ -148,6 +148,10 @@ class Matcher:
         self.sio = sio
         self._memory = MemoryStore()
         self._redis_store: RedisStore | None = None
+        # Sids on this node that called user:match. Both sides of a pairing did so on
+        # their own node, so a disconnect of anyone else has nothing to clean up and
+        # must not cost a Redis round trip.
+        self._involved: set[str] = set()
 
     @property
     def store(self) -> MatchStore:
@@ -171,6 +175,7 @@ class Matcher:
 
     async def match(self, sid: str, data: Any = None) -> dict[str, Any]:
         me = await self._me(sid)
+        self._involved.add(sid)
         try:
             if await self.store.pairing(sid) is not None:
                 return fail("already matched; cancel first")
@@ -223,6 +228,9 @@ class Matcher:
         return relay
 
     async def on_disconnect(self, sid: str) -> None:
+        if sid not in self._involved:
+            return
+        self._involved.discard(sid)
         try:
             await self.store.cancel(await self._me(sid))
             await self._end(sid, reason="peer left")

@@ -98,7 +98,7 @@ async def test_oversized_message_closes_only_the_sender(start_server, js: JsClie
         "ok": True
     }
     await asyncio.sleep(0.2)
-    lines = [json.loads(line) for line in server.log().splitlines()]
+    lines = server.log_entries()
     oversize = [entry for entry in lines if entry.get("event") == "packet.oversize"]
     assert len(oversize) == 1 and "over 4096 bytes" in oversize[0]["detail"]
     # The stock client comes back on its own.
@@ -168,7 +168,7 @@ async def test_malformed_packets_close_only_the_offender(cluster, js: JsClients)
         "ok": True
     }
     assert not js.seen("bystander", "disconnect")
-    entries = [json.loads(line) for line in node_a.log().splitlines()]
+    entries = node_a.log_entries()
     malformed = [e for e in entries if e.get("event") == "packet.malformed"]
     assert len(malformed) >= len(cases) - 1
     assert all("\n" not in line for line in node_a.log().splitlines())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import urllib.request
 
 from tests.support.jsclient import JsClients
@@ -26,7 +25,7 @@ async def test_custom_handlers_get_limits_metrics_and_error_acks(
     limited = await js.call("c", "echo", 4)
     assert limited == {"ok": False, "error": "rate limited", "event": "echo"}
 
-    entries = [json.loads(line) for line in server.log().splitlines()]
+    entries = server.log_entries()
     errors = [e for e in entries if e.get("event") == "handler.error"]
     assert len(errors) == 1 and errors[0]["handler"] == "boom"
     with urllib.request.urlopen(f"{server.admin_url}/metrics", timeout=5) as response:

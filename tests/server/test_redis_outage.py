@@ -4,7 +4,6 @@ flips and recovers, fan-out resumes by itself."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import urllib.request
 
@@ -53,7 +52,7 @@ async def test_redis_outage_and_recovery(
     )
     assert metric(node_a.admin_url, "iofleet_fanout_publish_failures_total") >= 20
     assert metric(node_a.admin_url, "iofleet_fanout_up") == 0
-    log_lines = [json.loads(line) for line in node_a.log().splitlines()]
+    log_lines = node_a.log_entries()
     publish_logs = [e for e in log_lines if e.get("event") == "fanout.publish_failed"]
     assert 1 <= len(publish_logs) <= 2  # once per burst, not once per message
     assert not [m for m in js.messages[mark:] if m.get("type") == "disconnect"]

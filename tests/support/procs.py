@@ -5,6 +5,7 @@ Every process is started on 127.0.0.1 on a free port and stopped by its PID.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,15 +21,11 @@ from pathlib import Path
 
 import jwt
 
+from iofleet.processes import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 TEST_JWT_SECRET = "test-secret-for-loopback-only-0123456789"
 TEST_ADMIN_TOKEN = "test-admin-token"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_token(user: str, secret: str = TEST_JWT_SECRET, ttl: float = 600, **claims: object) -> str:
@@ -161,6 +158,11 @@ class ServerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path else ""
+
+    def log_entries(self) -> list[dict[str, object]]:
+        """The JSON log lines written so far; a line still being written is left out."""
+        complete = self.log().rpartition("\n")[0]
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         assert self.process is not None
