@@ -13,8 +13,18 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-ENV_PREFIX = "IOFLEET_"
-NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+from server.contract import (
+    ADMIN_PORT,
+    DRAIN_DELAY_SECONDS,
+    DRAIN_SECONDS,
+    ENV_PREFIX,
+    NODE_ID_PATTERN,
+    NODE_ID_RULE,
+    PING_INTERVAL_SECONDS,
+    PING_TIMEOUT_SECONDS,
+    PUBLIC_PORT,
+)
+
 Transport = Literal["websocket", "polling"]
 DEFAULT_TRANSPORTS: tuple[Transport, ...] = ("websocket", "polling")
 
@@ -41,9 +51,14 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    port: int = Field(8000, ge=1, le=65535, description="Public port: /socket.io/ and the demo.")
+    port: int = Field(
+        PUBLIC_PORT, ge=1, le=65535, description="Public port: /socket.io/ and the demo."
+    )
     admin_port: int = Field(
-        9000, ge=0, le=65535, description="Admin port (health, metrics, drain); 0 turns it off."
+        ADMIN_PORT,
+        ge=0,
+        le=65535,
+        description="Admin port (health, metrics, drain); 0 turns it off.",
     )
     host: str = Field("0.0.0.0", description="Address both listeners bind to.")
     admin_host: str | None = Field(None, description="Admin listener address (default: HOST).")
@@ -66,8 +81,12 @@ class Settings(BaseSettings):
     transports: Annotated[list[Transport], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_TRANSPORTS), description="Engine.IO transports."
     )
-    ping_interval: float = Field(25, gt=0, le=300, description="Engine.IO ping interval (s).")
-    ping_timeout: float = Field(20, gt=0, le=300, description="Engine.IO ping timeout (s).")
+    ping_interval: float = Field(
+        PING_INTERVAL_SECONDS, gt=0, le=300, description="Engine.IO ping interval (s)."
+    )
+    ping_timeout: float = Field(
+        PING_TIMEOUT_SECONDS, gt=0, le=300, description="Engine.IO ping timeout (s)."
+    )
     max_connections: int = Field(10000, ge=1, description="Connections this node accepts.")
     max_message_bytes: int = Field(
         1_000_000, ge=1024, description="Largest packet accepted; larger closes the sender."
@@ -78,8 +97,12 @@ class Settings(BaseSettings):
         50, ge=1, description="Events refused in a row before that client is disconnected."
     )
     max_rooms_per_user: int = Field(50, ge=1, description="Rooms one user may be in, per node.")
-    drain_seconds: float = Field(30, ge=0, description="Time to spread the closing over (s).")
-    drain_delay: float = Field(5, ge=0, description="Wait for deregistration first (s).")
+    drain_seconds: float = Field(
+        DRAIN_SECONDS, ge=0, description="Time to spread the closing over (s)."
+    )
+    drain_delay: float = Field(
+        DRAIN_DELAY_SECONDS, ge=0, description="Wait for deregistration first (s)."
+    )
     admin_token: SecretStr | None = Field(None, description="Bearer token for POST /admin/*.")
     node_id: str = Field(default_factory=_default_node_id, description="This node's id.")
     handlers: str = Field(
@@ -95,7 +118,7 @@ class Settings(BaseSettings):
     def _node_id_is_safe(cls, value: str) -> str:
         # The node id is embedded in Engine.IO session ids, which nginx matches.
         if not NODE_ID_PATTERN.match(value):
-            raise ValueError("must match [A-Za-z0-9_-]{1,63}")
+            raise ValueError(f"must match {NODE_ID_RULE}")
         return value
 
     @field_validator("transports")
