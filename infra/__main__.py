@@ -1,22 +1,19 @@
 """iofleet's Pulumi program: reads the stack config, wires the components, exports.
 
 A regional stack builds Network -> Cluster -> RedisCache -> BalancerController ->
-SocketService -> Autoscaler -> Balancer -> Observability; the global stack reads the
-regional stacks' outputs and builds GlobalRouting.
+SocketService (namespace, Services) -> Balancer (the route) -> the server Deployment ->
+Autoscaler -> Observability; the global stack reads the regional stacks' outputs and
+builds GlobalRouting.
 """
 
-import sys
-from pathlib import Path
-
-# Pulumi runs this file from infra/ (runpy); the repo root on sys.path makes the
-# `infra.*` and `iofleet.*` imports resolve the same way under `pulumi up` and pytest.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+# `infra` is a package of the project (pyproject.toml), installed into `.venv` by `make
+# setup` (`pip install -e '.[infra]'`), so `infra.*`, `iofleet.*` and `server.*` import the
+# same way under `pulumi up` (which runs this file from infra/) and under pytest.
 import pulumi
 
 from infra.balancer import Balancer, BalancerArgs, BalancerController, BalancerControllerArgs
 from infra.cluster import Cluster, ClusterArgs
-from infra.config import GlobalConfig, RegionalConfig, load
+from infra.config import GlobalConfig, RegionalConfig, aws_access, load, qualify
 from infra.global_routing import GlobalRouting, GlobalRoutingArgs, Region
 from infra.network import Network, NetworkArgs
 from infra.observability import Observability, ObservabilityArgs
@@ -50,6 +47,8 @@ def regional(cfg: RegionalConfig) -> None:
             node_min=cfg.node_min,
             node_desired=cfg.node_desired,
             node_max=cfg.node_max,
+            admin_arns=list(cfg.cluster_admin_arns),
+            aws_access=aws_access(),
             tags=tags,
         ),
     )
@@ -88,10 +87,6 @@ def regional(cfg: RegionalConfig) -> None:
             depends_on=list(controller.releases),
         ),
     )
-    Autoscaler(
-        "autoscaler",
-        AutoscalerArgs(cfg, cluster.provider, service.deployment_name, cfg.namespace, [service]),
-    )
     balancer = Balancer(
         "balancer",
         BalancerArgs(
@@ -100,9 +95,17 @@ def regional(cfg: RegionalConfig) -> None:
             namespace=cfg.namespace,
             public_service=service.public_service,
             headless_service=service.headless_service,
-            depends_on=[service, *controller.releases],
+            depends_on=[*service.route_needs, *controller.releases],
         ),
     )
+    service.create_deployment(after=balancer.route)
+    if cfg.has_autoscaler:
+        Autoscaler(
+            "autoscaler",
+            AutoscalerArgs(
+                cfg, cluster.provider, service.deployment_name, cfg.namespace, [service]
+            ),
+        )
     Observability(
         "observability",
         ObservabilityArgs(
@@ -110,6 +113,7 @@ def regional(cfg: RegionalConfig) -> None:
             namespace=cfg.namespace,
             prometheus_namespace=cfg.prometheus_namespace,
             prometheus_operator=cfg.prometheus_operator,
+            selector_label=cfg.prometheus_selector_label,
             admin_service_labels=service.admin_service_labels,
             redis_member_ids=redis.member_cluster_ids,
             lb_type=balancer.lb_type,
@@ -131,13 +135,13 @@ def regional(cfg: RegionalConfig) -> None:
     pulumi.export("public_scheme", "https" if cfg.certificate_arn else "http")
     pulumi.export("balancer_arn", balancer.lb_arn)
     pulumi.export("balancer_zone_id", balancer.lb_zone_id)
-    if secret is not None and cfg.jwt_secret is None:
+    if secret is not None and not cfg.jwt_secret.get_secret_value():
         pulumi.export("jwt_secret", secret)
 
 
 def global_(cfg: GlobalConfig) -> None:
     regions = []
-    for name in cfg.regional_stacks:
+    for name in (qualify(stack) for stack in cfg.regional_stacks):
         ref = pulumi.StackReference(name)
         regions.append(
             Region(
@@ -153,7 +157,8 @@ def global_(cfg: GlobalConfig) -> None:
     routing = GlobalRouting(
         "global",
         GlobalRoutingArgs(
-            routing=cfg.routing,
+            routing=cfg.global_routing,
+            aws_access=aws_access(),
             regions=regions,
             domain=cfg.domain,
             hosted_zone_id=cfg.hosted_zone_id,

@@ -25,15 +25,9 @@ import pulumi_kubernetes as k8s
 from infra.cluster import Cluster
 from infra.config import Balancer as BalancerKind
 from infra.config import RegionalConfig
-from infra.workloads import (
-    ADMIN_PORT,
-    HAPROXY_LABELS,
-    PUBLIC_PORT,
-    RESTRICTED_CONTAINER,
-    RESTRICTED_POD,
-    meta,
-)
+from infra.workloads import HAPROXY_LABELS, RESTRICTED_CONTAINER, RESTRICTED_POD, meta
 from iofleet.render import DnsDiscovery, HaproxyOptions, Timeouts, render_haproxy
+from server.contract import ADMIN_PORT, PUBLIC_PORT
 
 LB_CONTROLLER_CHART = ("aws-load-balancer-controller", "1.9.2", "https://aws.github.io/eks-charts")
 INGRESS_NGINX_CHART = ("ingress-nginx", "4.11.3", "https://kubernetes.github.io/ingress-nginx")
@@ -88,7 +82,13 @@ class BalancerController(pulumi.ComponentResource):
             },
             # The controller's webhooks must answer before any Service or pod it watches.
             atomic=True,
-            opts=pulumi.ResourceOptions(parent=self, provider=provider),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                provider=provider,
+                # `atomic` waits for the controller's pods; on a first `up` they can only
+                # schedule and get an IP once the nodes and the VPC CNI add-on exist.
+                depends_on=args.cluster.ready,
+            ),
         )
         self.releases = [lbc]
         if args.kind == "nginx":
@@ -247,6 +247,8 @@ class Balancer(pulumi.ComponentResource):
     target_group_arn_suffix: pulumi.Output[str]
     lb_type: str
     """"application" (ALB) or "network" (NLB in front of nginx or HAProxy)."""
+    route: list[pulumi.Resource]
+    """The Ingress or LoadBalancer Service: the server pods are created after it."""
 
     def __init__(
         self, name: str, args: BalancerArgs, opts: pulumi.ResourceOptions | None = None
@@ -269,32 +271,23 @@ class Balancer(pulumi.ComponentResource):
     def _create_ingress(self, name: str, kind: BalancerKind) -> pulumi.Output[str]:
         s = self._args.settings
         notes = alb_annotations(s) if kind == "alb" else nginx_annotations(s)
+        backend = {"service": {"name": self._args.public_service, "port": {"name": "http"}}}
+        spec: dict[str, Any] = {"ingressClassName": kind}
+        if kind == "alb":
+            # The default backend becomes the listener's default action (forward to the
+            # one target group), which is how _lookup finds the target group by port.
+            spec["defaultBackend"] = backend
+        else:
+            spec["rules"] = [
+                {"http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": backend}]}}
+            ]
         ingress = k8s.networking.v1.Ingress(
             f"{name}-ingress",
             metadata={**meta("iofleet", self._args.namespace, {}), "annotations": notes},
-            spec={
-                "ingressClassName": kind,
-                "rules": [
-                    {
-                        "http": {
-                            "paths": [
-                                {
-                                    "path": "/",
-                                    "pathType": "Prefix",
-                                    "backend": {
-                                        "service": {
-                                            "name": self._args.public_service,
-                                            "port": {"name": "http"},
-                                        }
-                                    },
-                                }
-                            ]
-                        }
-                    }
-                ],
-            },
+            spec=spec,
             opts=self._opts,
         )
+        self.route = [ingress]
         hostname: pulumi.Output[str] = ingress.status.apply(_hostname)
         return hostname
 
@@ -392,25 +385,30 @@ class Balancer(pulumi.ComponentResource):
             },
             opts=self._opts,
         )
+        self.route = [service]
         hostname: pulumi.Output[str] = service.status.apply(_hostname)
         return hostname
 
     def _lookup(self) -> None:
-        """Read the balancer the controller made (by its fixed name and tags) once it
-        exists, for the alarms and the global stack."""
+        """Read the balancer the controller made (by its fixed name) once it exists, and
+        its target group by listener port, for the alarms and the global stack.
+
+        Not by tags: the controller makes one target group per listener port (ingress-nginx
+        serves 80 and 443, HAProxy 443 too with a certificate), and aws.lb.getTargetGroup
+        fails unless exactly one matches."""
         s = self._args.settings
         name = lb_name(s)
-        tags = lb_tags(s)
-        lb = self.hostname.apply(
-            lambda _: aws.lb.get_load_balancer(name=name, opts=pulumi.InvokeOptions(parent=self))
-        )
-        group = self.hostname.apply(
-            lambda _: aws.lb.get_target_group(tags=tags, opts=pulumi.InvokeOptions(parent=self))
+        # The listener that forwards: with TLS on an ALB, 80 only redirects to 443.
+        port = 443 if s.certificate_arn and s.balancer == "alb" else 80
+        invoke = pulumi.InvokeOptions(parent=self)
+        lb = self.hostname.apply(lambda _: aws.lb.get_load_balancer(name=name, opts=invoke))
+        listener = lb.apply(
+            lambda r: aws.lb.get_listener(load_balancer_arn=r.arn, port=port, opts=invoke)
         )
         self.lb_arn = lb.apply(lambda r: r.arn)
         self.lb_arn_suffix = lb.apply(lambda r: r.arn_suffix)
         self.lb_zone_id = lb.apply(lambda r: r.zone_id)
-        self.target_group_arn_suffix = group.apply(lambda r: r.arn_suffix)
+        self.target_group_arn_suffix = listener.apply(_target_group_suffix)
 
 
 def haproxy_config(settings: RegionalConfig, headless_fqdn: str) -> str:
@@ -441,6 +439,18 @@ def haproxy_config(settings: RegionalConfig, headless_fqdn: str) -> str:
 def _hostname(status: Any) -> str:
     """The balancer's DNS name from an Ingress's or a LoadBalancer Service's status."""
     return str(status.load_balancer.ingress[0].hostname or "")
+
+
+def _target_group_suffix(listener: Any) -> str:
+    """The CloudWatch TargetGroup dimension (targetgroup/<name>/<id>) of the group the
+    listener's default action forwards to."""
+    for action in listener.default_actions:
+        arn = action.target_group_arn or next(
+            (g.arn for f in action.forwards or [] for g in f.target_groups or []), ""
+        )
+        if arn:
+            return str(arn).split(":", 5)[5]
+    raise ValueError(f"listener {listener.arn} does not forward to a target group")
 
 
 def _sha(text: str) -> str:

@@ -10,6 +10,9 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from infra.config import AwsAccess
+
+ADMIN_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
 NODE_POLICIES = (
     "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
     "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
@@ -29,6 +32,10 @@ class ClusterArgs:
     node_min: int
     node_desired: int
     node_max: int
+    admin_arns: list[str]
+    """IAM principals given cluster admin (EKS access entries), besides the creator."""
+    aws_access: AwsAccess
+    """Who the stack is (aws:profile / aws:assumeRoles): the kubeconfig asks as them."""
     tags: dict[str, str]
 
 
@@ -57,6 +64,9 @@ class Cluster(pulumi.ComponentResource):
     oidc_issuer: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]
     provider: k8s.Provider
+    ready: list[pulumi.Resource]
+    """What a pod needs before it can schedule and get an IP: the node group and the
+    VPC CNI add-on. Helm releases with `atomic` wait on their pods, so they depend on it."""
 
     def __init__(
         self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None
@@ -108,8 +118,9 @@ class Cluster(pulumi.ComponentResource):
         # Managed node groups without a launch template use the EKS-created cluster
         # security group; Redis admits exactly that group.
         self.node_security_group_id = self._eks.vpc_config.cluster_security_group_id
-        self._create_node_group()
-        aws.eks.Addon(
+        node_group = self._create_node_group()
+        self._create_access_entries()
+        vpc_cni = aws.eks.Addon(
             f"{name}-vpc-cni",
             cluster_name=self._eks.name,
             addon_name="vpc-cni",
@@ -121,6 +132,7 @@ class Cluster(pulumi.ComponentResource):
             tags=args.tags,
             opts=child,
         )
+        self.ready = [node_group, vpc_cni]
         issuer = self._eks.identities[0].oidcs[0].issuer
         oidc = aws.iam.OpenIdConnectProvider(
             f"{name}-oidc",
@@ -142,7 +154,28 @@ class Cluster(pulumi.ComponentResource):
         )
         self.register_outputs({"name": self.name, "oidc_provider_arn": self.oidc_provider_arn})
 
-    def _create_node_group(self) -> None:
+    def _create_access_entries(self) -> None:
+        """Cluster admin for each configured principal, so teammates and CI (other roles
+        than whoever ran the first `up`) can use kubectl and run later updates."""
+        for index, arn in enumerate(self._args.admin_arns):
+            entry = aws.eks.AccessEntry(
+                f"{self._name}-admin-{index}",
+                cluster_name=self._eks.name,
+                principal_arn=arn,
+                type="STANDARD",
+                tags=self._args.tags,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            aws.eks.AccessPolicyAssociation(
+                f"{self._name}-admin-{index}",
+                cluster_name=self._eks.name,
+                principal_arn=entry.principal_arn,
+                policy_arn=ADMIN_POLICY,
+                access_scope={"type": "cluster"},
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+
+    def _create_node_group(self) -> aws.eks.NodeGroup:
         args = self._args
         child = pulumi.ResourceOptions(parent=self)
         role = aws.iam.Role(
@@ -160,9 +193,12 @@ class Cluster(pulumi.ComponentResource):
             )
             for arn in NODE_POLICIES
         ]
-        aws.eks.NodeGroup(
+        return aws.eks.NodeGroup(
             f"{self._name}-nodes",
             cluster_name=self._eks.name,
+            # The nodes follow the control plane's minor version: raising
+            # cluster_version upgrades the control plane first, then this group.
+            version=self._eks.version,
             node_role_arn=role.arn,
             # Private subnets of every AZ: the server's zone spread needs nodes in each.
             subnet_ids=args.private_subnet_ids,
@@ -188,8 +224,29 @@ class Cluster(pulumi.ComponentResource):
     def _kubeconfig(self) -> pulumi.Output[str]:
         """A kubeconfig that gets short-lived tokens from `aws eks get-token`."""
 
+        access = self._args.aws_access
+        # The same identity the stack's provider assumes (aws:assumeRoles), so Kubernetes
+        # sees whoever AWS sees.
+        role_args = ["--role-arn", access.role_arn] if access.role_arn else []
+        exec_env = [{"name": "AWS_PROFILE", "value": access.profile}] if access.profile else []
+
         def build(values: list[str]) -> str:
             name, endpoint, ca = values
+            user: dict[str, object] = {
+                "apiVersion": "client.authentication.k8s.io/v1beta1",
+                "command": "aws",
+                "args": [
+                    "eks",
+                    "get-token",
+                    "--cluster-name",
+                    name,
+                    "--region",
+                    self._args.region,
+                    *role_args,
+                ],
+            }
+            if exec_env:
+                user["env"] = exec_env
             return json.dumps(
                 {
                     "apiVersion": "v1",
@@ -202,25 +259,7 @@ class Cluster(pulumi.ComponentResource):
                     ],
                     "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
                     "current-context": name,
-                    "users": [
-                        {
-                            "name": name,
-                            "user": {
-                                "exec": {
-                                    "apiVersion": "client.authentication.k8s.io/v1beta1",
-                                    "command": "aws",
-                                    "args": [
-                                        "eks",
-                                        "get-token",
-                                        "--cluster-name",
-                                        name,
-                                        "--region",
-                                        self._args.region,
-                                    ],
-                                }
-                            },
-                        }
-                    ],
+                    "users": [{"name": name, "user": {"exec": user}}],
                 }
             )
 

@@ -1,174 +1,396 @@
 """The one place that reads stack configuration.
 
-Every key lives in ``SPEC`` (type, default, description); ``Pulumi.yaml`` declares the
-same keys with the same defaults (a test keeps the two in step). ``load()`` reads the
-``iofleet:`` namespace once, validates it and returns a frozen dataclass; any problem
-raises ``ConfigError`` whose message names the key and what is allowed.
+Every ``iofleet:`` key is a field of ``Settings`` (type, default, bounds, description);
+``Pulumi.yaml`` declares the same keys with the same types, defaults and descriptions
+(``pulumi_yaml_config()`` renders them and a test keeps the two equal). ``load()`` reads
+each key through ``pulumi.Config``; ``validate()`` checks a mapping of raw values (the
+program and the offline ``python -m infra.check`` share it) and lists every problem at
+once, one line each, naming the key and what is allowed.
 """
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import pulumi
-import pulumi.runtime.config as runtime_config
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from server.contract import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS
 
 NAMESPACE = "iofleet"
 
-KINDS = ("regional", "global")
-BALANCERS = ("alb", "nginx", "haproxy")
-ROUTINGS = ("route53", "accelerator")
-
+Kind = Literal["regional", "global"]
 Balancer = Literal["alb", "nginx", "haproxy"]
 Routing = Literal["route53", "accelerator"]
+Autoscaling = Literal["hpa", "direct", "none"]
 
-
-class ConfigError(ValueError):
-    """A stack configuration value is missing or not allowed."""
-
-
-@dataclass(frozen=True)
-class Spec:
-    """How one key is typed, defaulted and described (mirrored in Pulumi.yaml)."""
-
-    type: Literal["string", "integer", "boolean", "array"]
-    default: Any
-    description: str
-
-
-SPEC: dict[str, Spec] = {
-    "kind": Spec("string", "regional", "regional (one region's fleet) or global (routing)."),
-    # --- regional: network and cluster
-    "vpc_cidr": Spec("string", "10.0.0.0/16", "VPC CIDR (a /16../20), split per AZ."),
-    "az_count": Spec("integer", 3, "Availability zones to span, 2 to 6."),
-    "single_nat_gateway": Spec(
-        "boolean", False, "One NAT gateway instead of one per AZ (cheaper, not zone-safe)."
-    ),
-    "cluster_version": Spec("string", "1.31", "EKS Kubernetes version (major.minor)."),
-    "cluster_public_access_cidrs": Spec(
-        "array", ["0.0.0.0/0"], "CIDRs allowed to reach the EKS API endpoint."
-    ),
-    "node_instance_types": Spec("array", ["m7i.large"], "Managed node group instance types."),
-    "node_min": Spec("integer", 3, "Node group minimum size."),
-    "node_desired": Spec("integer", 3, "Node group initial size."),
-    "node_max": Spec("integer", 12, "Node group maximum size."),
-    # --- regional: Redis
-    "redis_node_type": Spec("string", "cache.r7g.large", "ElastiCache node type."),
-    "redis_replicas": Spec("integer", 1, "Read replicas besides the primary, 1 to 5."),
-    "redis_engine_version": Spec("string", "7.1", "ElastiCache Redis OSS engine version."),
-    "redis_snapshot_retention_days": Spec("integer", 1, "Daily snapshots kept, 0 to 35."),
-    # --- regional: workloads
-    "namespace": Spec("string", "iofleet", "Kubernetes namespace of the server and autoscaler."),
-    "image": Spec("string", "", "Server image, pinned: repo@sha256:... or repo:exact-tag."),
-    "autoscaler_image": Spec("string", "", "Autoscaler image, pinned like image."),
-    "server_cpu": Spec("string", "1", "CPU request (and limit) of one server pod."),
-    "server_memory": Spec("string", "1Gi", "Memory request and limit of one server pod."),
-    "min_replicas": Spec("integer", 3, "HPA minimum server pods."),
-    "max_replicas": Spec("integer", 30, "HPA maximum server pods."),
-    "target_connections": Spec("integer", 5000, "HPA target average iofleet_connections per pod."),
-    "scale_up_stabilization_seconds": Spec("integer", 0, "HPA scale-up stabilization window."),
-    "scale_up_percent": Spec("integer", 100, "HPA scale-up: max % of pods added per minute."),
-    "scale_down_stabilization_seconds": Spec(
-        "integer", 300, "HPA scale-down stabilization window."
-    ),
-    "scale_down_percent": Spec("integer", 10, "HPA scale-down: max % of pods drained per minute."),
-    "ping_interval": Spec("integer", 25, "Engine.IO ping interval, seconds."),
-    "ping_timeout": Spec("integer", 20, "Engine.IO ping timeout, seconds."),
-    "drain_delay": Spec("integer", 15, "Seconds a draining pod waits for deregistration."),
-    "drain_seconds": Spec("integer", 60, "Seconds over which a drain closes connections."),
-    "max_connections": Spec("integer", 10000, "Connections one server pod accepts."),
-    "max_message_bytes": Spec("integer", 1048576, "Largest accepted message, bytes."),
-    "rate_limit": Spec("integer", 20, "Events per second per connection and per user."),
-    "transports": Spec("array", ["websocket", "polling"], "Engine.IO transports offered."),
-    "cors_origins": Spec("array", [], "Allowed browser origins (required, no wildcard)."),
-    "handlers": Spec("string", "", "module:function registering events; empty = chat app."),
-    "jwt_public_key": Spec("string", "", "PEM public key for RS/ES JWTs; else jwt_secret."),
-    "jwt_secret": Spec(
-        "string", "", "HS256 JWT secret (set with --secret); empty = generated and exported."
-    ),
-    # --- regional: balancer and observability
-    "balancer": Spec("string", "alb", "Public balancer: alb, nginx or haproxy."),
-    "certificate_arn": Spec("string", "", "ACM certificate for TLS on the balancer."),
-    "idle_timeout_seconds": Spec(
-        "integer", 120, "Balancer idle timeout; must exceed ping_interval + ping_timeout."
-    ),
-    "haproxy_image": Spec("string", "haproxy:3.0.5", "HAProxy image (balancer: haproxy)."),
-    "prometheus_namespace": Spec("string", "monitoring", "Namespace Prometheus scrapes from."),
-    "prometheus_operator": Spec(
-        "boolean", True, "Create PrometheusRule/ServiceMonitor (needs the operator's CRDs)."
-    ),
-    "alarm_email": Spec("string", "", "Email subscribed to the CloudWatch alarm topic."),
-    # --- global
-    "regional_stacks": Spec("array", [], "Regional stacks to route over (global stack)."),
-    "global_routing": Spec("string", "route53", "route53 (latency records) or accelerator."),
-    "domain": Spec("string", "", "Public name clients use, e.g. ws.example.com (route53)."),
-    "hosted_zone_id": Spec("string", "", "Route 53 hosted zone of domain (route53)."),
-    "health_check_path": Spec("string", "/", "Path the global health checks request."),
+# EKS minor versions this program is tested with (kubernetes-validate runs every manifest
+# at the default), with the end of standard and of extended support from the EKS release
+# calendar (docs.aws.amazon.com/eks/latest/userguide/kubernetes-versions.html). Add a
+# version here when you upgrade to it; past its extended-support end EKS upgrades the
+# cluster itself and the pinned version would then ask for a downgrade.
+EKS_VERSIONS: dict[str, tuple[datetime.date, datetime.date]] = {
+    "1.33": (datetime.date(2026, 7, 29), datetime.date(2027, 7, 29)),
+    "1.34": (datetime.date(2026, 12, 2), datetime.date(2027, 12, 2)),
+    "1.35": (datetime.date(2027, 3, 27), datetime.date(2028, 3, 27)),
 }
+DEFAULT_CLUSTER_VERSION = "1.35"
 
 QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 PINNED_IMAGE = re.compile(r"^[\w.\-/:]+(@sha256:[0-9a-f]{64}|:[\w][\w.\-]{0,127})$")
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+IAM_PRINCIPAL = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")
+LABEL = re.compile(r"^([\w./-]{1,253})=([\w.-]{0,63})$")
+
+# Values shipped in the example stack files that must be replaced before a first `up`.
+DOC_ACCOUNTS = ("111122223333", "123456789012")
+DOC_NETWORKS = tuple(
+    ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+)
+DOC_DOMAIN = re.compile(r"(^|\.)example\.(com|org|net)$")
 
 
-@dataclass(frozen=True)
-class RegionalConfig:
+class ConfigError(ValueError):
+    """Stack configuration values that are missing or not allowed (one line each)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _key(default: Any, description: str, **bounds: Any) -> Any:
+    return Field(default, description=description, **bounds)
+
+
+def full(key: str) -> str:
+    return f"{NAMESPACE}:{key}"
+
+
+class Settings(BaseModel):
+    """Every ``iofleet:`` key; regional and global stacks share one key space."""
+
+    # validate_default: a required key left empty (= unset) still reaches its check.
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    kind: Kind = _key("regional", "regional (one region's fleet) or global (routing).")
+    # --- regional: network and cluster
+    vpc_cidr: str = _key("10.0.0.0/16", "VPC CIDR (a /16../20), split per AZ.")
+    az_count: int = _key(3, "Availability zones to span, 2 to 6.", ge=2, le=6)
+    single_nat_gateway: bool = _key(
+        False, "One NAT gateway instead of one per AZ (cheaper, not zone-safe).", strict=True
+    )
+    cluster_version: str = _key(
+        DEFAULT_CLUSTER_VERSION, "EKS Kubernetes version (major.minor), one of EKS_VERSIONS."
+    )
+    cluster_public_access_cidrs: tuple[str, ...] = _key(
+        ("0.0.0.0/0",), "CIDRs allowed to reach the EKS API endpoint (include your own)."
+    )
+    cluster_admin_arns: tuple[str, ...] = _key(
+        (), "IAM roles/users given cluster admin through EKS access entries."
+    )
+    node_instance_types: tuple[str, ...] = _key(
+        ("m7i.large",), "Managed node group instance types (x86_64)."
+    )
+    node_min: int = _key(3, "Node group minimum size.", ge=1, le=1000)
+    node_desired: int = _key(3, "Node group initial size.", ge=1, le=1000)
+    node_max: int = _key(12, "Node group maximum size.", ge=1, le=1000)
+    # --- regional: Redis
+    redis_node_type: str = _key("cache.r7g.large", "ElastiCache node type.")
+    redis_replicas: int = _key(1, "Read replicas besides the primary, 1 to 5.", ge=1, le=5)
+    redis_engine_version: str = _key("7.1", "ElastiCache Redis OSS engine version.")
+    redis_snapshot_retention_days: int = _key(1, "Daily snapshots kept, 0 to 35.", ge=0, le=35)
+    # --- regional: workloads
+    namespace: str = _key("iofleet", "Kubernetes namespace of the server and autoscaler.")
+    image: str = _key("", "Server image, pinned: repo@sha256:... or repo:exact-tag.")
+    autoscaling: Autoscaling = _key(
+        "hpa", "hpa (HPA on iofleet_connections), direct (autoscaler scales) or none."
+    )
+    autoscaler_image: str = _key(
+        "", "Autoscaler image, pinned like image (required unless autoscaling is none)."
+    )
+    server_cpu: str = _key("1", "CPU request of one server pod.")
+    server_memory: str = _key("1Gi", "Memory request and limit of one server pod.")
+    min_replicas: int = _key(3, "Minimum server pods.", ge=1, le=10000)
+    max_replicas: int = _key(30, "Maximum server pods.", ge=1, le=10000)
+    target_connections: int = _key(
+        5000, "Target average iofleet_connections per pod.", ge=1, le=1_000_000
+    )
+    scale_up_stabilization_seconds: int = _key(0, "Scale-up stabilization window.", ge=0, le=3600)
+    scale_up_percent: int = _key(100, "Scale-up: max % of pods added per minute.", ge=1, le=1000)
+    scale_down_stabilization_seconds: int = _key(
+        300, "Scale-down stabilization window.", ge=0, le=3600
+    )
+    scale_down_percent: int = _key(
+        10, "Scale-down: max % of pods drained per minute.", ge=1, le=100
+    )
+    ping_interval: int = _key(
+        int(PING_INTERVAL_SECONDS), "Engine.IO ping interval, seconds.", ge=1, le=300
+    )
+    ping_timeout: int = _key(
+        int(PING_TIMEOUT_SECONDS), "Engine.IO ping timeout, seconds.", ge=1, le=300
+    )
+    # Longer than the server's own defaults (server.contract): an ALB/NLB takes several
+    # seconds to deregister a target, and a production pod holds thousands of sockets.
+    drain_delay: int = _key(15, "Seconds a draining pod waits for deregistration.", ge=0, le=600)
+    drain_seconds: int = _key(60, "Seconds over which a drain closes connections.", ge=1, le=3600)
+    max_connections: int = _key(10000, "Connections one server pod accepts.", ge=1, le=1_000_000)
+    max_message_bytes: int = _key(
+        1048576, "Largest accepted message, bytes.", ge=1, le=100 * 1024 * 1024
+    )
+    rate_limit: int = _key(20, "Events per second per connection and per user.", ge=1, le=100_000)
+    transports: tuple[Literal["websocket", "polling"], ...] = _key(
+        ("websocket", "polling"), "Engine.IO transports offered."
+    )
+    cors_origins: tuple[str, ...] = _key((), "Allowed browser origins (required, no wildcard).")
+    handlers: str = _key("", "module:function registering events; empty = chat app.")
+    jwt_public_key: str = _key("", "PEM public key for RS/ES JWTs; else jwt_secret.")
+    jwt_secret: SecretStr = _key(
+        SecretStr(""), "HS256 JWT secret (set with --secret); empty = generated and exported."
+    )
+    # --- regional: balancer and observability
+    balancer: Balancer = _key("alb", "Public balancer: alb, nginx or haproxy.")
+    certificate_arn: str = _key("", "ACM certificate for TLS on the balancer.")
+    idle_timeout_seconds: int = _key(
+        120, "Balancer idle timeout; must exceed ping_interval + ping_timeout.", ge=1, le=4000
+    )
+    haproxy_image: str = _key("haproxy:3.0.5", "HAProxy image (balancer: haproxy).")
+    prometheus_namespace: str = _key("monitoring", "Namespace Prometheus scrapes from.")
+    prometheus_operator: bool = _key(
+        True, "Create PrometheusRule/ServiceMonitor (needs the operator's CRDs).", strict=True
+    )
+    prometheus_selector_label: str = _key(
+        "release=prometheus",
+        "label=value the Prometheus operator selects rules and monitors by; empty = none.",
+    )
+    alarm_email: str = _key("", "Email subscribed to the CloudWatch alarm topic.")
+    # --- global
+    regional_stacks: tuple[str, ...] = _key((), "Regional stacks to route over (global stack).")
+    global_routing: Routing = _key("route53", "route53 (latency records) or accelerator.")
+    domain: str = _key("", "Public name clients use, e.g. ws.example.com (route53).")
+    hosted_zone_id: str = _key("", "Route 53 hosted zone of domain (route53).")
+    health_check_path: str = _key("/", "Path the Route 53 health checks request.")
+
+    # --- one key at a time (earlier keys are in info.data)
+
+    @field_validator("vpc_cidr")
+    @classmethod
+    def _vpc_cidr(cls, value: str) -> str:
+        try:
+            network = ipaddress.ip_network(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a CIDR") from None
+        if not 16 <= network.prefixlen <= 20:
+            raise ValueError(f"prefix /{network.prefixlen}; allowed /16../20")
+        return value
+
+    @field_validator("cluster_version")
+    @classmethod
+    def _cluster_version(cls, value: str) -> str:
+        if value not in EKS_VERSIONS:
+            raise ValueError(
+                f"{value!r} is not a version this program knows; use one of "
+                f"{', '.join(EKS_VERSIONS)} (major.minor, upgrade one minor at a time)"
+            )
+        return value
+
+    @field_validator("cluster_public_access_cidrs")
+    @classmethod
+    def _public_cidrs(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        for cidr in value:
+            try:
+                network = ipaddress.ip_network(cidr)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not a CIDR") from None
+            if _regional(info) and any(network.subnet_of(d) for d in DOC_NETWORKS):  # type: ignore[arg-type]
+                raise ValueError(
+                    f"{cidr} is a documentation-only range (placeholder); put the CIDRs "
+                    "of the machines that run `pulumi up` and kubectl (curl -s "
+                    "https://checkip.amazonaws.com), or Helm releases hang on an API "
+                    "server they cannot reach"
+                )
+        if _regional(info) and not value:
+            raise ValueError("is empty: nobody, not even `pulumi up`, could reach the API")
+        return value
+
+    @field_validator("cluster_admin_arns")
+    @classmethod
+    def _admins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for arn in value:
+            if not IAM_PRINCIPAL.match(arn):
+                raise ValueError(
+                    f"{arn!r} is not an IAM role or user ARN (arn:aws:iam::<account>:role/<name>)"
+                )
+            if _doc_account(arn):
+                raise ValueError(f"{arn!r} is a placeholder; put your team's IAM role ARNs")
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError(f"{value!r} is not a DNS-1123 label")
+        return value
+
+    @field_validator("image", "autoscaler_image")
+    @classmethod
+    def _image(cls, value: str, info: ValidationInfo) -> str:
+        if not _regional(info):
+            return value
+        if info.field_name == "autoscaler_image" and info.data.get("autoscaling") == "none":
+            return value
+        if not value:
+            what = "the server" if info.field_name == "image" else "the autoscaler"
+            hint = "" if info.field_name == "image" else f", or set {full('autoscaling')}: none"
+            raise ValueError(
+                f"is required: {what}'s image pinned by digest (repo@sha256:...) or exact tag{hint}"
+            )
+        if not PINNED_IMAGE.match(value) or value.endswith(":latest"):
+            raise ValueError(
+                f"{value!r} is not pinned; use repo@sha256:<digest> or repo:<exact tag> "
+                "(not latest)"
+            )
+        if _doc_account(value):
+            raise ValueError(
+                f"{value!r} is a placeholder (AWS's documentation account); push the image "
+                "to your registry and put its reference (docs/infra.md, 'Images')"
+            )
+        return value
+
+    @field_validator("server_cpu", "server_memory")
+    @classmethod
+    def _quantity(cls, value: str) -> str:
+        if not QUANTITY.match(value):
+            raise ValueError(f"{value!r} is not a Kubernetes quantity")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if not _regional(info):
+            return value
+        if not value:
+            raise ValueError("is required: a list of allowed origins")
+        for origin in value:
+            if origin == "*" or not re.match(r"^https?://[^/\s]+$", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no *)")
+            if DOC_DOMAIN.search(origin.split("://", 1)[1].split(":")[0]):
+                raise ValueError(f"{origin!r} is a placeholder; put your web app's origins")
+        return value
+
+    @field_validator("certificate_arn")
+    @classmethod
+    def _certificate(cls, value: str) -> str:
+        if value and not re.match(r"^arn:aws[\w-]*:acm:[\w-]+:\d{12}:certificate/[\w-]+$", value):
+            raise ValueError(f"{value!r} is not an ACM ARN")
+        if value and (_doc_account(value) or "00000000-0000-0000-0000-000000000000" in value):
+            raise ValueError(
+                f"{value!r} is a placeholder; put the ARN of an issued ACM certificate in "
+                "this region (aws acm list-certificates), or remove the key for plain HTTP"
+            )
+        return value
+
+    @field_validator("prometheus_selector_label")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        if value and not LABEL.match(value):
+            raise ValueError(f"{value!r} is not label=value (e.g. release=kube-prometheus-stack)")
+        return value
+
+    @field_validator("alarm_email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        if value and "@" not in value:
+            raise ValueError(f"{value!r} is not an email address")
+        return value
+
+    @field_validator("regional_stacks")
+    @classmethod
+    def _stacks(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if info.data.get("kind") == "global" and not value:
+            raise ValueError("is required: a list of regional stack names")
+        return value
+
+    @field_validator("domain", "hosted_zone_id")
+    @classmethod
+    def _route53(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("kind") != "global" or info.data.get("global_routing") != "route53":
+            return value
+        if not value:
+            what = (
+                "the DNS name for latency records (route53)"
+                if info.field_name == "domain"
+                else "the Route 53 zone holding domain (aws route53 list-hosted-zones)"
+            )
+            raise ValueError(f"is required: {what}")
+        if info.field_name == "domain" and DOC_DOMAIN.search(value):
+            raise ValueError(f"{value!r} is a placeholder; put the name clients connect to")
+        if info.field_name == "hosted_zone_id" and "EXAMPLE" in value.upper():
+            raise ValueError(
+                f"{value!r} is a placeholder; put the id of the zone holding domain "
+                "(aws route53 list-hosted-zones)"
+            )
+        return value
+
+    @field_validator("health_check_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"{value!r} must start with /")
+        return value
+
+    # --- rules across keys
+
+    @model_validator(mode="after")
+    def _together(self) -> Settings:
+        if self.kind == "global":
+            return self
+        problems = []
+        if self.min_replicas > self.max_replicas:
+            problems.append(
+                f"{full('min_replicas')} ({self.min_replicas}) must not exceed "
+                f"{full('max_replicas')} ({self.max_replicas})"
+            )
+        if not self.node_min <= self.node_desired <= self.node_max:
+            problems.append(
+                f"{full('node_desired')} ({self.node_desired}) must lie within "
+                f"{full('node_min')}..{full('node_max')} ({self.node_min}..{self.node_max})"
+            )
+        floor = self.ping_interval + self.ping_timeout
+        if self.idle_timeout_seconds <= floor:
+            # A balancer that times out an idle WebSocket before the next ping cuts every
+            # quiet client; the margin must cover ping interval + ping timeout.
+            problems.append(
+                f"{full('idle_timeout_seconds')} ({self.idle_timeout_seconds}) must exceed "
+                f"ping_interval + ping_timeout ({floor})"
+            )
+        if self.jwt_public_key and self.jwt_secret.get_secret_value():
+            problems.append(f"{full('jwt_public_key')} and {full('jwt_secret')}: set one, not both")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+class RegionalConfig(Settings):
     """One region's fleet: network, Redis, EKS, workloads, balancer, alarms."""
 
     stack: str
     """Stack name; prefixes every physical name."""
     region: str
     """aws:region of the stack."""
-    vpc_cidr: str
-    az_count: int
-    single_nat_gateway: bool
-    cluster_version: str
-    cluster_public_access_cidrs: tuple[str, ...]
-    node_instance_types: tuple[str, ...]
-    node_min: int
-    node_desired: int
-    node_max: int
-    redis_node_type: str
-    redis_replicas: int
-    redis_engine_version: str
-    redis_snapshot_retention_days: int
-    namespace: str
-    image: str
-    autoscaler_image: str
-    server_cpu: str
-    server_memory: str
-    min_replicas: int
-    max_replicas: int
-    target_connections: int
-    scale_up_stabilization_seconds: int
-    scale_up_percent: int
-    scale_down_stabilization_seconds: int
-    scale_down_percent: int
-    ping_interval: int
-    ping_timeout: int
-    drain_delay: int
-    drain_seconds: int
-    max_connections: int
-    max_message_bytes: int
-    rate_limit: int
-    transports: tuple[str, ...]
-    cors_origins: tuple[str, ...]
-    handlers: str
-    jwt_public_key: str
-    jwt_secret: pulumi.Output[str] | None
-    """Operator-provided HS256 secret, kept secret; None = generate one."""
-    balancer: Balancer
-    certificate_arn: str
-    idle_timeout_seconds: int
-    haproxy_image: str
-    prometheus_namespace: str
-    prometheus_operator: bool
-    alarm_email: str
 
     @property
     def termination_grace_seconds(self) -> int:
@@ -185,259 +407,209 @@ class RegionalConfig:
         """Short physical-name prefix (AWS names are often capped at 32 characters)."""
         return f"iofleet-{self.stack}"[:28].rstrip("-")
 
+    @property
+    def has_autoscaler(self) -> bool:
+        return self.autoscaling != "none"
 
-@dataclass(frozen=True)
-class GlobalConfig:
+
+class GlobalConfig(Settings):
     """Global routing over the regional stacks."""
 
     stack: str
-    regional_stacks: tuple[str, ...]
-    """Fully qualified org/project/stack names of the regional stacks."""
-    routing: Routing
-    domain: str
-    hosted_zone_id: str
-    health_check_path: str
 
 
-class _Reader:
-    """Typed access to the raw ``iofleet:`` values with errors that name the key."""
+def _regional(info: ValidationInfo) -> bool:
+    return bool(info.data.get("kind", "regional") == "regional")
 
-    def __init__(self, raw: Mapping[str, str]) -> None:
-        self.raw = raw
 
-    def _value(self, key: str) -> str | None:
-        value = self.raw.get(key)
-        return None if value is None or value == "" else value
+def _doc_account(text: str) -> bool:
+    return any(f":{account}:" in text or f"{account}.dkr" in text for account in DOC_ACCOUNTS)
 
-    def string(self, key: str, choices: tuple[str, ...] | None = None) -> str:
-        value = self._value(key)
-        result = str(SPEC[key].default) if value is None else value
-        if choices is not None and result not in choices:
-            raise ConfigError(f"{_full(key)}: {result!r} is not allowed; use one of {choices}")
-        return result
 
-    def required(self, key: str, what: str) -> str:
-        value = self._value(key)
-        if value is None:
-            raise ConfigError(f"{_full(key)} is required: {what}")
-        return value
+# --- reading and checking ---------------------------------------------------------------
 
-    def integer(self, key: str, low: int, high: int) -> int:
-        value = self._value(key)
-        if value is None:
-            return int(SPEC[key].default)
+
+def _kind_of(annotation: Any) -> str:
+    """The Pulumi.yaml type of a field."""
+    if annotation is bool:
+        return "boolean"
+    if annotation is int:
+        return "integer"
+    if get_origin(annotation) is tuple:
+        return "array"
+    return "string"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def pulumi_yaml_config() -> dict[str, dict[str, Any]]:
+    """The ``config:`` block of Pulumi.yaml, as the model states it."""
+    block: dict[str, dict[str, Any]] = {}
+    for key, field in Settings.model_fields.items():
+        kind = _kind_of(field.annotation)
+        entry: dict[str, Any] = {"type": kind, "description": field.description}
+        if kind == "array":
+            entry["items"] = {"type": "string"}
+        entry["default"] = _plain(field.default)
+        block[key] = entry
+    return block
+
+
+def _parse(key: str, raw: Any) -> Any:
+    """A raw config value (the engine passes strings; a stack file may hold YAML values)
+    as the model's type; an empty value means unset."""
+    if raw is None or raw == "":
+        return None
+    kind = _kind_of(Settings.model_fields[key].annotation)
+    if kind == "array" and isinstance(raw, str):
         try:
-            number = int(value)
-        except ValueError:
-            raise ConfigError(f"{_full(key)}: {value!r} is not an integer") from None
-        if not low <= number <= high:
-            raise ConfigError(f"{_full(key)}: {number} is out of range; allowed {low}..{high}")
-        return number
-
-    def boolean(self, key: str) -> bool:
-        value = self._value(key)
-        if value is None:
-            return bool(SPEC[key].default)
-        if value.lower() not in ("true", "false"):
-            raise ConfigError(f"{_full(key)}: {value!r} is not allowed; use true or false")
-        return value.lower() == "true"
-
-    def strings(self, key: str) -> tuple[str, ...]:
-        value = self._value(key)
-        if value is None:
-            return tuple(SPEC[key].default)
-        try:
-            items = json.loads(value)
+            return json.loads(raw)
         except json.JSONDecodeError:
-            items = None
-        if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
-            raise ConfigError(
-                f"{_full(key)}: {value!r} is not allowed; use a list of non-empty strings"
-            )
-        return tuple(items)
+            return raw
+    if kind == "boolean" and isinstance(raw, str) and raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    if kind == "string" and isinstance(raw, bool | int | float):
+        return json.dumps(raw)  # what Pulumi passes for a YAML scalar in a string key
+    return raw
 
 
-def _full(key: str) -> str:
-    return f"{NAMESPACE}:{key}"
+def _message(error: Mapping[str, Any]) -> str:
+    """One line naming the key and what is allowed."""
+    loc = error.get("loc") or ()
+    key = str(loc[0]) if loc else ""
+    kind = error["type"]
+    value = error.get("input")
+    field = Settings.model_fields.get(key)
+    if not key:
+        return str(error["msg"]).removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        return f"{full(key)} is not a known key; allowed keys: {', '.join(Settings.model_fields)}"
+    if kind in ("greater_than_equal", "less_than_equal") and field is not None:
+        bounds = {type(m).__name__: m for m in field.metadata}
+        low = getattr(bounds.get("Ge"), "ge", "")
+        high = getattr(bounds.get("Le"), "le", "")
+        return f"{full(key)}: {value} is out of range; allowed {low}..{high}"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"{full(key)}: {value!r} is not an integer"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"{full(key)}: {value!r} is not allowed; use true or false"
+    if kind == "literal_error":
+        allowed = get_args(field.annotation) if field is not None else ()
+        if len(loc) > 1 and field is not None:
+            allowed = get_args(get_args(field.annotation)[0])
+        return f"{full(key)}: {value!r} is not allowed; use one of {', '.join(allowed)}"
+    array = field is not None and _kind_of(field.annotation) == "array"
+    if kind in ("tuple_type", "list_type", "string_type") and array:
+        return f"{full(key)}: {value!r} is not allowed; use a list of strings"
+    text = str(error["msg"]).removeprefix("Value error, ")
+    separator = " " if text.startswith("is ") else ": "
+    return f"{full(key)}{separator}{text}"
 
 
-def raw_config() -> dict[str, str]:
-    """Every ``iofleet:`` value the engine passed in, keyed without the namespace.
+def _warnings(config: Settings) -> list[str]:
+    """Not errors, but worth a line before an update (the date decides, so only a warning)."""
+    if config.kind != "regional":
+        return []
+    standard_end, extended_end = EKS_VERSIONS[config.cluster_version]
+    today = datetime.date.today()
+    if today > standard_end:
+        return [
+            f"{full('cluster_version')}: {config.cluster_version} left EKS standard support on "
+            f"{standard_end} (extended support, billed extra, ends {extended_end}); upgrade "
+            "one minor version at a time (docs/infra.md, 'Upgrading Kubernetes')"
+        ]
+    return []
 
-    Read from the runtime's config map (not ``pulumi.Config.get`` key by key) so that a
-    misspelt key in a stack file is caught instead of silently ignored.
-    """
-    prefix = f"{NAMESPACE}:"
-    return {
-        key[len(prefix) :]: str(value)
-        for key, value in runtime_config.CONFIG.get().items()
-        if key.startswith(prefix)
-    }
 
-
-def load(raw: Mapping[str, str] | None = None) -> RegionalConfig | GlobalConfig:
-    """Read and validate the stack's configuration (``raw`` overrides for tests)."""
-    values = raw_config() if raw is None else dict(raw)
-    unknown = sorted(set(values) - set(SPEC))
-    if unknown:
-        raise ConfigError(
-            f"{_full(unknown[0])} is not a known key; allowed keys: {', '.join(sorted(SPEC))}"
-        )
-    reader = _Reader(values)
-    kind = reader.string("kind", KINDS)
-    stack = pulumi.get_stack()
+def validate(
+    values: Mapping[str, Any], *, stack: str, region: str | None
+) -> tuple[RegionalConfig | GlobalConfig | None, list[str], list[str]]:
+    """Check raw ``iofleet:`` values (without the namespace): (config, problems, warnings).
+    Every problem is listed, not just the first."""
+    parsed = {}
+    for key, raw in values.items():
+        value = _parse(key, raw) if key in Settings.model_fields else raw
+        if value is not None:
+            parsed[key] = value
+    problems: list[str] = []
+    kind = parsed.get("kind", "regional")
+    model: type[RegionalConfig | GlobalConfig]
+    extra: dict[str, Any] = {"stack": stack}
     if kind == "global":
-        return _load_global(reader, stack)
-    region = pulumi.Config("aws").get("region")
-    if not region:
-        raise ConfigError("aws:region is required: the AWS region of this regional stack")
-    return _load_regional(reader, stack, region)
+        model = GlobalConfig
+    else:
+        model = RegionalConfig
+        if not region:
+            problems.append("aws:region is required: the AWS region of this regional stack")
+        extra["region"] = region or ""
+    try:
+        config = model.model_validate({**parsed, **extra})
+    except ValidationError as error:
+        for line in (_message(e) for e in error.errors()):
+            problems.extend(line.split("\n"))
+        return None, problems, []
+    if problems:
+        return None, problems, []
+    return config, [], _warnings(config)
 
 
-def _load_global(reader: _Reader, stack: str) -> GlobalConfig:
-    routing = reader.string("global_routing", ROUTINGS)
-    stacks = reader.strings("regional_stacks")
-    if not stacks:
-        raise ConfigError(f"{_full('regional_stacks')} is required: a list of regional stack names")
-    domain = hosted_zone_id = ""
-    if routing == "route53":
-        domain = reader.required("domain", "the DNS name for latency records (route53)")
-        hosted_zone_id = reader.required("hosted_zone_id", "the zone holding domain")
-    path = reader.string("health_check_path")
-    if not path.startswith("/"):
-        raise ConfigError(f"{_full('health_check_path')}: {path!r} must start with /")
-    return GlobalConfig(
-        stack=stack,
-        regional_stacks=tuple(_qualify(s) for s in stacks),
-        routing=routing,  # type: ignore[arg-type]  # checked against ROUTINGS above
-        domain=domain,
-        hosted_zone_id=hosted_zone_id,
-        health_check_path=path,
+def load() -> RegionalConfig | GlobalConfig:
+    """Read every key through ``pulumi.Config`` and validate once; a ConfigError lists
+    every problem, one line each."""
+    config = pulumi.Config(NAMESPACE)
+    values = {key: config.get(key) for key in Settings.model_fields}
+    result, problems, warnings = validate(
+        values, stack=pulumi.get_stack(), region=pulumi.Config("aws").get("region")
+    )
+    if result is None:
+        raise ConfigError(problems)
+    for warning in warnings:
+        pulumi.log.warn(warning)
+    return result
+
+
+class AwsAccess(BaseModel):
+    """The stack's own AWS credential settings (``aws:*``), for what runs outside the
+    default provider: the kubeconfig's ``aws eks get-token`` and explicit providers."""
+
+    model_config = ConfigDict(frozen=True)
+
+    profile: str | None = None
+    assume_roles: tuple[dict[str, Any], ...] = ()
+    """``aws:assumeRoles`` (pulumi-aws 7): a chain of roles, each with ``roleArn``."""
+    shared_config_files: tuple[str, ...] = ()
+    shared_credentials_files: tuple[str, ...] = ()
+
+    @property
+    def role_arn(self) -> str | None:
+        """The role the stack ends up as (the last of the chain)."""
+        return (
+            str(self.assume_roles[-1].get("roleArn") or "") or None if self.assume_roles else None
+        )
+
+
+def aws_access() -> AwsAccess:
+    """Read ``aws:profile``, ``aws:assumeRoles``, ``aws:sharedConfigFiles`` and
+    ``aws:sharedCredentialsFiles`` (the keys that decide who the stack is)."""
+    config = pulumi.Config("aws")
+    return AwsAccess(
+        profile=config.get("profile") or None,
+        assume_roles=tuple(config.get_object("assumeRoles") or ()),
+        shared_config_files=tuple(config.get_object("sharedConfigFiles") or ()),
+        shared_credentials_files=tuple(config.get_object("sharedCredentialsFiles") or ()),
     )
 
 
-def _qualify(stack: str) -> str:
+def qualify(stack: str) -> str:
     """A bare stack name means this organization and project (DIY backends call their
     single organization "organization")."""
     if "/" in stack:
         return stack
     org = pulumi.get_organization() or "organization"
     return f"{org}/{pulumi.get_project()}/{stack}"
-
-
-def _image(reader: _Reader, key: str) -> str:
-    image = reader.required(key, "an image pinned by digest (repo@sha256:...) or exact tag")
-    if not PINNED_IMAGE.match(image) or image.endswith(":latest"):
-        raise ConfigError(
-            f"{_full(key)}: {image!r} is not pinned; use repo@sha256:<digest> or repo:<exact tag>"
-            " (not latest)"
-        )
-    return image
-
-
-def _load_regional(reader: _Reader, stack: str, region: str) -> RegionalConfig:
-    vpc_cidr = reader.string("vpc_cidr")
-    try:
-        network = ipaddress.ip_network(vpc_cidr)
-    except ValueError:
-        raise ConfigError(f"{_full('vpc_cidr')}: {vpc_cidr!r} is not a CIDR") from None
-    if not 16 <= network.prefixlen <= 20:
-        raise ConfigError(f"{_full('vpc_cidr')}: prefix /{network.prefixlen}; allowed /16../20")
-    namespace = reader.string("namespace")
-    if not NAME.match(namespace):
-        raise ConfigError(f"{_full('namespace')}: {namespace!r} is not a DNS-1123 label")
-    cors = reader.strings("cors_origins")
-    if not cors:
-        raise ConfigError(f"{_full('cors_origins')} is required: a list of allowed origins")
-    transports = reader.strings("transports")
-    if not set(transports) <= {"websocket", "polling"}:
-        raise ConfigError(f"{_full('transports')}: {transports}; allowed websocket, polling")
-    secret = reader._value("jwt_secret")
-    version = reader.string("cluster_version")
-    if not re.fullmatch(r"1\.\d{2}", version):
-        raise ConfigError(f"{_full('cluster_version')}: {version!r}; use major.minor, e.g. 1.31")
-    for key in ("server_cpu", "server_memory"):
-        if not QUANTITY.match(reader.string(key)):
-            raise ConfigError(f"{_full(key)}: {reader.string(key)!r} is not a Kubernetes quantity")
-    certificate = reader.string("certificate_arn")
-    if certificate and not certificate.startswith("arn:aws:acm:"):
-        raise ConfigError(f"{_full('certificate_arn')}: {certificate!r} is not an ACM ARN")
-    email = reader.string("alarm_email")
-    if email and "@" not in email:
-        raise ConfigError(f"{_full('alarm_email')}: {email!r} is not an email address")
-    config = RegionalConfig(
-        stack=stack,
-        region=region,
-        vpc_cidr=vpc_cidr,
-        az_count=reader.integer("az_count", 2, 6),
-        single_nat_gateway=reader.boolean("single_nat_gateway"),
-        cluster_version=version,
-        cluster_public_access_cidrs=reader.strings("cluster_public_access_cidrs"),
-        node_instance_types=reader.strings("node_instance_types"),
-        node_min=reader.integer("node_min", 1, 1000),
-        node_desired=reader.integer("node_desired", 1, 1000),
-        node_max=reader.integer("node_max", 1, 1000),
-        redis_node_type=reader.string("redis_node_type"),
-        redis_replicas=reader.integer("redis_replicas", 1, 5),
-        redis_engine_version=reader.string("redis_engine_version"),
-        redis_snapshot_retention_days=reader.integer("redis_snapshot_retention_days", 0, 35),
-        namespace=namespace,
-        image=_image(reader, "image"),
-        autoscaler_image=_image(reader, "autoscaler_image"),
-        server_cpu=reader.string("server_cpu"),
-        server_memory=reader.string("server_memory"),
-        min_replicas=reader.integer("min_replicas", 1, 10000),
-        max_replicas=reader.integer("max_replicas", 1, 10000),
-        target_connections=reader.integer("target_connections", 1, 1_000_000),
-        scale_up_stabilization_seconds=reader.integer("scale_up_stabilization_seconds", 0, 3600),
-        scale_up_percent=reader.integer("scale_up_percent", 1, 1000),
-        scale_down_stabilization_seconds=reader.integer(
-            "scale_down_stabilization_seconds", 0, 3600
-        ),
-        scale_down_percent=reader.integer("scale_down_percent", 1, 100),
-        ping_interval=reader.integer("ping_interval", 1, 300),
-        ping_timeout=reader.integer("ping_timeout", 1, 300),
-        drain_delay=reader.integer("drain_delay", 0, 600),
-        drain_seconds=reader.integer("drain_seconds", 1, 3600),
-        max_connections=reader.integer("max_connections", 1, 1_000_000),
-        max_message_bytes=reader.integer("max_message_bytes", 1, 100 * 1024 * 1024),
-        rate_limit=reader.integer("rate_limit", 1, 100_000),
-        transports=transports,
-        cors_origins=cors,
-        handlers=reader.string("handlers"),
-        jwt_public_key=reader.string("jwt_public_key"),
-        jwt_secret=None if secret is None else pulumi.Output.secret(secret),
-        balancer=reader.string("balancer", BALANCERS),  # type: ignore[arg-type]
-        certificate_arn=certificate,
-        idle_timeout_seconds=reader.integer("idle_timeout_seconds", 1, 4000),
-        haproxy_image=reader.string("haproxy_image"),
-        prometheus_namespace=reader.string("prometheus_namespace"),
-        prometheus_operator=reader.boolean("prometheus_operator"),
-        alarm_email=email,
-    )
-    _check_together(config)
-    return config
-
-
-def _check_together(config: RegionalConfig) -> None:
-    """Rules that span keys; each message names the keys involved."""
-    if config.min_replicas > config.max_replicas:
-        raise ConfigError(
-            f"{_full('min_replicas')} ({config.min_replicas}) must not exceed "
-            f"{_full('max_replicas')} ({config.max_replicas})"
-        )
-    if not config.node_min <= config.node_desired <= config.node_max:
-        raise ConfigError(
-            f"{_full('node_desired')} ({config.node_desired}) must lie within "
-            f"{_full('node_min')}..{_full('node_max')} ({config.node_min}..{config.node_max})"
-        )
-    floor = config.ping_interval + config.ping_timeout
-    if config.idle_timeout_seconds <= floor:
-        # A balancer that times out an idle WebSocket before the next ping cuts every
-        # quiet client; the margin must cover ping interval + ping timeout.
-        raise ConfigError(
-            f"{_full('idle_timeout_seconds')} ({config.idle_timeout_seconds}) must exceed "
-            f"ping_interval + ping_timeout ({floor})"
-        )
-    if config.jwt_public_key and config.jwt_secret is not None:
-        raise ConfigError(f"{_full('jwt_public_key')} and {_full('jwt_secret')}: set one, not both")

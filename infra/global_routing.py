@@ -8,10 +8,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
+
+from infra.config import AwsAccess
 
 
 @dataclass
@@ -36,6 +39,8 @@ class GlobalRoutingArgs:
     domain: str
     hosted_zone_id: str
     health_check_path: str
+    aws_access: AwsAccess
+    """The stack's credential settings: the us-west-2 provider must act as the stack does."""
 
 
 class GlobalRouting(pulumi.ComponentResource):
@@ -91,9 +96,17 @@ class GlobalRouting(pulumi.ComponentResource):
 
     def _create_accelerator(self, name: str) -> pulumi.Output[str]:
         a = self._args
-        # Global Accelerator's control plane lives in us-west-2 only.
+        access = a.aws_access
+        # Global Accelerator's control plane lives in us-west-2 only. An explicit provider
+        # takes nothing from the stack's aws:* config, so pass who the stack is.
         provider = aws.Provider(
-            f"{name}-us-west-2", region="us-west-2", opts=pulumi.ResourceOptions(parent=self)
+            f"{name}-us-west-2",
+            region="us-west-2",
+            profile=access.profile,
+            assume_roles=list(access.assume_roles) or None,
+            shared_config_files=list(access.shared_config_files) or None,
+            shared_credentials_files=list(access.shared_credentials_files) or None,
+            opts=pulumi.ResourceOptions(parent=self),
         )
         opts = pulumi.ResourceOptions(parent=self, provider=provider)
         accelerator = aws.globalaccelerator.Accelerator(
@@ -103,37 +116,44 @@ class GlobalRouting(pulumi.ComponentResource):
             enabled=True,
             opts=opts,
         )
-        listener = aws.globalaccelerator.Listener(
-            f"{name}-listener",
-            accelerator_arn=accelerator.arn,
-            protocol="TCP",
-            # A client's requests keep reaching the same endpoint, so Engine.IO polling
-            # (and the balancer's stickiness cookie) stay in one region.
-            client_affinity="SOURCE_IP",
-            port_ranges=[{"from_port": 80, "to_port": 80}, {"from_port": 443, "to_port": 443}],
-            opts=opts,
-        )
-        for region in a.regions:
-            aws.globalaccelerator.EndpointGroup(
-                f"{name}-{region.key}",
-                listener_arn=listener.arn,
-                endpoint_group_region=region.region,
-                health_check_protocol=region.scheme.apply(str.upper),
-                health_check_port=region.scheme.apply(_port),
-                health_check_path=a.health_check_path,
-                health_check_interval_seconds=10,
-                threshold_count=3,
-                endpoint_configurations=[
-                    {
-                        "endpoint_id": region.lb_arn,
-                        "weight": 100,
-                        "client_ip_preservation_enabled": True,
-                    }
-                ],
+        for port in (80, 443):
+            listener = aws.globalaccelerator.Listener(
+                f"{name}-listener-{port}",
+                accelerator_arn=accelerator.arn,
+                protocol="TCP",
+                # A client's requests keep reaching the same endpoint, so Engine.IO polling
+                # (and the balancer's stickiness cookie) stay in one region.
+                client_affinity="SOURCE_IP",
+                port_ranges=[{"from_port": port, "to_port": port}],
                 opts=opts,
             )
+            for region in a.regions:
+                # No health_check_* here: for ALB/NLB endpoints Global Accelerator uses the
+                # balancer's own target health and ignores the endpoint group's settings
+                # (AWS Global Accelerator docs, "Health check options").
+                aws.globalaccelerator.EndpointGroup(
+                    f"{name}-{region.key}-{port}",
+                    listener_arn=listener.arn,
+                    endpoint_group_region=region.region,
+                    endpoint_configurations=[
+                        {
+                            "endpoint_id": region.lb_arn,
+                            # 443 only to regions that serve TLS (weight 0 sends nothing).
+                            "weight": region.scheme.apply(_weight(port)),
+                            "client_ip_preservation_enabled": True,
+                        }
+                    ],
+                    opts=opts,
+                )
         dns_name: pulumi.Output[str] = accelerator.dns_name
         return dns_name
+
+
+def _weight(port: int) -> Callable[[str], int]:
+    def weight(scheme: str) -> int:
+        return 0 if port == 443 and scheme != "https" else 100
+
+    return weight
 
 
 def _port(scheme: str) -> int:

@@ -133,6 +133,9 @@ class ObservabilityArgs:
     namespace: str
     prometheus_namespace: str
     prometheus_operator: bool
+    selector_label: str
+    """label=value the Prometheus operator selects ServiceMonitors/PrometheusRules by
+    (kube-prometheus-stack: release=<its release name>); empty = no label."""
     admin_service_labels: dict[str, str]
     redis_member_ids: list[str]
     lb_type: str
@@ -143,6 +146,14 @@ class ObservabilityArgs:
     tags: dict[str, str]
     depends_on: list[pulumi.Resource]
     thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+def _label(text: str) -> dict[str, str]:
+    """'release=prometheus' -> {'release': 'prometheus'}; '' -> {}."""
+    if not text:
+        return {}
+    key, _, value = text.partition("=")
+    return {key: value}
 
 
 class Observability(pulumi.ComponentResource):
@@ -183,7 +194,7 @@ class Observability(pulumi.ComponentResource):
     def _create_prometheus(self, name: str) -> None:
         a = self._args
         groups = alert_rules(a.namespace, a.thresholds)
-        labels = {**SERVER_LABELS, "release": "prometheus"}
+        labels = {**SERVER_LABELS, **_label(a.selector_label)}
         if not a.prometheus_operator:
             # Without the operator's CRDs: a rules file for the team's own Prometheus.
             k8s.core.v1.ConfigMap(
@@ -217,11 +228,15 @@ class Observability(pulumi.ComponentResource):
 
     def _create_dashboard(self, name: str) -> None:
         a = self._args
+        # With the operator, its namespace exists (a documented prerequisite) and holds
+        # Grafana; without it nothing guarantees that namespace, so the dashboard stays
+        # in ours (point the Grafana sidecar's searchNamespace at it, or import the JSON).
+        namespace = a.prometheus_namespace if a.prometheus_operator else a.namespace
         k8s.core.v1.ConfigMap(
             f"{name}-dashboard",
             metadata={
                 "name": "iofleet-dashboard",
-                "namespace": a.prometheus_namespace,
+                "namespace": namespace,
                 # The Grafana sidecar loads every ConfigMap carrying this label.
                 "labels": {"grafana_dashboard": "1", "app.kubernetes.io/part-of": "iofleet"},
             },

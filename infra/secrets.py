@@ -13,7 +13,7 @@ def jwt_secret(cfg: RegionalConfig) -> pulumi.Output[str] | None:
     generated one, exported as a stack secret so the token issuer can share it."""
     if cfg.jwt_public_key:
         return None
-    if cfg.jwt_secret is not None:
-        return cfg.jwt_secret
+    if cfg.jwt_secret.get_secret_value():
+        return pulumi.Output.secret(cfg.jwt_secret.get_secret_value())
     generated = random.RandomPassword("jwt-secret", length=64, special=False)
     return pulumi.Output.secret(generated.result)

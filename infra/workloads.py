@@ -14,13 +14,14 @@ import pulumi_random as random
 import pulumi_tls as tls
 
 from infra.config import RegionalConfig
+from server.contract import ADMIN_PORT, CONNECTIONS_METRIC, PUBLIC_PORT
 
 SERVER = "iofleet-server"
 AUTOSCALER = "iofleet-autoscaler"
-PUBLIC_PORT = 8000
-ADMIN_PORT = 9000
 METRICS_API_PORT = 6443
-CONNECTIONS_METRIC = "iofleet_connections"
+# Services made before their pods exist: Pulumi's Service await would wait for ready
+# endpoints that only the later Deployment brings (pulumi-kubernetes Service docs).
+NO_AWAIT = {"pulumi.com/skipAwait": "true"}
 SERVER_LABELS = {"app.kubernetes.io/name": SERVER, "app.kubernetes.io/part-of": "iofleet"}
 AUTOSCALER_LABELS = {"app.kubernetes.io/name": AUTOSCALER, "app.kubernetes.io/part-of": "iofleet"}
 HAPROXY_LABELS = {
@@ -76,7 +77,13 @@ class SocketServiceArgs:
 
 
 class SocketService(pulumi.ComponentResource):
-    """Namespace, Secret, Deployment, PDB, Services, HPA and NetworkPolicy of the server."""
+    """Namespace, Secret, Deployment, PDB, Services, HPA and NetworkPolicy of the server.
+
+    Two steps: the constructor makes everything a balancer route needs (namespace,
+    Services); ``create_deployment`` makes the pods once the route exists, because the
+    AWS LB controller injects its readiness gate only into pods created after the
+    TargetGroupBinding of their Service (aws-load-balancer-controller, pod_readiness_gate).
+    """
 
     namespace: str
     public_service: str
@@ -118,12 +125,21 @@ class SocketService(pulumi.ComponentResource):
             special=False,
             opts=pulumi.ResourceOptions(parent=self),
         ).result
+        self._name = name
         self._create_secret(name)
-        self.deployment = self._create_deployment(name)
-        self._create_services(name)
+        self._account = self._service_account(name)
+        self.services = self._create_services(name)
+        self.route_needs: list[pulumi.Resource] = [self._ns, *self.services]
+        """What a balancer route depends on (not the component: its pods come later)."""
         self._create_pdb(name)
-        self.hpa = self._create_hpa(name)
         self._create_network_policy(name)
+
+    def create_deployment(self, after: list[pulumi.Resource]) -> None:
+        """The Deployment (and its HPA in `hpa` mode), created after ``after`` - the
+        balancer's route - so the first pods already get the ALB readiness gate."""
+        self.deployment = self._create_deployment(self._name, after)
+        if self._args.settings.autoscaling == "hpa":
+            self._create_hpa(self._name)
         self.register_outputs({"namespace": self.namespace})
 
     def _create_secret(self, name: str) -> None:
@@ -232,7 +248,7 @@ class SocketService(pulumi.ComponentResource):
             "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         }
 
-    def _create_deployment(self, name: str) -> k8s.apps.v1.Deployment:
+    def _create_deployment(self, name: str, after: list[pulumi.Resource]) -> k8s.apps.v1.Deployment:
         s = self._args.settings
         return k8s.apps.v1.Deployment(
             f"{name}-deployment",
@@ -277,7 +293,7 @@ class SocketService(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(
                 self._ns_opts,
                 pulumi.ResourceOptions(
-                    depends_on=[self.secret, self._service_account(name), *self._args.depends_on],
+                    depends_on=[self.secret, self._account, *self._args.depends_on, *after],
                     ignore_changes=["spec.replicas"],
                 ),
             ),
@@ -292,11 +308,14 @@ class SocketService(pulumi.ComponentResource):
             opts=self._ns_opts,
         )
 
-    def _create_services(self, name: str) -> None:
+    def _create_services(self, name: str) -> list[k8s.core.v1.Service]:
         public = {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
-        k8s.core.v1.Service(
+        public_service = k8s.core.v1.Service(
             f"{name}-public",
-            metadata=meta(self.public_service, self.namespace, SERVER_LABELS),
+            metadata={
+                **meta(self.public_service, self.namespace, SERVER_LABELS),
+                "annotations": NO_AWAIT,
+            },
             spec={"type": "ClusterIP", "selector": SERVER_LABELS, "ports": [public]},
             opts=self._ns_opts,
         )
@@ -304,7 +323,7 @@ class SocketService(pulumi.ComponentResource):
         # pods stay in DNS on purpose: HAProxy checks /readyz itself, and a draining pod
         # that vanished from DNS would lose its HAProxy slot, cutting its polling
         # sessions at once instead of letting the paced drain close them.
-        k8s.core.v1.Service(
+        headless = k8s.core.v1.Service(
             f"{name}-headless",
             metadata=meta(self.headless_service, self.namespace, SERVER_LABELS),
             spec={
@@ -319,9 +338,12 @@ class SocketService(pulumi.ComponentResource):
             opts=self._ns_opts,
         )
         # Admin: cluster-internal only (ClusterIP, never referenced by an Ingress).
-        k8s.core.v1.Service(
+        admin = k8s.core.v1.Service(
             f"{name}-admin",
-            metadata=meta(self.admin_service, self.namespace, self.admin_service_labels),
+            metadata={
+                **meta(self.admin_service, self.namespace, self.admin_service_labels),
+                "annotations": NO_AWAIT,
+            },
             spec={
                 "type": "ClusterIP",
                 "selector": SERVER_LABELS,
@@ -329,6 +351,7 @@ class SocketService(pulumi.ComponentResource):
             },
             opts=self._ns_opts,
         )
+        return [public_service, headless, admin]
 
     def _create_pdb(self, name: str) -> None:
         k8s.policy.v1.PodDisruptionBudget(
@@ -426,8 +449,14 @@ class AutoscalerArgs:
 
 
 class Autoscaler(pulumi.ComponentResource):
-    """The connection-count autoscaler: serves custom.metrics.k8s.io for the HPA and
-    keeps pod-deletion-cost on the server pods. Least-privilege RBAC, TLS serving cert."""
+    """The connection-count autoscaler, in the stack's `autoscaling` mode:
+
+    - `hpa`: serves custom.metrics.k8s.io (APIServices v1beta1/v1beta2) so the HPA scales
+      on iofleet_connections, and keeps pod-deletion-cost on the server pods;
+    - `direct`: no HPA; the autoscaler owns the replica count through the Deployment's
+      scale subresource (the only mode granted that write, so two scalers never fight).
+
+    Least-privilege RBAC, TLS serving cert (its probes are HTTPS too)."""
 
     def __init__(
         self, name: str, args: AutoscalerArgs, opts: pulumi.ResourceOptions | None = None
@@ -442,7 +471,8 @@ class Autoscaler(pulumi.ComponentResource):
         ca_pem = self._create_tls(name)
         self._create_deployment(name)
         self._create_service(name)
-        self._create_api_services(name, ca_pem)
+        if args.settings.autoscaling == "hpa":
+            self._create_api_services(name, ca_pem)
         self.register_outputs({})
 
     def _create_rbac(self, name: str) -> None:
@@ -451,17 +481,27 @@ class Autoscaler(pulumi.ComponentResource):
         k8s.core.v1.ServiceAccount(
             f"{name}-sa", metadata=meta(AUTOSCALER, ns, AUTOSCALER_LABELS), opts=self._opts
         )
-        rules = [
+        rules: list[dict[str, Any]] = [
             # Read connection counts from pods, and rank them with pod-deletion-cost.
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
-            # Only the server Deployment's scale subresource.
-            {
-                "apiGroups": ["apps"],
-                "resources": ["deployments/scale"],
-                "resourceNames": [self._args.deployment_name],
-                "verbs": ["get", "patch", "update"],
-            },
         ]
+        if self._args.settings.autoscaling == "direct":
+            rules += [
+                # Only the server Deployment's scale subresource, and only in direct mode:
+                # with an HPA the two would fight over the replica count.
+                {
+                    "apiGroups": ["apps"],
+                    "resources": ["deployments/scale"],
+                    "resourceNames": [self._args.deployment_name],
+                    "verbs": ["get", "patch", "update"],
+                },
+                # To refuse to start when an HPA targets the same Deployment.
+                {
+                    "apiGroups": ["autoscaling"],
+                    "resources": ["horizontalpodautoscalers"],
+                    "verbs": ["get", "list"],
+                },
+            ]
         k8s.rbac.v1.Role(
             f"{name}-role",
             metadata=meta(AUTOSCALER, ns, AUTOSCALER_LABELS),
@@ -499,6 +539,8 @@ class Autoscaler(pulumi.ComponentResource):
             subjects=[sa],
             opts=self._opts,
         )
+        if self._args.settings.autoscaling != "hpa":
+            return
         # The HPA controller must be allowed to read the metrics we serve.
         k8s.rbac.v1.ClusterRole(
             f"{name}-metrics-reader",
@@ -590,6 +632,7 @@ class Autoscaler(pulumi.ComponentResource):
             "IOFLEET_AUTOSCALER_TARGET_CONNECTIONS": str(s.target_connections),
             "IOFLEET_AUTOSCALER_MIN": str(s.min_replicas),
             "IOFLEET_AUTOSCALER_MAX": str(s.max_replicas),
+            "IOFLEET_AUTOSCALER_MODE": s.autoscaling,
         }
         container = {
             "name": "autoscaler",
@@ -601,8 +644,16 @@ class Autoscaler(pulumi.ComponentResource):
                 "requests": {"cpu": "100m", "memory": "128Mi"},
                 "limits": {"memory": "256Mi"},
             },
-            "readinessProbe": {"tcpSocket": {"port": "https"}, "periodSeconds": 10},
-            "livenessProbe": {"tcpSocket": {"port": "https"}, "periodSeconds": 20},
+            # The autoscaler answers /healthz and /readyz on its HTTPS port (the kubelet
+            # does not verify the serving certificate).
+            "readinessProbe": {
+                "httpGet": {"path": "/readyz", "port": "https", "scheme": "HTTPS"},
+                "periodSeconds": 10,
+            },
+            "livenessProbe": {
+                "httpGet": {"path": "/healthz", "port": "https", "scheme": "HTTPS"},
+                "periodSeconds": 20,
+            },
             "securityContext": RESTRICTED_CONTAINER,
             "volumeMounts": [
                 {"name": "tls", "mountPath": "/etc/iofleet/tls", "readOnly": True},

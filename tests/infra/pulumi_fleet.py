@@ -29,6 +29,30 @@ STACKS = ("dev", "prod-us-east-1", "prod-eu-west-1", "global")
 REGIONAL_STACKS = ("dev", "prod-us-east-1", "prod-eu-west-1")
 
 
+# What an operator puts in place of the stack files' placeholders (which the program
+# refuses: tests/infra/test_infra_first_up.py). 444455556666 is just another account id.
+OPERATOR_VALUES: dict[str, dict[str, Any]] = {
+    "dev": {
+        "iofleet:image": "444455556666.dkr.ecr.us-west-2.amazonaws.com/iofleet-server:0.1.0",
+        "iofleet:autoscaler_image": (
+            "444455556666.dkr.ecr.us-west-2.amazonaws.com/iofleet-autoscaler:0.1.0"
+        ),
+        "iofleet:cors_origins": ["https://dev.acme.io"],
+    },
+    "global": {"iofleet:domain": "ws.acme.io", "iofleet:hosted_zone_id": "Z08142981AB2CDEFGH"},
+}
+for _region in ("us-east-1", "eu-west-1"):
+    _registry = f"444455556666.dkr.ecr.{_region}.amazonaws.com"
+    OPERATOR_VALUES[f"prod-{_region}"] = {
+        "iofleet:cluster_public_access_cidrs": ["18.204.10.0/24"],
+        "iofleet:image": f"{_registry}/iofleet-server@sha256:{'4c' * 32}",
+        "iofleet:autoscaler_image": f"{_registry}/iofleet-autoscaler@sha256:{'9a' * 32}",
+        "iofleet:cors_origins": ["https://app.acme.io"],
+        "iofleet:certificate_arn": (
+            f"arn:aws:acm:{_region}:444455556666:certificate/6f1c2b9e-1d2a-4c5b-8e7f-0a1b2c3d4e5f"
+        ),
+    }
+
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 """The key Pulumi's wire format marks a secret value with."""
 
@@ -99,6 +123,8 @@ class FleetMocks(pulumi.runtime.Mocks):
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.ignore_changes: dict[str, list[str]] = {}
         """Resource name -> ignore_changes, read off the registration by RecordingMonitor."""
+        self.dependencies: dict[str, set[str]] = {}
+        """Resource name -> names of the resources it waits for (depends_on and inputs)."""
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         secrets: set[str] = set()
@@ -146,8 +172,18 @@ class FleetMocks(pulumi.runtime.Mocks):
             return {"names": ["az-a", "az-b", "az-c", "az-d"], "zoneIds": ["1", "2", "3", "4"]}
         if args.token == "aws:lb/getLoadBalancer:getLoadBalancer":
             return _lb_outputs(str(args.args.get("name", "lb")))
-        if args.token == "aws:lb/getTargetGroup:getTargetGroup":
-            return {"arn": "arn:aws:tg", "arnSuffix": "targetgroup/iofleet/1"}
+        if args.token == "aws:lb/getTargetGroup:getTargetGroup" and "arn" not in args.args:
+            # AWS: a tag search must match exactly one target group, and the controller
+            # makes one per listener port (ingress-nginx: 80 and 443).
+            raise RuntimeError("getTargetGroup: Search returned 2 results, expected exactly 1")
+        if args.token == "aws:lb/getListener:getListener":
+            port = int(args.args["port"])
+            arn = f"arn:aws:elasticloadbalancing:us-east-1:111122223333:targetgroup/k8s-{port}/1"
+            return {
+                "arn": f"{args.args['loadBalancerArn']}/listener/{port}",
+                "port": port,
+                "defaultActions": [{"type": "forward", "targetGroupArn": arn}],
+            }
         return {}
 
     # --- queries used by the tests
@@ -181,6 +217,10 @@ class RecordingMonitor(pulumi.runtime.mocks.MockMonitor):
     def RegisterResource(self, request: Any) -> Any:
         if request.ignoreChanges:
             self.fleet.ignore_changes[request.name] = list(request.ignoreChanges)
+        waits = set(request.dependencies)
+        for deps in request.propertyDependencies.values():
+            waits.update(deps.urns)
+        self.fleet.dependencies[request.name] = {urn.rsplit("::", 1)[-1] for urn in waits}
         return super().RegisterResource(request)
 
 
@@ -193,10 +233,14 @@ def project_defaults() -> dict[str, Any]:
     return {f"iofleet:{k}": v["default"] for k, v in project["config"].items()}
 
 
-def stack_config(stack: str, overrides: dict[str, Any] | None = None) -> dict[str, str]:
-    """What the CLI passes the program: project defaults, then the stack file, as strings."""
+def stack_config(
+    stack: str, overrides: dict[str, Any] | None = None, *, as_shipped: bool = False
+) -> dict[str, str]:
+    """What the CLI passes the program: project defaults, then the stack file (with the
+    operator's values in place of its placeholders, unless `as_shipped`), as strings."""
     stack_file = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text())
-    merged = {**project_defaults(), **stack_file["config"], **(overrides or {})}
+    operator = {} if as_shipped else OPERATOR_VALUES.get(stack, {})
+    merged = {**project_defaults(), **stack_file["config"], **operator, **(overrides or {})}
     return {k: _as_string(v) for k, v in merged.items() if v is not None}
 
 

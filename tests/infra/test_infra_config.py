@@ -1,5 +1,5 @@
-"""The stack config: one typed, validated place; errors name the key and what is allowed;
-Pulumi.yaml describes every key with the same default."""
+"""The stack config: one typed, validated model read through pulumi.Config; errors name
+the key and what is allowed; Pulumi.yaml states exactly what the model states."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ import pytest
 import yaml
 from pulumi_fleet import ROOT, STACKS, FleetMocks, run_stack, stack_config
 
-from infra.config import SPEC, ConfigError, GlobalConfig, RegionalConfig, load
+from infra.config import (
+    ConfigError,
+    GlobalConfig,
+    RegionalConfig,
+    Settings,
+    load,
+    pulumi_yaml_config,
+)
+
+SPEC = Settings.model_fields
 
 
 class _NoResources(pulumi.runtime.Mocks):
@@ -32,7 +41,7 @@ def config_error(stack: str, overrides: dict[str, Any]) -> str:
 
 @pytest.mark.parametrize("stack", STACKS)
 @pulumi.runtime.test
-def test_every_stack_file_loads(stack: str) -> None:
+def test_every_stack_file_loads_with_the_operators_values(stack: str) -> None:
     pulumi.runtime.set_mocks(_NoResources(), project="iofleet", stack=stack, preview=False)
     pulumi.runtime.set_all_config(stack_config(stack))
     config = load()
@@ -53,6 +62,7 @@ def test_every_stack_file_loads(stack: str) -> None:
         ({"iofleet:single_nat_gateway": "yes"}, ["iofleet:single_nat_gateway", "true or false"]),
         ({"iofleet:cors_origins": []}, ["iofleet:cors_origins is required"]),
         ({"iofleet:cors_origins": "https://a"}, ["iofleet:cors_origins", "list"]),
+        ({"iofleet:cors_origins": ["*"]}, ["iofleet:cors_origins", "no *"]),
         (
             {"iofleet:transports": ["websocket", "sse"]},
             ["iofleet:transports", "websocket, polling"],
@@ -63,10 +73,18 @@ def test_every_stack_file_loads(stack: str) -> None:
         ({"iofleet:vpc_cidr": "10.0.0.0/8"}, ["iofleet:vpc_cidr", "/16../20"]),
         ({"iofleet:namespace": "Iofleet_NS"}, ["iofleet:namespace", "DNS-1123"]),
         ({"iofleet:cluster_version": "1.31.2"}, ["iofleet:cluster_version", "major.minor"]),
+        # Out of EKS standard support: not a version the program offers any more.
+        ({"iofleet:cluster_version": "1.31"}, ["iofleet:cluster_version", "1.35"]),
+        ({"iofleet:autoscaling": "keda"}, ["iofleet:autoscaling", "hpa", "direct", "none"]),
+        (
+            {"iofleet:autoscaler_image": ""},
+            ["iofleet:autoscaler_image is required", "iofleet:autoscaling: none"],
+        ),
+        ({"iofleet:cluster_admin_arns": ["ops"]}, ["iofleet:cluster_admin_arns", "IAM role"]),
+        ({"iofleet:prometheus_selector_label": "release"}, ["prometheus_selector_label"]),
         ({"iofleet:server_memory": "1GB"}, ["iofleet:server_memory", "quantity"]),
         ({"iofleet:certificate_arn": "cert-123"}, ["iofleet:certificate_arn", "ACM"]),
         ({"iofleet:alarm_email": "oncall"}, ["iofleet:alarm_email", "email"]),
-        ({"iofleet:balancr": "alb"}, ["iofleet:balancr is not a known key", "balancer"]),
         ({"iofleet:kind": "regionl"}, ["iofleet:kind", "regional", "global"]),
         ({"aws:region": ""}, ["aws:region is required"]),
         (
@@ -121,17 +139,26 @@ def test_derived_timings_cover_the_drain() -> None:
 
 
 @pulumi.runtime.test
-def test_pulumi_yaml_declares_every_key_with_description_and_default() -> None:
+def test_pulumi_yaml_states_what_the_model_states() -> None:
+    """Types, defaults and descriptions: one source (the model); Pulumi.yaml is its copy."""
     project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
     assert project["name"] == "iofleet"
     assert project["main"] == "infra/"
     assert project["runtime"]["name"] == "python"
-    declared = project["config"]
-    assert set(declared) == set(SPEC)
-    for key, spec in SPEC.items():
-        assert declared[key]["description"], key
-        assert declared[key]["type"] == spec.type, key
-        assert declared[key]["default"] == spec.default, key
+    assert project["config"] == pulumi_yaml_config(), (
+        "Pulumi.yaml's config block differs from infra/config.py's Settings: copy "
+        "infra.config.pulumi_yaml_config() into it"
+    )
+    for key, entry in project["config"].items():
+        assert entry["description"], key
+
+
+@pulumi.runtime.test
+def test_the_program_reads_config_through_pulumi_config_only() -> None:
+    """Not Pulumi's internal runtime config map (issue 10)."""
+    source = (ROOT / "infra" / "config.py").read_text()
+    assert "runtime_config" not in source and "CONFIG.get" not in source
+    assert "pulumi.Config(NAMESPACE)" in source
 
 
 @pulumi.runtime.test
