@@ -1,5 +1,6 @@
 """Every Kubernetes object the program produces validates with kubernetes-validate
---strict against Kubernetes 1.31, for every stack file and every balancer kind."""
+--strict against the program's default cluster version, for every stack file, every
+balancer kind and every autoscaling mode."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import pulumi
 import pytest
 from pulumi_fleet import REGIONAL_STACKS, FleetMocks, after_deploy, run_stack
 
-K8S_VERSION = "1.31"
+from infra.config import DEFAULT_CLUSTER_VERSION
+
+K8S_VERSION = DEFAULT_CLUSTER_VERSION
 # Custom resources of the Prometheus operator: kubernetes-validate ships schemas for
 # built-in kinds only, so these are checked structurally in test_infra_stacks instead.
 CRD_KINDS = {"PrometheusRule", "ServiceMonitor"}
@@ -57,6 +60,19 @@ def test_every_balancer_kind_validates_strict(balancer: str) -> Any:
         checked = validate_all(fleet)
         assert ("Ingress/iofleet" in checked) == (balancer != "haproxy")
         assert ("Deployment/iofleet-haproxy" in checked) == (balancer == "haproxy")
+
+    return after_deploy(check)
+
+
+@pytest.mark.parametrize("mode", ["direct", "none"])
+@pulumi.runtime.test
+def test_every_autoscaling_mode_validates_strict(mode: str) -> Any:
+    fleet = run_stack("dev", {"iofleet:autoscaling": mode})
+
+    def check() -> None:
+        checked = validate_all(fleet)
+        assert "HorizontalPodAutoscaler/iofleet-server" not in checked
+        assert ("Deployment/iofleet-autoscaler" in checked) == (mode == "direct")
 
     return after_deploy(check)
 

@@ -272,8 +272,11 @@ def test_admin_port_policy_fails_public_exposure() -> Any:
         find(resources, "Service", "iofleet-haproxy")["spec"]["ports"][0]["targetPort"] = 9000.0
 
     def ingress_to_admin(resources: list[Recorded]) -> None:
-        backend = find(resources, "Ingress", "iofleet")["spec"]["rules"][0]["http"]["paths"][0]
-        backend["backend"]["service"] = {"name": "iofleet-server-admin", "port": {"name": "admin"}}
+        spec = find(resources, "Ingress", "iofleet")["spec"]
+        spec["defaultBackend"]["service"] = {
+            "name": "iofleet-server-admin",
+            "port": {"name": "admin"},
+        }
 
     def check() -> None:
         name = "admin-port-not-public"

@@ -10,6 +10,8 @@ import pulumi
 import pytest
 from pulumi_fleet import REGIONAL_STACKS, FleetMocks, after_deploy, run_stack, stack_config
 
+from infra.config import DEFAULT_CLUSTER_VERSION
+
 PROD = ("prod-us-east-1", "prod-eu-west-1")
 
 
@@ -109,7 +111,9 @@ def test_cluster_has_managed_nodes_across_azs_and_oidc(stack: str) -> Any:
 
     def check() -> None:
         eks = fleet.one("aws:eks/cluster:Cluster").inputs
-        assert eks["version"] == "1.31"
+        assert eks["version"] == DEFAULT_CLUSTER_VERSION
+        # Nodes follow the control plane, so an upgrade moves both.
+        assert fleet.one("aws:eks/nodeGroup:NodeGroup").inputs["version"] == eks["version"]
         assert eks["encryptionConfig"]["resources"] == ["secrets"]
         nodes = fleet.one("aws:eks/nodeGroup:NodeGroup").inputs
         private = [
@@ -269,11 +273,10 @@ def test_autoscaler_rbac_api_services_and_cert(stack: str) -> Any:
         assert container["command"] == ["python", "-m", "autoscaler", "--backend", "kubernetes"]
         assert container["ports"][0]["containerPort"] == 6443
         (role,) = fleet.kubernetes("Role", "iofleet-autoscaler")
-        pods, scale = role.inputs["rules"]
+        # hpa mode (the default): the HPA owns the replica count; no scale write here.
+        (pods,) = role.inputs["rules"]
         assert pods["resources"] == ["pods"]
         assert set(pods["verbs"]) == {"get", "list", "watch", "patch"}
-        assert scale["resources"] == ["deployments/scale"]
-        assert scale["resourceNames"] == ["iofleet-server"]
         assert fleet.kubernetes("ClusterRole") and all(
             "delete" not in rule["verbs"]
             for r in fleet.kubernetes("ClusterRole")
@@ -436,7 +439,8 @@ def test_observability_rules_dashboard_and_alarms(stack: str) -> Any:
             )
             assert unhealthy.inputs["dimensions"] == {
                 "LoadBalancer": "app/iofleet-" + stack + "-pub/1",
-                "TargetGroup": "targetgroup/iofleet/1",
+                # The group the HTTPS listener forwards to (80 only redirects with TLS).
+                "TargetGroup": "targetgroup/k8s-443/1",
             }
 
     return after_deploy(check)
@@ -458,7 +462,7 @@ def test_global_stack_builds_latency_records_with_health_checks() -> Any:
         regions = sorted(r.inputs["latencyRoutingPolicies"][0]["region"] for r in records)
         assert regions == ["eu-west-1", "us-east-1"]
         for record in records:
-            assert record.inputs["name"] == "ws.example.com"
+            assert record.inputs["name"] == stack_config("global")["iofleet:domain"]
             assert record.inputs["healthCheckId"].endswith("-id")
             assert record.inputs["aliases"][0]["evaluateTargetHealth"] is True
         assert all(c.inputs["type"] == "HTTPS" for c in checks)
@@ -472,10 +476,12 @@ def test_global_stack_can_use_global_accelerator_with_client_affinity() -> Any:
     fleet = run_stack("global", {"iofleet:global_routing": "accelerator"})
 
     def check() -> None:
-        listener = fleet.one("aws:globalaccelerator/listener:Listener").inputs
-        assert listener["clientAffinity"] == "SOURCE_IP"
+        listeners = fleet.of_type("aws:globalaccelerator/listener:Listener")
+        assert sorted(lsn.inputs["portRanges"][0]["fromPort"] for lsn in listeners) == [80, 443]
+        assert all(lsn.inputs["clientAffinity"] == "SOURCE_IP" for lsn in listeners)
         groups = fleet.of_type("aws:globalaccelerator/endpointGroup:EndpointGroup")
-        assert sorted(g.inputs["endpointGroupRegion"] for g in groups) == ["eu-west-1", "us-east-1"]
+        regions = sorted(g.inputs["endpointGroupRegion"] for g in groups)
+        assert regions == ["eu-west-1", "eu-west-1", "us-east-1", "us-east-1"]
         for group in groups:
             (endpoint,) = group.inputs["endpointConfigurations"]
             assert endpoint["endpointId"].startswith("arn:aws:elasticloadbalancing:")
