@@ -1,7 +1,8 @@
 """iofleet's invariants as policies. Each check is a pure function over resource
 properties (camelCase, as the engine passes them) returning violation messages; the
-`POLICIES` list wraps them for pulumi-policy. Only stdlib and pulumi_policy here: the
-pack runs in its own small virtualenv.
+`POLICIES` list wraps them for pulumi-policy. Only stdlib, pulumi_policy and
+`server.contract` (stdlib only; the pack's __main__ puts the repo root on sys.path) here:
+the pack runs in its own small virtualenv.
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
+from server.contract import (
+    ADMIN_PORT,
+    CONNECTIONS_METRIC,
+    DRAIN_DELAY_SECONDS,
+    DRAIN_SECONDS,
+    PING_INTERVAL_SECONDS,
+    PING_TIMEOUT_SECONDS,
+)
+
 REPLICATION_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
@@ -32,14 +42,15 @@ WORKLOADS = {
     "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
     "kubernetes:core/v1:Pod": ("spec",),
 }
-CONNECTIONS_METRIC = "iofleet_connections"
-# The server's own defaults (server/settings.py) when a variable is not set.
+API_SERVICE = "kubernetes:apiregistration.k8s.io/v1:APIService"
+CUSTOM_METRICS_GROUP = "custom.metrics.k8s.io"
+# The server's own defaults (server.contract) when a variable is not set.
 SERVER_DEFAULTS = {
-    "IOFLEET_PING_INTERVAL": 25.0,
-    "IOFLEET_PING_TIMEOUT": 20.0,
-    "IOFLEET_DRAIN_SECONDS": 30.0,
-    "IOFLEET_DRAIN_DELAY": 5.0,
-    "IOFLEET_ADMIN_PORT": 9000.0,
+    "IOFLEET_PING_INTERVAL": PING_INTERVAL_SECONDS,
+    "IOFLEET_PING_TIMEOUT": PING_TIMEOUT_SECONDS,
+    "IOFLEET_DRAIN_SECONDS": DRAIN_SECONDS,
+    "IOFLEET_DRAIN_DELAY": DRAIN_DELAY_SECONDS,
+    "IOFLEET_ADMIN_PORT": float(ADMIN_PORT),
 }
 # Balancer defaults when nothing is set: ALB 60 s idle, ingress-nginx 60 s read/send.
 ALB_DEFAULT_IDLE = 60.0
@@ -174,7 +185,10 @@ def _ping_floor(resources: Sequence[Resource]) -> float:
         _number(_env(c), "IOFLEET_PING_INTERVAL") + _number(_env(c), "IOFLEET_PING_TIMEOUT")
         for _, c in _server_containers(resources)
     ]
-    return max(floors, default=SERVER_DEFAULTS["IOFLEET_PING_INTERVAL"] + 20.0)
+    return max(
+        floors,
+        default=SERVER_DEFAULTS["IOFLEET_PING_INTERVAL"] + SERVER_DEFAULTS["IOFLEET_PING_TIMEOUT"],
+    )
 
 
 def _seconds(text: str) -> float:
@@ -234,6 +248,51 @@ def check_connection_autoscaling(resources: Sequence[Resource]) -> list[str]:
     return [
         f"server Deployment {name} has no HPA or autoscaler on {CONNECTIONS_METRIC}"
         for name in sorted({n for n, _ in _server_containers(resources)} - scaled)
+    ]
+
+
+def _connection_hpas(resources: Sequence[Resource]) -> list[str]:
+    """Names of the HPAs that scale on the Pods metric iofleet_connections."""
+    return [
+        str(_dig(props, "metadata", "name"))
+        for typ, props in resources
+        if typ == HPA
+        and any(
+            _dig(m, "pods", "metric", "name") == CONNECTIONS_METRIC
+            for m in _dig(props, "spec", "metrics") or []
+        )
+    ]
+
+
+def check_hpa_has_metrics_source(resources: Sequence[Resource]) -> list[str]:
+    """An HPA on iofleet_connections is blind without the iofleet autoscaler serving
+    custom.metrics.k8s.io: its Deployment and APIServices v1beta1 and v1beta2."""
+    hpas = _connection_hpas(resources)
+    if not hpas:
+        return []
+    versions = {
+        str(_dig(props, "spec", "version"))
+        for typ, props in resources
+        if typ == API_SERVICE and _dig(props, "spec", "group") == CUSTOM_METRICS_GROUP
+    }
+    autoscaler = any(
+        "autoscaler" in [str(c) for c in container.get("command") or []]
+        for typ, props in resources
+        if typ == DEPLOYMENT
+        for container in _containers(_dig(props, *WORKLOADS[DEPLOYMENT]))
+    )
+    missing = []
+    if not autoscaler:
+        missing.append("the iofleet autoscaler Deployment")
+    missing += [
+        f"APIService {v}.{CUSTOM_METRICS_GROUP}"
+        for v in ("v1beta1", "v1beta2")
+        if v not in versions
+    ]
+    return [
+        f"HPA {name} scales on {CONNECTIONS_METRIC} but the stack has no {', no '.join(missing)}"
+        for name in hpas
+        if missing
     ]
 
 
@@ -307,7 +366,12 @@ def _resource_policy(name: str, description: str, types: set[str], check: Any) -
     )
 
 
-def _stack_policy(name: str, description: str, check: Any) -> Any:
+def _stack_policy(
+    name: str,
+    description: str,
+    check: Any,
+    level: EnforcementLevel = EnforcementLevel.MANDATORY,
+) -> Any:
     def validate(args: StackValidationArgs, report: ReportViolation) -> None:
         resources = [(r.resource_type, r.props) for r in args.resources]
         for problem in check(resources):
@@ -317,7 +381,7 @@ def _stack_policy(name: str, description: str, check: Any) -> Any:
         name=name,
         description=description,
         validate=validate,
-        enforcement_level=EnforcementLevel.MANDATORY,
+        enforcement_level=level,
     )
 
 
@@ -345,10 +409,17 @@ POLICIES = [
         "Balancer idle timeouts exceed ping interval + ping timeout.",
         check_idle_timeouts,
     ),
+    # Advisory: `autoscaling: none` (a fixed fleet) is a choice a stack may make.
     _stack_policy(
         "connection-count-autoscaling",
         "Server Deployments scale on iofleet_connections (HPA or the iofleet autoscaler).",
         check_connection_autoscaling,
+        EnforcementLevel.ADVISORY,
+    ),
+    _stack_policy(
+        "connection-hpa-needs-autoscaler",
+        "An HPA on iofleet_connections comes with the autoscaler and its metrics APIServices.",
+        check_hpa_has_metrics_source,
     ),
     _stack_policy(
         "admin-port-not-public",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ BY_NAME = {p.name: p for p in POLICIES}
 VARIANTS = [(stack, {}) for stack in REGIONAL_STACKS] + [
     ("dev", {"iofleet:balancer": "nginx"}),
     ("dev", {"iofleet:balancer": "alb"}),
+    ("dev", {"iofleet:autoscaling": "direct"}),
 ]
 
 
@@ -93,6 +95,7 @@ def test_the_pack_has_every_invariant() -> None:
         "balancer-idle-timeout",
         "termination-grace-covers-drain",
         "connection-count-autoscaling",
+        "connection-hpa-needs-autoscaler",
         "admin-port-not-public",
         "non-root-containers",
     }
@@ -305,3 +308,56 @@ def test_only_the_pack_entry_point_constructs_the_policy_pack() -> None:
     assert not [p for p in others if "PolicyPack(" in p.read_text()]
     manifest = yaml.safe_load((ROOT / "infra" / "policy" / "PulumiPolicy.yaml").read_text())
     assert manifest["runtime"]["name"] == "python"
+
+
+@pulumi.runtime.test
+def test_a_connection_hpa_needs_the_autoscaler_and_its_api_services() -> Any:
+    fleet = run_stack("dev")
+    fixed = run_stack("dev", {"iofleet:autoscaling": "none"})
+
+    def drop_autoscaler(resources: list[Recorded]) -> None:
+        resources[:] = [
+            r
+            for r in resources
+            if not (r.inputs.get("kind") == "Deployment" and "autoscaler" in r.name)
+        ]
+
+    def drop_v1beta2(resources: list[Recorded]) -> None:
+        resources[:] = [r for r in resources if not r.name.endswith("-v1beta2")]
+
+    def check() -> None:
+        name = "connection-hpa-needs-autoscaler"
+        assert violations(name, fleet.resources) == []
+        (found,) = violations(name, broken(fleet, drop_autoscaler))
+        assert "HPA iofleet-server" in found and "autoscaler Deployment" in found
+        (found,) = violations(name, broken(fleet, drop_v1beta2))
+        assert "v1beta2.custom.metrics.k8s.io" in found
+        # No HPA, no autoscaler: nothing is blind; the advisory policy says it is unscaled.
+        assert violations(name, fixed.resources) == []
+        assert len(violations("connection-count-autoscaling", fixed.resources)) == 1
+        assert BY_NAME["connection-count-autoscaling"].enforcement_level.value == "advisory"
+
+    return after_deploy(check)
+
+
+@pulumi.runtime.test
+def test_the_pack_imports_only_what_its_own_virtualenv_has() -> None:
+    """The pack's venv holds pulumi and pulumi-policy only (requirements.txt); the server
+    defaults come from server.contract, which must stay stdlib-only for that to work."""
+    allowed_roots = {"pulumi_policy", "server", "__future__", *sys.stdlib_module_names}
+    for path in (ROOT / "infra" / "policy" / "rules.py", ROOT / "server" / "contract.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for module in names:
+                assert module.split(".")[0] in allowed_roots, f"{path.name} imports {module}"
+                if module.startswith("server"):
+                    assert module == "server.contract", f"{path.name} imports {module}"
+    from infra.policy import rules
+    from server import contract
+
+    assert rules.SERVER_DEFAULTS["IOFLEET_PING_TIMEOUT"] == contract.PING_TIMEOUT_SECONDS
+    assert rules.SERVER_DEFAULTS["IOFLEET_DRAIN_SECONDS"] == contract.DRAIN_SECONDS
