@@ -9,7 +9,7 @@ APT_PACKAGES := redis-server haproxy nginx chromium
 # Root needs no sudo; anyone else gets it for apt only.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: up down test setup system-packages lint typecheck test-py test-infra bench clean
+.PHONY: up down test setup system-packages lint typecheck test-py test-infra check-stack bench clean
 
 up: setup
 	$(VENV)/bin/iofleet up
@@ -57,6 +57,11 @@ test-py: setup
 
 test-infra: setup
 	@if [ -d tests/infra ]; then $(VENV)/bin/pytest tests/infra -p no:asyncio -W ignore::pytest.PytestConfigWarning; else echo "no infra tests yet"; fi
+
+# Offline, before `pulumi up`: the program's own validation, every problem at once.
+check-stack: setup
+	@test -n "$(STACK)" || { echo "usage: make check-stack STACK=<name of Pulumi.<name>.yaml>"; exit 2; }
+	$(PY) -m infra.check Pulumi.$(STACK).yaml
 
 bench: setup
 	$(PY) -m bench.server_bench

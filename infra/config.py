@@ -174,7 +174,7 @@ class Settings(BaseModel):
     )
     prometheus_selector_label: str = _key(
         "release=prometheus",
-        "label=value the Prometheus operator selects rules and monitors by; empty = none.",
+        "label=value the Prometheus operator selects rules and monitors by, or none.",
     )
     alarm_email: str = _key("", "Email subscribed to the CloudWatch alarm topic.")
     # --- global
@@ -306,7 +306,7 @@ class Settings(BaseModel):
     @field_validator("prometheus_selector_label")
     @classmethod
     def _label(cls, value: str) -> str:
-        if value and not LABEL.match(value):
+        if value != "none" and not LABEL.match(value):
             raise ValueError(f"{value!r} is not label=value (e.g. release=kube-prometheus-stack)")
         return value
 
@@ -512,19 +512,24 @@ def _message(error: Mapping[str, Any]) -> str:
     return f"{full(key)}{separator}{text}"
 
 
+def support_warning(version: str, today: datetime.date) -> str | None:
+    """A line when `version` has left EKS standard support on `today` (a date decides,
+    so a warning, not an error)."""
+    standard_end, extended_end = EKS_VERSIONS[version]
+    if today <= standard_end:
+        return None
+    return (
+        f"{full('cluster_version')}: {version} left EKS standard support on {standard_end} "
+        f"(extended support, billed extra, ends {extended_end}); upgrade one minor version "
+        "at a time (docs/infra.md, 'Upgrading Kubernetes')"
+    )
+
+
 def _warnings(config: Settings) -> list[str]:
-    """Not errors, but worth a line before an update (the date decides, so only a warning)."""
     if config.kind != "regional":
         return []
-    standard_end, extended_end = EKS_VERSIONS[config.cluster_version]
-    today = datetime.date.today()
-    if today > standard_end:
-        return [
-            f"{full('cluster_version')}: {config.cluster_version} left EKS standard support on "
-            f"{standard_end} (extended support, billed extra, ends {extended_end}); upgrade "
-            "one minor version at a time (docs/infra.md, 'Upgrading Kubernetes')"
-        ]
-    return []
+    warning = support_warning(config.cluster_version, datetime.date.today())
+    return [warning] if warning else []
 
 
 def validate(

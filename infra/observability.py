@@ -135,7 +135,7 @@ class ObservabilityArgs:
     prometheus_operator: bool
     selector_label: str
     """label=value the Prometheus operator selects ServiceMonitors/PrometheusRules by
-    (kube-prometheus-stack: release=<its release name>); empty = no label."""
+    (kube-prometheus-stack: release=<its release name>); "none" = no label."""
     admin_service_labels: dict[str, str]
     redis_member_ids: list[str]
     lb_type: str
@@ -149,8 +149,8 @@ class ObservabilityArgs:
 
 
 def _label(text: str) -> dict[str, str]:
-    """'release=prometheus' -> {'release': 'prometheus'}; '' -> {}."""
-    if not text:
+    """'release=prometheus' -> {'release': 'prometheus'}; 'none' -> {}."""
+    if text == "none":
         return {}
     key, _, value = text.partition("=")
     return {key: value}

@@ -106,6 +106,9 @@ def _lb_outputs(name: str) -> dict[str, Any]:
     }
 
 
+HTTP_REGION = "eu-west-1"
+"""The regional stack the mocked StackReference reports as serving plain HTTP."""
+
 REGIONAL_OUTPUTS = {
     "region": "us-east-1",
     "public_hostname": "iofleet-pub-123.us-east-1.elb.amazonaws.com",
@@ -160,6 +163,10 @@ class FleetMocks(pulumi.runtime.Mocks):
                 "outputs": {
                     **REGIONAL_OUTPUTS,
                     "region": _region_of(inputs.get("name", name)),
+                    # One region without a certificate, to show what differs for it.
+                    "public_scheme": (
+                        "http" if _region_of(inputs.get("name", name)) == HTTP_REGION else "https"
+                    ),
                 },
                 "secretOutputNames": [],
             },

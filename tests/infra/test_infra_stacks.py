@@ -465,7 +465,11 @@ def test_global_stack_builds_latency_records_with_health_checks() -> Any:
             assert record.inputs["name"] == stack_config("global")["iofleet:domain"]
             assert record.inputs["healthCheckId"].endswith("-id")
             assert record.inputs["aliases"][0]["evaluateTargetHealth"] is True
-        assert all(c.inputs["type"] == "HTTPS" for c in checks)
+        # Each region is checked the way it serves (the mocks: eu-west-1 without TLS).
+        assert sorted((c.inputs["type"], c.inputs["port"]) for c in checks) == [
+            ("HTTP", 80),
+            ("HTTPS", 443),
+        ]
         assert not fleet.of_type("aws:eks/cluster:Cluster")
 
     return after_deploy(check)
