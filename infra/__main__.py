@@ -14,11 +14,11 @@ import pulumi
 from infra.balancer import Balancer, BalancerArgs, BalancerController, BalancerControllerArgs
 from infra.cluster import Cluster, ClusterArgs
 from infra.config import GlobalConfig, RegionalConfig, aws_access, load, qualify
+from infra.elasticache import RedisCache, RedisCacheArgs
 from infra.global_routing import GlobalRouting, GlobalRoutingArgs, Region
+from infra.jwt_secret import jwt_secret
 from infra.network import Network, NetworkArgs
 from infra.observability import Observability, ObservabilityArgs
-from infra.redis import RedisCache, RedisCacheArgs
-from infra.secrets import jwt_secret
 from infra.workloads import (
     HAPROXY_LABELS,
     Autoscaler,

@@ -178,3 +178,41 @@ def test_docs_describe_every_key() -> None:
         assert f"`{key}`" in text, key
     assert "pulumi up" in text and "Pulumi.global.yaml" in text
     assert Path(ROOT / "infra" / "policy" / "PulumiPolicy.yaml").exists()
+
+
+@pulumi.runtime.test
+def test_no_infra_module_shadows_another_module() -> None:
+    """Pulumi runs infra/__main__.py with infra/ itself first on sys.path, so a module
+    named like a stdlib or installed one (secrets.py, redis.py) would replace it for
+    every import during the program."""
+    import importlib.util
+    import sys
+
+    for path in (ROOT / "infra").glob("*.py"):
+        name = path.stem
+        if name.startswith("__"):
+            continue
+        assert name not in sys.stdlib_module_names, f"infra/{path.name} shadows the stdlib"
+        spec = importlib.util.find_spec(name)
+        # (pytest puts test folders such as tests/balancer on sys.path: not installed.)
+        tests = str(ROOT / "tests")
+        installed = spec is not None and spec.origin is not None and tests not in spec.origin
+        assert not installed, f"infra/{path.name} shadows {name} ({spec and spec.origin})"
+
+
+@pulumi.runtime.test
+def test_neither_server_nor_iofleet_imports_infra() -> None:
+    """infra is a package of the project now; the layers stay one-way."""
+    import ast
+
+    for package in ("server", "iofleet"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                modules = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else []
+                )
+                assert not any(m.split(".")[0] == "infra" for m in modules), path
