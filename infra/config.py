@@ -566,9 +566,16 @@ def validate(
 
 def load() -> RegionalConfig | GlobalConfig:
     """Read every key through ``pulumi.Config`` and validate once; a ConfigError lists
-    every problem, one line each."""
+    every problem, one line each. Keys the stack sets that no field reads (a misspelt
+    key would otherwise be ignored) come from ``pulumi.runtime.get_config_env()``, the
+    JSON map the language host passes the program."""
     config = pulumi.Config(NAMESPACE)
-    values = {key: config.get(key) for key in Settings.model_fields}
+    values: dict[str, Any] = {key: config.get(key) for key in Settings.model_fields}
+    prefix = f"{NAMESPACE}:"
+    for full_key, value in pulumi.runtime.get_config_env().items():
+        key = full_key.removeprefix(prefix)
+        if full_key.startswith(prefix) and key not in values:
+            values[key] = value
     result, problems, warnings = validate(
         values, stack=pulumi.get_stack(), region=pulumi.Config("aws").get("region")
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import runpy
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -259,6 +260,13 @@ def _as_string(value: Any) -> str:
     return json.dumps(value)
 
 
+def use_config(config: dict[str, str]) -> None:
+    """Hand the program its config the way the Python language host does: the runtime's
+    config map and the PULUMI_CONFIG environment variable (JSON of every key)."""
+    pulumi.runtime.set_all_config(config)
+    os.environ["PULUMI_CONFIG"] = json.dumps(config)
+
+
 def run_stack(
     stack: str, overrides: dict[str, Any] | None = None, *, mocks: FleetMocks | None = None
 ) -> FleetMocks:
@@ -272,7 +280,7 @@ def run_stack(
         preview=False,
         monitor=RecordingMonitor(mocks),
     )
-    pulumi.runtime.set_all_config(stack_config(stack, overrides))
+    use_config(stack_config(stack, overrides))
     runpy.run_path(str(PROGRAM), run_name="__main__")
     return mocks
 

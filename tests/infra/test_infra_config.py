@@ -9,7 +9,7 @@ from typing import Any
 import pulumi
 import pytest
 import yaml
-from pulumi_fleet import ROOT, STACKS, FleetMocks, run_stack, stack_config
+from pulumi_fleet import ROOT, STACKS, FleetMocks, run_stack, stack_config, use_config
 
 from infra.config import (
     ConfigError,
@@ -33,7 +33,7 @@ class _NoResources(pulumi.runtime.Mocks):
 
 def config_error(stack: str, overrides: dict[str, Any]) -> str:
     pulumi.runtime.set_mocks(_NoResources(), project="iofleet", stack=stack, preview=False)
-    pulumi.runtime.set_all_config(stack_config(stack, overrides))
+    use_config(stack_config(stack, overrides))
     with pytest.raises(ConfigError) as caught:
         load()
     return str(caught.value)
@@ -43,7 +43,7 @@ def config_error(stack: str, overrides: dict[str, Any]) -> str:
 @pulumi.runtime.test
 def test_every_stack_file_loads_with_the_operators_values(stack: str) -> None:
     pulumi.runtime.set_mocks(_NoResources(), project="iofleet", stack=stack, preview=False)
-    pulumi.runtime.set_all_config(stack_config(stack))
+    use_config(stack_config(stack))
     config = load()
     expected = GlobalConfig if stack == "global" else RegionalConfig
     assert isinstance(config, expected)
@@ -82,6 +82,7 @@ def test_every_stack_file_loads_with_the_operators_values(stack: str) -> None:
         ),
         ({"iofleet:cluster_admin_arns": ["ops"]}, ["iofleet:cluster_admin_arns", "IAM role"]),
         ({"iofleet:prometheus_selector_label": "release"}, ["prometheus_selector_label"]),
+        ({"iofleet:balancr": "alb"}, ["iofleet:balancr is not a known key", "balancer"]),
         ({"iofleet:server_memory": "1GB"}, ["iofleet:server_memory", "quantity"]),
         ({"iofleet:certificate_arn": "cert-123"}, ["iofleet:certificate_arn", "ACM"]),
         ({"iofleet:alarm_email": "oncall"}, ["iofleet:alarm_email", "email"]),
@@ -130,7 +131,7 @@ def test_a_config_error_stops_the_program_before_any_resource() -> None:
 @pulumi.runtime.test
 def test_derived_timings_cover_the_drain() -> None:
     pulumi.runtime.set_mocks(_NoResources(), project="iofleet", stack="dev", preview=False)
-    pulumi.runtime.set_all_config(stack_config("dev"))
+    use_config(stack_config("dev"))
     config = load()
     assert isinstance(config, RegionalConfig)
     drain = config.drain_delay + config.drain_seconds
@@ -154,11 +155,13 @@ def test_pulumi_yaml_states_what_the_model_states() -> None:
 
 
 @pulumi.runtime.test
-def test_the_program_reads_config_through_pulumi_config_only() -> None:
-    """Not Pulumi's internal runtime config map (issue 10)."""
+def test_the_program_reads_config_through_public_apis_only() -> None:
+    """pulumi.Config for values, pulumi.runtime.get_config_env for the key list; not
+    Pulumi's internal runtime config map (issue 10)."""
     source = (ROOT / "infra" / "config.py").read_text()
     assert "runtime_config" not in source and "CONFIG.get" not in source
     assert "pulumi.Config(NAMESPACE)" in source
+    assert "get_config_env" in pulumi.runtime.__all__
 
 
 @pulumi.runtime.test

@@ -125,11 +125,11 @@ SHIPPED_PLACEHOLDERS["prod-eu-west-1"] = SHIPPED_PLACEHOLDERS["prod-us-east-1"]
 def test_shipped_placeholders_stop_the_program_before_any_resource(stack: str) -> None:
     """Every placeholder at once, one line each naming the key and what to put there, and
     nothing created (not a timeout ten minutes into an update)."""
-    from pulumi_fleet import stack_config
+    from pulumi_fleet import stack_config, use_config
 
     mocks = FleetMocks()
     pulumi.runtime.set_mocks(mocks, project="iofleet", stack=stack, preview=False)
-    pulumi.runtime.set_all_config(stack_config(stack, as_shipped=True))
+    use_config(stack_config(stack, as_shipped=True))
     import runpy
 
     with pytest.raises(ConfigError) as caught:
