@@ -152,20 +152,20 @@ class HaproxyRuntime:
         port: int,
         *,
         check_port: int | None = None,
-        cookie: str | None = None,
     ) -> None:
         """Add a server to a running backend (`add server`), health-checked, in maintenance.
 
         A dynamic server inherits nothing from `default-server`, so the check cadence the
         template gives every static server is spelled out here. `enable` puts it in
-        rotation once it is ready.
+        rotation once it is ready. HAProxy 2.6 refuses a `cookie` on a dynamic server and
+        no `use-server` rule names it: its WebSocket sessions are fine, but polling
+        sessions are sticky to it only where the backend derives cookies (`cookie ...
+        dynamic`); otherwise reload with the server in the config file.
         """
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         words = [f"add server {backend}/{name} {address}", "check inter 1s fall 2 rise 2"]
         if check_port is not None:
             words.append(f"port {check_port}")
-        if cookie is not None:
-            words.append(f"cookie {cookie}")
         await self._expect(" ".join(words), "New server registered.")
         await self._expect(f"enable health {backend}/{name}", "")
 

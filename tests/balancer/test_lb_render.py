@@ -188,7 +188,9 @@ def parse_backends_offline(specs: list[str]) -> tuple[Backend, ...]:
 
 
 def test_backend_specs() -> None:
-    assert parse_backends_offline(["10.0.0.5:8000:9000", "s2=host.example:8001", "[::1]:8002:9002"]) == (
+    assert parse_backends_offline(
+        ["10.0.0.5:8000:9000", "s2=host.example:8001", "[::1]:8002:9002"]
+    ) == (
         Backend("node1", "10.0.0.5", 8000, 9000),
         Backend("s2", "host.example", 8001, None),
         Backend("node3", "::1", 8002, 9002),
