@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from server.auth import AuthError, TokenVerifier, token_from_handshake
-from server.drain import DrainController, plan_batches
+from server.drain import DrainController
+from server.drain_plan import plan_batches
 from server.jsonlog import JsonFormatter, OncePerBurst
 from server.ratelimit import KeyedBuckets, TokenBucket
 from server.settings import Settings, SettingsError, load_settings
