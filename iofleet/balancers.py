@@ -210,11 +210,17 @@ def start_balancer(
     workdir: Path,
     timeouts: Timeouts,
     stickiness: str | None = None,
+    spare_slots: tuple[str, ...] = (),
 ) -> LocalBalancer:
-    """Start a local balancer of `kind` in front of `backends`."""
+    """Start a local balancer of `kind` in front of `backends`.
+
+    `spare_slots`: HAProxy server slots for nodes started later (nginx needs none: its
+    pool is rewritten).
+    """
     extra: dict[str, object] = {"timeouts": timeouts}
     if stickiness:
         extra["stickiness"] = stickiness
     if kind == "haproxy":
-        return start_haproxy(haproxy_options(host, port, backends, workdir, **extra), workdir)
+        options = haproxy_options(host, port, backends, workdir, spare_slots=spare_slots, **extra)
+        return start_haproxy(options, workdir)
     return start_nginx(nginx_options(host, port, backends, workdir, **extra), workdir)

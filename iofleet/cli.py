@@ -109,6 +109,13 @@ def render_haproxy_command(
             " (a fixed value needs a limit of about twice it).",
         ),
     ] = 0,
+    spare_slot: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NODE_ID of a server that may start later: a slot in maintenance, filled"
+            " through the runtime API without a reload. Repeatable."
+        ),
+    ] = None,
     ask_servers: AskServersOpt = True,
     ping_interval: PingIntervalOpt = PING_INTERVAL_SECONDS,
     ping_timeout: PingTimeoutOpt = PING_TIMEOUT_SECONDS,
@@ -135,6 +142,7 @@ def render_haproxy_command(
             admin_socket=admin_socket or None,
             stats_listen=stats_listen or None,
             maxconn=maxconn or None,
+            spare_slots=tuple(spare_slot or ()),
             timeouts=Timeouts(
                 ping_interval_s=ping_interval, ping_timeout_s=ping_timeout, drain_s=drain_seconds
             ),

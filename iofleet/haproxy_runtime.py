@@ -169,6 +169,26 @@ class HaproxyRuntime:
         await self._expect(" ".join(words), "New server registered.")
         await self._expect(f"enable health {backend}/{name}", "")
 
+    async def fill_slot(
+        self, backend: str, name: str, host: str, port: int, *, check_port: int | None = None
+    ) -> None:
+        """Point a spare slot of the config (`HaproxyOptions.spare_slots`) at a server.
+
+        The slot keeps its cookie and sid rule, so polling sessions stay sticky; it stays
+        in maintenance until `enable`. `free_slot` hands it back after a drain.
+        """
+        answer = await self.command(f"set server {backend}/{name} addr {host} port {port}")
+        if "changed" not in answer and "no need to change" not in answer:
+            raise RuntimeApiError(f"set server {backend}/{name} addr: {answer.strip()}")
+        if check_port is not None:
+            await self._expect(f"set server {backend}/{name} check-port {check_port}", "")
+        await self._expect(f"enable health {backend}/{name}", "")
+
+    async def free_slot(self, backend: str, name: str) -> None:
+        """Maintenance and no sessions left: the slot is spare again."""
+        await self.set_state(backend, name, "maint")
+        await self._expect(f"shutdown sessions server {backend}/{name}", "")
+
     async def enable(self, backend: str, name: str) -> None:
         """Into rotation: new sessions may go to this server while its check passes."""
         await self.set_state(backend, name, "ready")

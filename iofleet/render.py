@@ -141,9 +141,19 @@ class HaproxyOptions:
     log: Literal["stdout", "stderr", "none"] = "stdout"
     pidfile: str | None = None
     backend_name: str = "iofleet_servers"
+    spare_slots: tuple[str, ...] = ()
+    """Names of servers that may start later: rendered in maintenance, filled through
+    the runtime API (`HaproxyRuntime.fill_slot`). Each name must be the node id of the
+    server that fills it (the sid rule routes by it)."""
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     def __post_init__(self) -> None:
+        for name in self.spare_slots:
+            if not NODE_ID.match(name):
+                raise ValueError(f"spare slot {name!r} must match {NODE_ID.pattern}")
+        taken = {b.name for b in self.backends} & set(self.spare_slots)
+        if taken or len(set(self.spare_slots)) != len(self.spare_slots):
+            raise ValueError(f"spare slots repeat a name: {sorted(taken) or self.spare_slots}")
         if self.maxconn is not None and self.maxconn < 1:
             raise ValueError(f"maxconn must be at least 1 (got {self.maxconn})")
         if not self.backends and self.discovery is None:

@@ -23,7 +23,8 @@ from iofleet.nginx_balancer import NginxBalancer
 from iofleet.processes import free_port, pid_alive
 from iofleet.readiness import sync_nginx_readiness
 from iofleet.render import Backend
-from tests.support.cluster import Crowd, start_balancer
+from tests.support.cluster import TIMEOUTS, Crowd, start_balancer
+from tests.support.cluster import backends as cluster_backends
 from tests.support.jsclient import JsClients
 from tests.support.procs import TEST_ADMIN_TOKEN, ServerProcess
 from tests.support.stub_backend import StubBackend
@@ -269,6 +270,48 @@ async def test_haproxy_adds_and_removes_a_server_without_reload(
     finally:
         balancer.stop()
         extra.stop()
+
+
+async def test_haproxy_spare_slot_takes_a_new_server_with_sticky_polling(
+    servers: list[ServerProcess], js: JsClients, tmp_path: Path
+) -> None:
+    """The autoscaler's sticky lever: a spare slot of the config gets the new server."""
+    running, newcomer = servers[:2], servers[2]
+    options = haproxy_options(
+        "127.0.0.1", free_port(), cluster_backends(running), tmp_path,
+        timeouts=TIMEOUTS, spare_slots=(newcomer.node_id, "n9"),
+    )  # fmt: skip
+    balancer = await asyncio.to_thread(start_haproxy, options, tmp_path)
+    try:
+        runtime = balancer.runtime()
+        await eventually(lambda: all_up(runtime, [s.node_id for s in running]))
+        states = {s.name: s for s in await runtime.servers_state(BACKEND)}
+        assert states[newcomer.node_id].in_maintenance and states["n9"].in_maintenance
+
+        await runtime.fill_slot(
+            BACKEND, newcomer.node_id, "127.0.0.1", newcomer.port, check_port=newcomer.admin_port
+        )
+        await runtime.enable(BACKEND, newcomer.node_id)
+        await eventually(lambda: all_up(runtime, [newcomer.node_id]))
+        crowd = Crowd(js, balancer.url, cookies=True)
+        names = [f"p{i}" for i in range(9)]
+        for name in names:
+            await crowd.open(name, transports=["polling"])
+        await crowd.wait_connected(names)
+        assert crowd.spread(names).get(newcomer.node_id, 0) >= 2, crowd.spread(names)
+        await asyncio.sleep(3)  # several 1 s ping cycles: every poll finds its server
+        assert crowd.failures(names) == []
+        assert all(len(crowd.hellos(n)) == 1 for n in names)
+
+        await drain_haproxy_node(
+            runtime, BACKEND, newcomer.node_id, admin_url=newcomer.admin_url,
+            token=TEST_ADMIN_TOKEN, within=30,
+        )  # fmt: skip
+        await runtime.free_slot(BACKEND, newcomer.node_id)
+        states = {s.name: s for s in await runtime.servers_state(BACKEND)}
+        assert states[newcomer.node_id].in_maintenance
+    finally:
+        balancer.stop()
 
 
 async def test_nginx_sid_routing_and_lever(

@@ -224,6 +224,18 @@ def test_cli_render_prints_the_config(tmp_path: Path) -> None:
 
     result = runner.invoke(
         app,
+        ["render", "haproxy", "-b", "a=127.0.0.1:8001:9001", "--no-ask-servers",
+         "--spare-slot", "b", "--spare-slot", "c", "--admin-socket", ""],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "server c 127.0.0.1:1 disabled check cookie c" in result.output
+    assert "use-server c if { urlp(sid) -m beg c. }" in result.output
+    assert haproxy_check(result.output, tmp_path).returncode == 0
+    result = runner.invoke(app, ["render", "haproxy", "-b", "a=h:1", "--spare-slot", "a"])
+    assert result.exit_code == 2 and "repeat" in result.output
+
+    result = runner.invoke(
+        app,
         ["render", "nginx", "--listen", "127.0.0.1:18082", "-b", "x=127.0.0.1:8001:9001",
          "-b", "y=127.0.0.1:8002", "--down", "y", "--ping-interval", "5", "--ping-timeout", "3",
          "--no-ask-servers"],
