@@ -153,8 +153,11 @@ class Fleet:
         FleetState.forget(self.state_dir)
 
     def exited(self) -> list[str]:
-        """Names of children that are no longer running."""
-        children = [(s.spec.node_id, s.process) for s in self.servers]
+        """Names of children that are no longer running (a drained server that left
+        fleet.json, `iofleet drain`, is not missed)."""
+        recorded = FleetState.load(self.state_dir) or self.state
+        listed = {s.node_id for s in recorded.servers}
+        children = [(s.spec.node_id, s.process) for s in self.servers if s.spec.node_id in listed]
         if self.redis is not None:
             children.append(("redis", self.redis.process))
         if self.balancer is not None:

@@ -35,8 +35,9 @@ async def readyz(admin_url: str) -> bool:
 
 
 def admin_url(backend: Backend) -> str:
-    port = backend.admin_port or backend.port
-    return f"http://{backend.address.rsplit(':', 1)[0]}:{port}"
+    """Where a backend's /readyz is: its admin port, else its public port."""
+    host = f"[{backend.host}]" if ":" in backend.host else backend.host
+    return f"http://{host}:{backend.admin_port or backend.port}"
 
 
 async def sync_nginx_readiness(
