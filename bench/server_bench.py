@@ -28,6 +28,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from bench.wire import WireClient
+from iofleet.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -42,12 +43,6 @@ class Target:
     name: str
     command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 IOFLEET_ENV = {

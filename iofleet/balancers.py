@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from iofleet.levers import HaproxyRuntime, NginxLever
+from iofleet.fleet_state import BalancerRecord
+from iofleet.haproxy_runtime import HaproxyRuntime
+from iofleet.nginx_balancer import NginxBalancer
 from iofleet.processes import StartError, spawn, stop_pid, tcp_answers, wait_until
 from iofleet.render import (
     Backend,
@@ -53,20 +55,33 @@ class LocalBalancer:
         return self.workdir / f"{self.kind}.log"
 
     def runtime(self) -> HaproxyRuntime:
-        """HAProxy's runtime API (the drain lever)."""
+        """HAProxy's runtime API (the drain lever, servers added and removed)."""
         assert self.haproxy is not None and self.haproxy.admin_socket is not None
         return HaproxyRuntime(self.haproxy.admin_socket)
 
-    def nginx_lever(self) -> NginxLever:
+    def nginx_balancer(self) -> NginxBalancer:
+        """The running nginx's pool, changed by config rewrite and graceful reload."""
         assert self.nginx is not None
-        return NginxLever(self.nginx, self.config_path, self.nginx_args)
+        return NginxBalancer(self.nginx, self.config_path, self.nginx_args)
+
+    @property
+    def record(self) -> BalancerRecord:
+        """What fleet.json says about this balancer."""
+        return BalancerRecord(
+            kind=self.kind,
+            pid=self.pid,
+            port=self.port,
+            config=str(self.config_path),
+            admin_socket=self.haproxy.admin_socket if self.haproxy else None,
+            backend=self.haproxy.backend_name if self.haproxy else None,
+        )
 
     def stop(self, grace: float = 10.0) -> None:
         stop_pid(self.pid, grace=grace, process=self.process)
 
 
 def connection_budget() -> int:
-    """Connections this machine's open-file limit allows (each proxied one holds two fds)."""
+    """nginx worker connections this machine's open-file limit allows (two fds per proxied one)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     limit = 1_000_000 if soft == resource.RLIM_INFINITY else soft
     return max(256, min(100_000, (limit - 200) // 2))
@@ -79,12 +94,8 @@ def haproxy_options(
 
     `fields` override any of these (and set any other `HaproxyOptions` field).
     """
-    local: dict[str, object] = {
-        "admin_socket": str(workdir / "haproxy.sock"),
-        "log": "stdout",
-        # HAProxy refuses to start if maxconn needs more fds than the limit allows.
-        "maxconn": connection_budget(),
-    }
+    # maxconn stays unset: HAProxy derives it from the fd limit it finds.
+    local: dict[str, object] = {"admin_socket": str(workdir / "haproxy.sock"), "log": "stdout"}
     return HaproxyOptions(
         listen=f"{host}:{port}",
         backends=backends,
@@ -199,11 +210,17 @@ def start_balancer(
     workdir: Path,
     timeouts: Timeouts,
     stickiness: str | None = None,
+    spare_slots: tuple[str, ...] = (),
 ) -> LocalBalancer:
-    """Start a local balancer of `kind` in front of `backends`."""
+    """Start a local balancer of `kind` in front of `backends`.
+
+    `spare_slots`: HAProxy server slots for nodes started later (nginx needs none: its
+    pool is rewritten).
+    """
     extra: dict[str, object] = {"timeouts": timeouts}
     if stickiness:
         extra["stickiness"] = stickiness
     if kind == "haproxy":
-        return start_haproxy(haproxy_options(host, port, backends, workdir, **extra), workdir)
+        options = haproxy_options(host, port, backends, workdir, spare_slots=spare_slots, **extra)
+        return start_haproxy(options, workdir)
     return start_nginx(nginx_options(host, port, backends, workdir, **extra), workdir)

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, get_args
+from typing import Annotated, NoReturn, get_args
 
 import typer
 from rich.console import Console
 
 from iofleet.fleet import FleetConfig
+from iofleet.node_ids import resolve_backends
 from iofleet.render import (
+    RELOAD_GRACE_S,
     DnsDiscovery,
     HaproxyOptions,
     HaproxyStickiness,
     NginxOptions,
     NginxStickiness,
     Timeouts,
-    parse_backends,
     render_haproxy,
     render_nginx,
 )
-from iofleet.up import run_detached, run_down, run_foreground
+from iofleet.up import run_detached, run_down, run_drain, run_foreground
+from server.contract import ADMIN_PORT, PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS, PUBLIC_PORT
 
 app = typer.Typer(
     name="iofleet",
@@ -42,15 +44,33 @@ BackendsOpt = Annotated[
     typer.Option(
         "--backend",
         "-b",
-        help="[NODE_ID=]HOST:PORT[:ADMIN_PORT], repeatable. NODE_ID defaults to node1, node2, ...",
+        help="[NODE_ID=]HOST:PORT[:ADMIN_PORT], repeatable. With ADMIN_PORT the node id is"
+        " read from the server's /admin/status (a given NODE_ID must match it); otherwise"
+        " NODE_ID defaults to node1, node2, ...",
+    ),
+]
+AskServersOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Read node ids from the servers' /admin/status (backends with an ADMIN_PORT)."
     ),
 ]
 ListenOpt = Annotated[str, typer.Option(help="Public address, HOST:PORT.")]
 PingIntervalOpt = Annotated[float, typer.Option(help="Servers' IOFLEET_PING_INTERVAL, seconds.")]
 PingTimeoutOpt = Annotated[float, typer.Option(help="Servers' IOFLEET_PING_TIMEOUT, seconds.")]
 DrainOpt = Annotated[
-    int, typer.Option(help="Drain window (DRAIN_DELAY + DRAIN_SECONDS) an old process may hold.")
+    int,
+    typer.Option(
+        help="Seconds an old balancer process keeps its WebSockets after a reload;"
+        " at least the servers' DRAIN_DELAY + DRAIN_SECONDS."
+    ),
 ]
+
+
+def _fail(message: str) -> NoReturn:
+    """One line on stderr, exit 2: what `iofleet render` does with any bad input."""
+    typer.echo(f"iofleet render: {message}", err=True)
+    raise typer.Exit(2)
 
 
 def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
@@ -74,12 +94,32 @@ def render_haproxy_command(
     discover: Annotated[
         str, typer.Option(help="Headless Service FQDN: find servers by DNS (in-cluster).")
     ] = "",
-    discover_port: Annotated[int, typer.Option(help="Public port of discovered pods.")] = 8000,
-    discover_admin_port: Annotated[int, typer.Option(help="Admin port of discovered pods.")] = 9000,
+    discover_port: Annotated[
+        int, typer.Option(help="Public port of discovered pods.")
+    ] = PUBLIC_PORT,
+    discover_admin_port: Annotated[
+        int, typer.Option(help="Admin port of discovered pods.")
+    ] = ADMIN_PORT,
     discover_slots: Annotated[int, typer.Option(help="Most pods to route to.")] = 50,
-    ping_interval: PingIntervalOpt = 25,
-    ping_timeout: PingTimeoutOpt = 20,
-    drain_seconds: DrainOpt = 60,
+    maxconn: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Global maxconn; 0 (default) lets HAProxy derive it from its fd limit"
+            " (a fixed value needs a limit of about twice it).",
+        ),
+    ] = 0,
+    spare_slot: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NODE_ID of a server that may start later: a slot in maintenance, filled"
+            " through the runtime API without a reload. Repeatable."
+        ),
+    ] = None,
+    ask_servers: AskServersOpt = True,
+    ping_interval: PingIntervalOpt = PING_INTERVAL_SECONDS,
+    ping_timeout: PingTimeoutOpt = PING_TIMEOUT_SECONDS,
+    drain_seconds: DrainOpt = RELOAD_GRACE_S,
 ) -> None:
     """Print an HAProxy config: cookie stickiness, leastconn, /readyz checks, runtime API."""
     allowed: tuple[str, ...] = get_args(HaproxyStickiness)
@@ -96,17 +136,19 @@ def render_haproxy_command(
     try:
         options = HaproxyOptions(
             listen=listen,
-            backends=parse_backends(backend or []),
+            backends=resolve_backends(backend or [], ask_servers=ask_servers),
             discovery=discovery,
             stickiness=_choice(stickiness, allowed, "--stickiness"),  # type: ignore[arg-type]
             admin_socket=admin_socket or None,
             stats_listen=stats_listen or None,
+            maxconn=maxconn or None,
+            spare_slots=tuple(spare_slot or ()),
             timeouts=Timeouts(
                 ping_interval_s=ping_interval, ping_timeout_s=ping_timeout, drain_s=drain_seconds
             ),
         )
     except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
+        _fail(str(error))
     typer.echo(render_haproxy(options), nl=False)
 
 
@@ -122,16 +164,17 @@ def render_nginx_command(
     down: Annotated[
         list[str] | None, typer.Option(help="NODE_ID out of the pool (draining), repeatable.")
     ] = None,
-    ping_interval: PingIntervalOpt = 25,
-    ping_timeout: PingTimeoutOpt = 20,
-    drain_seconds: DrainOpt = 60,
+    ask_servers: AskServersOpt = True,
+    ping_interval: PingIntervalOpt = PING_INTERVAL_SECONDS,
+    ping_timeout: PingTimeoutOpt = PING_TIMEOUT_SECONDS,
+    drain_seconds: DrainOpt = RELOAD_GRACE_S,
 ) -> None:
     """Print an nginx.conf: sticky by the node id in the Engine.IO sid, least_conn otherwise."""
     allowed: tuple[str, ...] = get_args(NginxStickiness)
     try:
         options = NginxOptions(
             listen=listen,
-            backends=parse_backends(backend or []),
+            backends=resolve_backends(backend or [], ask_servers=ask_servers),
             stickiness=_choice(stickiness, allowed, "--stickiness"),  # type: ignore[arg-type]
             down=frozenset(down or []),
             timeouts=Timeouts(
@@ -139,7 +182,7 @@ def render_nginx_command(
             ),
         )
     except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
+        _fail(str(error))
     typer.echo(render_nginx(options), nl=False)
 
 
@@ -181,3 +224,13 @@ def up_command(
 def down_command(state_dir: StateDirOpt = Path(".iofleet")) -> None:
     """Stop the fleet `iofleet up` started from this state directory."""
     raise typer.Exit(run_down(state_dir, Console()))
+
+
+@app.command("drain")
+def drain_command(
+    node_id: Annotated[str, typer.Argument(help="The server to drain, e.g. node2.")],
+    state_dir: StateDirOpt = Path(".iofleet"),
+    within: Annotated[float, typer.Option(help="Longest wait for its sessions, seconds.")] = 120,
+) -> None:
+    """Drain one server of the local fleet: out of the balancer, its clients moved."""
+    raise typer.Exit(run_drain(state_dir, node_id, within, Console()))

@@ -83,10 +83,16 @@ def tcp_answers(host: str, port: int) -> bool:
         return False
 
 
-def http_status(url: str, within: float = 2.0) -> int:
-    """Status of a GET, 0 when nothing answered."""
+def http_status(
+    url: str,
+    within: float = 2.0,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
+) -> int:
+    """Status of one request, 0 when nothing answered."""
+    request = urllib.request.Request(url, method=method, headers=dict(headers or {}))
     try:
-        with urllib.request.urlopen(url, timeout=within) as response:
+        with urllib.request.urlopen(request, timeout=within) as response:
             return int(response.status)
     except urllib.error.HTTPError as error:
         return int(error.code)

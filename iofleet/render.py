@@ -1,4 +1,4 @@
-"""Render the nginx and HAProxy templates (`haproxy/`, `nginx/`) from typed options.
+"""Render the nginx and HAProxy templates (`iofleet/templates/`) from typed options.
 
 The same templates serve a VM/EC2 deployment, the local fleet and the in-cluster
 HAProxy (DNS discovery of a headless Service): everything that differs between
@@ -10,22 +10,30 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import jinja2
 
-# Packaged copies (iofleet/templates/<kind>/...) win; a source checkout uses the repo's
-# top-level haproxy/ and nginx/ directories, which are the ones to edit.
-_TEMPLATE_DIRS = [
-    Path(__file__).resolve().parent / "templates",
-    Path(__file__).resolve().parents[1],
-]
+from server.contract import (
+    DRAIN_DELAY_SECONDS,
+    DRAIN_SECONDS,
+    NODE_ID_PATTERN,
+    PING_INTERVAL_SECONDS,
+    PING_TIMEOUT_SECONDS,
+)
+
+# Package data (the top-level haproxy/ and nginx/ are links to these directories), so an
+# installed wheel renders exactly what a source checkout does.
 HAPROXY_TEMPLATE = "haproxy/haproxy.cfg.j2"
 NGINX_TEMPLATE = "nginx/nginx.conf.j2"
 
-# Node ids are also nginx map keys, upstream names and HAProxy server names.
-NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+# Node ids are also nginx map keys, upstream names and HAProxy server names: the
+# server's node-id rule keeps them safe there.
+NODE_ID = NODE_ID_PATTERN
+
+RELOAD_GRACE_S = max(60, math.ceil(DRAIN_DELAY_SECONDS + DRAIN_SECONDS) + 10)
+"""Default time an old balancer process keeps its WebSockets after a reload: above the
+servers' default drain (delay + window)."""
 
 HaproxyStickiness = Literal["cookie", "source", "none"]
 NginxStickiness = Literal["sid", "ip_hash", "hash", "none"]
@@ -74,11 +82,11 @@ class Backend:
 class Timeouts:
     """Balancer timeouts, derived from the servers' Engine.IO ping settings."""
 
-    ping_interval_s: float = 25
+    ping_interval_s: float = PING_INTERVAL_SECONDS
     """The servers' `IOFLEET_PING_INTERVAL`."""
-    ping_timeout_s: float = 20
+    ping_timeout_s: float = PING_TIMEOUT_SECONDS
     """The servers' `IOFLEET_PING_TIMEOUT`."""
-    drain_s: int = 60
+    drain_s: int = RELOAD_GRACE_S
     """How long an old balancer process keeps serving its WebSockets after a reload
     (`hard-stop-after`, `worker_shutdown_timeout`); when it runs out those clients all
     reconnect at once. At least the servers' `DRAIN_DELAY + DRAIN_SECONDS`; longer where
@@ -127,13 +135,27 @@ class HaproxyOptions:
     stats_listen: str | None = None
     """Optional stats page address; never the public one."""
     health_path: str = "/readyz"
-    maxconn: int = 100_000
+    maxconn: int | None = None
+    """Global connection cap; None lets HAProxy derive it from the fd limit it finds
+    (a fixed value above what the limit allows stops HAProxy at start)."""
     log: Literal["stdout", "stderr", "none"] = "stdout"
     pidfile: str | None = None
     backend_name: str = "iofleet_servers"
+    spare_slots: tuple[str, ...] = ()
+    """Names of servers that may start later: rendered in maintenance, filled through
+    the runtime API (`HaproxyRuntime.fill_slot`). Each name must be the node id of the
+    server that fills it (the sid rule routes by it)."""
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     def __post_init__(self) -> None:
+        for name in self.spare_slots:
+            if not NODE_ID.match(name):
+                raise ValueError(f"spare slot {name!r} must match {NODE_ID.pattern}")
+        taken = {b.name for b in self.backends} & set(self.spare_slots)
+        if taken or len(set(self.spare_slots)) != len(self.spare_slots):
+            raise ValueError(f"spare slots repeat a name: {sorted(taken) or self.spare_slots}")
+        if self.maxconn is not None and self.maxconn < 1:
+            raise ValueError(f"maxconn must be at least 1 (got {self.maxconn})")
         if not self.backends and self.discovery is None:
             raise ValueError("HAProxy needs at least one backend or DNS discovery")
         _check_unique(self.backends)
@@ -188,7 +210,7 @@ def _check_unique(backends: tuple[Backend, ...]) -> None:
 
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(d) for d in _TEMPLATE_DIRS]),
+        loader=jinja2.PackageLoader("iofleet", "templates"),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -208,8 +230,3 @@ def render_nginx(options: NginxOptions) -> str:
     """The nginx config (a whole nginx.conf) for `options`."""
     template = _environment().get_template(NGINX_TEMPLATE)
     return template.render(o=options, t=options.timeouts)
-
-
-def parse_backends(specs: list[str]) -> tuple[Backend, ...]:
-    """Parse CLI backend specs; unnamed ones are `node1`, `node2`, ... by position."""
-    return tuple(Backend.parse(spec, f"node{i}") for i, spec in enumerate(specs, start=1))

@@ -8,24 +8,29 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from iofleet.fleet import Fleet, FleetConfig, down, read_state
-from iofleet.levers import watch_nginx_readiness
+from iofleet.drain import drain_haproxy_node, drain_server
+from iofleet.fleet import Fleet, FleetConfig
+from iofleet.fleet_secrets import load_secrets
+from iofleet.fleet_state import FleetState
+from iofleet.haproxy_runtime import HaproxyRuntime
 from iofleet.processes import StartError, pid_alive, spawn
+from iofleet.readiness import watch_nginx_readiness
+from iofleet.render import Backend
+from iofleet.teardown import down
+from server.settings import SettingsError
 
 FLEET_LOG = "fleet.log"
 
 
 def _running_owner(state_dir: Path) -> int | None:
-    state = read_state(state_dir)
+    state = FleetState.load(state_dir)
     if state is None:
         return None
-    owner = int(state.get("pid", 0))
-    return owner if owner and pid_alive(owner) else None
+    return state.pid if state.pid and pid_alive(state.pid) else None
 
 
 def _refuse_second_fleet(config: FleetConfig, console: Console) -> bool:
@@ -55,13 +60,13 @@ def run_foreground(config: FleetConfig, console: Console) -> int:
     try:
         with console.status(f"starting {config.servers} servers behind {config.balancer}..."):
             fleet.start()
-        print_fleet(console, fleet.state(), foreground=True)
+        print_fleet(console, fleet.state, foreground=True)
         asyncio.run(_supervise(fleet, console))
-    except StartError as error:
+    except (StartError, SettingsError) as error:
         console.print(f"[red]iofleet up failed:[/red] {error}")
         code = 1
     except KeyboardInterrupt:
-        code = 0 if fleet.status == "running" else 130
+        code = 0 if fleet.state.status == "running" else 130
     finally:
         # A second Ctrl-C must not cut the stop short and leave processes behind.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -80,9 +85,17 @@ async def _supervise(fleet: Fleet, console: Console) -> None:
         loop.add_signal_handler(signum, stop.set)
     watcher: asyncio.Task[None] | None = None
     if fleet.balancer is not None and fleet.balancer.kind == "nginx":
-        admin_urls = {s.node_id or "": f"http://127.0.0.1:{s.admin_port}" for s in fleet.servers}
+        state_dir = fleet.state_dir
+
+        def backends() -> tuple[Backend, ...]:
+            # fleet.json, not our own list: the autoscaler adds and removes servers there.
+            state = FleetState.load(state_dir) or fleet.state
+            return tuple(
+                Backend(s.node_id, "127.0.0.1", s.port, s.admin_port) for s in state.servers
+            )
+
         watcher = asyncio.create_task(
-            watch_nginx_readiness(fleet.balancer.nginx_lever(), admin_urls)
+            watch_nginx_readiness(fleet.balancer.nginx_balancer(), backends)
         )
     reported: set[str] = set()
     while not stop.is_set():
@@ -113,8 +126,8 @@ def run_detached(config: FleetConfig, console: Console, within: float = 90) -> i
     owner = spawn(argv, log_path, env=config.env)
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        state = read_state(state_dir)
-        if state and state.get("pid") == owner.pid and state.get("status") == "running":
+        state = FleetState.load(state_dir)
+        if state and state.pid == owner.pid and state.status == "running":
             print_fleet(console, state, foreground=False)
             return 0
         if owner.poll() is not None:
@@ -127,7 +140,7 @@ def run_detached(config: FleetConfig, console: Console, within: float = 90) -> i
 
 
 def run_down(state_dir: Path, console: Console) -> int:
-    if read_state(state_dir) is None:
+    if FleetState.load(state_dir) is None:
         console.print(f"no fleet recorded in {state_dir}")
         return 0
     leftovers = down(state_dir)
@@ -136,24 +149,69 @@ def run_down(state_dir: Path, console: Console) -> int:
     return 0
 
 
-def print_fleet(console: Console, state: dict[str, Any], foreground: bool) -> None:
+def print_fleet(console: Console, state: FleetState, foreground: bool) -> None:
     """The URLs of a running fleet; secrets are named by file, never printed."""
-    balancer = state["balancer"]
     table = Table(title="iofleet local fleet", show_header=True, header_style="bold")
     table.add_column("what")
     table.add_column("where")
-    table.add_row("demo chat", f"[bold green]{state['url']}[/bold green]")
-    table.add_row(f"balancer ({balancer['kind']})", f"pid {balancer['pid']}, {balancer['config']}")
-    if balancer.get("admin_socket"):
-        table.add_row("HAProxy runtime API", balancer["admin_socket"])
-    for server in state["servers"]:
-        admin = f"http://127.0.0.1:{server['admin_port']}"
+    table.add_row("demo chat", f"[bold green]{state.url}[/bold green]")
+    if state.balancer is not None:
+        balancer = state.balancer
+        table.add_row(f"balancer ({balancer.kind})", f"pid {balancer.pid}, {balancer.config}")
+        if balancer.admin_socket:
+            table.add_row("HAProxy runtime API", balancer.admin_socket)
+    for server in state.servers:
+        admin = f"http://127.0.0.1:{server.admin_port}"
         table.add_row(
-            f"server {server['node_id']}",
-            f"pid {server['pid']}, {admin}/admin/status, {admin}/metrics",
+            f"server {server.node_id}",
+            f"pid {server.pid}, {admin}/admin/status, {admin}/metrics",
         )
-    table.add_row("redis", f"redis://127.0.0.1:{state['redis']['port']}/0")
-    table.add_row("secrets (JWT, admin token)", state["secrets"])
-    table.add_row("logs", state["logs"])
+    if state.autoscaler is not None:
+        table.add_row("autoscaler", state.autoscaler.status_url)
+    if state.redis is not None:
+        table.add_row("redis", f"redis://127.0.0.1:{state.redis.port}/0")
+    table.add_row("secrets (JWT, admin token)", state.secrets)
+    table.add_row("logs", state.logs)
     console.print(table)
     console.print("Ctrl-C stops everything." if foreground else "Stop it with `iofleet down`.")
+
+
+def run_drain(state_dir: Path, node_id: str, within: float, console: Console) -> int:
+    """`iofleet drain NODE`: the server leaves the balancer, its clients move to the others.
+
+    HAProxy: the runtime API's `drain`, the server's own paced drain, then maintenance
+    once it holds no session (a server of the config file cannot be deleted at runtime:
+    its sid `use-server` rule names it). nginx: the server's drain
+    turns its /readyz to 503, and the fleet's readiness watcher takes it out of the pool.
+    Either way the server leaves fleet.json (it exits by itself once drained).
+    """
+    state = FleetState.load(state_dir)
+    if state is None or state.balancer is None:
+        console.print(f"no fleet recorded in {state_dir}")
+        return 1
+    try:
+        server = state.server(node_id)
+    except KeyError as error:
+        console.print(f"[red]{error.args[0]}[/red]")
+        return 1
+    admin_url = f"http://127.0.0.1:{server.admin_port}"
+    token = load_secrets(state_dir)["IOFLEET_ADMIN_TOKEN"]
+    balancer = state.balancer
+    with console.status(f"draining {node_id}..."):
+        if balancer.kind == "haproxy" and balancer.admin_socket and balancer.backend:
+            runtime = HaproxyRuntime(balancer.admin_socket)
+            drained = asyncio.run(
+                drain_haproxy_node(
+                    runtime, balancer.backend, node_id, admin_url=admin_url, token=token,
+                    within=within,
+                )
+            )  # fmt: skip
+        else:
+            asyncio.run(drain_server(admin_url, token, wait=True, within=within))
+            drained = True
+    FleetState.update(state_dir, lambda fleet: fleet.remove_server(node_id))
+    if not drained:
+        console.print(f"[yellow]{node_id} still had sessions after {within:.0f}s[/yellow]")
+        return 1
+    console.print(f"{node_id} drained and out of the balancer")
+    return 0

@@ -18,11 +18,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
+from server.drain_plan import plan_batches
+
 log = logging.getLogger("iofleet.drain")
 
-# One batch every half second at most: small enough to spread reconnects,
-# large enough not to spin the loop.
-BATCH_TICK_SECONDS = 0.5
 # After the last batch, how long to wait for the closes to take effect.
 SETTLE_SECONDS = 2.0
 
@@ -34,25 +33,6 @@ class Drainable(Protocol):
     def connections(self) -> Sequence[str] | dict[str, object]: ...
 
     async def close_connection(self, sid: str) -> bool: ...
-
-
-def plan_batches(
-    count: int, drain_seconds: float, rng: random.Random, tick: float = BATCH_TICK_SECONDS
-) -> list[tuple[float, int]]:
-    """(offset from the start of closing, how many to close) for each batch.
-
-    The window is cut into equal slots, one batch per slot, at a random point
-    inside its slot: batches stay in order, the last one ends before the
-    deadline, and nodes draining together do not close in lockstep.
-    """
-    if count <= 0:
-        return []
-    if drain_seconds <= 0:
-        return [(0.0, count)]
-    slots = max(1, min(count, int(drain_seconds / tick)))
-    base, extra = divmod(count, slots)
-    width = drain_seconds / slots
-    return [((i + rng.random()) * width, base + (1 if i < extra else 0)) for i in range(slots)]
 
 
 class DrainController:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from iofleet.levers import drain_server
+from iofleet.drain import drain_server
 from tests.support.cdp import Chromium, Page
 from tests.support.cluster import NODES, SERVER_ENV, start_balancer
 from tests.support.procs import TEST_ADMIN_TOKEN, ServerProcess

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from iofleet.balancers import LocalBalancer, start_haproxy
-from iofleet.levers import HaproxyRuntime
+from iofleet.haproxy_runtime import HaproxyRuntime
 from iofleet.processes import free_port
 from iofleet.render import DnsDiscovery, HaproxyOptions
 from tests.support.dns_stub import DnsStub

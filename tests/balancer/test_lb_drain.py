@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from iofleet.levers import drain_server
+from iofleet.drain import drain_server
 from tests.support.cluster import Crowd, start_balancer
 from tests.support.jsclient import JsClients
 from tests.support.procs import TEST_ADMIN_TOKEN, ServerProcess
@@ -56,7 +56,7 @@ async def test_drain_moves_clients_without_failed_handshakes(
         if kind == "haproxy":
             await balancer.runtime().set_state("iofleet_servers", VICTIM, "drain")
         else:
-            await balancer.nginx_lever().take_out(VICTIM)
+            await balancer.nginx_balancer().take_out(VICTIM)
         victim = next(s for s in servers if s.node_id == VICTIM)
         await drain_server(victim.admin_url, TEST_ADMIN_TOKEN)
 

@@ -1,4 +1,5 @@
-"""Drain levers against real HAProxy and nginx processes in front of stub backends."""
+"""Balancer levers against real HAProxy and nginx: routing mechanics in front of stub
+backends, the whole drain and the runtime add/remove with real servers and JS clients."""
 
 from __future__ import annotations
 
@@ -16,15 +17,16 @@ from iofleet.balancers import (
     start_haproxy,
     start_nginx,
 )
-from iofleet.levers import (
-    HaproxyRuntime,
-    NginxLever,
-    RuntimeApiError,
-    drain_haproxy_node,
-    sync_nginx_readiness,
-)
+from iofleet.drain import drain_haproxy_node
+from iofleet.haproxy_runtime import HaproxyRuntime, RuntimeApiError
+from iofleet.nginx_balancer import NginxBalancer
 from iofleet.processes import free_port, pid_alive
+from iofleet.readiness import sync_nginx_readiness
 from iofleet.render import Backend
+from tests.support.cluster import TIMEOUTS, Crowd, start_balancer
+from tests.support.cluster import backends as cluster_backends
+from tests.support.jsclient import JsClients
+from tests.support.procs import TEST_ADMIN_TOKEN, ServerProcess
 from tests.support.stub_backend import StubBackend
 
 BACKEND = "iofleet_servers"
@@ -185,31 +187,137 @@ async def test_haproxy_retries_handshakes_a_draining_server_refuses(
     assert set(served) == {"node2", "node3"}
 
 
-async def test_drain_haproxy_node_end_to_end(
-    haproxy: LocalBalancer, stubs: list[StubBackend], http: aiohttp.ClientSession
+async def test_drain_haproxy_node_moves_real_clients(
+    servers: list[ServerProcess], js: JsClients, tmp_path: Path
 ) -> None:
-    runtime = haproxy.runtime()
-    await eventually(lambda: all_up(runtime))
-    stub = stubs[2]
-    drained = await drain_haproxy_node(
-        runtime,
-        BACKEND,
-        "node3",
-        admin_url=f"http://127.0.0.1:{stub.admin_port}",
-        token=stub.admin_token,
-        within=5,
-    )
-    assert drained
-    assert not stub.ready and stub.refuse_handshakes
-    node3 = next(s for s in await runtime.servers_state(BACKEND) if s.name == "node3")
-    assert node3.in_maintenance
-    assert "node3" not in await names(http, f"{haproxy.url}{HANDSHAKE}", 9, cookie="node3")
+    """`iofleet drain`'s HAProxy path: lever, the server's own drain, wait, maintenance."""
+    balancer = await start_balancer("haproxy", servers, tmp_path)
+    try:
+        runtime = balancer.runtime()
+        crowd = Crowd(js, balancer.url, cookies=True)
+        names = [f"c{i}" for i in range(12)]
+        for name in names:
+            await crowd.open(name)
+        await crowd.wait_connected(names)
+        victim = servers[2]
+        on_victim = [n for n in names if crowd.node(n) == victim.node_id]
+        assert on_victim, crowd.spread(names)
+
+        drained = await drain_haproxy_node(
+            runtime, BACKEND, victim.node_id, admin_url=victim.admin_url,
+            token=TEST_ADMIN_TOKEN, within=30,
+        )  # fmt: skip
+        assert drained
+        states = {s.name: s for s in await runtime.servers_state(BACKEND)}
+        assert states[victim.node_id].in_maintenance
+        # Its clients came back by themselves, on the other servers.
+        await crowd.until(
+            lambda: all(len(crowd.hellos(n)) >= 2 for n in on_victim), 20, "victims back"
+        )
+        assert victim.node_id not in {crowd.node(n) for n in names}
+        # Newcomers never land on it.
+        newcomers = [f"new{i}" for i in range(6)]
+        for name in newcomers:
+            await crowd.open(name)
+        await crowd.wait_connected(newcomers)
+        assert victim.node_id not in crowd.spread(newcomers)
+    finally:
+        balancer.stop()
+
+
+async def test_haproxy_adds_and_removes_a_server_without_reload(
+    servers: list[ServerProcess], js: JsClients, tmp_path: Path
+) -> None:
+    """The autoscaler's lever: `add server` + `enable`, then `drain` and `remove`."""
+    balancer = await start_balancer("haproxy", servers, tmp_path)
+    extra = ServerProcess("n4", env=dict(servers[0].env))
+    try:
+        runtime = balancer.runtime()
+        crowd = Crowd(js, balancer.url, cookies=True)
+        first = [f"a{i}" for i in range(6)]
+        for name in first:
+            await crowd.open(name)
+        await crowd.wait_connected(first)
+
+        await asyncio.to_thread(extra.start)
+        port, admin = extra.port, extra.admin_port
+        await runtime.add_server(BACKEND, "n4", "127.0.0.1", port, check_port=admin)
+        await runtime.enable(BACKEND, "n4")
+        await eventually(lambda: all_up(runtime, ["n4"]))
+        # Least connections: the empty newcomer takes the next sessions.
+        # WebSocket clients: HAProxy 2.6 gives a dynamic server no sticky cookie.
+        second = [f"b{i}" for i in range(3)]
+        for name in second:
+            await crowd.open(name, transports=["websocket"])
+        await crowd.wait_connected(second)
+        assert crowd.spread(second).get("n4", 0) >= 2, crowd.spread(second)
+        # Its sessions stay on it across several ping cycles.
+        await js.emit(second[0], "chat:message", {"room": "none", "text": "x"})
+        await asyncio.sleep(2)
+        assert all(len(crowd.hellos(n)) == 1 for n in second), crowd.failures(second)
+
+        await runtime.drain(BACKEND, "n4")
+        third = [f"c{i}" for i in range(4)]
+        for name in third:
+            await crowd.open(name)
+        await crowd.wait_connected(third)
+        assert "n4" not in crowd.spread(third)
+
+        await runtime.remove(BACKEND, "n4")
+        assert "n4" not in {s.name for s in await runtime.servers_state(BACKEND)}
+        with pytest.raises(RuntimeApiError):
+            await runtime.remove(BACKEND, servers[0].node_id)  # named by a use-server rule
+    finally:
+        balancer.stop()
+        extra.stop()
+
+
+async def test_haproxy_spare_slot_takes_a_new_server_with_sticky_polling(
+    servers: list[ServerProcess], js: JsClients, tmp_path: Path
+) -> None:
+    """The autoscaler's sticky lever: a spare slot of the config gets the new server."""
+    running, newcomer = servers[:2], servers[2]
+    options = haproxy_options(
+        "127.0.0.1", free_port(), cluster_backends(running), tmp_path,
+        timeouts=TIMEOUTS, spare_slots=(newcomer.node_id, "n9"),
+    )  # fmt: skip
+    balancer = await asyncio.to_thread(start_haproxy, options, tmp_path)
+    try:
+        runtime = balancer.runtime()
+        await eventually(lambda: all_up(runtime, [s.node_id for s in running]))
+        states = {s.name: s for s in await runtime.servers_state(BACKEND)}
+        assert states[newcomer.node_id].in_maintenance and states["n9"].in_maintenance
+
+        await runtime.fill_slot(
+            BACKEND, newcomer.node_id, "127.0.0.1", newcomer.port, check_port=newcomer.admin_port
+        )
+        await runtime.enable(BACKEND, newcomer.node_id)
+        await eventually(lambda: all_up(runtime, [newcomer.node_id]))
+        crowd = Crowd(js, balancer.url, cookies=True)
+        names = [f"p{i}" for i in range(9)]
+        for name in names:
+            await crowd.open(name, transports=["polling"])
+        await crowd.wait_connected(names)
+        assert crowd.spread(names).get(newcomer.node_id, 0) >= 2, crowd.spread(names)
+        await asyncio.sleep(3)  # several 1 s ping cycles: every poll finds its server
+        assert crowd.failures(names) == []
+        assert all(len(crowd.hellos(n)) == 1 for n in names)
+
+        await drain_haproxy_node(
+            runtime, BACKEND, newcomer.node_id, admin_url=newcomer.admin_url,
+            token=TEST_ADMIN_TOKEN, within=30,
+        )  # fmt: skip
+        await runtime.free_slot(BACKEND, newcomer.node_id)
+        states = {s.name: s for s in await runtime.servers_state(BACKEND)}
+        assert states[newcomer.node_id].in_maintenance
+    finally:
+        balancer.stop()
 
 
 async def test_nginx_sid_routing_and_lever(
     nginx: LocalBalancer, stubs: list[StubBackend], http: aiohttp.ClientSession
 ) -> None:
-    lever = nginx.nginx_lever()
+    lever = nginx.nginx_balancer()
     base = nginx.url
     # Every request of a session goes to the node named in its sid.
     for node in ("node1", "node2", "node3"):
@@ -236,25 +344,25 @@ async def test_nginx_sid_routing_and_lever(
     assert "server 127.0.0.1" in nginx.config_path.read_text()
 
 
-def _workers_ready(lever: NginxLever) -> bool:
+def _workers_ready(lever: NginxBalancer) -> bool:
     return len(lever.worker_pids()) >= 2
 
 
 async def test_nginx_readiness_watch_and_refused_handshakes(
     nginx: LocalBalancer, stubs: list[StubBackend], http: aiohttp.ClientSession
 ) -> None:
-    lever = nginx.nginx_lever()
+    lever = nginx.nginx_balancer()
     base = nginx.url
-    admin_urls = {s.name: f"http://127.0.0.1:{s.admin_port}" for s in stubs}
-    assert not await sync_nginx_readiness(lever, admin_urls)  # all ready: no reload
+    pool = as_backends(stubs)
+    assert not await sync_nginx_readiness(lever, pool)  # all ready: no reload
 
     stubs[2].ready = False
-    assert await sync_nginx_readiness(lever, admin_urls)
+    assert await sync_nginx_readiness(lever, pool)
     assert "node3" not in await names(http, f"{base}{HANDSHAKE}", 9)
     # A hand-held server stays out whatever its readiness.
     await lever.take_out("node1")
     stubs[2].ready = True
-    assert await sync_nginx_readiness(lever, admin_urls)
+    assert await sync_nginx_readiness(lever, pool)
     assert set(await names(http, f"{base}{HANDSHAKE}", 9)) == {"node2", "node3"}
     await lever.put_back("node1")
 
@@ -283,3 +391,18 @@ async def test_haproxy_runtime_api_over_tcp(stubs: list[StubBackend], tmp_path: 
         assert states["node2"].in_maintenance and not states["node1"].in_maintenance
     finally:
         balancer.stop()
+
+
+async def test_nginx_pool_follows_the_fleet(
+    nginx: LocalBalancer, stubs: list[StubBackend], http: aiohttp.ClientSession
+) -> None:
+    """The autoscaler's nginx lever: `set_backends` (a graceful reload) adds and removes."""
+    pool = nginx.nginx_balancer()
+    base = nginx.url
+    two = as_backends(stubs)[:2]
+    assert await pool.set_backends(two)
+    assert set(await names(http, f"{base}{HANDSHAKE}", 9)) == {"node1", "node2"}
+    assert await who(http, f"{base}{HANDSHAKE}&sid=node3.x") != "node3"
+    assert await sync_nginx_readiness(pool, as_backends(stubs))  # node3 joins
+    assert set(await names(http, f"{base}{HANDSHAKE}", 9)) == {"node1", "node2", "node3"}
+    assert not await pool.set_backends(as_backends(stubs))  # no change: no reload

@@ -10,13 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from iofleet.cli import app
+from iofleet.node_ids import resolve_backends
 from iofleet.render import (
     Backend,
     DnsDiscovery,
     HaproxyOptions,
     NginxOptions,
     Timeouts,
-    parse_backends,
     render_haproxy,
     render_nginx,
 )
@@ -183,8 +183,14 @@ def test_every_stickiness_and_timeout_directive_has_a_reason(config: str) -> Non
         assert above >= 0 and lines[above].strip().startswith("#"), f"no reason for: {line}"
 
 
+def parse_backends_offline(specs: list[str]) -> tuple[Backend, ...]:
+    return resolve_backends(specs, ask_servers=False)
+
+
 def test_backend_specs() -> None:
-    assert parse_backends(["10.0.0.5:8000:9000", "s2=host.example:8001", "[::1]:8002:9002"]) == (
+    assert parse_backends_offline(
+        ["10.0.0.5:8000:9000", "s2=host.example:8001", "[::1]:8002:9002"]
+    ) == (
         Backend("node1", "10.0.0.5", 8000, 9000),
         Backend("s2", "host.example", 8001, None),
         Backend("node3", "::1", 8002, 9002),
@@ -192,9 +198,9 @@ def test_backend_specs() -> None:
     assert Backend("a", "::1", 1).address == "[::1]:1"
     for bad in ["nohost", "h:port", "bad name=h:1", "h:70000"]:
         with pytest.raises(ValueError):
-            parse_backends([bad])
+            parse_backends_offline([bad])
     with pytest.raises(ValueError, match="duplicate"):
-        NginxOptions(backends=parse_backends(["a=h:1", "a=h:2"]))
+        NginxOptions(backends=parse_backends_offline(["a=h:1", "a=h:2"]))
     with pytest.raises(ValueError, match="at least one"):
         HaproxyOptions()
     with pytest.raises(ValueError, match="unknown"):
@@ -208,7 +214,7 @@ def test_cli_render_prints_the_config(tmp_path: Path) -> None:
         [
             "render", "haproxy", "--listen", "127.0.0.1:18080",
             "--backend", "a=127.0.0.1:8001:9001", "--backend", "127.0.0.1:8002:9002",
-            "--admin-socket", str(tmp_path / "admin.sock"),
+            "--admin-socket", str(tmp_path / "admin.sock"), "--no-ask-servers",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -218,8 +224,21 @@ def test_cli_render_prints_the_config(tmp_path: Path) -> None:
 
     result = runner.invoke(
         app,
+        ["render", "haproxy", "-b", "a=127.0.0.1:8001:9001", "--no-ask-servers",
+         "--spare-slot", "b", "--spare-slot", "c", "--admin-socket", ""],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "server c 127.0.0.1:1 disabled check cookie c" in result.output
+    assert "use-server c if { urlp(sid) -m beg c. }" in result.output
+    assert haproxy_check(result.output, tmp_path).returncode == 0
+    result = runner.invoke(app, ["render", "haproxy", "-b", "a=h:1", "--spare-slot", "a"])
+    assert result.exit_code == 2 and "repeat" in result.output
+
+    result = runner.invoke(
+        app,
         ["render", "nginx", "--listen", "127.0.0.1:18082", "-b", "x=127.0.0.1:8001:9001",
-         "-b", "y=127.0.0.1:8002", "--down", "y", "--ping-interval", "5", "--ping-timeout", "3"],
+         "-b", "y=127.0.0.1:8002", "--down", "y", "--ping-interval", "5", "--ping-timeout", "3",
+         "--no-ask-servers"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "x iofleet_node_x;" in result.output

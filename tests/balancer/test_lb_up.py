@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import stat
 import subprocess
@@ -15,12 +16,19 @@ from typing import Any
 
 import pytest
 
-from iofleet.fleet import load_secrets
-from iofleet.levers import HaproxyRuntime, drain_server
-from iofleet.processes import free_port, pid_alive, tcp_answers
+from iofleet.drain import drain_server
+from iofleet.fleet_secrets import load_secrets
+from iofleet.haproxy_runtime import HaproxyRuntime
+from iofleet.processes import free_port, http_status, pid_alive, tcp_answers
 from tests.support.jsclient import JsClients
+from tests.support.metrics import metric_or_zero
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+# A drained server with no clients exits after its drain delay: long enough here for
+# the nginx rotation check below to watch it.
+FLEET_ENV = {**os.environ, "IOFLEET_DRAIN_DELAY": "30"}
 
 
 def iofleet(*args: str, within: float = 120) -> subprocess.CompletedProcess[str]:
@@ -31,6 +39,7 @@ def iofleet(*args: str, within: float = 120) -> subprocess.CompletedProcess[str]
         timeout=within,
         cwd=REPO,
         check=False,
+        env=FLEET_ENV,
     )
 
 
@@ -46,21 +55,43 @@ def guest_token(base: str) -> str:
         return token
 
 
-async def wait_out_of_rotation(state: dict[str, Any], node: str, within: float = 15) -> None:
+async def wait_out_of_rotation(state: dict[str, Any], node: str, within: float = 28) -> None:
+    """Until the balancer itself sends `node` no new session.
+
+    HAProxy says so in `show servers state`. nginx OSS has no such API: send handshakes
+    through it and watch the node's count of handshakes refused while draining. nginx's
+    passive health also skips a server for `fail_timeout` (10 s) after one refusal, so
+    the count must stay still for longer than that: only the readiness watcher's `down`
+    keeps the node out for good.
+    """
     balancer = state["balancer"]
-    for _ in range(int(within * 10)):
-        if balancer["kind"] == "haproxy":
-            runtime = HaproxyRuntime(balancer["admin_socket"])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    if balancer["kind"] == "haproxy":
+        runtime = HaproxyRuntime(balancer["admin_socket"])
+        while loop.time() < deadline:
             states = {s.name: s for s in await runtime.servers_state(balancer["backend"])}
-            if not states[node].up:
+            if node not in states or not states[node].up:
                 return
-        else:
-            port = next(s["port"] for s in state["servers"] if s["node_id"] == node)
-            config = await asyncio.to_thread(Path(balancer["config"]).read_text)
-            if f"127.0.0.1:{port} max_fails=1 fail_timeout=10s down;" in config:
-                return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"{node} still in rotation after {within}s")
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"{node} still in HAProxy's rotation after {within}s")
+    admin = next(
+        f"http://127.0.0.1:{s['admin_port']}" for s in state["servers"] if s["node_id"] == node
+    )
+    handshake = f"http://127.0.0.1:{balancer['port']}/socket.io/?EIO=4&transport=polling"
+    refused = {"reason": "draining"}
+    still_since, last = loop.time(), -1.0
+    while loop.time() < deadline:
+        assert await asyncio.to_thread(http_status, handshake) == 200
+        count = await asyncio.to_thread(
+            metric_or_zero, admin, "iofleet_connections_rejected_total", refused
+        )
+        if count != last:
+            still_since, last = loop.time(), count
+        elif loop.time() - still_since > 12:
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"nginx still sends {node} handshakes after {within}s")
 
 
 @pytest.mark.parametrize("kind", ["haproxy", "nginx"])
@@ -104,6 +135,22 @@ async def test_up_detach_then_down_leaves_no_process(kind: str, tmp_path: Path) 
             load_secrets(state_dir)["IOFLEET_ADMIN_TOKEN"],
         )
         await wait_out_of_rotation(state, "node1")
+
+        # `iofleet drain`: out of the balancer for good, out of fleet.json, then it exits.
+        drained = await asyncio.to_thread(iofleet, "drain", "node2", "--state-dir", str(state_dir))
+        assert drained.returncode == 0, drained.stdout + drained.stderr
+        after = json.loads((state_dir / "fleet.json").read_text())
+        assert [s["node_id"] for s in after["servers"]] == ["node1", "node3"]
+        if kind == "haproxy":
+            runtime = HaproxyRuntime(state["balancer"]["admin_socket"])
+            states = {s.name: s for s in await runtime.servers_state(state["balancer"]["backend"])}
+            assert states["node2"].in_maintenance
+        node2 = next(s["pid"] for s in state["servers"] if s["node_id"] == "node2")
+        for _ in range(400):
+            if not pid_alive(node2):
+                break
+            await asyncio.sleep(0.1)
+        assert not pid_alive(node2)
 
         again = await asyncio.to_thread(iofleet, "up", "--detach", "--state-dir", str(state_dir))
         assert again.returncode == 1 and "already running" in again.stdout

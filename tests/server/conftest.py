@@ -13,20 +13,6 @@ import socketio
 from tests.support.procs import RedisServer, ServerProcess, make_token
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def shared_redis() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(scope="module")
 def cluster(shared_redis: RedisServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     """Two nodes sharing one Redis, for tests that leave them running as they were."""

@@ -8,7 +8,8 @@ import urllib.request
 
 from tests.server.conftest import PyClient
 from tests.support.jsclient import JsClients
-from tests.support.procs import TEST_ADMIN_TOKEN, ServerProcess, http_status, make_token
+from tests.support.metrics import metric, metric_or_zero
+from tests.support.procs import TEST_ADMIN_TOKEN, ServerProcess, http_status, make_token, wait_until
 
 CONTRACT_METRICS = (
     "iofleet_connections ",
@@ -22,14 +23,6 @@ CONTRACT_METRICS = (
     "iofleet_draining ",
     "iofleet_fanout_publish_failures_total ",
 )
-
-
-def metric(admin_url: str, sample: str) -> float:
-    with urllib.request.urlopen(f"{admin_url}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(sample + " "):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def get_json(url: str) -> dict:
@@ -51,8 +44,8 @@ async def test_room_broadcast_crosses_nodes_both_ways(cluster, js: JsClients, py
 
     # A -> B
     sent_before = metric(node_b.admin_url, "iofleet_messages_sent_total")
-    received_label = 'iofleet_messages_received_total{event="chat:message"}'
-    received_before = metric(node_a.admin_url, received_label)
+    received = ("iofleet_messages_received_total", {"event": "chat:message"})
+    received_before = metric_or_zero(node_a.admin_url, *received)
     assert await js.call("alice", "chat:message", {"room": "general", "text": "hi bob"}) == {
         "ok": True
     }
@@ -63,7 +56,7 @@ async def test_room_broadcast_crosses_nodes_both_ways(cluster, js: JsClients, py
     )
     assert isinstance(message["ts"], int)
     assert metric(node_b.admin_url, "iofleet_messages_sent_total") >= sent_before + 1
-    assert metric(node_a.admin_url, received_label) == received_before + 1
+    assert metric(node_a.admin_url, *received) == received_before + 1
 
     # B -> A
     await bob.sio.call("chat:message", {"room": "general", "text": "hi alice"})
@@ -182,12 +175,22 @@ async def test_admin_endpoints(cluster) -> None:
     assert http_status(f"{node_a.admin_url}/admin/drain", method="POST", headers=bad) == 401
     assert http_status(f"{node_a.url}/admin/drain", method="POST") == 404
     assert http_status(f"{node_a.url}/metrics") == 404
-    assert TEST_ADMIN_TOKEN  # the fixture servers have one; drain tests use it
+
+
+def test_admin_token_starts_the_drain(start_server) -> None:
+    """The right token is what the drain lever needs (a node of its own: it drains)."""
+    server: ServerProcess = start_server("drained", IOFLEET_DRAIN_DELAY="30")
+    assert http_status(f"{server.admin_url}/readyz") == 200
+    good = {"Authorization": f"Bearer {TEST_ADMIN_TOKEN}"}
+    assert http_status(f"{server.admin_url}/admin/drain", method="POST", headers=good) in {
+        200,
+        202,
+    }
+    assert http_status(f"{server.admin_url}/readyz") == 503
 
 
 def test_admin_listener_can_be_turned_off(start_server) -> None:
     server: ServerProcess = start_server("no-admin", wait_ready=False, IOFLEET_ADMIN_PORT="0")
-    from tests.support.procs import wait_until
 
     wait_until(lambda: http_status(f"{server.url}/") == 200)
     assert http_status(f"{server.admin_url}/healthz") == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 
 import jwt
 import pytest
@@ -12,7 +13,7 @@ import websockets
 
 from tests.server.conftest import PyClient
 from tests.support.jsclient import JsClients
-from tests.support.procs import TEST_JWT_SECRET, ServerProcess, http_status, make_token
+from tests.support.procs import TEST_JWT_SECRET, ServerProcess, http_status, make_token, wait_until
 
 WRONG_SECRET = "not-the-server-secret-0123456789abcdef"
 
@@ -78,7 +79,9 @@ async def test_capacity_refusal(start_server, js: JsClients) -> None:
     assert error["message"] == "server at capacity"
     # Room again once someone leaves.
     await js.close("one")
-    await asyncio.sleep(0.3)
+    # The slot frees once the server has seen the close: wait for that, not a guess.
+    status = f"{server.admin_url}/admin/status"
+    await asyncio.to_thread(wait_until, lambda: status_connections(status) == 1, 10)
     await js.open("four", server.url, auth={"token": make_token("four")})
     await js.wait_client("four", "connect")
 
@@ -180,3 +183,8 @@ async def test_auth_none_only_when_asked(start_server, py_clients) -> None:
     await client.sio.connect(server.url, transports=["websocket"])
     await client.wait(lambda: client.nodes)
     await client.sio.disconnect()
+
+
+def status_connections(status_url: str) -> int:
+    with urllib.request.urlopen(status_url, timeout=5) as response:
+        return int(json.loads(response.read())["connections"])

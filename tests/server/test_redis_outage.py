@@ -4,19 +4,10 @@ flips and recovers, fan-out resumes by itself."""
 from __future__ import annotations
 
 import asyncio
-import re
-import urllib.request
 
 from tests.support.jsclient import JsClients
+from tests.support.metrics import metric
 from tests.support.procs import RedisServer, http_status, make_token, wait_until
-
-
-def metric(admin_url: str, name: str) -> float:
-    with urllib.request.urlopen(f"{admin_url}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-    assert match, name
-    return float(match.group(1))
 
 
 async def test_redis_outage_and_recovery(

@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from server.auth import AuthError, TokenVerifier, token_from_handshake
-from server.drain import DrainController, plan_batches
+from server.drain import DrainController
+from server.drain_plan import plan_batches
 from server.jsonlog import JsonFormatter, OncePerBurst
 from server.ratelimit import KeyedBuckets, TokenBucket
 from server.settings import Settings, SettingsError, load_settings
@@ -151,10 +152,13 @@ def test_audience_and_issuer_are_enforced() -> None:
     check = verifier(jwt_secret=LONG, jwt_audience="chat", jwt_issuer="idp")
     good = jwt.encode({"sub": "u", "exp": time.time() + 60, "aud": "chat", "iss": "idp"}, LONG)
     assert check.verify(good).user == "u"
-    with pytest.raises(AuthError, match="auth: "):
-        check.verify(
-            jwt.encode({"sub": "u", "exp": time.time() + 60, "aud": "other", "iss": "idp"}, LONG)
-        )
+    exp = time.time() + 60
+    with pytest.raises(AuthError, match=r"^auth: Audience doesn't match$"):
+        check.verify(jwt.encode({"sub": "u", "exp": exp, "aud": "other", "iss": "idp"}, LONG))
+    with pytest.raises(AuthError, match=r"^auth: Invalid issuer$"):
+        check.verify(jwt.encode({"sub": "u", "exp": exp, "aud": "chat", "iss": "evil"}, LONG))
+    with pytest.raises(AuthError, match=r"^auth: token has no 'aud' claim$"):
+        check.verify(jwt.encode({"sub": "u", "exp": exp, "iss": "idp"}, LONG))
 
 
 def test_alg_none_is_refused() -> None:

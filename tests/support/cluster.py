@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iofleet.balancers import (
-    LocalBalancer,
-    haproxy_options,
-    nginx_options,
-    start_haproxy,
-    start_nginx,
-)
+from iofleet import balancers
+from iofleet.balancers import BalancerKind, LocalBalancer
 from iofleet.processes import free_port
 from iofleet.render import Backend, Timeouts
 from tests.support.jsclient import JsClients
@@ -40,27 +36,33 @@ def backends(servers: list[ServerProcess]) -> tuple[Backend, ...]:
 
 
 async def start_balancer(
-    kind: str, servers: list[ServerProcess], workdir: Path, stickiness: str | None = None
+    kind: BalancerKind, servers: list[ServerProcess], workdir: Path, stickiness: str | None = None
 ) -> LocalBalancer:
-    extra: dict[str, Any] = {"timeouts": TIMEOUTS}
-    if stickiness:
-        extra["stickiness"] = stickiness
-    port = free_port()
+    """The product's `start_balancer` in front of `servers`; HAProxy once it sees them up."""
+    balancer = await asyncio.to_thread(
+        functools.partial(
+            balancers.start_balancer,
+            kind,
+            host="127.0.0.1",
+            port=free_port(),
+            backends=backends(servers),
+            workdir=workdir,
+            timeouts=TIMEOUTS,
+            stickiness=stickiness,
+        )
+    )
     if kind == "haproxy":
-        options = haproxy_options("127.0.0.1", port, backends(servers), workdir, **extra)
-        balancer = await asyncio.to_thread(start_haproxy, options, workdir)
         runtime = balancer.runtime()
         # Every server must be up in HAProxy before a test counts where clients land.
         for _ in range(100):
-            states = await runtime.servers_state("iofleet_servers")
+            states = await runtime.servers_state(balancer.record.backend)
             if len(states) == len(servers) and all(s.up for s in states):
                 break
             await asyncio.sleep(0.1)
         else:
+            balancer.stop()
             raise TimeoutError("HAProxy did not see every server up")
-        return balancer
-    options_n = nginx_options("127.0.0.1", port, backends(servers), workdir, **extra)
-    return await asyncio.to_thread(start_nginx, options_n, workdir)
+    return balancer
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Real processes on loopback for the tests: redis-server and iofleet servers.
 
-Every process is started on 127.0.0.1 on a free port and stopped by its PID.
+Every process is started on 127.0.0.1 on a free port and stopped by its PID, with
+the product's own helpers (`iofleet.processes`, `iofleet.local_servers`).
 """
 
 from __future__ import annotations
@@ -8,20 +9,30 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
 
-from iofleet.processes import free_port
+from iofleet import processes
+from iofleet.local_servers import redis_command
+from iofleet.processes import free_port, http_status, redis_answers, stop_pid
+
+__all__ = [
+    "TEST_ADMIN_TOKEN",
+    "TEST_JWT_SECRET",
+    "RedisServer",
+    "ServerProcess",
+    "free_port",
+    "http_status",
+    "make_token",
+    "wait_until",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_JWT_SECRET = "test-secret-for-loopback-only-0123456789"
@@ -34,25 +45,14 @@ def make_token(user: str, secret: str = TEST_JWT_SECRET, ttl: float = 600, **cla
     return jwt.encode(payload, secret, algorithm="HS256")
 
 
-def wait_until(predicate: object, timeout: float = 15, interval: float = 0.05) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"condition not met within {timeout}s")
-
-
-def http_status(url: str, method: str = "GET", headers: Mapping[str, str] | None = None) -> int:
-    request = urllib.request.Request(url, method=method, headers=dict(headers or {}))
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 15, what: str = "condition"
+) -> None:
+    """`iofleet.processes.wait_until`, raising TimeoutError as the tests expect."""
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return int(error.code)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0
+        processes.wait_until(lambda: bool(predicate()), timeout, what)
+    except processes.StartError as error:
+        raise TimeoutError(str(error)) from None
 
 
 @dataclass
@@ -66,37 +66,15 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            redis_command(self.port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        wait_until(self._answers, timeout=10)
+        wait_until(lambda: redis_answers(self.port), timeout=10, what="redis-server")
         return self
 
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+        """Killed at once: tests stop Redis to simulate an outage."""
+        if self.process is not None:
+            stop_pid(self.process.pid, grace=0, first=signal.SIGKILL, process=self.process)
         self.process = None
 
 
@@ -152,7 +130,7 @@ class ServerProcess:
             return http_status(f"{self.admin_url}/readyz") == 200
 
         try:
-            wait_until(ready, timeout=timeout)
+            wait_until(ready, timeout=timeout, what=f"{self.node_id} ready")
         except TimeoutError:
             raise TimeoutError(f"{self.node_id} not ready in {timeout}s:\n{self.log()}") from None
 
@@ -173,9 +151,8 @@ class ServerProcess:
         return self.process.wait(timeout)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+        if self.process is not None:
+            stop_pid(self.process.pid, grace=0, first=signal.SIGKILL, process=self.process)
         self.process = None
         if self.log_path is not None:
             self.log_path.unlink(missing_ok=True)

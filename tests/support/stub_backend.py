@@ -2,7 +2,8 @@
 
 It answers `/readyz` (switchable), `/whoami` (its name), refuses handshakes (a request
 to `/socket.io/` without `sid`) with 503 when told to, and holds `/hold` requests
-open until released, so a test can see sessions in the balancer's stats.
+open until released, so a test can see sessions in the balancer's stats. Drains are
+tested with real servers, never against this stub.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ class StubBackend:
     ready: bool = True
     refuse_handshakes: bool = False
     hits: int = 0
-    admin_token: str = "stub-admin-token"
     release: asyncio.Event = field(default_factory=asyncio.Event)
     _runners: list[web.AppRunner] = field(default_factory=list)
 
@@ -35,7 +35,6 @@ class StubBackend:
         public.router.add_get("/hold", self._hold)
         admin = web.Application()
         admin.router.add_get("/readyz", self._readyz)
-        admin.router.add_post("/admin/drain", self._drain)
         for app, port in ((public, self.port), (admin, self.admin_port)):
             runner = web.AppRunner(app)
             await runner.setup()
@@ -61,13 +60,6 @@ class StubBackend:
     async def _hold(self, request: web.Request) -> web.Response:
         await asyncio.wait_for(self.release.wait(), 30)
         return web.Response(text=self.name)
-
-    async def _drain(self, request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != f"Bearer {self.admin_token}":
-            return web.Response(status=401)
-        self.ready = False
-        self.refuse_handshakes = True
-        return web.json_response({"draining": True})
 
     async def _readyz(self, request: web.Request) -> web.Response:
         return web.Response(status=200 if self.ready else 503)
