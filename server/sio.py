@@ -35,6 +35,11 @@ from server.rooms import RoomLedger
 from server.settings import Settings
 
 log = logging.getLogger("iofleet.sio")
+# The libraries' own loggers: passed in as loggers (not `False`) so that the
+# libraries do not add a plain-text stderr handler beside our JSON lines; they
+# log every packet at INFO, so only warnings and errors get through.
+library_log = logging.getLogger("iofleet.library")
+library_log.setLevel(logging.WARNING)
 
 SYSTEM_EVENTS = frozenset({"connect", "disconnect"})
 ERROR_EVENT = "error"
@@ -112,8 +117,8 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             client_manager=client_manager,
             async_mode="aiohttp",
             json=OrjsonCodec,
-            logger=False,
-            engineio_logger=False,
+            logger=library_log,
+            engineio_logger=library_log,
             cors_allowed_origins=settings.cors_allowed,
             transports=settings.transports,
             ping_interval=settings.ping_interval,
