@@ -1,4 +1,4 @@
-"""Which application rooms each Socket.IO connection, and each owner, is in.
+"""Which rooms each Socket.IO connection, and each owner, is in.
 
 python-socketio can only answer "which rooms is this sid in" by scanning every
 room on the node, so a room limit checked that way costs O(rooms on the node)
@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
 
 RoomKey = tuple[str, str]
 """(namespace, room)"""
@@ -111,3 +114,59 @@ class RoomLedger:
             del owned[key]
         if not owned:
             del self._owned[owner]
+
+
+class RoomIndex:
+    """A mixin for python-socketio managers: every sid's rooms, indexed.
+
+    The library's manager answers "which rooms is this sid in" (`get_rooms`, and
+    the cleanup in `basic_disconnect`) by scanning every room in the namespace:
+    O(rooms on the node) per disconnect, O(connections²) for a node emptying
+    out (a drain). With the index both cost O(rooms of that client). Every
+    change to `rooms` goes through `basic_enter_room` / `basic_leave_room`
+    (connect, join, leave, `close_room` from any node), so the index follows it.
+    Put it first in the bases: `class M(RoomIndex, socketio.AsyncManager)`.
+    """
+
+    rooms: dict[str, dict[str | None, Any]]
+    callbacks: dict[str, Any]
+    pending_connect: dict[str, list[str]]
+    pending_disconnect: dict[str, list[str]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sid_rooms: dict[tuple[str, str], set[str | None]] = {}
+
+    def basic_enter_room(
+        self, sid: str, namespace: str, room: str | None, eio_sid: str | None = None
+    ) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
+        self.sid_rooms.setdefault((namespace, sid), set()).add(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
+        super().basic_leave_room(sid, namespace, room)  # type: ignore[misc]
+        key = (namespace, sid)
+        joined = self.sid_rooms.get(key)
+        if joined is not None:
+            joined.discard(room)
+            if not joined:
+                del self.sid_rooms[key]
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        # What the library's version does, without its scan of every room.
+        for room in list(self.sid_rooms.get((namespace, sid), ())):
+            self.basic_leave_room(sid, namespace, room)
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            sids = pending.get(namespace)
+            if sids is not None and sid in sids:
+                sids.remove(sid)
+                if not sids:
+                    del pending[namespace]
+
+    def get_rooms(self, sid: str, namespace: str) -> list[str]:
+        return [r for r in self.sid_rooms.get((namespace, sid), ()) if r is not None]
+
+
+class IndexedManager(RoomIndex, socketio.AsyncManager):  # type: ignore[misc]
+    """python-socketio's in-memory manager (one node, no Redis), indexed."""

@@ -31,7 +31,7 @@ from server.auth import AuthError, Identity, TokenVerifier, token_from_handshake
 from server.engine import IofleetEngine
 from server.metrics import Metrics
 from server.ratelimit import KeyedBuckets, TokenBucket
-from server.rooms import RoomLedger
+from server.rooms import IndexedManager, RoomIndex, RoomLedger
 from server.settings import Settings
 
 log = logging.getLogger("iofleet.sio")
@@ -113,6 +113,13 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         self.user_buckets = KeyedBuckets(settings.rate_limit, settings.burst)
         self.draining = False
         self.redis: Any = None  # a redis.asyncio client for applications, when REDIS_URL is set
+        if client_manager is None:
+            client_manager = IndexedManager()
+        elif not isinstance(client_manager, RoomIndex):
+            log.warning(
+                "client manager without a room index: disconnects scan every room",
+                extra={"event": "rooms.unindexed", "manager": type(client_manager).__name__},
+            )
         super().__init__(
             client_manager=client_manager,
             async_mode="aiohttp",
@@ -395,14 +402,6 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         await super().close_room(room, namespace=namespace)
         for sid in members:
             self.ledger.leave(sid, room)
-
-    def rooms(self, sid: str, namespace: str | None = None) -> list[str]:
-        """The sid's rooms (its own first), as python-socketio answers, without
-        its scan of every room on the node."""
-        namespace = namespace or "/"
-        if self.ledger.namespace_of(sid) != namespace:
-            return list(super().rooms(sid, namespace=namespace))
-        return [sid, *(r for r in self.ledger.rooms_of(sid) if self._is_in_room(sid, namespace, r))]
 
     def _is_in_room(self, sid: str, namespace: str, room: str) -> bool:
         return sid in self.manager.rooms.get(namespace, {}).get(room, ())

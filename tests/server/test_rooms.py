@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from server.rooms import RoomLedger
+from typing import Any
+
+import socketio
+
+from server.rooms import IndexedManager, RoomLedger
 
 
 def test_join_leave_and_remove_keep_owner_counts() -> None:
@@ -44,3 +48,39 @@ def test_prune_drops_rooms_closed_behind_its_back() -> None:
     ledger.prune("s", lambda sid, namespace, room: room == "kept")
     assert ledger.rooms_of("s") == {"kept"}
     assert ledger.owned_count("u") == 1
+
+
+async def run_room_script(manager: Any) -> list[Any]:
+    """Connect, join, leave, close, disconnect on a real python-socketio manager;
+    what it holds after each step, with the random sids named A and B."""
+    socketio.AsyncServer(client_manager=manager)
+    a = await manager.connect("eio-a", "/")
+    b = await manager.connect("eio-b", "/")
+    names = {a: "A", b: "B"}
+
+    def state() -> Any:
+        rooms = {
+            ns: {names.get(r, r): sorted(names[s] for s in m) for r, m in by_room.items()}
+            for ns, by_room in manager.rooms.items()
+        }
+        held = [sorted(names.get(r, r) for r in manager.get_rooms(s, "/")) for s in (a, b)]
+        return rooms, held
+
+    for room in ("r1", "r2", "r3"):
+        manager.basic_enter_room(a, "/", room)
+    manager.basic_enter_room(b, "/", "r1")
+    states = [state()]
+    manager.basic_leave_room(a, "/", "r2")
+    manager.basic_close_room("r3", "/")
+    states.append(state())
+    manager.basic_disconnect(a, "/")
+    states.append(state())
+    manager.basic_disconnect(b, "/")
+    states.append(state())
+    return states
+
+
+async def test_indexed_manager_keeps_the_same_rooms_as_the_library() -> None:
+    indexed = IndexedManager()
+    assert await run_room_script(indexed) == await run_room_script(socketio.AsyncManager())
+    assert indexed.sid_rooms == {}  # nothing left behind by the disconnects

@@ -44,6 +44,12 @@ METHODS: list[tuple[Any, str, list[str]]] = [
     (socketio.AsyncManager, "eio_sid_from_sid", ["sid", "namespace"]),
     (socketio.AsyncManager, "get_participants", ["namespace", "room"]),
     (socketio.AsyncManager, "initialize", []),
+    # the manager's room bookkeeping, overridden by server.rooms.RoomIndex
+    (socketio.AsyncManager, "basic_enter_room", ["sid", "namespace", "room", "eio_sid"]),
+    (socketio.AsyncManager, "basic_leave_room", ["sid", "namespace", "room"]),
+    (socketio.AsyncManager, "basic_disconnect", ["sid", "namespace", "kwargs"]),
+    (socketio.AsyncManager, "get_rooms", ["sid", "namespace"]),
+    (socketio.AsyncManager, "pre_connect", ["eio_sid", "namespace"]),
     # socketio.AsyncRedisManager: overridden in server/fanout.py
     (socketio.AsyncRedisManager, "_redis_connect", []),
     (socketio.AsyncRedisManager, "_publish", ["data"]),
@@ -100,6 +106,9 @@ def test_upstream_attributes_the_server_reads() -> None:
     ):
         assert hasattr(sio, name), f"socketio.AsyncServer.{name} is gone"
     assert isinstance(sio.manager.rooms, dict), "socketio manager.rooms is no longer a dict"
+    for name in ("callbacks", "pending_connect", "pending_disconnect"):
+        # server.rooms.RoomIndex.basic_disconnect cleans these up as the library does
+        assert isinstance(getattr(sio.manager, name, None), dict), f"manager.{name} changed"
     eio = sio.eio
     assert "websocket" in eio._async, "engineio AsyncServer._async['websocket'] is gone"
     for name in (
