@@ -76,10 +76,6 @@ class RoomLedger:
         member = self._members.get(sid)
         return member.rooms if member is not None else set()
 
-    def namespace_of(self, sid: str) -> str | None:
-        member = self._members.get(sid)
-        return member.namespace if member is not None else None
-
     def would_exceed(self, sid: str, room: str, limit: int) -> bool:
         """Joining `room` would put the sid's owner in more than `limit` rooms."""
         member = self._members.get(sid)

@@ -202,3 +202,27 @@ async def test_second_websocket_during_the_upgrade_is_closed(
     async with http.ws_connect(ws_url(conformance_server, query), autoping=False) as second:
         await wait_closed(second, timeout=2)
     await first.close()
+
+
+async def test_poll_right_behind_the_upgrade_packets_is_refused(
+    conformance_server: ServerProcess, http: aiohttp.ClientSession
+) -> None:
+    """As the reference suite does it: probe, upgrade and poll without waiting for
+    the server in between, the poll on a connection that is already open, so the
+    server reads the upgrade's packets and the poll in one pass."""
+    refused = 0
+    for _ in range(10):
+        sid = await open_polling(http, conformance_server)
+        reader, writer = await asyncio.open_connection("127.0.0.1", conformance_server.port)
+        poll = (
+            f"GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        ).encode()
+        query = f"EIO=4&transport=websocket&sid={sid}"
+        async with http.ws_connect(ws_url(conformance_server, query), autoping=False) as ws:
+            await ws.send_str("2probe")
+            await ws.send_str("5")
+            writer.write(poll)
+            status_line = await asyncio.wait_for(reader.readline(), 3)
+            refused += b" 400 " in status_line
+        writer.close()
+    assert refused == 10
