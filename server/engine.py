@@ -1,17 +1,22 @@
 """The Engine.IO layer: session ids that carry the node id, a WebSocket driver
 that compresses only large frames and refuses malformed ones with one log line,
-and closing a client's transport so that stock clients reconnect."""
+closing a client's transport so that stock clients reconnect, and the
+handshake and request checks the Engine.IO protocol asks for (400 for a
+missing or unknown transport and for unsupported methods; the handshake's
+`pingInterval` in exact milliseconds)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import engineio
-from aiohttp import WSCloseCode, WSMsgType
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.web import WebSocketResponse
+from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as aiohttp_driver
 
 log = logging.getLogger("iofleet.engine")
@@ -20,6 +25,13 @@ log = logging.getLogger("iofleet.engine")
 COMPRESS_THRESHOLD_BYTES = 1024
 # Engine.IO v4 packet types are the digits 0..6 (open..noop).
 ENGINEIO_PACKET_TYPES = frozenset("0123456")
+# What an Engine.IO endpoint answers to; anything else is a 400 (the protocol's
+# test suite and stock clients expect 400, not aiohttp's 405).
+ENGINEIO_METHODS = frozenset({"GET", "POST", "OPTIONS"})
+# How long a polling request waits for an upgrade in progress to read what
+# has already arrived (see `IofleetEngine._settle_upgrade`).
+UPGRADE_SETTLE_STEPS = 20
+UPGRADE_SETTLE_STEP_SECONDS = 0.001
 
 RejectHook = Callable[[str, str | None, str], None]
 """Called with (reason, engine.io sid or None, detail) when a packet is refused."""
@@ -79,12 +91,106 @@ class LimitedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
         hook(reason, sid, detail)
 
 
+def request_problem(
+    method: str, query: Mapping[str, str], transports: Collection[str]
+) -> str | None:
+    """Why an Engine.IO request is refused before it reaches a session, or None.
+
+    python-engineio takes a missing `transport` for `polling` and answers 405
+    to methods it does not serve; the protocol wants 400 for both.
+    """
+    if method not in ENGINEIO_METHODS:
+        return f"Unsupported method {method}"
+    if method != "OPTIONS" and query.get("transport") not in transports:
+        return "Invalid transport"
+    return None
+
+
+async def refuse_websocket(request: web.Request, reason: str) -> WebSocketResponse:
+    ws = WebSocketResponse()
+    await ws.prepare(request)
+    await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=reason.encode())
+    return ws
+
+
+class HandshakeQueue(asyncio.Queue[Any]):
+    """A socket's outgoing queue that announces `pingInterval` in exact milliseconds.
+
+    python-engineio builds the OPEN packet with `int(interval + grace) * 1000`,
+    which turns 0.3 s into 0; a client then pings at the wrong pace. The OPEN
+    packet is the first thing put on a new socket's queue, before it is encoded,
+    so it is corrected here, once, through the library's `create_queue` seam.
+    """
+
+    def __init__(self, ping_interval_ms: int) -> None:
+        super().__init__()
+        self._ping_interval_ms: int | None = ping_interval_ms
+
+    def put_nowait(self, item: Any) -> None:
+        if self._ping_interval_ms is not None:
+            if getattr(item, "packet_type", None) == eio_packet.OPEN and isinstance(
+                item.data, dict
+            ):
+                item.data["pingInterval"] = self._ping_interval_ms
+            self._ping_interval_ms = None  # only the first packet can be the OPEN
+        super().put_nowait(item)
+
+
 class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
     def __init__(self, *args: Any, node_id: str = "node", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.node_id = node_id
         self.reject_hook: RejectHook = _ignore_reject
         self._async = {**self._async, "websocket": LimitedWebSocket}  # type: ignore[has-type]
+
+    def attach(self, app: web.Application, engineio_path: str = "engine.io") -> None:
+        super().attach(app, engineio_path)
+        # Every other method reaches `handle_request` too, which answers 400.
+        app.router.add_route("*", f"/{engineio_path.strip('/')}/", self.handle_request)
+
+    async def handle_request(self, request: web.Request) -> web.StreamResponse:
+        problem = request_problem(request.method, request.query, self.transports)
+        if problem is not None:
+            return web.Response(status=400, text=problem)
+        socket = self.sockets.get(request.query.get("sid", ""))
+        if socket is not None and not socket.closed:
+            # python-engineio notices a missed pong only when it next sends or
+            # sweeps; a request after the ping timeout must find the session gone (400).
+            await socket.check_ping_timeout()
+            if socket.upgrading or socket.upgraded:
+                if request.query.get("transport") == "websocket":
+                    # One upgrade per session: a second WebSocket would take over
+                    # (or hang waiting for a probe that never comes). As the
+                    # reference server does, accept it and close it at once.
+                    return await refuse_websocket(request, "session already upgraded")
+                await self._settle_upgrade(socket)
+        response: web.StreamResponse = await super().handle_request(request)
+        if request.method == "POST" and socket is not None and socket.closed:
+            # The client closed a polling session: its pending GET answers NOOP
+            # at once (the protocol's forced close) instead of waiting out the poll.
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+        return response
+
+    @staticmethod
+    async def _settle_upgrade(socket: Any) -> None:
+        """Let an upgrade in progress read what the client already sent.
+
+        A client that sends the upgrade's last packet and then polls may have
+        both read in one loop pass; the poll must see the upgrade done (400), as
+        the reference server, which handles a read synchronously, sees it. A
+        poll that comes while the upgrade truly waits on the client goes on to
+        get its NOOP after at most this short wait.
+        """
+        for _ in range(UPGRADE_SETTLE_STEPS):
+            if not socket.upgrading:
+                return
+            await asyncio.sleep(UPGRADE_SETTLE_STEP_SECONDS)
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue[Any]:
+        if args or kwargs:  # not a socket's packet queue
+            return super().create_queue(*args, **kwargs)  # type: ignore[no-any-return]
+        interval_s = self.ping_interval + self.ping_interval_grace_period
+        return HandshakeQueue(round(interval_s * 1000))
 
     def generate_id(self) -> str:
         # `<node>.<random>`: nginx routes a request that carries `?sid=` to its

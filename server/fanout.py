@@ -22,6 +22,7 @@ from redis.asyncio.client import PubSub
 
 from server.jsonlog import OncePerBurst
 from server.metrics import Metrics
+from server.rooms import RoomIndex
 
 log = logging.getLogger("iofleet.fanout")
 
@@ -35,7 +36,7 @@ LISTEN_BACKOFF_START = 0.25
 LISTEN_BACKOFF_CAP = 5.0
 
 
-class FanoutManager(socketio.AsyncRedisManager):  # type: ignore[misc]
+class FanoutManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
     name = "iofleet-redis"
 
     def __init__(self, url: str, channel: str, metrics: Metrics) -> None:

@@ -3,11 +3,16 @@
 Applications register events with the plain python-socketio API (`HANDLERS`);
 every guard lives here, at the hooks where the library receives a connection,
 an event or a raw packet, so every application gets all of them:
-- admission: drain, capacity, JWT (one `connect_error` message per cause);
-- per-event: rate limits per connection and per user, metrics, handler timing,
-  one-line logs for handler errors (the client gets an error ack);
+- admission: drain, capacity, JWT (one `connect_error` message per cause), on
+  every namespace; capacity and the connection gauge count Engine.IO
+  connections (a client on two namespaces is one connection);
+- per-event: rate limits per connection and per user (per connection only
+  without an identity, `AUTH=none`), metrics, handler timing, one-line logs
+  for handler errors (the client gets an error ack);
 - per-packet: malformed packets close only the sender's transport;
-- rooms: at most `MAX_ROOMS_PER_USER` rooms per user on this node.
+- rooms: at most `MAX_ROOMS_PER_USER` rooms per user on this node, tracked as
+  they change (`server.rooms`) so joins cost O(rooms of that client).
+The server sends no packet the application did not ask for.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -26,13 +31,20 @@ from server.auth import AuthError, Identity, TokenVerifier, token_from_handshake
 from server.engine import IofleetEngine
 from server.metrics import Metrics
 from server.ratelimit import KeyedBuckets, TokenBucket
+from server.rooms import IndexedManager, RoomIndex, RoomLedger
 from server.settings import Settings
 
 log = logging.getLogger("iofleet.sio")
+# The libraries' own loggers: passed in as loggers (not `False`) so that the
+# libraries do not add a plain-text stderr handler beside our JSON lines; they
+# log every packet at INFO, so only warnings and errors get through.
+library_log = logging.getLogger("iofleet.library")
+library_log.setLevel(logging.WARNING)
 
 SYSTEM_EVENTS = frozenset({"connect", "disconnect"})
-HELLO_EVENT = "server:hello"
 ERROR_EVENT = "error"
+# What a client connecting to a namespace nobody registered gets (as the Node server says it).
+INVALID_NAMESPACE = {"message": "Invalid namespace"}
 
 
 class Refused(Exception):
@@ -67,14 +79,21 @@ class OrjsonCodec:
 
 @dataclass
 class Connection:
-    """What this node knows about one Socket.IO connection."""
+    """What this node knows about one client: an Engine.IO connection and the
+    Socket.IO namespaces it has joined over it."""
 
-    sid: str
     eio_sid: str
     user: str
     bucket: TokenBucket
+    per_user: bool  # the user has an identity, so per-user limits apply
+    sids: dict[str, str] = field(default_factory=dict)  # namespace -> Socket.IO sid
     strikes: int = 0  # events refused in a row
     warned: bool = False  # an `error` event went out for this run of refusals
+
+    @property
+    def owner(self) -> str:
+        """Whom the room limit counts: the user, or this connection when anonymous."""
+        return self.user if self.per_user else self.eio_sid
 
 
 class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
@@ -87,17 +106,26 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         self.settings = settings
         self.metrics = metrics
         self.verifier = TokenVerifier(settings)
-        self.connections: dict[str, Connection] = {}
-        self.user_sids: dict[str, set[str]] = {}
+        self.connections: dict[str, Connection] = {}  # by Engine.IO sid
+        self.user_clients: dict[str, set[str]] = {}  # user -> Engine.IO sids
+        self.ledger = RoomLedger()
+        self.node_id = settings.node_id  # for applications (the chat app greets with it)
         self.user_buckets = KeyedBuckets(settings.rate_limit, settings.burst)
         self.draining = False
         self.redis: Any = None  # a redis.asyncio client for applications, when REDIS_URL is set
+        if client_manager is None:
+            client_manager = IndexedManager()
+        elif not isinstance(client_manager, RoomIndex):
+            log.warning(
+                "client manager without a room index: disconnects scan every room",
+                extra={"event": "rooms.unindexed", "manager": type(client_manager).__name__},
+            )
         super().__init__(
             client_manager=client_manager,
             async_mode="aiohttp",
             json=OrjsonCodec,
-            logger=False,
-            engineio_logger=False,
+            logger=library_log,
+            engineio_logger=library_log,
             cors_allowed_origins=settings.cors_allowed,
             transports=settings.transports,
             ping_interval=settings.ping_interval,
@@ -126,21 +154,36 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
     # --- admission -----------------------------------------------------------
 
     async def _handle_connect(self, eio_sid: str, namespace: str | None, data: Any) -> None:
-        await super()._handle_connect(eio_sid, namespace, data)
         namespace = namespace or "/"
-        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-        if sid is not None and sid in self.connections:
-            # After CONNECT has gone out, so every stock client processes it.
-            await self._send_local(
-                eio_sid, namespace, HELLO_EVENT, {"node_id": self.settings.node_id}
+        if not self._serves(namespace):
+            # python-socketio answers "Unable to connect"; clients and the protocol
+            # test suite expect the reference server's payload.
+            await self._send_packet(
+                eio_sid,
+                self.packet_class(
+                    sio_packet.CONNECT_ERROR, data=INVALID_NAMESPACE, namespace=namespace
+                ),
             )
+            return
+        await super()._handle_connect(eio_sid, namespace, data)
+
+    def _serves(self, namespace: str) -> bool:
+        """A namespace the application registered (python-socketio's own rule)."""
+        return (
+            namespace in self.handlers
+            or namespace in self.namespace_handlers
+            or self.namespaces == "*"
+            or namespace in self.namespaces
+        )
 
     async def _trigger_event(self, event: str, namespace: str, *args: Any) -> Any:
         if event == "connect":
             return await self._connect(namespace, *args)
         if event == "disconnect":
-            self._forget(args[0])
-            return await super()._trigger_event(event, namespace, *args)
+            try:
+                return await super()._trigger_event(event, namespace, *args)
+            finally:
+                self._forget(args[0], namespace)
         started = time.perf_counter()
         try:
             return await super()._trigger_event(event, namespace, *args)
@@ -159,9 +202,13 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _connect(self, namespace: str, sid: str, environ: dict[str, Any], *rest: Any) -> Any:
         auth = rest[0] if rest else None
-        if sid not in self.connections:  # the library may call twice (legacy signatures)
+        if sid not in self.ledger:  # the library may call twice (legacy signatures)
+            eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+            client = self.connections.get(eio_sid)
             try:
-                identity = self._admit(environ, auth)
+                identity = self._admit(environ, auth, new_client=client is None)
+                if client is not None and identity.user != client.user:
+                    raise Refused("auth", "auth: token is for another user than this connection")
             except Refused as refusal:
                 self.metrics.connections_rejected.labels(refusal.reason).inc()
                 log.info(
@@ -173,47 +220,72 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
                     },
                 )
                 raise socketio.exceptions.ConnectionRefusedError(refusal.message) from None
-            self.connections[sid] = Connection(
-                sid=sid,
-                eio_sid=self.manager.eio_sid_from_sid(sid, namespace),
-                user=identity.user,
-                bucket=TokenBucket(self.settings.rate_limit, self.settings.burst),
+            if client is None:
+                client = self._add_client(eio_sid, identity)
+            client.sids[namespace] = sid
+            self.ledger.add(sid, namespace, client.owner)
+            await self.save_session(
+                sid, {"user": identity.user, "guest": identity.guest}, namespace=namespace
             )
-            self.user_sids.setdefault(identity.user, set()).add(sid)
-            await self.save_session(sid, {"user": identity.user, "guest": identity.guest})
         try:
             result = await super()._trigger_event("connect", namespace, sid, environ, *rest)
         except (socketio.exceptions.ConnectionRefusedError, ConnectionRefusedError, TypeError):
-            self._forget(sid)
+            self._forget(sid, namespace)
             raise
         if result is False:
-            self._forget(sid)
+            self._forget(sid, namespace)
             return False
         self.metrics.connections_total.inc()
-        self.metrics.connections.set(len(self.connections))
         return None if result is self.not_handled else result
 
-    def _admit(self, environ: dict[str, Any], auth: object) -> Identity:
-        """The caller's identity, or `Refused` with the reason the client is told."""
+    def _add_client(self, eio_sid: str, identity: Identity) -> Connection:
+        client = Connection(
+            eio_sid=eio_sid,
+            user=identity.user,
+            bucket=TokenBucket(self.settings.rate_limit, self.settings.burst),
+            per_user=self.settings.auth != "none",
+        )
+        self.connections[eio_sid] = client
+        if client.per_user:
+            self.user_clients.setdefault(client.user, set()).add(eio_sid)
+        self.metrics.connections.set(len(self.connections))
+        return client
+
+    def _admit(self, environ: dict[str, Any], auth: object, new_client: bool = True) -> Identity:
+        """The caller's identity, or `Refused` with the reason the client is told.
+
+        Capacity counts Engine.IO connections: a client's second namespace is
+        not a new connection.
+        """
         if self.draining:
             raise Refused("draining", "server draining")
-        if len(self.connections) >= self.settings.max_connections:
+        if new_client and len(self.connections) >= self.settings.max_connections:
             raise Refused("capacity", "server at capacity")
         try:
             return self.verifier.verify(token_from_handshake(auth, environ))
         except AuthError as error:
             raise Refused("auth", str(error)) from None
 
-    def _forget(self, sid: str) -> None:
-        conn = self.connections.pop(sid, None)
-        if conn is None:
+    def _forget(self, sid: str, namespace: str) -> None:
+        """A namespace connection ended: O(its rooms). The client goes with its
+        last namespace."""
+        if sid not in self.ledger:
             return
-        sids = self.user_sids.get(conn.user)
-        if sids is not None:
-            sids.discard(sid)
-            if not sids:
-                del self.user_sids[conn.user]
-                self.user_buckets.forget(conn.user)
+        self.ledger.remove(sid)
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        client = self.connections.get(eio_sid) if eio_sid is not None else None
+        if client is None:
+            return
+        client.sids.pop(namespace, None)
+        if client.sids:
+            return
+        del self.connections[client.eio_sid]
+        clients = self.user_clients.get(client.user)
+        if clients is not None:
+            clients.discard(client.eio_sid)
+            if not clients:
+                del self.user_clients[client.user]
+                self.user_buckets.forget(client.user)
         self.metrics.connections.set(len(self.connections))
 
     # --- events --------------------------------------------------------------
@@ -226,8 +298,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             raise ValueError("event without a name")
         event = data[0]
         self.metrics.messages_received.labels(self._event_label(event, namespace)).inc()
-        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-        conn = self.connections.get(sid) if sid is not None else None
+        conn = self.connections.get(eio_sid)
         if conn is not None and not self._allow(conn):
             await self._refuse_event(conn, namespace, id, event)
             return
@@ -236,7 +307,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
     def _allow(self, conn: Connection) -> bool:
         # Both buckets must have a token; checking the connection first keeps
         # one noisy tab from draining its user's other tabs.
-        if conn.bucket.take() and self.user_buckets.take(conn.user):
+        if conn.bucket.take() and (not conn.per_user or self.user_buckets.take(conn.user)):
             conn.strikes = 0
             conn.warned = False
             return True
@@ -287,8 +358,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
 
     def _on_packet_rejected(self, reason: str, eio_sid: str | None, detail: str) -> None:
         self.metrics.events_rejected.labels(reason).inc()
-        sid = self.manager.sid_from_eio_sid(eio_sid, "/") if eio_sid else None
-        conn = self.connections.get(sid) if sid else None
+        conn = self.connections.get(eio_sid) if eio_sid else None
         log.warning(
             "packet refused; closing the sender's transport",
             extra={
@@ -310,33 +380,44 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
 
     # --- rooms ---------------------------------------------------------------
 
+    # A sid on another node is that node's to count; a sid's own room is not an
+    # application room. Every method here costs O(rooms of that client).
+
     async def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:
-        conn = self.connections.get(sid)
-        if conn is not None:  # a sid on another node is that node's to count
-            joined = self.user_rooms(conn.user, namespace)
-            if room not in joined and len(joined) >= self.settings.max_rooms_per_user:
+        limit = self.settings.max_rooms_per_user
+        if room != sid and self.ledger.would_exceed(sid, room, limit):
+            self.ledger.prune(sid, self._is_in_room)  # another node's close_room, say
+            if self.ledger.would_exceed(sid, room, limit):
                 raise RoomLimitExceeded(room)
         await super().enter_room(sid, room, namespace=namespace)
+        if room != sid:
+            self.ledger.join(sid, room)
 
-    def user_rooms(self, user: str, namespace: str | None = None) -> set[str]:
-        """Application rooms the user's connections on this node are in."""
-        joined: set[str] = set()
-        for sid in self.user_sids.get(user, ()):
-            joined.update(r for r in self.rooms(sid, namespace=namespace) if r != sid)
-        return joined
+    async def leave_room(self, sid: str, room: str, namespace: str | None = None) -> None:
+        await super().leave_room(sid, room, namespace=namespace)
+        self.ledger.leave(sid, room)
+
+    async def close_room(self, room: str, namespace: str | None = None) -> None:
+        members = [sid for sid, _ in self.manager.get_participants(namespace or "/", room)]
+        await super().close_room(room, namespace=namespace)
+        for sid in members:
+            self.ledger.leave(sid, room)
+
+    def _is_in_room(self, sid: str, namespace: str, room: str) -> bool:
+        return sid in self.manager.rooms.get(namespace, {}).get(room, ())
 
     def room_count(self) -> int:
         """Application rooms on this node (not the per-connection rooms)."""
         rooms = self.manager.rooms.get("/", {})
-        return sum(1 for name in rooms if name is not None and name not in self.connections)
+        return sum(1 for name in rooms if name is not None and name not in self.ledger)
 
     # --- drain -----------------------------------------------------------------
 
-    async def close_connection(self, sid: str) -> bool:
-        conn = self.connections.get(sid)
-        if conn is None:
+    async def close_connection(self, eio_sid: str) -> bool:
+        """Close a client's transport (`eio_sid`: a key of `connections`)."""
+        if eio_sid not in self.connections:
             return False
-        return bool(await self.eio.close_transport(conn.eio_sid))
+        return bool(await self.eio.close_transport(eio_sid))
 
 
 def peer(environ: dict[str, Any]) -> str | None:

@@ -4,12 +4,15 @@ Events (DESIGN.md): `room:join` `{room}` -> ack `{ok, room, members}`;
 `room:leave` `{room}`; `chat:message` `{room, text}` -> everyone in the room on
 every node gets `chat:message` `{room, text, from, ts}`; `typing:start` /
 `typing:stop` `{room}` -> `typing:update` `{room, user, typing}` to the others,
-at most once per 3 s per user and room. Matching and WebRTC signaling are in
-`server.apps.matching`. Written against the plain python-socketio API.
+at most once per 3 s per user and room. Each connection is greeted with
+`server:hello` `{node_id}` (the demo page shows the node). Matching and WebRTC
+signaling are in `server.apps.matching`. Written against the plain
+python-socketio API.
 """
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -19,6 +22,7 @@ from server.apps import matching
 from server.apps.payloads import BadPayload, fail, room_of, text_of
 
 TYPING_INTERVAL_SECONDS = 3.0
+HELLO_EVENT = "server:hello"
 
 
 async def user_of(sio: socketio.AsyncServer, sid: str) -> str:
@@ -108,10 +112,25 @@ class Chat:
             del self._typing_sent[key]
 
 
+def node_id_of(sio: socketio.AsyncServer) -> str:
+    """iofleet's server knows its node id; plain python-socketio has the host name."""
+    node_id = getattr(sio, "node_id", None)
+    return node_id if isinstance(node_id, str) else socket.gethostname()
+
+
 def register(sio: socketio.AsyncServer) -> None:
     chat = Chat(sio)
     chat.register()
     matcher = matching.register(sio)
+    hello = {"node_id": node_id_of(sio)}
+
+    async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        # The CONNECT packet goes out when this handler returns; the greeting
+        # must follow it, so it goes from a task. Straight to the socket, not
+        # through the fan-out (it is for a client on this node).
+        sio.start_background_task(sio.emit, HELLO_EVENT, hello, to=sid, ignore_queue=True)
+
+    sio.on("connect", connect)
 
     async def disconnect(sid: str, reason: object = None) -> None:
         user = await user_of(sio, sid)

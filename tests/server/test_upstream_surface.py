@@ -1,0 +1,132 @@
+"""The private upstream surface iofleet's server overrides, calls or reads.
+
+`server/sio.py`, `server/engine.py` and `server/fanout.py` extend
+python-socketio, python-engineio and aiohttp at methods that are not public
+API. When an upgrade renames one or changes its parameters, these tests fail
+naming the method, instead of the server misbehaving at run time.
+`pyproject.toml` bounds the versions this was checked with.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import engineio
+import pytest
+import socketio
+from aiohttp import web
+from engineio import async_socket
+from engineio.async_drivers import aiohttp as engineio_aiohttp
+
+# (owner, method name, the parameters after `self` the server relies on)
+METHODS: list[tuple[Any, str, list[str]]] = [
+    # socketio.AsyncServer: overridden in server/sio.py
+    (socketio.AsyncServer, "_engineio_server_class", []),
+    (socketio.AsyncServer, "_handle_connect", ["eio_sid", "namespace", "data"]),
+    (socketio.AsyncServer, "_trigger_event", ["event", "namespace", "args"]),
+    (socketio.AsyncServer, "_handle_event", ["eio_sid", "namespace", "id", "data"]),
+    (socketio.AsyncServer, "_handle_eio_message", ["eio_sid", "data"]),
+    (socketio.AsyncServer, "_send_packet", ["eio_sid", "pkt"]),
+    (socketio.AsyncServer, "_send_eio_packet", ["eio_sid", "eio_pkt"]),
+    (socketio.AsyncServer, "enter_room", ["sid", "room", "namespace"]),
+    (socketio.AsyncServer, "leave_room", ["sid", "room", "namespace"]),
+    (socketio.AsyncServer, "close_room", ["room", "namespace"]),
+    (socketio.AsyncServer, "rooms", ["sid", "namespace"]),
+    (socketio.AsyncServer, "save_session", ["sid", "session", "namespace"]),
+    (
+        socketio.AsyncServer,
+        "emit",
+        ["event", "data", "to", "room", "skip_sid", "namespace", "callback", "ignore_queue"],
+    ),
+    # the manager, read by server/sio.py
+    (socketio.AsyncManager, "sid_from_eio_sid", ["eio_sid", "namespace"]),
+    (socketio.AsyncManager, "eio_sid_from_sid", ["sid", "namespace"]),
+    (socketio.AsyncManager, "get_participants", ["namespace", "room"]),
+    (socketio.AsyncManager, "initialize", []),
+    # the manager's room bookkeeping, overridden by server.rooms.RoomIndex
+    (socketio.AsyncManager, "basic_enter_room", ["sid", "namespace", "room", "eio_sid"]),
+    (socketio.AsyncManager, "basic_leave_room", ["sid", "namespace", "room"]),
+    (socketio.AsyncManager, "basic_disconnect", ["sid", "namespace", "kwargs"]),
+    (socketio.AsyncManager, "get_rooms", ["sid", "namespace"]),
+    (socketio.AsyncManager, "pre_connect", ["eio_sid", "namespace"]),
+    # socketio.AsyncRedisManager: overridden in server/fanout.py
+    (socketio.AsyncRedisManager, "_redis_connect", []),
+    (socketio.AsyncRedisManager, "_publish", ["data"]),
+    (socketio.AsyncRedisManager, "_redis_listen_with_retries", []),
+    # engineio.AsyncServer: overridden or called in server/engine.py
+    (engineio.AsyncServer, "generate_id", []),
+    (engineio.AsyncServer, "create_queue", ["args", "kwargs"]),
+    (engineio.AsyncServer, "handle_request", ["args", "kwargs"]),
+    (engineio.AsyncServer, "attach", ["app", "engineio_path"]),
+    (engineio.AsyncServer, "_handle_connect", ["environ", "transport", "jsonp_index"]),
+    # the engine.io socket: called from server/engine.py
+    (async_socket.AsyncSocket, "check_ping_timeout", []),
+    (async_socket.AsyncSocket, "close", ["wait", "abort", "reason"]),
+    (async_socket.AsyncSocket, "_websocket_handler", ["ws"]),
+    # engineio's aiohttp WebSocket wrapper: subclassed in server/engine.py
+    (engineio_aiohttp.WebSocket, "__init__", ["handler", "server"]),
+    (engineio_aiohttp.WebSocket, "__call__", ["environ"]),
+    (engineio_aiohttp.WebSocket, "send", ["message"]),
+    (engineio_aiohttp.WebSocket, "wait", []),
+    # aiohttp: per-frame compression in server/engine.py
+    (web.WebSocketResponse, "send_str", ["data", "compress"]),
+    (web.WebSocketResponse, "send_bytes", ["data", "compress"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "params"), METHODS, ids=[f"{o.__name__}.{n}" for o, n, _ in METHODS]
+)
+def test_upstream_method_is_there_with_its_parameters(
+    owner: Any, name: str, params: list[str]
+) -> None:
+    where = f"{owner.__module__}.{owner.__qualname__}.{name}"
+    method = getattr(owner, name, None)
+    assert method is not None, f"upstream method {where} is gone; iofleet overrides or calls it"
+    actual = [p for p in inspect.signature(method).parameters if p != "self"]
+    missing = [p for p in params if p not in actual]
+    assert not missing, f"upstream method {where} lost parameters {missing}: now {actual}"
+
+
+def test_upstream_attributes_the_server_reads() -> None:
+    """Attributes set in upstream constructors: `manager.rooms`, `manager_initialized`,
+    the engine's `_async` driver table, `sockets`, `reason`, a socket's flags and
+    queue, aiohttp's WebSocket writer with its `compress` switch."""
+    sio = socketio.AsyncServer(async_mode="aiohttp")
+    for name in (
+        "manager",
+        "manager_initialized",
+        "handlers",
+        "namespace_handlers",
+        "namespaces",
+        "not_handled",
+        "packet_class",
+        "eio",
+    ):
+        assert hasattr(sio, name), f"socketio.AsyncServer.{name} is gone"
+    assert isinstance(sio.manager.rooms, dict), "socketio manager.rooms is no longer a dict"
+    for name in ("callbacks", "pending_connect", "pending_disconnect"):
+        # server.rooms.RoomIndex.basic_disconnect cleans these up as the library does
+        assert isinstance(getattr(sio.manager, name, None), dict), f"manager.{name} changed"
+    eio = sio.eio
+    assert "websocket" in eio._async, "engineio AsyncServer._async['websocket'] is gone"
+    for name in (
+        "sockets",
+        "reason",
+        "ping_interval",
+        "ping_interval_grace_period",
+        "ping_timeout",
+        "transports",
+        "max_http_buffer_size",
+    ):
+        assert hasattr(eio, name), f"engineio.AsyncServer.{name} is gone"
+    assert hasattr(eio.reason, "SERVER_DISCONNECT")
+    sock = async_socket.AsyncSocket(eio, "sid")
+    for name in ("queue", "upgrading", "upgraded", "closed", "closing", "last_ping"):
+        assert hasattr(sock, name), f"engineio AsyncSocket.{name} is gone"
+    writer_params = inspect.signature(web.WebSocketResponse.__init__).parameters
+    assert "max_msg_size" in writer_params and "compress" in writer_params
+    assert "_writer" in web.WebSocketResponse.__slots__ or hasattr(
+        web.WebSocketResponse(), "_writer"
+    ), "aiohttp WebSocketResponse._writer is gone"
