@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from iofleet.fleet import FleetConfig
+from iofleet.plan_cli import plan_command
 from iofleet.render import (
     DnsDiscovery,
     HaproxyOptions,
@@ -181,3 +182,6 @@ def up_command(
 def down_command(state_dir: StateDirOpt = Path(".iofleet")) -> None:
     """Stop the fleet `iofleet up` started from this state directory."""
     raise typer.Exit(run_down(state_dir, Console()))
+
+
+app.command("plan")(plan_command)
