@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from iofleet.fleet import FleetConfig
+from iofleet.loadtest.command import loadtest_command
 from iofleet.plan_cli import plan_command
 from iofleet.render import (
     DnsDiscovery,
@@ -185,3 +186,4 @@ def down_command(state_dir: StateDirOpt = Path(".iofleet")) -> None:
 
 
 app.command("plan")(plan_command)
+app.command("loadtest")(loadtest_command)
