@@ -132,13 +132,17 @@ class Engine:
         for phase in self.scenario.config.phases:
             self.phase = phase.name or f"phase {self.scenario.config.phases.index(phase) + 1}"
             cap = None if phase.max_vusers is None else max(1, phase.max_vusers // self.workers)
-            begin = time.monotonic()
+            begin = last = time.monotonic()
             due = 0.0
             while not stop.is_set():
-                elapsed = time.monotonic() - begin
+                now = time.monotonic()
+                elapsed = now - begin
                 if elapsed >= phase.duration:
                     break
-                due += phase.rate_at(elapsed) / self.workers * step
+                # Integrate over the time that really passed: a busy loop sleeps longer
+                # than asked, and the arrivals must not fall behind the schedule.
+                due += phase.rate_at(elapsed) / self.workers * (now - last)
+                last = now
                 while due >= 1.0:
                     due -= 1.0
                     if cap is None or len(self.vusers) < cap:

@@ -185,3 +185,16 @@ def test_find_capacity_finds_the_knee_of_a_limited_server(tmp_path: Path) -> Non
         app, ["plan", "--connections", "840", "--capacity", str(capacity), "--json"]
     )
     assert json.loads(planned.stdout)["plan"]["regions"][0]["target_connections"] == 84
+
+
+def test_workers_share_the_arrivals(tmp_path: Path) -> None:
+    server = ServerProcess("shared", env=dict(LOAD_ENV)).start()
+    try:
+        out = run_cli([str(write(tmp_path, CHAT)), "--target", server.url, "--workers", "2"])
+    finally:
+        server.stop()
+    summary = out["summary"]
+    assert 30 <= summary["connects"] <= 50  # 20/s for 2 s, split over two processes
+    assert summary["connects"] == summary["connect_attempts"]
+    assert sum(summary["errors"].values()) == 0
+    assert summary["acked"] == summary["connects"] * 6
