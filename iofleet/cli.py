@@ -22,6 +22,7 @@ from iofleet.render import (
     render_haproxy,
     render_nginx,
 )
+from iofleet.rollout_cli import rollout_command
 from iofleet.up import run_detached, run_down, run_foreground
 
 app = typer.Typer(
@@ -187,3 +188,4 @@ def down_command(state_dir: StateDirOpt = Path(".iofleet")) -> None:
 
 app.command("plan")(plan_command)
 app.command("loadtest")(loadtest_command)
+app.command("rollout")(rollout_command)
