@@ -55,7 +55,11 @@ class Gate(_Model):
 
 class StackTarget(_Model):
     admin_urls: list[str] = Field(default_factory=list)
-    """Every pod's admin base URL (the admin port is never behind the public balancer)."""
+    """Pods' admin base URLs (the admin port is never behind the public balancer)."""
+    admin_dns: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+:\d{1,5}$")
+    """HOST:PORT whose addresses are every pod, resolved at each sample (the headless
+    Service, e.g. iofleet-server-headless.iofleet.svc.cluster.local:9000, when the
+    rollout runs inside the cluster's network): pods replaced by the update are found."""
     public_url: str | None = None
     """Defaults to the stack outputs `public_scheme://public_hostname`."""
 
@@ -141,7 +145,8 @@ class PulumiStacks:
             result = self._stack(stack).preview(on_output=on_output)
         except self.automation.CommandError as error:
             raise StackOpsError(str(error)) from None
-        return Preview(changes={str(k): int(v) for k, v in result.change_summary.items()})
+        changes = {str(getattr(k, "value", k)): int(v) for k, v in result.change_summary.items()}
+        return Preview(changes=changes)
 
     def up(self, stack: str, on_output: Callable[[str], None]) -> Up:
         try:
@@ -234,8 +239,21 @@ class HttpHealth:
         async with aiohttp.ClientSession(timeout=self.timeout) as session:
             public = target.public_url or _public_url(outputs)
             public_ok = public is not None and await _handshake_ok(session, public)
-            pods = await asyncio.gather(*(_pod(session, url) for url in target.admin_urls))
+            urls = [*target.admin_urls, *await _resolve(target.admin_dns)]
+            pods = await asyncio.gather(*(_pod(session, url) for url in urls))
         return RegionHealth(public_ok=public_ok, pods=tuple(pods), at=time.monotonic())
+
+
+async def _resolve(admin_dns: str | None) -> list[str]:
+    if not admin_dns:
+        return []
+    host, port = admin_dns.rsplit(":", 1)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, int(port), proto=6)
+    except OSError:
+        return []  # no pods found: the gate reports "no pods to check"
+    addresses = sorted({str(info[4][0]) for info in infos})
+    return [f"http://{a}:{port}" if ":" not in a else f"http://[{a}]:{port}" for a in addresses]
 
 
 def _public_url(outputs: Mapping[str, Any]) -> str | None:

@@ -196,6 +196,11 @@ def test_http_health_reads_real_servers_and_sees_a_draining_pod() -> None:
         assert [p.ready for p in second.pods] == [True, False]
         reasons = gate_failures(Gate(), first, first, second)
         assert reasons and reasons[0].startswith("1 pod(s) not ready")
+        # Pods found by name at each sample (a headless Service in a cluster).
+        by_dns = StackTarget(admin_dns=f"127.0.0.1:{servers[0].admin_port}")
+        found = asyncio.run(health.sample("dns", by_dns, {"public_hostname": "127.0.0.1:9"}))
+        assert [p.url for p in found.pods] == [servers[0].admin_url] and found.pods[0].ready
+        assert not found.public_ok  # the stack outputs' hostname answers nothing
         # A region whose endpoint answers nothing fails the public check.
         gone = StackTarget(admin_urls=[], public_url="http://127.0.0.1:9")
         assert not asyncio.run(health.sample("gone", gone, {})).public_ok
