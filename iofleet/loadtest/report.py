@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.table import Table
 
-from iofleet.loadtest.stats import ERROR_KINDS, Tick, Totals
+from iofleet.loadtest.stats import ERROR_KINDS, Histogram, Tick, Totals
 
 
 def live_panel(tick: Tick, elapsed_label: str = "") -> Table:
@@ -59,14 +59,21 @@ def summary_table(summary: dict[str, Any]) -> Table:
 # --- HTML -----------------------------------------------------------------------------
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd")
-_W, _H, _PAD_L, _PAD_B, _PAD_T = 760, 220, 60, 30, 14
+_W, _H, _PAD_L, _PAD_B, _PAD_T = 780, 220, 80, 30, 14
+
+
+def _short(value: float) -> str:
+    for size, suffix in ((1e6, "M"), (1e3, "k")):
+        if value >= size:
+            return f"{value / size:.3g}{suffix}"
+    return f"{value:.3g}"
 
 
 def svg_chart(
-    title: str, unit: str, xs: Sequence[float], series: dict[str, Sequence[float]]
+    title: str, unit: str, xs: Sequence[float], series: dict[str, Sequence[float | None]]
 ) -> str:
-    """A line chart of several series over the same x axis (seconds)."""
-    top = max([max(values, default=0) for values in series.values()] + [0]) or 1.0
+    """A line chart of several series over the same x axis (seconds); a None leaves a gap."""
+    top = max([v for values in series.values() for v in values if v is not None] + [0]) or 1.0
     right = max(xs, default=1) or 1
     plot_w, plot_h = _W - _PAD_L - 10, _H - _PAD_B - _PAD_T
 
@@ -85,7 +92,7 @@ def svg_chart(
         y = _PAD_T + plot_h - fraction * plot_h
         parts.append(
             f'<text x="{_PAD_L - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end">'
-            f"{top * fraction:.3g} {html.escape(unit)}</text>"
+            f"{_short(top * fraction)} {html.escape(unit)}</text>"
         )
         parts.append(
             f'<line x1="{_PAD_L}" y1="{y:.1f}" x2="{_W - 10}" y2="{y:.1f}" stroke="#eee"/>'
@@ -98,16 +105,32 @@ def svg_chart(
         )
     for index, (name, values) in enumerate(series.items()):
         color = _COLORS[index % len(_COLORS)]
-        points = " ".join(point(x, y) for x, y in zip(xs, values, strict=False))
-        parts.append(
-            f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{points}"/>'
-        )
+        runs: list[list[str]] = [[]]
+        for second, value in zip(xs, values, strict=False):
+            if value is None:
+                runs.append([])
+            else:
+                runs[-1].append(point(second, value))
+        for run in runs:
+            if len(run) == 1:
+                cx, cy = run[0].split(",")
+                parts.append(f'<circle cx="{cx}" cy="{cy}" r="2" fill="{color}"/>')
+            elif run:
+                parts.append(
+                    f'<polyline fill="none" stroke="{color}" stroke-width="1.5" '
+                    f'points="{" ".join(run)}"/>'
+                )
         parts.append(
             f'<text x="{_PAD_L + 10 + index * 150}" y="{_H + 14}" font-size="11" '
             f'fill="{color}">■ {html.escape(name)}</text>'
         )
     parts.append("</svg>")
     return "\n".join(parts)
+
+
+def _p(histogram: Histogram, p: float) -> float | None:
+    """A second with no samples has no latency (a gap, not a zero)."""
+    return histogram.percentile(p) if histogram.count else None
 
 
 def html_report(
@@ -121,10 +144,10 @@ def html_report(
             "ms",
             xs,
             {
-                "ack p50": [t.ack_ms.percentile(50) for t in ticks],
-                "ack p99": [t.ack_ms.percentile(99) for t in ticks],
-                "delivery p99": [t.delivery_ms.percentile(99) for t in ticks],
-                "connect p99": [t.connect_ms.percentile(99) for t in ticks],
+                "ack p50": [_p(t.ack_ms, 50) for t in ticks],
+                "ack p99": [_p(t.ack_ms, 99) for t in ticks],
+                "delivery p99": [_p(t.delivery_ms, 99) for t in ticks],
+                "connect p99": [_p(t.connect_ms, 99) for t in ticks],
             },
         ),
         svg_chart("connections", "", xs, {"open connections": [t.connections for t in ticks]}),
