@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -17,6 +18,7 @@ from tests.support.procs import ServerProcess
 from tests.tools.conftest import LOAD_ENV
 
 pytestmark = pytest.mark.usefixtures("jwt_env")
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "loadtest"
 
 
 def run_cli(args: list[str]) -> dict[str, Any]:
@@ -198,3 +200,64 @@ def test_workers_share_the_arrivals(tmp_path: Path) -> None:
     assert summary["connects"] == summary["connect_attempts"]
     assert sum(summary["errors"].values()) == 0
     assert summary["acked"] == summary["connects"] * 6
+
+
+@pytest.mark.parametrize("name", ["chat-rooms", "broadcast-room", "connection-storm", "capacity"])
+def test_bundled_scenarios_run_clean_when_shrunk(name: str) -> None:
+    """Each bundled scenario, cut to a couple of seconds and a few users, speaks the
+    server's contract: every connect, join and message is accepted."""
+    from iofleet.loadtest.engine import Auth, Engine
+    from iofleet.loadtest.scenario import load_scenario
+    from iofleet.loadtest.stats import Totals
+    from tests.support.procs import TEST_JWT_SECRET
+
+    scenario = load_scenario(EXAMPLES / f"{name}.yml")
+    for phase in scenario.config.phases:
+        phase.duration = min(phase.duration, 1.0)
+        phase.arrival_rate = min(phase.arrival_rate, 15)
+        phase.ramp_to = None
+    if name == "capacity":
+        scenario.config.phases[0].arrival_rate = 15
+    server = ServerProcess(name, env=dict(LOAD_ENV)).start()
+    totals = Totals()
+    try:
+        engine = Engine(scenario, server.url, Auth(jwt_secret=TEST_JWT_SECRET), seed=1, grace=1)
+        asyncio.run(engine.run(totals.add))
+    finally:
+        server.stop()
+    summary = totals.summary()
+    assert summary["connects"] > 3 and summary["acked"] >= summary["connects"]
+    assert sum(summary["errors"].values()) == 0, summary["error_reasons"]
+    assert not [r for r in summary["error_reasons"] if r.startswith("rejected")]
+
+
+RECONNECT = """
+config:
+  phases: [{duration: 1, arrivalRate: 10}]
+scenarios:
+  - flow:
+      - connect
+      - join: t
+      - loop:
+          - think: 0.2
+          - disconnect
+          - connect
+          - join: t
+          - emit: {channel: "chat:message", data: {room: t, text: "back{{ $mark }}"},
+                   acknowledge: true}
+        count: 3
+"""
+
+
+def test_users_disconnect_and_reconnect_on_purpose_without_errors(tmp_path: Path) -> None:
+    server = ServerProcess("again", env=dict(LOAD_ENV)).start()
+    try:
+        out = run_cli([str(write(tmp_path, RECONNECT)), "--target", server.url])
+    finally:
+        server.stop()
+    summary = out["summary"]
+    users = summary["connect_attempts"] // 4
+    assert users >= 5
+    assert summary["connects"] == summary["connect_attempts"] == users * 4
+    assert summary["acked"] == users * 7  # four joins and three messages each
+    assert sum(summary["errors"].values()) == 0, summary["error_reasons"]
