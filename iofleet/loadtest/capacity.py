@@ -54,6 +54,7 @@ class Level:
     errors: dict[str, int] = field(default_factory=dict)
     delivered_per_second: float = 0.0
     emitted_per_second: float = 0.0
+    server_rss_mb: float | None = None
     broke: list[str] = field(default_factory=list)
 
 
@@ -65,6 +66,18 @@ class CapacityResult:
     levels: list[Level]
     held: Level | None
     totals: Totals
+    base_rss_mb: float | None = None
+    """The server's resident memory before the first level (`--server-pid`)."""
+
+    @property
+    def memory_per_connection_mb(self) -> float | None:
+        held = self.held
+        if held is None or held.server_rss_mb is None or self.base_rss_mb is None:
+            return None
+        if not held.connections:
+            return None
+        per_server = held.connections / self.servers
+        return round(max(0.0, held.server_rss_mb - self.base_rss_mb) / per_server, 4)
 
     @property
     def connections_per_server(self) -> int:
@@ -79,9 +92,12 @@ class CapacityResult:
         return round(self.held.delivered_per_second / self.servers, 1)
 
     def to_json(self) -> dict[str, Any]:
+        memory = self.memory_per_connection_mb
         return {
             "connections_per_server": self.connections_per_server,
             "deliveries_per_second_per_server": self.deliveries_per_second_per_server,
+            **({"memory_per_connection_mb": memory} if memory is not None else {}),
+            **({"base_memory_mb": self.base_rss_mb} if self.base_rss_mb is not None else {}),
             "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "target": self.target,
             "servers": self.servers,
@@ -93,6 +109,19 @@ class CapacityResult:
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+
+def rss_mb(pid: int | None) -> float | None:
+    """Resident memory of a local process (Linux /proc), MB; None when unknown."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) * 1024 / 1_000_000, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def parse_metric(text: str, name: str) -> float | None:
@@ -136,6 +165,7 @@ async def find_capacity(
     servers: int = 1,
     on_tick: Callable[[Tick], None] = lambda tick: None,
     on_level: Callable[[Level], None] = lambda level: None,
+    server_pid: int | None = None,
 ) -> CapacityResult:
     slo = scenario.config.slo
     engine = Engine(scenario, target, auth)
@@ -150,6 +180,7 @@ async def find_capacity(
 
     levels: list[Level] = []
     held: Level | None = None
+    base_rss = rss_mb(server_pid)
     async with engine.running(take), aiohttp.ClientSession() as metrics_session:
         users = ramp.start
         while users <= ramp.maximum:
@@ -171,13 +202,14 @@ async def find_capacity(
             level = _judge(
                 users, window, measured_from, lags, server_connections, slo, engine.connections
             )
+            level.server_rss_mb = rss_mb(server_pid)
             levels.append(level)
             on_level(level)
             if not level.held:
                 break
             held = level
             users += ramp.step
-    return CapacityResult(target, servers, slo, levels, held, totals)
+    return CapacityResult(target, servers, slo, levels, held, totals, base_rss)
 
 
 async def _fill(engine: Engine, users: int, rate: float) -> None:

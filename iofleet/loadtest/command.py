@@ -58,6 +58,10 @@ def loadtest_command(
     servers: Annotated[
         int, typer.Option(min=0, help="Capacity: servers behind the target (default: --metrics).")
     ] = 0,
+    server_pid: Annotated[
+        int | None,
+        typer.Option(help="Capacity: a local server's PID, to measure memory per connection."),
+    ] = None,
     capacity_file: Annotated[
         Path, typer.Option(help="Capacity: where the result goes (for `iofleet plan`).")
     ] = Path("capacity.json"),
@@ -91,7 +95,17 @@ def loadtest_command(
     if find_capacity_:
         ramp = Ramp(start, step, max_users, step_seconds, ramp_rate)
         code = _capacity(
-            console, scenario, url, auth, ramp, metrics or [], servers, capacity_file, as_json, html
+            console,
+            scenario,
+            url,
+            auth,
+            ramp,
+            metrics or [],
+            servers,
+            capacity_file,
+            as_json,
+            html,
+            server_pid,
         )
         raise typer.Exit(code)
     options = RunOptions(target=url, auth=auth, workers=workers, seed=seed, grace=grace)
@@ -141,6 +155,7 @@ def _capacity(
     capacity_file: Path,
     as_json: bool,
     html: Path | None,
+    server_pid: int | None = None,
 ) -> int:
     count = servers or max(1, len(metrics))
 
@@ -157,7 +172,9 @@ def _capacity(
     if not metrics:
         console.print("note: no --metrics URL, so the event-loop lag is not checked")
     result: CapacityResult = event_loop_runner(
-        find_capacity(scenario, url, auth, ramp, metrics, count, on_level=level_line)
+        find_capacity(
+            scenario, url, auth, ramp, metrics, count, on_level=level_line, server_pid=server_pid
+        )
     )
     result.write(capacity_file)
     if html:

@@ -261,3 +261,42 @@ def test_users_disconnect_and_reconnect_on_purpose_without_errors(tmp_path: Path
     assert summary["connects"] == summary["connect_attempts"] == users * 4
     assert summary["acked"] == users * 7  # four joins and three messages each
     assert sum(summary["errors"].values()) == 0, summary["error_reasons"]
+
+
+WORK = """
+config:
+  phases: [{duration: 1, arrivalRate: 1}]
+scenarios:
+  - flow:
+      - connect
+      - loop:
+          - emit: {channel: work, data: {}, acknowledge: true}
+          - think: 0.5
+"""
+
+
+def test_find_capacity_finds_the_knee_of_a_cpu_bound_server(tmp_path: Path) -> None:
+    # Each `work` event holds the loop for 20 ms and each user sends two a second, so
+    # about 25 users fill the core (on an idle machine); message latency and loop lag
+    # then climb, and the knee is where they cross the objective.
+    env = {**LOAD_ENV, "IOFLEET_HANDLERS": "tests.tools.cpu_handlers:register"}
+    server = ServerProcess("cpu", env=env).start()
+    capacity = tmp_path / "capacity.json"
+    try:
+        assert server.process is not None
+        args = [str(write(tmp_path, WORK)), "--target", server.url, "--find-capacity"]
+        args += ["--start", "4", "--step", "8", "--max-users", "80", "--step-seconds", "2"]
+        args += ["--metrics", f"{server.admin_url}/metrics", "--server-pid"]
+        args += [str(server.process.pid), "--capacity-file", str(capacity)]
+        args += ["--slo-message-p99-ms", "150", "--slo-loop-lag-ms", "100"]
+        args += ["--slo-connect-ms", "2000"]
+        out = run_cli(args)
+    finally:
+        server.stop()
+    levels = out["levels"]
+    assert levels[0]["held"] and not levels[-1]["held"], levels
+    assert levels[-1]["users"] < 80  # it broke before the top of the ramp
+    assert any("message p99" in b or "lag" in b for b in levels[-1]["broke"]), levels[-1]
+    assert 4 <= out["connections_per_server"] < 40
+    print([(lv["users"], lv["message_p99_ms"], lv["loop_lag_ms"], lv["broke"]) for lv in levels])
+    assert out["memory_per_connection_mb"] >= 0 and out["base_memory_mb"] > 10
