@@ -19,7 +19,7 @@ from iofleet.loadtest.engine import Auth
 from iofleet.loadtest.report import html_report, live_panel, summary_table
 from iofleet.loadtest.run import RunOptions, event_loop_runner, run_scenario
 from iofleet.loadtest.scenario import ScenarioError, load_scenario
-from iofleet.loadtest.stats import Tick
+from iofleet.loadtest.stats import Tick, Totals
 
 
 def loadtest_command(
@@ -109,8 +109,9 @@ def loadtest_command(
         )
         raise typer.Exit(code)
     options = RunOptions(target=url, auth=auth, workers=workers, seed=seed, grace=grace)
-    with _display(console, show=not as_json) as show:
-        totals = run_scenario(scenario, options, show)
+    totals = Totals()
+    with _display(console, not as_json, totals) as show:
+        run_scenario(scenario, options, show, totals)
     summary = totals.summary()
     if html:
         notes = [f"scenario {scenario_file}", f"target {url}", f"{workers} generator process(es)"]
@@ -126,19 +127,23 @@ def loadtest_command(
 
 
 @contextmanager
-def _display(console: Console, show: bool) -> Iterator[Callable[[Tick], None]]:
+def _display(console: Console, show: bool, totals: Totals) -> Iterator[Callable[[Tick], None]]:
     """A live panel on a terminal; a line every 5 s otherwise; nothing with --json."""
     if console.is_terminal and show:
         with Live(Table(), console=console, refresh_per_second=4, transient=False) as live:
-            yield lambda tick: live.update(live_panel(tick))
+            yield lambda tick: live.update(live_panel(tick, totals.errors_so_far))
         return
 
+    printed: set[int] = set()
+
     def line(tick: Tick) -> None:
-        if tick.second % 5 == 0:
-            errors = sum(tick.errors.values())
+        # With several workers a second arrives once per worker: print it once.
+        if tick.second % 5 == 0 and tick.second not in printed:
+            printed.add(tick.second)
+            errors = sum(totals.errors_so_far.values())
             console.print(
                 f"[{tick.second:>4}s] {tick.phase}: {tick.connections} connections, "
-                f"{tick.emitted} sent/s, {tick.delivered} delivered/s, {errors} errors/s"
+                f"{tick.emitted} sent/s, {tick.delivered} delivered/s, {errors} errors so far"
             )
 
     yield line

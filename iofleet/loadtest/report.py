@@ -7,7 +7,7 @@ connections, throughput and errors over time.
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.table import Table
@@ -15,12 +15,13 @@ from rich.table import Table
 from iofleet.loadtest.stats import ERROR_KINDS, Histogram, Tick, Totals
 
 
-def live_panel(tick: Tick, elapsed_label: str = "") -> Table:
-    table = Table(title=f"load test {elapsed_label}".strip(), title_justify="left")
+def live_panel(tick: Tick, errors_so_far: Mapping[str, int]) -> Table:
+    """The last second's figures, with every error counted since the start."""
+    table = Table(title="load test", title_justify="left")
     for column in ("second", "phase", "users", "connections", "emit/s", "deliver/s", "ack p99"):
         table.add_column(column, justify="right")
-    table.add_column("errors")
-    errors = ", ".join(f"{k} {v}" for k, v in sorted(tick.errors.items()) if v) or "none"
+    table.add_column("errors so far")
+    errors = ", ".join(f"{k} {v}" for k, v in sorted(errors_so_far.items()) if v) or "none"
     table.add_row(
         str(tick.second),
         tick.phase,

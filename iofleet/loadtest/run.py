@@ -43,10 +43,13 @@ def event_loop_runner(coroutine: Any) -> Any:
 
 
 def run_scenario(
-    scenario: Scenario, options: RunOptions, on_tick: Callable[[Tick], None]
+    scenario: Scenario,
+    options: RunOptions,
+    on_tick: Callable[[Tick], None],
+    totals: Totals | None = None,
 ) -> Totals:
     """Run every phase; `on_tick` sees each merged second as it completes."""
-    totals = Totals()
+    totals = totals if totals is not None else Totals()
 
     def take(tick: Tick) -> None:
         totals.add(tick)

@@ -116,12 +116,14 @@ class Totals:
     """The whole run: sums of the ticks, and the ticks themselves (the time series)."""
 
     by_second: dict[int, Tick] = field(default_factory=dict)
+    errors_so_far: Counter[str] = field(default_factory=Counter)
 
     @property
     def ticks(self) -> list[Tick]:
         return [self.by_second[s] for s in sorted(self.by_second)]
 
     def add(self, tick: Tick) -> None:
+        self.errors_so_far.update(tick.errors)
         mine = self.by_second.get(tick.second)
         if mine is None:
             self.by_second[tick.second] = tick
