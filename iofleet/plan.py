@@ -411,6 +411,8 @@ def _choose_node(
     pod_memory_gib: float,
     figures: list[Figure],
 ) -> tuple[str, int]:
+    if not any(region in node.hourly for node in catalog.node_types.values()):
+        raise PlanError(f"no prices for region {region!r} in the instance-type table: add them")
     names = [policy.node_type] if policy.node_type else sorted(catalog.node_types)
     best: tuple[float, int, str] | None = None
     for name in names:

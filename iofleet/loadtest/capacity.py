@@ -187,6 +187,7 @@ async def find_capacity(
             engine.phase = f"level {users}"
             window.clear()
             await _fill(engine, users, ramp.arrival_rate)
+            await engine.connects_settled(scenario.config.connect_timeout)
             await asyncio.sleep(ramp.settle_seconds)
             measured_from = len(window)
             lags: list[float] = []

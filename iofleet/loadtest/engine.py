@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ MARK = "\x00mark\x00"
 MARK_PREFIX = " ~"
 APP_EVENTS_IGNORED = frozenset({"server:hello"})
 RATE_LIMITED = "rate limited"
+UNSENT_KEPT = 100_000
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,13 @@ class Engine:
         self._next_vu = 0
         self._stopping = False
         # (sender, room, number) of marked messages the server refused or never acked,
-        # so receivers do not count them as lost.
+        # so receivers do not count them as lost; the oldest are forgotten past a bound.
         self._unsent: set[tuple[str, str, int]] = set()
+        self._unsent_order: deque[tuple[str, str, int]] = deque()
+        self.connecting = 0
+        """Connects under way (capacity levels wait for them before measuring)."""
+        self._no_connects = asyncio.Event()
+        self._no_connects.set()
         self._session: aiohttp.ClientSession | None = None
         self.hold = False
         """Capacity mode: a user whose flow ends stays connected until the run stops."""
@@ -118,6 +125,12 @@ class Engine:
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticker
                 self._emit_tick(on_tick)
+
+    async def connects_settled(self, within: float) -> None:
+        """Return once no connect is under way, or after `within` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._no_connects.wait()
 
     async def stop_users(self) -> None:
         self._stopping = True
@@ -220,12 +233,18 @@ class Engine:
             on_event=lambda event, args: self._on_event(user, event, args),
             on_lost=lambda reason: self._on_lost(user, reason),
         )
+        self.connecting += 1
+        self._no_connects.clear()
         try:
             auth = await self._auth_payload(user, connect)
             await connection.connect(auth, self.scenario.config.connect_timeout)
         except ConnectFailed as error:
             self.tick.error(error.kind, error.reason)
             raise _UserEnds from None
+        finally:
+            self.connecting -= 1
+            if not self.connecting:
+                self._no_connects.set()
         self.tick.connect_ms.record((time.monotonic() - begin) * 1000)
         self.tick.connects += 1
         self.connections += 1
@@ -312,7 +331,11 @@ class Engine:
     def _forget_mark(self, user: VirtualUser, data: Any) -> None:
         mark = _parse_mark(data.get("text") if isinstance(data, dict) else None)
         if mark is not None:
-            self._unsent.add((mark[0], str(data.get("room", "")), mark[1]))
+            key = (mark[0], str(data.get("room", "")), mark[1])
+            self._unsent.add(key)
+            self._unsent_order.append(key)
+            if len(self._unsent_order) > UNSENT_KEPT:
+                self._unsent.discard(self._unsent_order.popleft())
 
     def _on_event(self, user: VirtualUser, event: str, args: list[Any]) -> None:
         if event in APP_EVENTS_IGNORED:

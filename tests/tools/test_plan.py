@@ -114,6 +114,8 @@ def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
     assert "x9.huge" in result.output and "Traceback" not in result.output
     with pytest.raises(PlanError, match="connections"):
         Load(connections=0)
+    with pytest.raises(PlanError, match="no prices for region 'mars-1'"):
+        plan(Load(connections=1000, regions=("mars-1",)), Capacity(1000), CATALOG)
 
 
 def test_write_stack_round_trips_and_keeps_comments(tmp_path: Path) -> None:
