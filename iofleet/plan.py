@@ -349,12 +349,16 @@ def _plan_region(
     node_max = max(node_desired, math.ceil(max_replicas / pods_per_node))
     note("nodes desired", node_desired, f"max({node_min}, ceil({servers} / {pods_per_node}))")
     note("nodes max", node_max, f"ceil({max_replicas} / {pods_per_node})")
-    redis_load = messages * (1 + max_replicas)
+    # Each message is published once and relayed to the servers holding members of
+    # its room: at most one per recipient, at most every server (nodes subscribe only
+    # to the rooms they serve).
+    subscribers = min(load.fanout, max_replicas)
+    redis_load = messages * (1 + subscribers)
     redis_type = _choose_redis(region, catalog, policy, redis_load, figures)
     note(
         "Redis pub/sub load msg/s",
         round(redis_load, 1),
-        f"{messages:g} msg/s in x (1 + {max_replicas} subscribed servers)",
+        f"{messages:g} msg/s in x (1 + min(fanout {load.fanout:g}, {max_replicas} servers))",
     )
     node_price = catalog.node_types[node_type].hourly[region]
     redis_price = catalog.redis_node_types[redis_type].hourly[region]
