@@ -300,3 +300,35 @@ def test_find_capacity_finds_the_knee_of_a_cpu_bound_server(tmp_path: Path) -> N
     assert 4 <= out["connections_per_server"] < 40
     print([(lv["users"], lv["message_p99_ms"], lv["loop_lag_ms"], lv["broke"]) for lv in levels])
     assert out["memory_per_connection_mb"] >= 0 and out["base_memory_mb"] > 10
+
+
+def test_a_fleet_server_stopped_mid_run_costs_its_connections_only(
+    tmp_path: Path, fleet: tuple[LocalBalancer, list[ServerProcess]]
+) -> None:
+    balancer, servers = fleet
+    victim = servers[0]
+    connected: list[int] = []
+
+    def kill_later() -> None:
+        time.sleep(2.0)
+        connected.append(_metric(victim, "iofleet_connections"))
+        victim.stop()
+
+    killer = threading.Thread(target=kill_later)
+    killer.start()
+    try:
+        out = run_cli([str(write(tmp_path, HOLD)), "--target", balancer.url, "--grace", "3"])
+    finally:
+        killer.join()
+    summary = out["summary"]
+    errors = summary["errors"]
+    # Exactly the users on the stopped server were cut off; the balancer sent the
+    # later arrivals to the server left, so most connects after the kill succeeded.
+    assert connected[0] > 5
+    assert errors["disconnected"] == connected[0]
+    late = [s for s in out["series"] if s["second"] >= 3]
+    assert max(s["connections"] for s in late) > max(s["connections"] for s in out["series"][:2])
+    assert (
+        summary["connects"] >= summary["connect_attempts"] - errors["refused"] - errors["timeout"]
+    )
+    assert errors["rate_limited"] == 0 and errors["lost"] == 0
