@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -135,10 +136,21 @@ class PulumiStacks:
         self.work_dir = work_dir
         # Pulumi is the `infra` extra: only a real rollout needs it, so it is loaded here
         # rather than when the `iofleet` command starts.
-        self.automation: Any = importlib.import_module("pulumi.automation")
+        try:
+            self.automation: Any = importlib.import_module("pulumi.automation")
+        except ImportError:
+            raise StackOpsError("the pulumi package is missing: pip install '.[infra]'") from None
+        if shutil.which("pulumi") is None:
+            raise StackOpsError(
+                "the Pulumi CLI is not on PATH (the Automation API drives it): "
+                "install it from https://www.pulumi.com/docs/install/"
+            )
 
     def _stack(self, name: str) -> Any:
-        return self.automation.select_stack(stack_name=name, work_dir=str(self.work_dir))
+        try:
+            return self.automation.select_stack(stack_name=name, work_dir=str(self.work_dir))
+        except self.automation.CommandError as error:
+            raise StackOpsError(str(error)) from None
 
     def preview(self, stack: str, on_output: Callable[[str], None]) -> Preview:
         try:
@@ -157,7 +169,11 @@ class PulumiStacks:
         return Up(result=str(result.summary.result), outputs=outputs)
 
     def outputs(self, stack: str) -> dict[str, Any]:
-        return {k: v.value for k, v in self._stack(stack).outputs().items() if not v.secret}
+        try:
+            outputs = self._stack(stack).outputs()
+        except self.automation.CommandError as error:
+            raise StackOpsError(str(error)) from None
+        return {k: v.value for k, v in outputs.items() if not v.secret}
 
 
 @dataclass

@@ -17,6 +17,7 @@ from iofleet.rollout import (
     Rollout,
     RolloutError,
     RolloutReport,
+    StackOpsError,
     load_rollout,
     plan_lines,
     run_rollout,
@@ -70,10 +71,15 @@ def rollout_command(
             for line in plan_lines(rollout_config):
                 console.print(line)
         return
+    try:
+        stacks = PulumiStacks(work_dir)
+    except StackOpsError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
     with Live(Table(), console=console, refresh_per_second=4, transient=as_json) as live:
         rollout = Rollout(
             rollout_config,
-            PulumiStacks(work_dir),
+            stacks,
             HttpHealth(),
             on_change=lambda report: live.update(report_table(report)),
         )

@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 from pulumi import automation
+from typer.testing import CliRunner
 
+from iofleet import rollout
+from iofleet.cli import app
 from iofleet.rollout import PulumiStacks, StackOpsError
 
 
@@ -69,6 +72,13 @@ class FakeStack:
         }
 
 
+@pytest.fixture
+def pulumi_cli_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI is not installed here; PulumiStacks only checks that it is there."""
+    monkeypatch.setattr(rollout.shutil, "which", lambda name: f"/usr/local/bin/{name}")
+
+
+@pytest.mark.usefixtures("pulumi_cli_on_path")
 def test_pulumi_stacks_maps_results_and_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     stack = FakeStack()
     calls: list[dict[str, Any]] = []
@@ -88,7 +98,19 @@ def test_pulumi_stacks_maps_results_and_hides_secrets(monkeypatch: pytest.Monkey
     assert calls[0] == {"stack_name": "prod-eu-west-1", "work_dir": "/work/project"}
 
 
+@pytest.mark.usefixtures("pulumi_cli_on_path")
 def test_pulumi_errors_become_stack_ops_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(automation, "select_stack", lambda **kwargs: FakeStack(fail=True))
     with pytest.raises(StackOpsError, match="quota"):
         PulumiStacks(Path()).up("prod-eu-west-1", print)
+
+
+def test_without_the_pulumi_cli_the_command_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(rollout.shutil, "which", lambda name: None)
+    path = tmp_path / "rollout.yaml"
+    path.write_text("waves:\n  - {name: canary, stacks: [prod-eu-west-1]}\n")
+    result = CliRunner().invoke(app, ["rollout", "--config", str(path)])
+    assert result.exit_code == 2
+    assert "Pulumi CLI is not on PATH" in result.output and "Traceback" not in result.output
