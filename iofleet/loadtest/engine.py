@@ -55,6 +55,8 @@ class VirtualUser:
     """Next mark number per room this user sends to."""
     heard: dict[tuple[str, str], int] = field(default_factory=dict)
     """(sender, room) -> last mark number heard, for gaps (lost messages)."""
+    lost: bool = False
+    """The server or network closed this user's connection (the user then ends)."""
 
 
 class Engine:
@@ -249,6 +251,7 @@ class Engine:
         self.tick.connects += 1
         self.connections += 1
         user.connection = connection
+        user.lost = False
         user.heard.clear()  # a new session: marks start afresh
 
     async def _auth_payload(self, user: VirtualUser, connect: Connect) -> dict[str, Any] | None:
@@ -281,15 +284,21 @@ class Engine:
     def _on_lost(self, user: VirtualUser, reason: str) -> None:
         if user.connection is not None:
             user.connection = None
+            user.lost = True
             user.rooms.clear()
             self.connections -= 1
             if not self._stopping:
                 self.tick.error("disconnected", reason)
 
     async def _emit(self, user: VirtualUser, event: str, data: Any, ack: bool) -> Any:
+        if user.connection is None:
+            if user.lost:
+                raise _UserEnds  # counted as disconnected when it happened
+            # As in Artillery, a flow that sends before (or after) any `connect` step
+            # connects with the defaults.
+            await self._connect(user, Connect())
         connection = user.connection
-        if connection is None:
-            raise _UserEnds  # lost earlier: counted as disconnected then
+        assert connection is not None
         begin = time.monotonic()
         self.tick.emitted += 1
         try:

@@ -332,3 +332,25 @@ def test_a_fleet_server_stopped_mid_run_costs_its_connections_only(
         summary["connects"] >= summary["connect_attempts"] - errors["refused"] - errors["timeout"]
     )
     assert errors["rate_limited"] == 0 and errors["lost"] == 0
+
+
+IMPLICIT = """
+config:
+  phases: [{duration: 1, arrivalRate: 5}]
+scenarios:
+  - flow:
+      - join: solo
+      - emit: {channel: "chat:message", data: {room: solo, text: "x"}, acknowledge: true}
+"""
+
+
+def test_a_flow_without_connect_connects_with_the_defaults(tmp_path: Path) -> None:
+    server = ServerProcess("implicit", env=dict(LOAD_ENV)).start()
+    try:
+        out = run_cli([str(write(tmp_path, IMPLICIT)), "--target", server.url])
+    finally:
+        server.stop()
+    summary = out["summary"]
+    assert summary["connects"] == summary["connect_attempts"] >= 3
+    assert summary["acked"] == 2 * summary["connects"]
+    assert sum(summary["errors"].values()) == 0
