@@ -40,7 +40,7 @@ def loadtest_command(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (repeatable runs).")] = None,
     grace: Annotated[
-        float, typer.Option(help="Seconds users get to finish after the last phase.")
+        float, typer.Option(min=0, help="Seconds users get to finish after the last phase.")
     ] = 5.0,
     find_capacity_: Annotated[
         bool,
@@ -49,8 +49,12 @@ def loadtest_command(
     start: Annotated[int, typer.Option(min=1, help="Capacity: users at the first level.")] = 100,
     step: Annotated[int, typer.Option(min=1, help="Capacity: users added per level.")] = 100,
     max_users: Annotated[int, typer.Option(min=1, help="Capacity: most users tried.")] = 10_000,
-    step_seconds: Annotated[float, typer.Option(help="Capacity: seconds measured per level.")] = 10,
-    ramp_rate: Annotated[float, typer.Option(help="Capacity: new users/s filling a level.")] = 200,
+    step_seconds: Annotated[
+        float, typer.Option(min=0.5, help="Capacity: seconds measured per level.")
+    ] = 10,
+    ramp_rate: Annotated[
+        float, typer.Option(min=1, help="Capacity: new users/s filling a level.")
+    ] = 200,
     metrics: Annotated[
         list[str] | None,
         typer.Option(help="Capacity: a server's admin /metrics URL (loop lag), repeatable."),
