@@ -354,3 +354,26 @@ def test_a_flow_without_connect_connects_with_the_defaults(tmp_path: Path) -> No
     assert summary["connects"] == summary["connect_attempts"] >= 3
     assert summary["acked"] == 2 * summary["connects"]
     assert sum(summary["errors"].values()) == 0
+
+
+GUEST = """
+config:
+  phases: [{duration: 1, arrivalRate: 4}]
+scenarios:
+  - flow:
+      - connect: {auth: guest}
+      - join: lobby
+"""
+
+
+def test_guest_tokens_come_from_the_server(tmp_path: Path) -> None:
+    # Guest tokens are rate-limited per address (10 a minute by default): a few users.
+    server = ServerProcess("guests", env={**LOAD_ENV, "IOFLEET_GUEST_TOKENS": "true"}).start()
+    try:
+        out = run_cli([str(write(tmp_path, GUEST)), "--target", server.url])
+    finally:
+        server.stop()
+    summary = out["summary"]
+    assert 2 <= summary["connects"] == summary["connect_attempts"] <= 6
+    assert summary["acked"] == summary["connects"]
+    assert sum(summary["errors"].values()) == 0, summary["error_reasons"]
