@@ -207,6 +207,9 @@ class Engine:
                 while step.count is None or count < step.count:
                     await self._steps(user, step.loop)
                     count += 1
+                    # A loop of sends without acks or thinks may never wait on anything:
+                    # yield once a round so the ticker, the readers and a stop still run.
+                    await asyncio.sleep(0)
             elif step.connect is not None:
                 await self._connect(user, step.connect)
             elif step.disconnect:
