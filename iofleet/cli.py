@@ -9,7 +9,9 @@ import typer
 from rich.console import Console
 
 from iofleet.fleet import FleetConfig
+from iofleet.loadtest.command import loadtest_command
 from iofleet.node_ids import resolve_backends
+from iofleet.plan_cli import plan_command
 from iofleet.render import (
     RELOAD_GRACE_S,
     DnsDiscovery,
@@ -21,6 +23,7 @@ from iofleet.render import (
     render_haproxy,
     render_nginx,
 )
+from iofleet.rollout_cli import rollout_command
 from iofleet.up import run_detached, run_down, run_drain, run_foreground
 from server.contract import ADMIN_PORT, PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS, PUBLIC_PORT
 
@@ -234,3 +237,8 @@ def drain_command(
 ) -> None:
     """Drain one server of the local fleet: out of the balancer, its clients moved."""
     raise typer.Exit(run_drain(state_dir, node_id, within, Console()))
+
+
+app.command("plan")(plan_command)
+app.command("loadtest")(loadtest_command)
+app.command("rollout")(rollout_command)

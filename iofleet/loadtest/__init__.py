@@ -1,0 +1,1 @@
+"""`iofleet loadtest`: Artillery-shaped scenarios, a lean Socket.IO load engine, reports."""

@@ -1,0 +1,154 @@
+"""`iofleet plan`: figures against hand-computed cases, linear scaling, --write-stack."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from iofleet.cli import app
+from iofleet.plan import Capacity, Load, PlanError, Policy, load_catalog, plan
+from iofleet.stackfile import read_config
+
+REPO = Path(__file__).resolve().parents[2]
+CATALOG = load_catalog()
+
+
+def test_connection_bound_case_by_hand() -> None:
+    # One region, 30,000 connections, no messages; a server holds 5,000 (measured),
+    # 0.1 MB per connection, 150 MB base; m7i.large nodes.
+    load = Load(connections=30_000, regions=("us-east-1",))
+    capacity = Capacity(connections_per_server=5000, memory_per_connection_mb=0.1)
+    result = plan(load, capacity, CATALOG, Policy(node_type="m7i.large"))
+    region = result.regions[0]
+    assert region.target_connections == 3500  # floor(5000 x 0.7)
+    assert region.servers == 9  # ceil(30000 / 3500) = ceil(8.57)
+    assert region.max_replicas == 14  # ceil(9 x 1.5)
+    assert region.min_replicas == 3  # max(2, ceil(9 x 0.25) = 3)
+    assert region.max_connections == 5000
+    # (150 + 0.1 x 5000) x 1.25 = 812.5 MB = 774.9 MiB -> next multiple of 64 = 832
+    assert region.server_memory == "832Mi"
+    assert region.server_cpu == "1"
+    # m7i.large: min(floor((2 - 0.35) / 1), floor((8 - 1) / 0.8125)) = min(1, 8) = 1
+    assert region.pods_per_node == 1
+    assert (region.node_min, region.node_desired, region.node_max) == (2, 9, 14)
+    assert region.redis_node_type == "cache.t4g.small"  # no traffic: the cheapest
+    # 730 h x (9 x 0.1008 + 2 x 0.032 + 0.10) = 730 x 1.0712 = 781.976
+    assert region.monthly_cost == pytest.approx(781.98)
+    assert result.monthly_cost == pytest.approx(781.98)
+
+
+def test_delivery_bound_case_by_hand() -> None:
+    # Two regions; 100,000 connections, 1,000 msg/s each heard by 1,000 members.
+    # A server: 4,000 connections or 20,000 deliveries/s.
+    load = Load(
+        connections=100_000,
+        messages_per_second=1000,
+        fanout=1000,
+        regions=("us-east-1", "eu-west-1"),
+    )
+    capacity = Capacity(connections_per_server=4000, deliveries_per_second_per_server=20_000)
+    result = plan(load, capacity, CATALOG)
+    us, eu = result.regions
+    assert us.connections == 50_000  # 100000 / 2
+    assert us.deliveries_per_second == 500_000  # 1000 x 1000 / 2
+    # min(4000 x 0.7 = 2800, 50000 x 20000 x 0.7 / 500000 = 1400) = 1400
+    assert us.target_connections == 1400
+    assert us.servers == 36  # ceil(50000 / 1400) = ceil(35.7)
+    assert us.max_replicas == 54  # ceil(36 x 1.5)
+    assert us.min_replicas == 9  # ceil(36 x 0.25)
+    # Redis: 500 msg/s in x (1 + 54) = 27,500 msg/s; t4g.small 20000 x 0.7 = 14000 is
+    # short, t4g.medium 40000 x 0.7 = 28000 holds it.
+    assert us.redis_node_type == "cache.t4g.medium"
+    assert eu.stack_config() == us.stack_config()  # same sizing, different prices
+    assert eu.monthly_cost > us.monthly_cost
+    assert result.monthly_cost == pytest.approx(us.monthly_cost + eu.monthly_cost)
+
+
+@pytest.mark.parametrize("bound", ["connections", "deliveries"])
+def test_servers_scale_linearly_with_load(bound: str) -> None:
+    capacity = Capacity(connections_per_server=4000, deliveries_per_second_per_server=10_000)
+    base = 28_000  # 10 servers at 2,800 each
+    fanout = 1.0 if bound == "connections" else 100.0
+    servers = []
+    for k in range(1, 6):
+        load = Load(connections=base * k, messages_per_second=100.0 * k, fanout=fanout)
+        servers.append(plan(load, capacity, CATALOG).regions[0].servers)
+    assert servers == [servers[0] * k for k in range(1, 6)], servers
+    assert servers[0] > 2  # above the floor, so the scaling is the formula's, not the floor's
+
+
+def test_rule_of_thumb_comparison_and_json() -> None:
+    result = CliRunner().invoke(
+        app,
+        ["plan", "--connections", "50000", "--connections-per-server", "2500", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["plan"]["regions"][0]["target_connections"] == 1750  # 2500 x 0.7
+    assert data["rule_of_thumb"]["regions"][0]["target_connections"] == 7000  # 10000 x 0.7
+    assert data["plan"]["regions"][0]["servers"] == 29  # ceil(50000 / 1750)
+    assert data["rule_of_thumb"]["regions"][0]["servers"] == 8  # ceil(50000 / 7000)
+
+
+def test_capacity_file_feeds_the_plan(tmp_path: Path) -> None:
+    capacity = tmp_path / "capacity.json"
+    capacity.write_text(
+        json.dumps({"connections_per_server": 1000, "deliveries_per_second_per_server": 5000})
+    )
+    result = CliRunner().invoke(
+        app, ["plan", "--connections", "7000", "--capacity", str(capacity), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    region = json.loads(result.output)["plan"]["regions"][0]
+    assert region["target_connections"] == 700
+    assert region["servers"] == 10
+
+
+def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["plan", "--connections", "1000", "--node-type", "x9.huge"])
+    assert result.exit_code == 2
+    assert "x9.huge" in result.output and "Traceback" not in result.output
+    with pytest.raises(PlanError, match="connections"):
+        Load(connections=0)
+    with pytest.raises(PlanError, match="no prices for region 'mars-1'"):
+        plan(Load(connections=1000, regions=("mars-1",)), Capacity(1000), CATALOG)
+
+
+def test_write_stack_round_trips_and_keeps_comments(tmp_path: Path) -> None:
+    shutil.copy(REPO / "Pulumi.dev.yaml", tmp_path / "Pulumi.dev.yaml")
+    before = (tmp_path / "Pulumi.dev.yaml").read_text()
+    args = ["plan", "--connections", "9000", "--connections-per-server", "1500"]
+    args += ["--regions", "us-west-2", "--write-stack", "dev", "--stack-dir", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    written = json.loads(result.output)["written"]
+    after = (tmp_path / "Pulumi.dev.yaml").read_text()
+    config = read_config(tmp_path / "Pulumi.dev.yaml")
+    assert config["iofleet:target_connections"] == 1050  # floor(1500 x 0.7)
+    assert config["iofleet:max_connections"] == 1500
+    assert config["iofleet:min_replicas"] == 3  # max(2, ceil(ceil(9000/1050)=9 x 0.25))
+    assert config["iofleet:max_replicas"] == 14  # ceil(9 x 1.5)
+    assert "iofleet:target_connections" in written["changed"]
+    # Every comment line survives verbatim, and keys the plan does not own are untouched.
+    comments = [line for line in before.splitlines() if line.lstrip().startswith("#")]
+    assert comments and all(line in after.splitlines() for line in comments)
+    for key in ("aws:region", "iofleet:image", "iofleet:cors_origins", "iofleet:balancer"):
+        assert config[key] == read_config(REPO / "Pulumi.dev.yaml")[key]
+    # Writing the same plan again changes nothing.
+    again = CliRunner().invoke(app, [*args, "--json"])
+    assert json.loads(again.output)["written"]["changed"] == []
+    assert (tmp_path / "Pulumi.dev.yaml").read_text() == after
+
+
+def test_write_stack_refuses_a_region_it_did_not_plan(tmp_path: Path) -> None:
+    shutil.copy(REPO / "Pulumi.dev.yaml", tmp_path / "Pulumi.dev.yaml")
+    before = (tmp_path / "Pulumi.dev.yaml").read_text()
+    args = ["plan", "--connections", "9000", "--regions", "eu-west-1", "--write-stack", "dev"]
+    result = CliRunner().invoke(app, [*args, "--stack-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "us-west-2" in result.output
+    assert (tmp_path / "Pulumi.dev.yaml").read_text() == before
