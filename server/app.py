@@ -37,6 +37,10 @@ def build_node(settings: Settings) -> Node:
         else None
     )
     sio = IofleetServer(settings, metrics, client_manager=fanout)
+    # Read at scrape time: beside iofleet_connections they show connections that
+    # closed but still hold memory (issue 13).
+    metrics.engineio_sockets.set_function(lambda: len(sio.eio.sockets))
+    metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks()))
     metrics.fanout_up.set(1 if fanout is None else 0)
     drain = DrainController(
         sio,
@@ -124,7 +128,13 @@ async def serve(app: web.Application, stop: asyncio.Event) -> None:
     """Run both listeners until the drain finishes or `stop` is set."""
     node = app[NODE_KEY]
     settings = node.settings
-    runners = [web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_STEP_TIMEOUT)]
+    # handler_cancellation: a long-poll whose client dropped the connection is
+    # cancelled at once, so its Engine.IO socket closes then (server/eio_socket.py)
+    # instead of waiting out its timeout.
+    public_runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=SHUTDOWN_STEP_TIMEOUT, handler_cancellation=True
+    )
+    runners = [public_runner]
     sites = [(runners[0], settings.host, settings.port)]
     if ADMIN_APP_KEY in app:
         admin_runner = web.AppRunner(app[ADMIN_APP_KEY], access_log=None, shutdown_timeout=1)

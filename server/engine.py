@@ -14,6 +14,8 @@ from aiohttp import WSCloseCode, WSMsgType
 from aiohttp.web import WebSocketResponse
 from engineio.async_drivers import aiohttp as aiohttp_driver
 
+from server.eio_socket import ReleasingSockets
+
 log = logging.getLogger("iofleet.engine")
 
 # permessage-deflate costs CPU per frame; below about 1 KB it saves little.
@@ -82,6 +84,8 @@ class LimitedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
 class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
     def __init__(self, *args: Any, node_id: str = "node", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Closed connections release their tasks and timers at once (server/eio_socket.py).
+        self.sockets: ReleasingSockets = ReleasingSockets()
         self.node_id = node_id
         self.reject_hook: RejectHook = _ignore_reject
         self._async = {**self._async, "websocket": LimitedWebSocket}  # type: ignore[has-type]
