@@ -22,7 +22,7 @@ and removes the socket from the server's table. `ReleasingSockets` is the table
 `IofleetEngine` keeps its sockets in: python-engineio creates every socket as a
 plain `AsyncSocket` in `_handle_connect` and offers no factory hook, so the table
 turns each one into a `ReleasingSocket` as it is registered, before it is used.
-`tests/server/test_engine_surface.py` pins every upstream method this relies on.
+`tests/server/test_eio_socket.py` pins every upstream method this relies on.
 """
 
 from __future__ import annotations
@@ -46,6 +46,17 @@ CLOSE_HANDSHAKE_SECONDS = 1.0
 
 class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
     """One Engine.IO connection; `_release()` is the one owner of its resources."""
+
+    # Set by upstream's BaseSocket.__init__; annotated here for the type checker.
+    server: Any
+    sid: str
+    queue: asyncio.Queue[Any]
+    last_ping: float | None
+    connected: bool
+    upgrading: bool
+    upgraded: bool
+    closing: bool
+    closed: bool
 
     # Class-level defaults: instances are made by python-engineio as plain
     # `AsyncSocket`s and adopted by `ReleasingSockets`, so `__init__` never runs here.
@@ -138,7 +149,8 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
                 # Let the writer flush the CLOSE packet, bounded: a polling client
                 # that never polls again must not hold this coroutine forever.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
+                    flush_within = self.server.ping_interval + self.server.ping_timeout
+                    async with asyncio.timeout(flush_within):
                         await self.queue.join()
         finally:
             self._release()
@@ -229,9 +241,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
                 return
             except Exception:
                 # As upstream: one bad packet is logged and the connection goes on.
-                log.exception(
-                    "engine.io receive error", extra={"event": "engine.receive_error"}
-                )
+                log.exception("engine.io receive error", extra={"event": "engine.receive_error"})
 
     async def _write(self, ws: Any) -> None:
         try:

@@ -94,3 +94,56 @@ async def test_short_lived_connections_release_everything(
         f"the server still holds {left} more than before ({before} -> {after})"
     )
     print(f"{kind}: released in {took:.2f}s")
+
+
+SHORT_PING = {"IOFLEET_PING_INTERVAL": "1", "IOFLEET_PING_TIMEOUT": "1"}
+
+
+async def test_silent_clients_are_released_at_their_ping_timeout(start_server) -> None:
+    """Clients that stop answering (no close frame, no FIN: a phone out of coverage)
+    are closed at ping interval + ping timeout, and then hold nothing: not the
+    WebSocket close handshake, not the long-poll, not a sweep."""
+    import aiohttp
+
+    from bench.short_lived import _poll_connect, _ws_connect, _ws_until
+
+    server = start_server(
+        "silent",
+        IOFLEET_HANDLERS="tests.server.release_probe:register",
+        IOFLEET_UVLOOP="false",
+        **SHORT_PING,
+    )
+    probe = socketio.AsyncClient()
+    await probe.connect(
+        server.url, auth={"token": make_token("probe")}, transports=["websocket"], wait_timeout=10
+    )
+    try:
+        await asyncio.sleep(0.3)
+        before = await held(probe)
+        endpoint = Endpoint(server.url, auth={"token": make_token("silent")})
+        # force_close: an idle HTTP keep-alive connection is the client's to hold
+        # (aiohttp keeps a task for it), not a resource of a closed Engine.IO session.
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            silent: list[aiohttp.ClientWebSocketResponse] = []
+            for _ in range(10):  # WebSocket: connected, then never reads or answers again
+                ws = await _ws_connect(session, endpoint.websocket())
+                await _ws_until(ws, "0{")
+                await ws.send_str(endpoint.connect_packet())
+                await _ws_until(ws, "40")
+                silent.append(ws)
+            for _ in range(10):  # polling: connected, then never polls again
+                await _poll_connect(session, endpoint)
+            opened = await held(probe)
+            assert opened["eio_sockets"] - before["eio_sockets"] == 20, opened
+            # Ping at 1 s, no pong by 2 s: closed; 1 s more at most for a close
+            # handshake the peer never answers.
+            after, took = await wait_released(probe, before, within=5.0)
+            left = {key: after[key] - before[key] for key in before}
+            assert all(value <= 0 for value in left.values()), (
+                f"silent clients still hold {left} after {took:.1f}s ({before} -> {after})"
+            )
+            for ws in silent:
+                await ws.close()
+    finally:
+        await probe.disconnect()
