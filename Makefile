@@ -60,6 +60,7 @@ test-infra: setup
 
 bench: setup
 	$(PY) -m bench.server_bench
+	$(PY) -m bench.churn_bench
 
 clean:
 	rm -rf $(VENV) node_modules $(STATE) .mypy_cache .ruff_cache .pytest_cache

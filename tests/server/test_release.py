@@ -2,7 +2,7 @@
 
 After a burst of short-lived connections of each kind, within two seconds the server
 holds no task, timer, Engine.IO socket or Socket.IO state for them: counted from
-inside the server process by the test-only probe app (`tests.server.release_probe`),
+inside the server process by the probe app `bench.resource_probe` (never part of the product),
 with the default ping interval (25 s), so nothing may wait for a ping cycle.
 """
 
@@ -17,7 +17,7 @@ import pytest
 import socketio
 
 from bench.short_lived import KINDS, Endpoint, storm
-from tests.server.release_probe import PROBE_EVENT
+from bench.resource_probe import PROBE_EVENT
 from tests.support.procs import ServerProcess, make_token
 
 CONNECTIONS_PER_KIND = 30
@@ -29,7 +29,7 @@ def server() -> Iterator[ServerProcess]:
     node = ServerProcess(
         "release",
         env={
-            "IOFLEET_HANDLERS": "tests.server.release_probe:register",
+            "IOFLEET_HANDLERS": "bench.resource_probe:chat_with_probe",
             # The plain asyncio loop lists its timers; uvloop does not (see the probe).
             "IOFLEET_UVLOOP": "false",
             "IOFLEET_RATE_LIMIT": "1000",
@@ -109,7 +109,7 @@ async def test_silent_clients_are_released_at_their_ping_timeout(start_server) -
 
     server = start_server(
         "silent",
-        IOFLEET_HANDLERS="tests.server.release_probe:register",
+        IOFLEET_HANDLERS="bench.resource_probe:chat_with_probe",
         IOFLEET_UVLOOP="false",
         **SHORT_PING,
     )
