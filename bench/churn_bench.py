@@ -31,7 +31,8 @@ from bench.server_bench import IOFLEET_ENV, REPO, RESULTS, Target, start
 from bench.short_lived import KINDS, Endpoint, storm
 from iofleet.processes import free_port
 
-console = Console()
+# Wide enough for the table when the output is a file or a pipe.
+console = Console(width=max(120, Console().width))
 
 TARGETS = (
     Target(
@@ -125,8 +126,8 @@ async def measure(target: Target, args: argparse.Namespace, progress: Progress) 
             process.wait()
 
 
-def sparkline(values: list[int]) -> str:
-    top = max(values) or 1
+def sparkline(values: list[int], top: int) -> str:
+    top = top or 1
     return "".join(SPARK[round(v / top * (len(SPARK) - 1))] for v in values)
 
 
@@ -176,9 +177,10 @@ def report(outcomes: dict[str, list[Outcome]], args: argparse.Namespace) -> dict
         )
     console.print(table)
     console.print(f"asyncio tasks over the {args.settle:.0f} s after the storm (last run):")
-    for name, runs in outcomes.items():
-        tasks = [s.tasks for s in runs[-1].after]
-        console.print(f"  {name:>16} {sparkline(tasks)}  {tasks[0]:,} -> {tasks[-1]:,}")
+    series = {name: [s.tasks for s in runs[-1].after] for name, runs in outcomes.items()}
+    top = max(max(tasks) for tasks in series.values())  # one scale: the lines compare
+    for name, tasks in series.items():
+        console.print(f"  {name:>16} {sparkline(tasks, top)}  {tasks[0]:,} -> {tasks[-1]:,}")
     failures = {name: r["failures"] for name, r in rows.items() if r["failures"]}
     if failures:
         console.print(f"[yellow]connections that failed (median): {failures}[/yellow]")

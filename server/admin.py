@@ -33,8 +33,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
     fanout = node.fanout_state()
-    ready = not node.sio.draining and fanout != "down"
-    body = {"ready": ready, "draining": node.sio.draining, "redis": fanout}
+    ready = not node.drain.draining and fanout != "down"
+    body = {"ready": ready, "draining": node.drain.draining, "redis": fanout}
     return web.json_response(body, status=200 if ready else 503)
 
 
@@ -52,7 +52,7 @@ async def status(request: web.Request) -> web.Response:
             "node_id": node.settings.node_id,
             "connections": len(node.sio.connections),
             "rooms": node.sio.room_count(),
-            "draining": node.sio.draining,
+            "draining": node.drain.draining,
             "uptime_s": round(time.monotonic() - node.started, 1),
             "redis": node.fanout_state(),
         }

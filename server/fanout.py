@@ -10,10 +10,9 @@ is subscribed (that is `/readyz`), and shutdown never waits on a Redis that is g
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import socketio
@@ -44,6 +43,7 @@ class FanoutManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         self.subscribed = False
         self._publish_log = OncePerBurst(window=10.0)
         self._listen_log = OncePerBurst(window=10.0)
+        self._close_log = OncePerBurst(window=10.0)
         self._last_publish_failure = float("-inf")
         self._listener: aioredis.Redis | None = None
         # Set by the library's __init__; declared for the type checker.
@@ -155,17 +155,39 @@ class FanoutManager(socketio.AsyncRedisManager):  # type: ignore[misc]
     async def _reset_pubsub(self) -> None:
         pubsub, self.pubsub = self.pubsub, None
         if pubsub is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):  # a dead link
-                await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+            # Closing a link to a Redis that is gone may fail or hang: bounded, and
+            # the failure is logged (at most once per burst, as the outage itself).
+            await self._close_quietly("subscriber link", pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+
+    async def _close_quietly(self, what: str, closing: Awaitable[object], timeout: float) -> None:
+        """Await `closing` at most `timeout` s; a failure is logged, cancellation propagates."""
+        try:
+            await asyncio.wait_for(closing, timeout)
+        except (TimeoutError, OSError, aioredis.RedisError) as error:
+            if self._close_log.should_log():
+                log.warning(
+                    "fan-out: closing a Redis connection failed",
+                    extra={
+                        "event": "fanout.close_failed",
+                        "what": what,
+                        "reason": f"{type(error).__name__}: {error}",
+                        "suppressed": self._close_log.take_suppressed(),
+                    },
+                )
 
     async def close(self, timeout: float = 2.0) -> None:
         """Stop listening and drop connections without waiting on a dead Redis."""
         thread = getattr(self, "thread", None)
         if isinstance(thread, asyncio.Task) and not thread.done():
             thread.cancel()
-            await asyncio.wait({thread}, timeout=timeout)
-        for client in (self.redis, self._listener):
+            _, pending = await asyncio.wait({thread}, timeout=timeout)
+            if pending:
+                log.warning(
+                    "fan-out listener did not stop in time; shutting down without it",
+                    extra={"event": "fanout.close_slow", "timeout_s": timeout},
+                )
+        self._close_log.reset()  # the shutdown's own failures are worth a line each
+        for what, client in (("publisher", self.redis), ("subscriber", self._listener)):
             if client is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(client.aclose(), timeout)
+                await self._close_quietly(what, client.aclose(), timeout)
         self.subscribed = False

@@ -11,6 +11,7 @@ from aiohttp import web
 from server.drain import DrainController
 from server.fanout import FanoutManager
 from server.metrics import Metrics
+from server.services import AppServices
 from server.settings import Settings
 from server.sio import IofleetServer
 
@@ -24,6 +25,7 @@ class Node:
     sio: IofleetServer
     drain: DrainController
     fanout: FanoutManager | None
+    services: AppServices
     started: float = field(default_factory=time.monotonic)
 
     def fanout_state(self) -> FanoutState:

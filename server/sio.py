@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,8 +91,8 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         self.connections: dict[str, Connection] = {}
         self.user_sids: dict[str, set[str]] = {}
         self.user_buckets = KeyedBuckets(settings.rate_limit, settings.burst)
-        self.draining = False
-        self.redis: Any = None  # a redis.asyncio client for applications, when REDIS_URL is set
+        # Asked at admission; the drain controller owns the flag (server/drain.py).
+        self.is_draining: Callable[[], bool] = lambda: False
         super().__init__(
             client_manager=client_manager,
             async_mode="aiohttp",
@@ -195,7 +196,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
 
     def _admit(self, environ: dict[str, Any], auth: object) -> Identity:
         """The caller's identity, or `Refused` with the reason the client is told."""
-        if self.draining:
+        if self.is_draining():
             raise Refused("draining", "server draining")
         if len(self.connections) >= self.settings.max_connections:
             raise Refused("capacity", "server at capacity")

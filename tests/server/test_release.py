@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import socketio
 
-from bench.short_lived import KINDS, Endpoint, storm
 from bench.resource_probe import PROBE_EVENT
+from bench.short_lived import KINDS, Endpoint, storm
 from tests.support.procs import ServerProcess, make_token
 
 CONNECTIONS_PER_KIND = 30
