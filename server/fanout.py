@@ -4,7 +4,11 @@ Extends python-socketio's `AsyncRedisManager` at its hooks (STYLE.md #5) with
 what production needs and the library leaves out: a dead Redis never blocks an
 emit for long or crashes the node, every lost publish is counted and logged once
 per burst, the listener reconnects with capped backoff and reports whether it
-is subscribed (that is `/readyz`), and shutdown never waits on a Redis that is gone.
+is subscribed. A Redis outage degrades the fan-out (counted, logged, shown in
+`/admin/status` and `iofleet_fanout_up`) but never the node's readiness: every node
+shares the Redis, and a balancer that took them all out would refuse every client
+while each node can still serve its own rooms. Shutdown never waits on a Redis that
+is gone.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class FanoutManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         super().__init__(url, channel=channel, logger=log)
         self.metrics = metrics
         self.subscribed = False
+        self.tried = False  # the first subscription attempt finished, either way
+        self.down_since: float | None = time.monotonic()  # not subscribed since
         self._publish_log = OncePerBurst(window=10.0)
         self._listen_log = OncePerBurst(window=10.0)
         self._close_log = OncePerBurst(window=10.0)
@@ -149,6 +155,11 @@ class FanoutManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         if value and not self.subscribed:
             log.info("fan-out subscribed", extra={"event": "fanout.subscribed"})
             self._listen_log.reset()
+            self.down_since = None
+        elif not value and self.subscribed:
+            self.metrics.fanout_outages.inc()
+            self.down_since = time.monotonic()
+        self.tried = True
         self.subscribed = value
         self.metrics.fanout_up.set(1 if value else 0)
 

@@ -118,6 +118,11 @@ class Metrics:
             "Fan-out messages that could not be published to Redis.",
             registry=r,
         )
+        self.fanout_outages = Counter(
+            "iofleet_fanout_outages",
+            "Times the Redis subscription was lost (the fan-out degraded; the node stays ready).",
+            registry=r,
+        )
         self.fanout_up = Gauge(
             "iofleet_fanout_up", "1 when the Redis fan-out is subscribed (or unused).", registry=r
         )
