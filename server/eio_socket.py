@@ -62,7 +62,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
     # `AsyncSocket`s and adopted by `ReleasingSockets`, so `__init__` never runs here.
     _ping_timer: asyncio.TimerHandle | None = None
     _pong_deadline: asyncio.TimerHandle | None = None
-    _closer: asyncio.Task[None] | None = None
+    _close_task: asyncio.Task[None] | None = None
     _released: bool = False
     _close_reason: str | None = None
 
@@ -94,9 +94,17 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             self._close_soon(self.server.reason.PING_TIMEOUT, abort=False)
 
     def _close_soon(self, reason: str, abort: bool) -> None:
-        """Close from a callback or a cancelled request (close() runs handlers: a task)."""
-        if self._closer is None and not (self.closing or self.closed):
-            self._closer = asyncio.ensure_future(self.close(wait=False, abort=abort, reason=reason))
+        """Close from a timer callback or a cancelled request, without waiting."""
+        self._start_close(wait=False, abort=abort, reason=reason)
+
+    def _start_close(
+        self, wait: bool, abort: bool, reason: str | None
+    ) -> asyncio.Task[None] | None:
+        """The close, as a task of its own; None when a close is already under way."""
+        if self._close_task is not None or self.closing or self.closed:
+            return None
+        self._close_task = asyncio.ensure_future(self._close(wait, abort, reason))
+        return self._close_task
 
     def _cancel_timers(self) -> None:
         for timer in (self._ping_timer, self._pong_deadline):
@@ -139,9 +147,19 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
     async def close(
         self, wait: bool = True, abort: bool = False, reason: str | None = None
     ) -> None:
-        """Close once (disconnect handlers, CLOSE packet unless `abort`), then release."""
-        if self.closed or self.closing:
-            return
+        """Close once (disconnect handlers, CLOSE packet unless `abort`), then release.
+
+        The close runs in a task of its own that the caller's cancellation cannot
+        stop halfway (aiohttp cancels a request's handler when its client drops the
+        connection, which is when closes happen): the disconnect handlers and the
+        release always finish, and the caller's cancellation still propagates.
+        As upstream, a close already under way returns at once (it may be the caller).
+        """
+        task = self._start_close(wait, abort, reason)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def _close(self, wait: bool, abort: bool, reason: str | None) -> None:
         self._close_reason = reason
         try:
             await super().close(wait=False, abort=abort, reason=reason)
@@ -162,7 +180,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         self._released = True
         self.closed = True
         self._cancel_timers()
-        self._closer = None
+        self._close_task = None
         if self._close_reason == self.server.reason.CLIENT_DISCONNECT and not self.upgraded:
             # The polling client said CLOSE: its pending GET gets CLOSE back, as the
             # reference server answers, so the client does not poll a gone session.

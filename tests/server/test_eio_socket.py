@@ -8,6 +8,7 @@ this was written against: python-engineio 4.15.1, aiohttp 3.14).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 
 import engineio
@@ -92,3 +93,28 @@ async def test_release_cancels_timers_and_leaves_the_table() -> None:
     assert timer.cancelled()
     assert "s1" not in engine.sockets
     assert await socket.poll() == []  # a waiter would wake at once
+
+
+async def test_a_cancelled_caller_does_not_stop_the_close_halfway() -> None:
+    """aiohttp cancels a request handler when its client drops: the close it was
+    running (disconnect handlers, release) still finishes."""
+    engine = IofleetEngine(async_mode="aiohttp")
+    finished: list[str] = []
+
+    @engine.on("disconnect")
+    async def on_disconnect(sid: str, reason: str) -> None:
+        await asyncio.sleep(0.2)  # an application's cleanup, e.g. a Redis call
+        finished.append(sid)
+
+    engine.sockets["s1"] = AsyncSocket(engine, "s1")
+    socket = engine.sockets["s1"]
+    caller = asyncio.create_task(socket.close(wait=False, abort=True))
+    await asyncio.sleep(0.05)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    for _ in range(50):
+        if finished:
+            break
+        await asyncio.sleep(0.02)
+    assert finished == ["s1"] and "s1" not in engine.sockets and socket.closed
