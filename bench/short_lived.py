@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -72,7 +73,7 @@ def _drop(ws: aiohttp.ClientWebSocketResponse) -> None:
     sock = ws.get_extra_info("socket")
     if isinstance(sock, socket.socket):
         # SO_LINGER 0: the kernel sends RST, as when a phone drops off the network.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.shutdown(socket.SHUT_RDWR)
 
 
