@@ -66,6 +66,7 @@ check-stack: setup
 bench: setup
 	$(PY) -m bench.server_bench
 	$(PY) -m bench.join_bench
+	$(PY) -m bench.churn_bench
 
 clean:
 	rm -rf $(VENV) node_modules $(STATE) .mypy_cache .ruff_cache .pytest_cache

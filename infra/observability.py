@@ -83,6 +83,17 @@ def alert_rules(namespace: str, t: Thresholds) -> list[dict[str, Any]]:
             "memory per connection above budget (leak or oversized state)",
         ),
         rule(
+            # Connections that closed but whose state the process still holds (issue 13):
+            # resident memory grows by more than 64 MiB in 30 min while the
+            # connection count did not grow.
+            "IofleetMemoryGrowsWithFlatConnections",
+            f"sum by (pod) (delta(process_resident_memory_bytes{{{scoped}}}[30m])) > 67108864"
+            f" and on (pod) sum by (pod) (delta(iofleet_connections{{{scoped}}}[30m])) <= 0",
+            "15m",
+            "warning",
+            "server memory grows while its connections do not (closed connections still held?)",
+        ),
+        rule(
             "IofleetEventLoopLag",
             f"max by (pod) (iofleet_event_loop_lag_seconds{{{scoped}}}) "
             f"> {t.event_loop_lag_seconds}",

@@ -31,11 +31,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """200 unless this node itself should get no new clients (draining, starting);
+    a Redis outage degrades the fan-out but leaves the node ready."""
     node = request.app[NODE_KEY]
-    fanout = node.fanout_state()
-    ready = not node.sio.draining and fanout != "down"
-    body = {"ready": ready, "draining": node.sio.draining, "redis": fanout}
-    return web.json_response(body, status=200 if ready else 503)
+    reasons = node.not_ready_reasons()
+    body = {
+        "ready": not reasons,
+        "reasons": reasons,
+        "draining": node.drain.draining,
+        "redis": node.fanout_state(),
+    }
+    return web.json_response(body, status=503 if reasons else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -52,9 +58,10 @@ async def status(request: web.Request) -> web.Response:
             "node_id": node.settings.node_id,
             "connections": len(node.sio.connections),
             "rooms": node.sio.room_count(),
-            "draining": node.sio.draining,
+            "draining": node.drain.draining,
             "uptime_s": round(time.monotonic() - node.started, 1),
             "redis": node.fanout_state(),
+            "fanout_down_s": node.fanout_down_seconds(),
         }
     )
 

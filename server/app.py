@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import socketio
@@ -20,6 +19,7 @@ from server.fanout import FanoutManager
 from server.metrics import Metrics
 from server.node import NODE_KEY, Node
 from server.public import create_public_app
+from server.services import AppServices, attach
 from server.settings import Settings
 from server.sio import IofleetServer
 
@@ -37,6 +37,10 @@ def build_node(settings: Settings) -> Node:
         else None
     )
     sio = IofleetServer(settings, metrics, client_manager=fanout)
+    # Read at scrape time: beside iofleet_connections they show connections that
+    # closed but still hold memory (issue 13).
+    metrics.engineio_sockets.set_function(lambda: len(sio.eio.sockets))
+    metrics.event_loop_tasks.set_function(lambda: len(asyncio.all_tasks()))
     metrics.fanout_up.set(1 if fanout is None else 0)
     drain = DrainController(
         sio,
@@ -44,7 +48,17 @@ def build_node(settings: Settings) -> Node:
         drain_seconds=settings.drain_seconds,
         on_state=lambda draining: metrics.draining.set(1 if draining else 0),
     )
-    node = Node(settings=settings, metrics=metrics, sio=sio, drain=drain, fanout=fanout)
+    sio.is_draining = lambda: drain.draining
+    services = AppServices(node_id=settings.node_id)
+    attach(sio, services)
+    node = Node(
+        settings=settings,
+        metrics=metrics,
+        sio=sio,
+        drain=drain,
+        fanout=fanout,
+        services=services,
+    )
     load_handlers(settings.handlers)(sio)
     return node
 
@@ -74,17 +88,38 @@ ADMIN_APP_KEY = web.AppKey("iofleet_admin_app", web.Application)
 
 
 async def redis_client(app: web.Application) -> AsyncIterator[None]:
-    """A Redis client for applications (matching queues), when REDIS_URL is set."""
+    """The applications' Redis client (`AppServices.redis`), when REDIS_URL is set."""
     node = app[NODE_KEY]
     url = node.settings.redis_url
     if url is not None:
-        node.sio.redis = aioredis.Redis.from_url(
+        node.services.redis = aioredis.Redis.from_url(
             url, socket_connect_timeout=2, socket_timeout=2, decode_responses=True
         )
     yield
-    if node.sio.redis is not None:
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(node.sio.redis.aclose(), SHUTDOWN_STEP_TIMEOUT)
+    client, node.services.redis = node.services.redis, None
+    if client is not None:
+        await shutdown_step("application redis client close", client.aclose())
+
+
+async def shutdown_step(what: str, step: Awaitable[object]) -> None:
+    """One step of the shutdown, bounded in time. A failure is logged once, naming
+    the step and the error, and the shutdown goes on; cancellation propagates."""
+    try:
+        await asyncio.wait_for(step, SHUTDOWN_STEP_TIMEOUT)
+    except TimeoutError:
+        log.warning(
+            "shutdown step timed out",
+            extra={"event": "shutdown.slow", "step": what, "timeout_s": SHUTDOWN_STEP_TIMEOUT},
+        )
+    except Exception as error:
+        log.warning(
+            "shutdown step failed",
+            extra={
+                "event": "shutdown.error",
+                "step": what,
+                "error": f"{type(error).__name__}: {error}",
+            },
+        )
 
 
 async def start_manager(app: web.Application) -> None:
@@ -112,10 +147,7 @@ async def close_connections(app: web.Application) -> None:
     node = app[NODE_KEY]
     for sid in list(node.sio.connections):
         await node.sio.close_connection(sid)
-    try:
-        await asyncio.wait_for(node.sio.shutdown(), SHUTDOWN_STEP_TIMEOUT)
-    except (Exception, asyncio.CancelledError):
-        log.warning("socket.io shutdown timed out", extra={"event": "shutdown.slow"})
+    await shutdown_step("socket.io shutdown", node.sio.shutdown())
     if node.fanout is not None:
         await node.fanout.close()
 
@@ -124,7 +156,13 @@ async def serve(app: web.Application, stop: asyncio.Event) -> None:
     """Run both listeners until the drain finishes or `stop` is set."""
     node = app[NODE_KEY]
     settings = node.settings
-    runners = [web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_STEP_TIMEOUT)]
+    # handler_cancellation: a long-poll whose client dropped the connection is
+    # cancelled at once, so its Engine.IO socket closes then (server/eio_socket.py)
+    # instead of waiting out its timeout.
+    public_runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=SHUTDOWN_STEP_TIMEOUT, handler_cancellation=True
+    )
+    runners = [public_runner]
     sites = [(runners[0], settings.host, settings.port)]
     if ADMIN_APP_KEY in app:
         admin_runner = web.AppRunner(app[ADMIN_APP_KEY], access_log=None, shutdown_timeout=1)

@@ -1,7 +1,9 @@
 """The paced graceful drain (DESIGN.md "Drain contract").
 
 1. `start()` (SIGTERM or POST /admin/drain): readiness fails and new handshakes
-   are refused with 503 at once (the public app's middleware reads `draining`).
+   are refused with 503 at once. The controller owns the `draining` flag; the
+   readiness probe, the public app's handshake gate and the Socket.IO admission
+   check ask it (`DrainController.draining`) and never set it.
 2. After DRAIN_DELAY, the balancer has deregistered the node: close the open
    connections in jittered batches spread over DRAIN_SECONDS, by closing their
    transports so stock clients reconnect through the balancer elsewhere.
@@ -27,8 +29,6 @@ SETTLE_SECONDS = 2.0
 
 
 class Drainable(Protocol):
-    draining: bool
-
     @property
     def connections(self) -> Sequence[str] | dict[str, object]: ...
 
@@ -55,17 +55,19 @@ class DrainController:
         self.rng = rng or random.Random()
         self.done = asyncio.Event()
         self.closed = 0
+        self._draining = False
         self._task: asyncio.Task[None] | None = None
 
     @property
     def draining(self) -> bool:
-        return self.server.draining
+        """True from `start()` on: this node takes no new connections."""
+        return self._draining
 
     def start(self, trigger: str) -> bool:
         """Begin draining; False if a drain is already under way."""
-        if self.server.draining:
+        if self._draining:
             return False
-        self.server.draining = True
+        self._draining = True
         self.on_state(True)
         log.info(
             "drain started",

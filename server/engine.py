@@ -19,6 +19,8 @@ from aiohttp.web import WebSocketResponse
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as aiohttp_driver
 
+from server.eio_socket import ReleasingSockets
+
 log = logging.getLogger("iofleet.engine")
 
 # permessage-deflate costs CPU per frame; below about 1 KB it saves little.
@@ -139,6 +141,8 @@ class HandshakeQueue(asyncio.Queue[Any]):
 class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
     def __init__(self, *args: Any, node_id: str = "node", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Closed connections release their tasks and timers at once (server/eio_socket.py).
+        self.sockets: ReleasingSockets = ReleasingSockets()
         self.node_id = node_id
         self.reject_hook: RejectHook = _ignore_reject
         self._async = {**self._async, "websocket": LimitedWebSocket}  # type: ignore[has-type]
@@ -164,11 +168,9 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
                     # reference server does, accept it and close it at once.
                     return await refuse_websocket(request, "session already upgraded")
                 await self._settle_upgrade(socket)
+        # A polling client's CLOSE: the socket's release answers its pending GET
+        # (server/eio_socket.py), the one owner of what a closed connection holds.
         response: web.StreamResponse = await super().handle_request(request)
-        if request.method == "POST" and socket is not None and socket.closed:
-            # The client closed a polling session: its pending GET answers NOOP
-            # at once (the protocol's forced close) instead of waiting out the poll.
-            socket.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
         return response
 
     @staticmethod

@@ -4,16 +4,19 @@ Extends python-socketio's `AsyncRedisManager` at its hooks (STYLE.md #5) with
 what production needs and the library leaves out: a dead Redis never blocks an
 emit for long or crashes the node, every lost publish is counted and logged once
 per burst, the listener reconnects with capped backoff and reports whether it
-is subscribed (that is `/readyz`), and shutdown never waits on a Redis that is gone.
+is subscribed. A Redis outage degrades the fan-out (counted, logged, shown in
+`/admin/status` and `iofleet_fanout_up`) but never the node's readiness: every node
+shares the Redis, and a balancer that took them all out would refuse every client
+while each node can still serve its own rooms. Shutdown never waits on a Redis that
+is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import socketio
@@ -43,8 +46,11 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc
         super().__init__(url, channel=channel, logger=log)
         self.metrics = metrics
         self.subscribed = False
+        self.tried = False  # the first subscription attempt finished, either way
+        self.down_since: float | None = time.monotonic()  # not subscribed since
         self._publish_log = OncePerBurst(window=10.0)
         self._listen_log = OncePerBurst(window=10.0)
+        self._close_log = OncePerBurst(window=10.0)
         self._last_publish_failure = float("-inf")
         self._listener: aioredis.Redis | None = None
         # Set by the library's __init__; declared for the type checker.
@@ -150,23 +156,50 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc
         if value and not self.subscribed:
             log.info("fan-out subscribed", extra={"event": "fanout.subscribed"})
             self._listen_log.reset()
+            self.down_since = None
+        elif not value and self.subscribed:
+            self.metrics.fanout_outages.inc()
+            self.down_since = time.monotonic()
+        self.tried = True
         self.subscribed = value
         self.metrics.fanout_up.set(1 if value else 0)
 
     async def _reset_pubsub(self) -> None:
         pubsub, self.pubsub = self.pubsub, None
         if pubsub is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):  # a dead link
-                await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+            # Closing a link to a Redis that is gone may fail or hang: bounded, and
+            # the failure is logged (at most once per burst, as the outage itself).
+            await self._close_quietly("subscriber link", pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+
+    async def _close_quietly(self, what: str, closing: Awaitable[object], timeout: float) -> None:
+        """Await `closing` at most `timeout` s; a failure is logged, cancellation propagates."""
+        try:
+            await asyncio.wait_for(closing, timeout)
+        except (TimeoutError, OSError, aioredis.RedisError) as error:
+            if self._close_log.should_log():
+                log.warning(
+                    "fan-out: closing a Redis connection failed",
+                    extra={
+                        "event": "fanout.close_failed",
+                        "what": what,
+                        "reason": f"{type(error).__name__}: {error}",
+                        "suppressed": self._close_log.take_suppressed(),
+                    },
+                )
 
     async def close(self, timeout: float = 2.0) -> None:
         """Stop listening and drop connections without waiting on a dead Redis."""
         thread = getattr(self, "thread", None)
         if isinstance(thread, asyncio.Task) and not thread.done():
             thread.cancel()
-            await asyncio.wait({thread}, timeout=timeout)
-        for client in (self.redis, self._listener):
+            _, pending = await asyncio.wait({thread}, timeout=timeout)
+            if pending:
+                log.warning(
+                    "fan-out listener did not stop in time; shutting down without it",
+                    extra={"event": "fanout.close_slow", "timeout_s": timeout},
+                )
+        self._close_log.reset()  # the shutdown's own failures are worth a line each
+        for what, client in (("publisher", self.redis), ("subscriber", self._listener)):
             if client is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.wait_for(client.aclose(), timeout)
+                await self._close_quietly(what, client.aclose(), timeout)
         self.subscribed = False

@@ -11,6 +11,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.metrics_core import Metric
@@ -59,6 +60,18 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        # The standard process_* series (resident memory, CPU seconds, open fds,
+        # start time): memory that grows while iofleet_connections stays flat is
+        # what the infra alert watches for.
+        ProcessCollector(registry=r)
+        self.engineio_sockets = Gauge(
+            "iofleet_engineio_sockets",
+            "Engine.IO sockets this node holds, with or without a Socket.IO connection.",
+            registry=r,
+        )
+        self.event_loop_tasks = Gauge(
+            "iofleet_event_loop_tasks", "asyncio tasks alive in the server process.", registry=r
+        )
         self.connections = Gauge(
             "iofleet_connections", "Socket.IO connections open on this node.", registry=r
         )
@@ -103,6 +116,11 @@ class Metrics:
         self.fanout_publish_failures = Counter(
             "iofleet_fanout_publish_failures",
             "Fan-out messages that could not be published to Redis.",
+            registry=r,
+        )
+        self.fanout_outages = Counter(
+            "iofleet_fanout_outages",
+            "Times the Redis subscription was lost (the fan-out degraded; the node stays ready).",
             registry=r,
         )
         self.fanout_up = Gauge(

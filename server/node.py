@@ -11,6 +11,7 @@ from aiohttp import web
 from server.drain import DrainController
 from server.fanout import FanoutManager
 from server.metrics import Metrics
+from server.services import AppServices
 from server.settings import Settings
 from server.sio import IofleetServer
 
@@ -24,12 +25,35 @@ class Node:
     sio: IofleetServer
     drain: DrainController
     fanout: FanoutManager | None
+    services: AppServices
     started: float = field(default_factory=time.monotonic)
 
     def fanout_state(self) -> FanoutState:
         if self.fanout is None:
             return "unused"
         return "up" if self.fanout.subscribed else "down"
+
+    def fanout_down_seconds(self) -> float | None:
+        """How long the fan-out has been degraded (no Redis subscription); None when up."""
+        if self.fanout is None or self.fanout.down_since is None:
+            return None
+        return round(time.monotonic() - self.fanout.down_since, 1)
+
+    def not_ready_reasons(self) -> list[str]:
+        """Why this node should get no new clients; empty when ready.
+
+        Only what is wrong with this node alone: draining, or still starting (the
+        first attempt to subscribe to Redis has not finished, so a node that Redis
+        serves is subscribed before its first client). A Redis outage is not here:
+        every node shares the Redis, and readiness that hinged on it would take
+        the whole fleet out of the balancer while each node still serves its rooms.
+        """
+        reasons = []
+        if self.drain.draining:
+            reasons.append("draining")
+        if self.fanout is not None and not self.fanout.tried:
+            reasons.append("starting")
+        return reasons
 
 
 NODE_KEY = web.AppKey("iofleet_node", Node)

@@ -55,7 +55,7 @@ async def handshake_gate(request: web.Request, handler: Handler) -> web.StreamRe
     """
     if request.path.startswith(SOCKETIO_PATH):
         node = request.app[NODE_KEY]
-        if node.sio.draining and "sid" not in request.query:
+        if node.drain.draining and "sid" not in request.query:
             node.metrics.connections_rejected.labels("draining").inc()
             return web.json_response({"error": "server draining"}, status=503)
         length = request.content_length

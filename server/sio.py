@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,8 +112,8 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         self.ledger = RoomLedger()
         self.node_id = settings.node_id  # for applications (the chat app greets with it)
         self.user_buckets = KeyedBuckets(settings.rate_limit, settings.burst)
-        self.draining = False
-        self.redis: Any = None  # a redis.asyncio client for applications, when REDIS_URL is set
+        # Asked at admission; the drain controller owns the flag (server/drain.py).
+        self.is_draining: Callable[[], bool] = lambda: False
         if client_manager is None:
             client_manager = IndexedManager()
         elif not isinstance(client_manager, RoomIndex):
@@ -257,7 +258,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         Capacity counts Engine.IO connections: a client's second namespace is
         not a new connection.
         """
-        if self.draining:
+        if self.is_draining():
             raise Refused("draining", "server draining")
         if new_client and len(self.connections) >= self.settings.max_connections:
             raise Refused("capacity", "server at capacity")

@@ -18,7 +18,9 @@ def test_every_setting_is_in_the_table() -> None:
 
 
 def test_every_metric_is_in_the_table() -> None:
-    documented = set(re.findall(r"^\| `(iofleet_[a-z_]+)(?:\{[a-z]+\})?` \|", README, re.MULTILINE))
+    documented = set(
+        re.findall(r"^\| `((?:iofleet|process)_[a-z_]+)(?:\{[a-z]+\})?` \|", README, re.MULTILINE)
+    )
     exposed = set()
     for family in Metrics().registry.collect():
         kind = family.type

@@ -22,6 +22,7 @@ import socketio
 from redis import asyncio as aioredis
 
 from server.apps.payloads import fail
+from server.services import services_of
 
 log = logging.getLogger("iofleet.matching")
 
@@ -146,6 +147,7 @@ class RedisStore:
 class Matcher:
     def __init__(self, sio: socketio.AsyncServer) -> None:
         self.sio = sio
+        self.services = services_of(sio)
         self._memory = MemoryStore()
         self._redis_store: RedisStore | None = None
         # Sids on this node that called user:match. Both sides of a pairing did so on
@@ -155,8 +157,8 @@ class Matcher:
 
     @property
     def store(self) -> MatchStore:
-        # The Redis client appears when the app starts, after registration.
-        redis = getattr(self.sio, "redis", None)
+        # The node's Redis client exists from the node's start, after registration.
+        redis = self.services.redis
         if redis is None:
             return self._memory
         if self._redis_store is None or self._redis_store.redis is not redis:
@@ -186,7 +188,7 @@ class Matcher:
             await self.store.set_pairing(me.sid, Pairing(other.sid, other.user, room))
             await self.store.set_pairing(other.sid, Pairing(me.sid, me.user, room))
         except (OSError, aioredis.RedisError) as error:
-            log.error("matching store failed", extra={"event": "match.error", "error": repr(error)})
+            store_failed("user:match", sid, error)
             return fail("matching unavailable")
         # enter_room on a sid of another node goes through the fan-out.
         await self.sio.enter_room(me.sid, room)
@@ -199,7 +201,8 @@ class Matcher:
         try:
             await self.store.cancel(await self._me(sid))
             await self._end(sid, reason="cancelled")
-        except (OSError, aioredis.RedisError):
+        except (OSError, aioredis.RedisError) as error:
+            store_failed("user:match:cancel", sid, error)
             return fail("matching unavailable")
         return {"ok": True}
 
@@ -217,7 +220,8 @@ class Matcher:
         async def relay(sid: str, data: Any = None) -> dict[str, Any]:
             try:
                 pairing = await self.store.pairing(sid)
-            except (OSError, aioredis.RedisError):
+            except (OSError, aioredis.RedisError) as error:
+                store_failed(signal, sid, error)
                 return fail("matching unavailable")
             if pairing is None:
                 return fail("not matched")
@@ -234,8 +238,23 @@ class Matcher:
         try:
             await self.store.cancel(await self._me(sid))
             await self._end(sid, reason="peer left")
-        except (OSError, aioredis.RedisError, KeyError):
-            pass  # Redis gone: the entry goes stale and is skipped later
+        except (OSError, aioredis.RedisError, KeyError) as error:
+            # Redis gone (or the session already dropped): the queue entry goes stale
+            # and is skipped later, the peer's pairing key expires with its TTL.
+            store_failed("disconnect cleanup", sid, error)
+
+
+def store_failed(operation: str, sid: str, error: BaseException) -> None:
+    """One log line per failed store operation, naming it and the error."""
+    log.error(
+        "matching store failed",
+        extra={
+            "event": "match.error",
+            "operation": operation,
+            "sid": sid,
+            "error": f"{type(error).__name__}: {error}",
+        },
+    )
 
 
 def register(sio: socketio.AsyncServer) -> Matcher:

@@ -22,6 +22,12 @@ CONTRACT_METRICS = (
     "iofleet_event_loop_lag_seconds ",
     "iofleet_draining ",
     "iofleet_fanout_publish_failures_total ",
+    # Beside the connection gauge: what an operator needs to see held memory (issue 13).
+    "iofleet_engineio_sockets ",
+    "process_resident_memory_bytes ",
+    "process_cpu_seconds_total ",
+    "process_open_fds ",
+    "process_start_time_seconds ",
 )
 
 
@@ -161,10 +167,19 @@ async def test_admin_endpoints(cluster) -> None:
     node_a, _ = cluster
     assert get_json(f"{node_a.admin_url}/healthz") == {"ok": True}
     ready = get_json(f"{node_a.admin_url}/readyz")
-    assert ready == {"ready": True, "draining": False, "redis": "up"}
+    assert ready == {"ready": True, "reasons": [], "draining": False, "redis": "up"}
     status = get_json(f"{node_a.admin_url}/admin/status")
-    assert set(status) == {"node_id", "connections", "rooms", "draining", "uptime_s", "redis"}
+    assert set(status) == {
+        "node_id",
+        "connections",
+        "rooms",
+        "draining",
+        "uptime_s",
+        "redis",
+        "fanout_down_s",
+    }
     assert status["node_id"] == "node-a" and status["redis"] == "up"
+    assert status["fanout_down_s"] is None
     with urllib.request.urlopen(f"{node_a.admin_url}/metrics", timeout=5) as response:
         text = response.read().decode()
     for name in CONTRACT_METRICS:

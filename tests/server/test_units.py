@@ -225,7 +225,6 @@ def test_plan_batches_are_jittered() -> None:
 
 class FakeServer:
     def __init__(self, count: int) -> None:
-        self.draining = False
         self.connections: dict[str, object] = {f"s{i}": object() for i in range(count)}
         self.closed_at: list[float] = []
         self.clock: FakeClock | None = None
@@ -251,7 +250,8 @@ async def test_drain_controller_follows_the_contract_on_a_fake_clock() -> None:
         rng=random.Random(3),
     )
     start = clock.now
-    assert drain.start("test") and server.draining and states == [True]
+    assert not drain.draining
+    assert drain.start("test") and drain.draining and states == [True]
     assert not drain.start("again")  # one drain at a time
     await asyncio.wait_for(drain.wait(), 5)
     assert server.connections == {} and drain.closed == 200

@@ -1,0 +1,290 @@
+"""An Engine.IO socket that releases everything it holds the moment it closes.
+
+Works around python-engineio 4.15.1 (`engineio.async_socket.AsyncSocket`), where a
+closed connection outlives its transport (issue 13; STYLE.md #13):
+- the ping loop is a Task per connection sleeping `ping_interval` (25 s): it holds
+  the socket, its queue and its coroutine until it wakes, whether the connection
+  closed or not;
+- a closed socket stays in `server.sockets` until the service task's next sweep or
+  the next request with its sid (a polling client that sent CLOSE never sends one);
+- the pending long-poll GET and the WebSocket writer are not woken by a close: they
+  wait out `ping_interval + ping_timeout` (45 s) on the queue;
+- a dropped long-poll request is swallowed as a timeout, and a client that stops
+  answering pings is noticed only by the service task's sweep (up to another
+  `ping_timeout`);
+- the WebSocket loop starts a Task and a timer for every packet it reads.
+
+`ReleasingSocket` keeps the protocol and the public behaviour and changes who owns
+what: pings and the pong deadline are loop timers, not sleeping Tasks; `close()`
+ends in `_release()`, the one place that cancels the timers, wakes whoever waits on
+the queue (the WebSocket writer ends and closes the socket; a pending GET returns),
+and removes the socket from the server's table. `ReleasingSockets` is the table
+`IofleetEngine` keeps its sockets in: python-engineio creates every socket as a
+plain `AsyncSocket` in `_handle_connect` and offers no factory hook, so the table
+turns each one into a `ReleasingSocket` as it is registered, before it is used.
+`tests/server/test_eio_socket.py` pins every upstream method this relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
+from engineio.async_socket import AsyncSocket
+
+log = logging.getLogger("iofleet.engine")
+
+# A server-side close waits this long for the client's close frame, then drops the
+# TCP connection (aiohttp would wait 10 s, holding the connection's tasks).
+CLOSE_HANDSHAKE_SECONDS = 1.0
+
+
+class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
+    """One Engine.IO connection; `_release()` is the one owner of its resources."""
+
+    # Set by upstream's BaseSocket.__init__; annotated here for the type checker.
+    server: Any
+    sid: str
+    queue: asyncio.Queue[Any]
+    last_ping: float | None
+    connected: bool
+    upgrading: bool
+    upgraded: bool
+    closing: bool
+    closed: bool
+
+    # Class-level defaults: instances are made by python-engineio as plain
+    # `AsyncSocket`s and adopted by `ReleasingSockets`, so `__init__` never runs here.
+    _ping_timer: asyncio.TimerHandle | None = None
+    _pong_deadline: asyncio.TimerHandle | None = None
+    _close_task: asyncio.Task[None] | None = None
+    _released: bool = False
+    _close_reason: str | None = None
+
+    # --- heartbeat: timers, not sleeping tasks ---------------------------------
+
+    def schedule_ping(self) -> None:
+        """Called at connect and on every PONG: the next PING in `ping_interval`."""
+        # As upstream: only when the previous ping cycle completed (a PING went out).
+        if not self.last_ping or self.closing or self.closed:
+            return
+        self.last_ping = None
+        self._cancel_timers()
+        loop = asyncio.get_running_loop()
+        self._ping_timer = loop.call_later(self.server.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        self._ping_timer = None
+        if self.closing or self.closed:
+            return
+        self.last_ping = time.time()
+        self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+        loop = asyncio.get_running_loop()
+        self._pong_deadline = loop.call_later(self.server.ping_timeout, self._pong_missed)
+
+    def _pong_missed(self) -> None:
+        """No PONG within `ping_timeout`: the client is gone; close now, not at a sweep."""
+        self._pong_deadline = None
+        if not (self.closing or self.closed):
+            self._close_soon(self.server.reason.PING_TIMEOUT, abort=False)
+
+    def _close_soon(self, reason: str, abort: bool) -> None:
+        """Close from a timer callback or a cancelled request, without waiting."""
+        self._start_close(wait=False, abort=abort, reason=reason)
+
+    def _start_close(
+        self, wait: bool, abort: bool, reason: str | None
+    ) -> asyncio.Task[None] | None:
+        """The close, as a task of its own; None when a close is already under way."""
+        if self._close_task is not None or self.closing or self.closed:
+            return None
+        self._close_task = asyncio.ensure_future(self._close(wait, abort, reason))
+        return self._close_task
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._ping_timer, self._pong_deadline):
+            if timer is not None:
+                timer.cancel()
+        self._ping_timer = self._pong_deadline = None
+
+    # --- the queue --------------------------------------------------------------
+
+    async def poll(self) -> list[Any]:
+        """Packets for the client: wait until there is one, or the socket is released.
+
+        No timeout of its own (upstream waits `ping_interval + ping_timeout` with a
+        Task and a timer per wait): a live client gets a PING every `ping_interval`,
+        and `_release()` wakes the waiter with `None`. A long-poll request cancelled
+        because its client dropped the connection (aiohttp `handler_cancellation`,
+        set by `server.app.serve`) closes the socket and the cancellation propagates.
+        """
+        try:
+            first = await self.queue.get()
+        except asyncio.CancelledError:
+            self._close_soon(self.server.reason.TRANSPORT_CLOSE, abort=True)
+            raise
+        self.queue.task_done()
+        if first is None:
+            self.queue.put_nowait(None)  # every later waiter must wake too
+            return []
+        packets = [first]
+        while not self.queue.empty():
+            pkt = self.queue.get_nowait()
+            self.queue.task_done()
+            if pkt is None:
+                self.queue.put_nowait(None)
+                break
+            packets.append(pkt)
+        return packets
+
+    # --- closing ----------------------------------------------------------------
+
+    async def close(
+        self, wait: bool = True, abort: bool = False, reason: str | None = None
+    ) -> None:
+        """Close once (disconnect handlers, CLOSE packet unless `abort`), then release.
+
+        The close runs in a task of its own that the caller's cancellation cannot
+        stop halfway (aiohttp cancels a request's handler when its client drops the
+        connection, which is when closes happen): the disconnect handlers and the
+        release always finish, and the caller's cancellation still propagates.
+        As upstream, a close already under way returns at once (it may be the caller).
+        """
+        task = self._start_close(wait, abort, reason)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def _close(self, wait: bool, abort: bool, reason: str | None) -> None:
+        self._close_reason = reason
+        try:
+            await super().close(wait=False, abort=abort, reason=reason)
+            if wait:
+                # Let the writer flush the CLOSE packet, bounded: a polling client
+                # that never polls again must not hold this coroutine forever.
+                with contextlib.suppress(TimeoutError):
+                    flush_within = self.server.ping_interval + self.server.ping_timeout
+                    async with asyncio.timeout(flush_within):
+                        await self.queue.join()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Let go of everything this connection holds. Idempotent."""
+        if self._released:
+            return
+        self._released = True
+        self.closed = True
+        self._cancel_timers()
+        self._close_task = None
+        if self._close_reason == self.server.reason.CLIENT_DISCONNECT and not self.upgraded:
+            # The polling client said CLOSE: its pending GET answers NOOP at once (the
+            # protocol's forced close, what the reference suite expects) instead of
+            # waiting out the poll; its next request finds the session gone (400).
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+        # Wake the WebSocket writer (it ends and closes the WebSocket) or a pending GET.
+        self.queue.put_nowait(None)
+        sockets = self.server.sockets
+        if sockets.get(self.sid) is self:
+            del sockets[self.sid]
+
+    # --- the WebSocket transport --------------------------------------------------
+
+    async def _websocket_handler(self, ws: Any) -> None:
+        """Serve one WebSocket: a reader loop here, one writer task; both end with
+        the socket (the upstream loop leaves them to their 45 s timeouts)."""
+        if self.connected:
+            if not await self._upgrade_from_polling(ws):
+                return
+        else:
+            self.connected = True
+            self.upgraded = True
+        writer = asyncio.ensure_future(self._write(ws))
+        try:
+            await self._read(ws)
+        finally:
+            # Any way out (client close, error, cancellation) closes the socket once;
+            # `_release()` wakes the writer, which closes the WebSocket.
+            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            await writer
+
+    async def _upgrade_from_polling(self, ws: Any) -> bool:
+        """The probe exchange (PING probe -> PONG probe, then UPGRADE); False if it fails.
+
+        Each step is bounded by `ping_timeout`: a client that opens the upgrade
+        WebSocket and goes silent must not hold it for longer than a dead client.
+        """
+        self.upgrading = True  # hold packet sends during the upgrade
+        try:
+            async with asyncio.timeout(self.server.ping_timeout):
+                probe = eio_packet.Packet(encoded_packet=await self._receive(ws))
+                if probe.packet_type != eio_packet.PING or probe.data != "probe":
+                    return False
+                await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
+                self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # ends the long-poll
+                upgrade = eio_packet.Packet(encoded_packet=await self._receive(ws))
+                if upgrade.packet_type != eio_packet.UPGRADE:
+                    return False
+        except (OSError, ValueError, TimeoutError):
+            return False
+        finally:
+            self.upgrading = False
+        if self.closed:
+            return False
+        self.upgraded = True
+        return True
+
+    async def _receive(self, ws: Any) -> Any:
+        data = await ws.wait()
+        if data and len(data) > self.server.max_http_buffer_size:
+            raise ValueError("packet is too large")
+        return data
+
+    async def _read(self, ws: Any) -> None:
+        while not self.closed:
+            try:
+                data = await self._receive(ws)
+            except (OSError, ValueError):
+                return  # closed, refused or broken: the caller closes the socket
+            if data is None:
+                return
+            try:
+                await self.receive(eio_packet.Packet(encoded_packet=data))
+            except eio_exceptions.UnknownPacketError:
+                continue
+            except eio_exceptions.SocketIsClosedError:
+                return
+            except Exception:
+                # As upstream: one bad packet is logged and the connection goes on.
+                log.exception("engine.io receive error", extra={"event": "engine.receive_error"})
+
+    async def _write(self, ws: Any) -> None:
+        try:
+            while True:
+                packets = await self.poll()
+                if not packets:  # released
+                    return
+                for pkt in packets:
+                    await ws.send(pkt.encode())
+        except (OSError, RuntimeError, ConnectionError):
+            return  # the peer went away mid-send; the reader sees it too
+        finally:
+            with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+                async with asyncio.timeout(CLOSE_HANDSHAKE_SECONDS):
+                    await ws.close()
+
+
+class ReleasingSockets(dict[str, Any]):
+    """`IofleetEngine.sockets`: adopts each socket python-engineio registers as a
+    `ReleasingSocket` (upstream builds them as `AsyncSocket` with no factory hook)."""
+
+    def __setitem__(self, sid: str, socket: Any) -> None:
+        if type(socket) is AsyncSocket:
+            # Same layout, more methods: ReleasingSocket adds no instance state of its
+            # own beyond class-level defaults, so adopting is safe before first use.
+            socket.__class__ = ReleasingSocket
+        super().__setitem__(sid, socket)

@@ -1,0 +1,42 @@
+"""The alert rules read only metrics the server exports, and the memory-growth
+rule (closed connections still held, issue 13) is there."""
+
+from __future__ import annotations
+
+import re
+
+from infra.observability import Thresholds, alert_rules
+from server.metrics import Metrics
+
+# Metrics the rules read from elsewhere (kubelet/cAdvisor, kube-state-metrics).
+EXTERNAL = re.compile(r"^(container_|kube_)")
+
+
+def exported() -> set[str]:
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    names: set[str] = set()
+    for family in Metrics().registry.collect():
+        names.add(family.name)
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
+    return names
+
+
+def rules() -> list[dict[str, object]]:
+    return [r for group in alert_rules("iofleet", Thresholds()) for r in group["rules"]]
+
+
+def test_rules_read_only_exported_server_metrics() -> None:
+    available = exported()
+    for rule in rules():
+        expr = str(rule["expr"])
+        for name in re.findall(r"\b([a-z_]+)\{", expr):
+            if EXTERNAL.match(name):
+                continue
+            assert name in available, (rule["alert"], name)
+
+
+def test_memory_growth_with_flat_connections_is_alerted() -> None:
+    (rule,) = [r for r in rules() if r["alert"] == "IofleetMemoryGrowsWithFlatConnections"]
+    expr = str(rule["expr"])
+    assert "process_resident_memory_bytes" in expr
+    assert "iofleet_connections{" in expr

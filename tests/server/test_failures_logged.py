@@ -1,0 +1,100 @@
+"""Failures are never silent and cancellation always propagates (issue 10); the
+drain flag has one owner and applications get the node's services typed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+import socketio
+from redis import asyncio as aioredis
+
+from iofleet.processes import free_port
+from server.app import build_node, shutdown_step
+from server.apps.matching import Matcher
+from server.fanout import FanoutManager
+from server.metrics import Metrics
+from server.services import AppServices, attach, services_of
+from server.settings import Settings
+
+SECRET = "x" * 40
+
+
+def events(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [vars(r) for r in caplog.records if hasattr(r, "event")]
+
+
+async def test_a_failed_shutdown_step_is_logged_with_what_failed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def broken() -> None:
+        raise ConnectionResetError("peer gone")
+
+    with caplog.at_level(logging.WARNING):
+        await shutdown_step("the thing", broken())
+    (entry,) = events(caplog)
+    assert entry["event"] == "shutdown.error" and entry["step"] == "the thing"
+    assert entry["error"] == "ConnectionResetError: peer gone"  # not "timed out"
+
+
+async def test_shutdown_steps_let_cancellation_through() -> None:
+    step = asyncio.create_task(shutdown_step("slow", asyncio.sleep(30)))
+    await asyncio.sleep(0.05)
+    step.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await step
+
+
+async def test_fanout_close_lets_cancellation_through() -> None:
+    fanout = FanoutManager(f"redis://127.0.0.1:{free_port()}/0", "iofleet", Metrics())
+    closing = asyncio.create_task(fanout._close_quietly("link", asyncio.sleep(30), 10))
+    await asyncio.sleep(0.05)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+
+
+async def test_matching_logs_a_redis_failure_on_disconnect(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sio = socketio.AsyncServer(async_mode="aiohttp")
+    nothing_there = f"redis://127.0.0.1:{free_port()}/0"
+    redis = aioredis.Redis.from_url(nothing_there, socket_connect_timeout=0.5)
+    attach(sio, AppServices(node_id="n", redis=redis))
+
+    async def session(sid: str, namespace: str | None = None) -> dict[str, str]:
+        return {"user": "u1"}
+
+    monkeypatch.setattr(sio, "get_session", session)
+    matcher = Matcher(sio)
+    matcher._involved.add("s1")  # it asked for a match, so its disconnect cleans up
+    with caplog.at_level(logging.ERROR):
+        await matcher.on_disconnect("s1")
+    (entry,) = [e for e in events(caplog) if e["event"] == "match.error"]
+    assert entry["operation"] == "disconnect cleanup" and entry["sid"] == "s1"
+    assert "ConnectionError" in str(entry["error"])
+    await redis.aclose()
+
+
+def test_applications_get_the_nodes_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IOFLEET_JWT_SECRET", SECRET)
+    node = build_node(Settings())
+    assert services_of(node.sio) is node.services
+    assert node.services.node_id == node.settings.node_id
+    # The same app on plain python-socketio: empty services, no Redis.
+    assert services_of(socketio.AsyncServer()) == AppServices()
+
+
+def test_the_drain_controller_owns_the_draining_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IOFLEET_JWT_SECRET", SECRET)
+    node = build_node(Settings())
+
+    async def start() -> None:
+        assert not node.sio.is_draining()
+        assert node.drain.start("test")
+        assert node.drain.draining and node.sio.is_draining()
+        assert not hasattr(node.sio, "draining")  # nobody else keeps a copy
+        await asyncio.sleep(0)
+
+    asyncio.run(start())
