@@ -116,7 +116,7 @@ class Decision:
     limited_by: str | None = field(default=None)
 
 
-class NoMetrics(Exception):  # noqa: N818 - the controller's own wording
+class NoMetrics(Exception):
     """No pod reported the metric: the HPA does not scale on this sync."""
 
 
