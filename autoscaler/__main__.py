@@ -9,6 +9,11 @@ import logging
 import signal
 import sys
 
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ConfigError
+
+from autoscaler.kube.actuator import RefuseToStart
+from autoscaler.kube.backend import run
 from autoscaler.settings import Settings, SettingsError, load_settings
 
 
@@ -55,12 +60,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run_kubernetes(settings: Settings) -> int:
-    from lightkube import AsyncClient
-    from lightkube.core.exceptions import ConfigError
-
-    from autoscaler.kube.actuator import RefuseToStart
-    from autoscaler.kube.backend import run
-
     try:
         client = AsyncClient(namespace=settings.namespace)
     except ConfigError as error:

@@ -9,7 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
-STATUS_KEY = web.AppKey("status", Callable[[], dict[str, Any]])
+StatusFn = Callable[[], dict[str, Any]]
+STATUS_KEY: web.AppKey[StatusFn] = web.AppKey("status")
 PAGE = resources.files("autoscaler").joinpath("static/status.html").read_text()
 
 

@@ -28,7 +28,7 @@ VERSIONS = ("v1beta2", "v1beta1")  # preferred first
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
 PROVIDER_KEY = web.AppKey("provider", ConnectionsProvider)
-READY_KEY = web.AppKey("ready", Callable[[], bool])
+READY_KEY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
 WINDOW_KEY = web.AppKey("window_seconds", int)
 
 

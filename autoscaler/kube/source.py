@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import aiohttp
 from lightkube import AsyncClient
@@ -71,7 +72,7 @@ class KubernetesSource:
     ) -> None:
         self._client = client
         self._namespace = namespace
-        self._labels = dict(labels)
+        self._labels: dict[str, Any] = dict(labels)  # lightkube's selector type
         self._admin_port = admin_port
         self._metric = metric
         self._scrape_interval = scrape_interval

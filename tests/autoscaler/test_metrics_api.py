@@ -194,7 +194,9 @@ async def test_unknown_metric_resource_or_pod_answers_the_api_status(
 ) -> None:
     base = f"/apis/custom.metrics.k8s.io/{version}/namespaces/iofleet"
     cases = {
-        f"{base}/pods/*/http_requests": "the server could not find the metric http_requests for pods",
+        f"{base}/pods/*/http_requests": (
+            "the server could not find the metric http_requests for pods"
+        ),
         f"{base}/services/*/iofleet_connections": (
             "the server could not find the metric iofleet_connections for services"
         ),
