@@ -208,20 +208,20 @@ async def test_deletion_cost_ranks_emptiest_lowest_and_patches_at_most_once_a_mi
         await round_and_rank()
         assert costs() == {"b": "0", "c": "1", "a": "2"}  # 5 < 12 < 30
         assert keeper.patches == 3
-        # Same ranks: no patch at all.
-        await round_and_rank()
-        assert keeper.patches == 3
         # b fills up; ranks change, but within the minute nothing is patched.
         admin.connections["127.0.0.3"] = 50
         clock.now += 30
         await round_and_rank()
         assert keeper.patches == 3
         assert costs() == {"b": "0", "c": "1", "a": "2"}
-        # After the minute: only pods whose rank changed are patched (c kept rank 0? no:
-        # order now c=12, a=30, b=50 -> c 0, a 1, b 2: all three changed).
+        # After the minute: order now c=12, a=30, b=50 -> c 0, a 1, b 2 (all changed).
         clock.now += 31
         await round_and_rank()
         assert costs() == {"c": "0", "a": "1", "b": "2"}
+        assert keeper.patches == 6
+        # Same ranks later on: no patch at all.
+        clock.now += 120
+        await round_and_rank()
         assert keeper.patches == 6
     finally:
         task.cancel()

@@ -50,6 +50,9 @@ METRIC_CASES = [
     MetricCase("tolerance edge in float64", 4, ready(22, 22, 22, 22), 5),
     # ratio 76 / 80 = 0.95 -> within tolerance: keep 4.
     MetricCase("slightly below, within tolerance", 4, ready(19, 19, 19, 19), 4),
+    # ratio 260 / (20 x 3) = 4.333...; x 3 = 13.0 in float64: 13. Dividing the average
+    # first, (260 / 3) / 20 x 3 = 13.000000000000002, would give 14: the controller's order.
+    MetricCase("ratio computed as the controller does", 3, ready(60, 100, 100), 13),
     # ratio 20 / 80 = 0.25; ceil(0.25 x 4) = 1.
     MetricCase("scale-down", 4, ready(5, 5, 5, 5), 1),
     # Missing on scale-up: ratio 80 / 40 = 2 > 1, so p2 counts 0:
