@@ -57,20 +57,25 @@ class Settings(BaseSettings):
     max: int = Field(10, ge=1, description="Most replicas.")
     tolerance: float = Field(0.1, ge=0, lt=1, description="No change within this ratio of 1.")
     sync_seconds: float = Field(15, gt=0, le=600, description="Control loop period (HPA: 15).")
+    scrape_seconds: float = Field(5, gt=0, le=600, description="Scrape round period (s).")
     scrape_timeout: float = Field(2, gt=0, le=60, description="Per-pod scrape timeout (s).")
     metric_window_seconds: int = Field(
         15, ge=1, description="The `window` reported with each metric value (s)."
     )
-    scale_up_stabilization_seconds: int = Field(0, ge=0, le=3600)
-    scale_down_stabilization_seconds: int = Field(300, ge=0, le=3600)
-    scale_up_select_policy: SelectPolicy = Field("Max")
-    scale_down_select_policy: SelectPolicy = Field("Max")
+    scale_up_stabilization_seconds: int = Field(
+        0, ge=0, le=3600, description="Scale-up stabilization window (s)."
+    )
+    scale_down_stabilization_seconds: int = Field(
+        300, ge=0, le=3600, description="Scale-down stabilization window (s)."
+    )
+    scale_up_select_policy: SelectPolicy = Field("Max", description="Max, Min or Disabled.")
+    scale_down_select_policy: SelectPolicy = Field("Max", description="Max, Min or Disabled.")
     scale_up_percent: int = Field(100, ge=1, description="Percent policy, per period.")
     scale_up_pods: int = Field(4, ge=1, description="Pods policy, per period.")
-    scale_up_period_seconds: int = Field(15, ge=1, le=1800)
+    scale_up_period_seconds: int = Field(15, ge=1, le=1800, description="Policy period (s).")
     scale_down_percent: int = Field(100, ge=1, le=100, description="Percent policy, per period.")
     scale_down_pods: int | None = Field(None, ge=1, description="Pods policy; unset = none.")
-    scale_down_period_seconds: int = Field(15, ge=1, le=1800)
+    scale_down_period_seconds: int = Field(15, ge=1, le=1800, description="Policy period (s).")
     deletion_cost_interval: float = Field(
         60, ge=0, description="Least time between two deletion-cost patches of one pod (s)."
     )

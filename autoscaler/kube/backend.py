@@ -32,14 +32,14 @@ class KubernetesBackend:
     provider: ConnectionsProvider
 
 
-def build(settings: Settings, client: AsyncClient, scrape_interval: float) -> KubernetesBackend:
+def build(settings: Settings, client: AsyncClient) -> KubernetesBackend:
     source = KubernetesSource(
         client,
         settings.namespace,
         settings.labels,
         settings.admin_port,
         settings.metric,
-        scrape_interval=scrape_interval,
+        scrape_interval=settings.scrape_seconds,
         scrape_timeout=settings.scrape_timeout,
     )
     costs = DeletionCostKeeper(client, settings.namespace, settings.deletion_cost_interval)
@@ -73,7 +73,7 @@ async def run(settings: Settings, client: AsyncClient) -> None:
             "the kubernetes backend serves custom.metrics.k8s.io over HTTPS: set"
             " IOFLEET_AUTOSCALER_TLS_CERT_FILE and IOFLEET_AUTOSCALER_TLS_KEY_FILE"
         )
-    backend = build(settings, client, scrape_interval=min(5.0, settings.sync_seconds))
+    backend = build(settings, client)
     if settings.mode == "direct":
         await backend.actuator.check_no_hpa()
     auth = await read_request_header_auth(client)
