@@ -105,7 +105,10 @@ async def run(settings: Settings, client: AsyncClient) -> None:
             asyncio.create_task(backend.source.watch_pods(), name="watch-pods"),
             asyncio.create_task(backend.source.scrape_forever(), name="scrape"),
         ]
+        # Rank and decide only on scraped numbers: before the first round every pod
+        # looks missing, and a rank patched then would stand for a minute.
         await backend.source.synced.wait()
+        await backend.source.scraped.wait()
         tasks.append(asyncio.create_task(backend.controller.run(), name="control-loop"))
         log.info(
             "serving custom.metrics.k8s.io on :%d, status on %s:%d, mode %s",

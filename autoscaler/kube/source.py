@@ -83,6 +83,8 @@ class KubernetesSource:
         """Set once the first list of pods has arrived."""
         self.last_round: float | None = None
         self.rounds = 0
+        self.scraped = asyncio.Event()
+        """Set after the first scrape round (before it, every pod looks missing)."""
 
     @property
     def scrape_interval(self) -> float:
@@ -184,8 +186,10 @@ class KubernetesSource:
         self._nodes = nodes
         self.last_round = now
         self.rounds += 1
+        self.scraped.set()
 
     async def scrape_forever(self) -> None:
+        await self.synced.wait()  # a round before the pods are listed scrapes nobody
         async with aiohttp.ClientSession() as session:
             while True:
                 started = time.monotonic()
