@@ -13,6 +13,7 @@ from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import ConfigMap
 
 from autoscaler.controller import Controller, spec_from_settings
+from autoscaler.kube.authz import SubjectAccessReviewer
 from autoscaler.kube.actuator import DeletionCostKeeper, KubernetesActuator, RefuseToStart
 from autoscaler.kube.metrics_api import RequestHeaderAuth, create_metrics_app, server_ssl_context
 from autoscaler.kube.provider import ConnectionsProvider
@@ -82,7 +83,11 @@ async def run(settings: Settings, client: AsyncClient) -> None:
     except (OSError, ValueError) as error:
         raise RefuseToStart(f"cannot load the TLS cert/key or the client CA: {error}") from None
     metrics_app = create_metrics_app(
-        backend.provider, auth, backend.source.synced.is_set, settings.metric_window_seconds
+        backend.provider,
+        auth,
+        backend.source.synced.is_set,
+        settings.metric_window_seconds,
+        SubjectAccessReviewer(client),
     )
     runners = [web.AppRunner(metrics_app, access_log=None)]
     sites: list[web.BaseSite] = []

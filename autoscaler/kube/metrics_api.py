@@ -4,14 +4,16 @@ A thin HTTP layer (routing, discovery documents, request-header authentication,
 Status errors) over `ConnectionsProvider`. The kube-apiserver's aggregator calls us
 with a client certificate signed by the request-header CA published in
 `kube-system/extension-apiserver-authentication`, whose common name is one of
-`requestheader-allowed-names`, and the caller's user name in `X-Remote-User`.
-The kubelet's probes (`/healthz`, `/readyz`) carry no certificate and see nothing else.
+`requestheader-allowed-names`, and the caller's user name in `X-Remote-User`; whether
+that user may read the metric is asked of the kube-apiserver (SubjectAccessReview,
+`autoscaler.kube.authz`), as the RBAC the infra grants expects. The kubelet's probes (`/healthz`, `/readyz`) carry no certificate and see nothing else.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,14 +22,17 @@ from typing import Any
 
 from aiohttp import web
 
+from autoscaler.kube.authz import Access, Authorizer, Caller
 from autoscaler.kube.provider import ConnectionsProvider, MetricNotFound, PodMetric
 from autoscaler.kube.selectors import parse_selector
 
+log = logging.getLogger("iofleet.autoscaler.api")
 GROUP = "custom.metrics.k8s.io"
 VERSIONS = ("v1beta2", "v1beta1")  # preferred first
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
 PROVIDER_KEY = web.AppKey("provider", ConnectionsProvider)
+AUTHZ_KEY: web.AppKey[Authorizer] = web.AppKey("authorizer")
 READY_KEY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
 WINDOW_KEY = web.AppKey("window_seconds", int)
 
@@ -40,6 +45,7 @@ class RequestHeaderAuth:
     allowed_names: tuple[str, ...] = ()
     username_headers: tuple[str, ...] = ("X-Remote-User",)
     group_headers: tuple[str, ...] = field(default=("X-Remote-Group",))
+    extra_header_prefixes: tuple[str, ...] = ("X-Remote-Extra-",)
 
     @classmethod
     def from_configmap_data(cls, data: dict[str, str]) -> RequestHeaderAuth:
@@ -59,6 +65,7 @@ class RequestHeaderAuth:
             allowed_names=names("requestheader-allowed-names", ()),
             username_headers=names("requestheader-username-headers", ("X-Remote-User",)),
             group_headers=names("requestheader-group-headers", ("X-Remote-Group",)),
+            extra_header_prefixes=names("requestheader-extra-headers-prefix", ("X-Remote-Extra-",)),
         )
 
 
@@ -116,9 +123,46 @@ async def authenticate(
             "Forbidden",
             f"client certificate CN {name!r} is not an allowed request-header name",
         )
-    if not any(request.headers.get(header) for header in auth.username_headers):
+    caller = _caller(request, auth)
+    if caller is None:
         return status(401, "Unauthorized", "Unauthorized")
+    access = _access(request)
+    try:
+        allowed = await request.app[AUTHZ_KEY].allowed(caller, access)
+    except Exception as error:  # the apiserver did not answer: fail closed
+        log.warning("SubjectAccessReview failed: %s", error, extra={"event": "api.authz_failed"})
+        return status(500, "InternalError", "authorization check failed")
+    if not allowed:
+        return status(403, "Forbidden", f'user "{caller.user}" cannot {access.describe()}')
     return await handler(request)
+
+
+def _caller(request: web.Request, auth: RequestHeaderAuth) -> Caller | None:
+    user = next((request.headers[h] for h in auth.username_headers if request.headers.get(h)), None)
+    if user is None:
+        return None
+    groups = tuple(g for h in auth.group_headers for g in request.headers.getall(h, []))
+    extra: dict[str, list[str]] = {}
+    for header, value in request.headers.items():
+        for prefix in auth.extra_header_prefixes:
+            if header.lower().startswith(prefix.lower()):
+                extra.setdefault(header[len(prefix) :].lower(), []).append(value)
+    return Caller(user, groups, tuple((k, tuple(v)) for k, v in sorted(extra.items())))
+
+
+def _access(request: web.Request) -> Access:
+    info = request.match_info
+    if "resource" not in info:
+        return Access(path=request.path)
+    return Access(
+        path=request.path,
+        group=GROUP,
+        version=info.get("version"),
+        namespace=info.get("namespace"),
+        resource=info["resource"],
+        name=info.get("name"),
+        subresource=info.get("metric"),
+    )
 
 
 def quantity(value: float) -> str:
@@ -264,8 +308,10 @@ def create_metrics_app(
     auth: RequestHeaderAuth,
     ready: Callable[[], bool],
     window_seconds: int,
+    authorizer: Authorizer,
 ) -> web.Application:
     app = web.Application(middlewares=[authenticate])
+    app[AUTHZ_KEY] = authorizer
     app[PROVIDER_KEY] = provider
     app[AUTH_KEY] = auth
     app[READY_KEY] = ready

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from autoscaler.kube.authz import Access, Caller
 from autoscaler.kube.metrics_api import (
     RequestHeaderAuth,
     create_metrics_app,
@@ -42,6 +43,18 @@ def nodes() -> list[Node]:
     ]
 
 
+class HpaOnly:
+    """Stands in for the SubjectAccessReview (tested against kmock in test_authz.py):
+    allows the HPA controller's service account, records every question."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[Caller, Access]] = []
+
+    async def allowed(self, caller: Caller, access: Access) -> bool:
+        self.asked.append((caller, access))
+        return caller.user == AGGREGATOR_HEADERS["X-Remote-User"]
+
+
 @dataclass
 class Api:
     url: str
@@ -49,6 +62,7 @@ class Api:
     aggregator: Issued
     stranger: Issued
     wrong_name: Issued
+    authorizer: HpaOnly
 
     async def get(
         self, path: str, client: Issued | None, headers: dict[str, str] | None = None
@@ -81,7 +95,8 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
         }
     )
     provider = ConnectionsProvider(nodes, NS, METRIC)
-    app = create_metrics_app(provider, auth, lambda: True, window_seconds=15)
+    authorizer = HpaOnly()
+    app = create_metrics_app(provider, auth, lambda: True, 15, authorizer)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
@@ -90,7 +105,9 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     )
     await site.start()
     try:
-        yield Api(f"https://127.0.0.1:{port}", server_ca, aggregator, stranger, wrong_name)
+        yield Api(
+            f"https://127.0.0.1:{port}", server_ca, aggregator, stranger, wrong_name, authorizer
+        )
     finally:
         await runner.cleanup()
 
@@ -226,6 +243,26 @@ async def test_requests_without_the_aggregators_identity_are_refused(api: Api) -
     assert (status, body["reason"]) == (403, "Forbidden")
     status, body = await api.get(path, api.aggregator)  # no X-Remote-User
     assert status == 401
+    # Authenticated, but the apiserver says this user may not read the metric.
+    status, body = await api.get(
+        path, api.aggregator, {"X-Remote-User": "jane", "X-Remote-Group": "devs"}
+    )
+    assert (status, body["reason"]) == (403, "Forbidden")
+    assert body["message"] == (
+        'user "jane" cannot get resource "pods/iofleet_connections" in API group'
+        ' "custom.metrics.k8s.io" in the namespace "iofleet"'
+    )
+    caller, access = api.authorizer.asked[-1]
+    assert caller == Caller("jane", ("devs",))
+    assert access == Access(
+        path="/apis/custom.metrics.k8s.io/v1beta2/namespaces/iofleet/pods/*/iofleet_connections",
+        group="custom.metrics.k8s.io",
+        version="v1beta2",
+        namespace="iofleet",
+        resource="pods",
+        name="*",
+        subresource="iofleet_connections",
+    )
     # A certificate from another CA does not even finish the TLS handshake.
     with pytest.raises(aiohttp.ClientError):
         await api.get(path, api.stranger, AGGREGATOR_HEADERS)

@@ -38,6 +38,7 @@ from tests.support.cdp import Chromium
 from tests.support.procs import ServerProcess, wait_until
 
 CONFIGMAPS = kmock.resource("", "v1", "configmaps")
+SARS = kmock.resource("authorization.k8s.io", "v1", "subjectaccessreviews")
 POD_IPS = {"server-a": "127.0.0.2", "server-b": "127.0.0.3"}
 HEADERS = {"X-Remote-User": "system:serviceaccount:kube-system:horizontal-pod-autoscaler"}
 
@@ -76,7 +77,7 @@ def servers(admin_port: int) -> Iterator[dict[str, ServerProcess]]:
             started[name] = ServerProcess(name, env=env, admin_port=admin_port).start(
                 wait_ready=False
             )
-        for name, server in started.items():
+        for name in started:
             url = f"http://{POD_IPS[name]}:{admin_port}/readyz"
             wait_until(lambda url=url: _status(url) == 200, timeout=20)
         yield started
@@ -131,6 +132,15 @@ def seed_cluster(server: kmock.KubernetesEmulator, pki: Pki) -> None:
         "spec": {"replicas": 2},
     }
     server.objects[HPAS, NS, "other"] = _hpa("other", "another-deployment")
+
+    def review(request: Any) -> dict[str, Any]:
+        # Reviews are never stored by a real apiserver; kmock's emulator keeps this
+        # nameless object and would answer the next create 409, so forget it.
+        del server.objects[SARS, None, None]
+        spec = request.data["spec"]
+        return {**request.data, "status": {"allowed": spec["user"] == HEADERS["X-Remote-User"]}}
+
+    server["post", SARS] << review
 
 
 def settings_for(pki: Pki, admin_port: int, **overrides: Any) -> Settings:
