@@ -13,8 +13,8 @@ from lightkube.core.exceptions import ApiError
 from lightkube.resources.core_v1 import ConfigMap
 
 from autoscaler.controller import Controller, spec_from_settings
-from autoscaler.kube.authz import SubjectAccessReviewer
 from autoscaler.kube.actuator import DeletionCostKeeper, KubernetesActuator, RefuseToStart
+from autoscaler.kube.authz import SubjectAccessReviewer
 from autoscaler.kube.metrics_api import RequestHeaderAuth, create_metrics_app, server_ssl_context
 from autoscaler.kube.provider import ConnectionsProvider
 from autoscaler.kube.source import KubernetesSource

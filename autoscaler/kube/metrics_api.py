@@ -6,7 +6,8 @@ with a client certificate signed by the request-header CA published in
 `kube-system/extension-apiserver-authentication`, whose common name is one of
 `requestheader-allowed-names`, and the caller's user name in `X-Remote-User`; whether
 that user may read the metric is asked of the kube-apiserver (SubjectAccessReview,
-`autoscaler.kube.authz`), as the RBAC the infra grants expects. The kubelet's probes (`/healthz`, `/readyz`) carry no certificate and see nothing else.
+`autoscaler.kube.authz`), as the RBAC the infra grants expects. The kubelet's probes
+(`/healthz`, `/readyz`) carry no certificate and see nothing else.
 """
 
 from __future__ import annotations
