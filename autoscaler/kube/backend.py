@@ -15,7 +15,12 @@ from lightkube.resources.core_v1 import ConfigMap
 from autoscaler.controller import Controller, spec_from_settings
 from autoscaler.kube.actuator import DeletionCostKeeper, KubernetesActuator, RefuseToStart
 from autoscaler.kube.authz import SubjectAccessReviewer
-from autoscaler.kube.metrics_api import RequestHeaderAuth, create_metrics_app, server_ssl_context
+from autoscaler.kube.metrics_api import (
+    ClientTrust,
+    HttpsListener,
+    RequestHeaderAuth,
+    create_metrics_app,
+)
 from autoscaler.kube.provider import ConnectionsProvider
 from autoscaler.kube.source import KubernetesSource
 from autoscaler.settings import Settings
@@ -23,6 +28,7 @@ from autoscaler.status import create_status_app
 
 log = logging.getLogger("iofleet.autoscaler")
 AUTH_CONFIGMAP = ("kube-system", "extension-apiserver-authentication")
+TRUST_REFRESH_SECONDS = 60.0
 
 
 @dataclass
@@ -67,6 +73,23 @@ async def read_request_header_auth(client: AsyncClient) -> RequestHeaderAuth:
         raise RefuseToStart(str(error)) from None
 
 
+async def refresh_trust(
+    client: AsyncClient,
+    trust: ClientTrust,
+    listener: HttpsListener,
+    every: float = TRUST_REFRESH_SECONDS,
+) -> None:
+    """Pick up a rotated request-header CA or serving cert; keep the old on any error."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            if trust.update(await read_request_header_auth(client)):
+                await listener.restart()
+                log.info("client trust reloaded", extra={"event": "api.trust_reloaded"})
+        except (RefuseToStart, OSError, ValueError) as error:
+            log.warning("client trust not reloaded: %s", error, extra={"event": "api.trust_stale"})
+
+
 async def run(settings: Settings, client: AsyncClient) -> None:
     """Check what must hold before starting (or raise RefuseToStart), then serve."""
     if settings.tls_cert_file is None or settings.tls_key_file is None:
@@ -79,36 +102,35 @@ async def run(settings: Settings, client: AsyncClient) -> None:
         await backend.actuator.check_no_hpa()
     auth = await read_request_header_auth(client)
     try:
-        ssl_context = server_ssl_context(settings.tls_cert_file, settings.tls_key_file, auth)
+        trust = ClientTrust(settings.tls_cert_file, settings.tls_key_file, auth)
     except (OSError, ValueError) as error:
         raise RefuseToStart(f"cannot load the TLS cert/key or the client CA: {error}") from None
     metrics_app = create_metrics_app(
         backend.provider,
-        auth,
+        trust,
         backend.source.synced.is_set,
         settings.metric_window_seconds,
         SubjectAccessReviewer(client),
     )
-    runners = [web.AppRunner(metrics_app, access_log=None)]
-    sites: list[web.BaseSite] = []
-    await runners[0].setup()
-    sites.append(
-        web.TCPSite(
-            runners[0], settings.metrics_host, settings.metrics_port, ssl_context=ssl_context
-        )
-    )
+    metrics_runner = web.AppRunner(metrics_app, access_log=None)
+    await metrics_runner.setup()
+    runners = [metrics_runner]
+    listener = HttpsListener(metrics_runner, settings.metrics_host, settings.metrics_port, trust)
+    status_site: web.TCPSite | None = None
     if settings.status_port:
         status_runner = web.AppRunner(create_status_app(backend.controller.status), access_log=None)
         await status_runner.setup()
         runners.append(status_runner)
-        sites.append(web.TCPSite(status_runner, settings.status_host, settings.status_port))
+        status_site = web.TCPSite(status_runner, settings.status_host, settings.status_port)
     tasks: list[asyncio.Task[None]] = []
     try:
-        for site in sites:
-            await site.start()
+        await listener.start()
+        if status_site is not None:
+            await status_site.start()
         tasks = [
             asyncio.create_task(backend.source.watch_pods(), name="watch-pods"),
             asyncio.create_task(backend.source.scrape_forever(), name="scrape"),
+            asyncio.create_task(refresh_trust(client, trust, listener), name="refresh-trust"),
         ]
         # Rank and decide only on scraped numbers: before the first round every pod
         # looks missing, and a rank patched then would stand for a minute.

@@ -70,9 +70,6 @@ class RequestHeaderAuth:
         )
 
 
-AUTH_KEY = web.AppKey("request_header_auth", RequestHeaderAuth)
-
-
 def server_ssl_context(cert_file: Path, key_file: Path, auth: RequestHeaderAuth) -> ssl.SSLContext:
     """Serve our cert; ask for a client cert and verify it against the request-header CA.
     Optional, because the kubelet's probes have none; a cert from any other CA fails the
@@ -83,6 +80,55 @@ def server_ssl_context(cert_file: Path, key_file: Path, auth: RequestHeaderAuth)
     context.verify_mode = ssl.CERT_OPTIONAL
     context.load_verify_locations(cadata=auth.client_ca_pem)
     return context
+
+
+class ClientTrust:
+    """The serving cert and the request-header CA and names in force. `update` rebuilds the
+    TLS context when they changed (the CA rotates with the cluster, the serving cert with
+    `pulumi up`); `HttpsListener.restart` then serves new handshakes with it. A new
+    context rather than adding to the old one, so a retired CA stops being trusted."""
+
+    def __init__(self, cert_file: Path, key_file: Path, auth: RequestHeaderAuth) -> None:
+        self._cert_file = cert_file
+        self._key_file = key_file
+        self.auth = auth
+        self._files = self._stamp()
+        self.context = server_ssl_context(cert_file, key_file, auth)
+
+    def _stamp(self) -> tuple[float, float]:
+        return (self._cert_file.stat().st_mtime, self._key_file.stat().st_mtime)
+
+    def update(self, auth: RequestHeaderAuth) -> bool:
+        """Rebuild when the CA, the names or the cert files changed; True if it did."""
+        stamp = self._stamp()
+        if auth == self.auth and stamp == self._files:
+            return False
+        self.context = server_ssl_context(self._cert_file, self._key_file, auth)
+        self.auth, self._files = auth, stamp
+        return True
+
+
+class HttpsListener:
+    """The HTTPS site, restartable with a new TLS context; connections already open
+    finish on the old one."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, trust: ClientTrust) -> None:
+        self._runner, self._host, self._port, self._trust = runner, host, port, trust
+        self._site: web.TCPSite | None = None
+
+    async def start(self) -> None:
+        self._site = web.TCPSite(
+            self._runner, self._host, self._port, ssl_context=self._trust.context
+        )
+        await self._site.start()
+
+    async def restart(self) -> None:
+        if self._site is not None:
+            await self._site.stop()
+        await self.start()
+
+
+TRUST_KEY = web.AppKey("client_trust", ClientTrust)
 
 
 def status(code: int, reason: str, message: str) -> web.Response:
@@ -113,7 +159,7 @@ async def authenticate(
 ) -> web.StreamResponse:
     if request.path in PUBLIC_PATHS:
         return await handler(request)
-    auth = request.app[AUTH_KEY]
+    auth = request.app[TRUST_KEY].auth
     peercert = request.transport.get_extra_info("peercert") if request.transport else None
     if not peercert:
         return status(401, "Unauthorized", "Unauthorized")
@@ -306,7 +352,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 def create_metrics_app(
     provider: ConnectionsProvider,
-    auth: RequestHeaderAuth,
+    trust: ClientTrust,
     ready: Callable[[], bool],
     window_seconds: int,
     authorizer: Authorizer,
@@ -314,7 +360,7 @@ def create_metrics_app(
     app = web.Application(middlewares=[authenticate])
     app[AUTHZ_KEY] = authorizer
     app[PROVIDER_KEY] = provider
-    app[AUTH_KEY] = auth
+    app[TRUST_KEY] = trust
     app[READY_KEY] = ready
     app[WINDOW_KEY] = window_seconds
     base = f"/apis/{GROUP}/{{version}}"

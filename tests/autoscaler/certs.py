@@ -47,6 +47,7 @@ def _write(
 class CA:
     def __init__(self, directory: Path, cn: str) -> None:
         self.directory = directory
+        self.name = cn
         self.key = _key()
         now = datetime.datetime.now(datetime.UTC)
         self.cert = (
@@ -105,7 +106,8 @@ class CA:
                 x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                 critical=False,
             )
-        return _write(self.directory, cn, builder.sign(self.key, hashes.SHA256()), key)
+        signed = builder.sign(self.key, hashes.SHA256())
+        return _write(self.directory, f"{self.name}--{cn}", signed, key)
 
 
 def client_context(server_ca: CA, client: Issued | None) -> ssl.SSLContext:

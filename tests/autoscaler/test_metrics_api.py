@@ -15,6 +15,8 @@ from aiohttp import web
 
 from autoscaler.kube.authz import Access, Caller
 from autoscaler.kube.metrics_api import (
+    ClientTrust,
+    HttpsListener,
     RequestHeaderAuth,
     create_metrics_app,
     quantity,
@@ -63,6 +65,9 @@ class Api:
     stranger: Issued
     wrong_name: Issued
     authorizer: HpaOnly
+    trust: ClientTrust
+    listener: HttpsListener
+    tmp: Path
 
     async def get(
         self, path: str, client: Issued | None, headers: dict[str, str] | None = None
@@ -96,18 +101,18 @@ async def api(tmp_path: Path) -> AsyncIterator[Api]:
     )
     provider = ConnectionsProvider(nodes, NS, METRIC)
     authorizer = HpaOnly()
-    app = create_metrics_app(provider, auth, lambda: True, 15, authorizer)
+    trust = ClientTrust(serving.cert, serving.key, auth)
+    app = create_metrics_app(provider, trust, lambda: True, 15, authorizer)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
-    site = web.TCPSite(
-        runner, "127.0.0.1", port, ssl_context=server_ssl_context(serving.cert, serving.key, auth)
-    )
-    await site.start()
+    listener = HttpsListener(runner, "127.0.0.1", port, trust)
+    await listener.start()
     try:
         yield Api(
-            f"https://127.0.0.1:{port}", server_ca, aggregator, stranger, wrong_name, authorizer
-        )
+            f"https://127.0.0.1:{port}",
+            server_ca, aggregator, stranger, wrong_name, authorizer, trust, listener, tmp_path,
+        )  # fmt: skip
     finally:
         await runner.cleanup()
 
@@ -285,3 +290,18 @@ def test_tls_context_asks_for_a_client_cert(tmp_path: Path) -> None:
     serving = ca.issue("s", server=True)
     context = server_ssl_context(serving.cert, serving.key, RequestHeaderAuth(ca.pem))
     assert context.verify_mode == ssl.CERT_OPTIONAL
+
+
+async def test_a_rotated_request_header_ca_is_taken_without_a_restart(api: Api) -> None:
+    path = PODS_PATH.format(v="v1beta2", name="*")
+    new_ca = CA(api.tmp, "front-proxy-ca-2")
+    new_client = new_ca.issue("front-proxy-client", server=False)
+    with pytest.raises(aiohttp.ClientError):  # not trusted yet
+        await api.get(path, new_client, AGGREGATOR_HEADERS)
+    assert api.trust.update(RequestHeaderAuth(new_ca.pem, ("front-proxy-client",)))
+    await api.listener.restart()
+    status, _ = await api.get(path, new_client, AGGREGATOR_HEADERS)
+    assert status == 200
+    with pytest.raises(aiohttp.ClientError):  # the old CA is gone
+        await api.get(path, api.aggregator, AGGREGATOR_HEADERS)
+    assert not api.trust.update(RequestHeaderAuth(new_ca.pem, ("front-proxy-client",)))
