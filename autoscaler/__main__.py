@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 
@@ -15,6 +14,7 @@ from lightkube.core.exceptions import ConfigError
 from autoscaler.kube.actuator import RefuseToStart
 from autoscaler.kube.backend import run
 from autoscaler.settings import Settings, SettingsError, load_settings
+from server.jsonlog import configure_logging
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,10 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autoscaler: {error}", file=sys.stderr)
         return 2
     if args.mode is not None:
-        settings = Settings.model_validate({**settings.model_dump(), "mode": args.mode})
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+        settings = settings.model_copy(update={"mode": args.mode})  # argparse checked it
+    configure_logging("autoscaler", settings.log_level)  # the server's one-line JSON logs
     if args.backend == "local":
         print("autoscaler: the local backend is not built yet (iofleet up)", file=sys.stderr)
         return 2
