@@ -177,11 +177,15 @@ class KubernetesSource:
                     name, view.ip, view.ready, view.deleting, None,
                     previous.scraped_at if previous else None, result.error,
                 )  # fmt: skip
-                log.warning(
-                    "scrape of %s failed: %s", name, result.error,
-                    extra={"event": "source.scrape_failed"},
-                )  # fmt: skip
+                if previous is None or previous.error != result.error:  # once per change
+                    log.warning(
+                        "scrape of %s failed: %s", name, result.error,
+                        extra={"event": "source.scrape_failed"},
+                    )  # fmt: skip
             else:
+                if previous is not None and previous.error and previous.ready:
+                    log.info("scrape of %s answers again", name,
+                             extra={"event": "source.scrape_recovered"})  # fmt: skip
                 nodes[name] = Node(name, view.ip, view.ready, view.deleting, result.value, now)
         self._nodes = nodes
         self.last_round = now
