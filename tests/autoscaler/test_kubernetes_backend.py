@@ -309,3 +309,24 @@ async def test_direct_mode_refuses_to_start_next_to_an_hpa_on_the_same_deploymen
     )  # fmt: skip
     await hpa_mode.scale(7)
     assert not [r for r in kmock if r.url.path.endswith("/scale")]
+
+
+def test_pod_view_reads_readiness_deletion_and_cost() -> None:
+    from lightkube.resources.core_v1 import Pod
+
+    from autoscaler.kube.source import pod_view
+
+    raw = pod("a", "10.0.0.1")
+    assert pod_view(Pod.from_dict(raw)).ready is True
+    not_ready = pod("b", "10.0.0.2", ready=False)
+    assert pod_view(Pod.from_dict(not_ready)).ready is False
+    deleting = pod("c", "10.0.0.3")
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    deleting["metadata"]["annotations"] = {DELETION_COST: "3"}
+    view = pod_view(Pod.from_dict(deleting))
+    assert (view.deleting, view.deletion_cost) == (True, 3)
+    failed = pod("d", "10.0.0.4")
+    failed["status"]["phase"] = "Failed"
+    failed["metadata"]["annotations"] = {DELETION_COST: "not a number"}
+    view = pod_view(Pod.from_dict(failed))
+    assert (view.deleting, view.ready, view.deletion_cost) == (True, False, None)

@@ -305,3 +305,15 @@ async def test_a_rotated_request_header_ca_is_taken_without_a_restart(api: Api) 
     with pytest.raises(aiohttp.ClientError):  # the old CA is gone
         await api.get(path, api.aggregator, AGGREGATOR_HEADERS)
     assert not api.trust.update(RequestHeaderAuth(new_ca.pem, ("front-proxy-client",)))
+
+
+async def test_a_bad_label_selector_is_a_bad_request(api: Api) -> None:
+    status, body = await api.aggregator_get(
+        PODS_PATH.format(v="v1beta1", name="*") + "?labelSelector=a%20b"
+    )
+    assert (status, body["kind"], body["reason"], body["code"]) == (
+        400,
+        "Status",
+        "BadRequest",
+        400,
+    )
