@@ -68,14 +68,16 @@ async def test_a_restart_does_not_skip_the_scale_down_window() -> None:
 async def test_scale_up_follows_the_rate_policy_across_syncs() -> None:
     clock = FakeClock()
     fleet = Fleet(replicas=2, per_node=100)  # 200 connections: 10 pods at target 20
-    controller = Controller(SPEC, fleet, fleet, sync_seconds=15, clock=clock)
-    for _ in range(3):
+    controller = Controller(SPEC, fleet, fleet, sync_seconds=5, clock=clock)
+    for _ in range(4):
         await controller.sync()
-        clock.now += 15
-    # Default up policy: max(100 %, 4 pods) per 15 s: 2 -> 6 -> 10 (max), then stay.
+        clock.now += 5
+    # Default up policy: max(100 %, 4 pods) per 15 s. t=0: 2 -> 6. t=5, 10: the period
+    # started at 2 (4 added within it): limit max(4, 6) = 6, hold. t=15: the +4 left the
+    # period: limit max(12, 10) -> max 10.
     assert fleet.scaled == [6, 10]
     status = controller.status()
-    assert [p["acted"] for p in status["timeline"]] == [True, True, False]
+    assert [p["acted"] for p in status["timeline"]] == [True, False, False, True]
     assert "above target" in status["timeline"][0]["reason"]
 
 
