@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 
@@ -51,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode is not None:
         settings = settings.model_copy(update={"mode": args.mode})  # argparse checked it
     configure_logging("autoscaler", settings.log_level)  # the server's one-line JSON logs
+    # The Kubernetes client's HTTP library logs every request at INFO: a line per patch,
+    # per watch, per review. Keep its warnings only.
+    for name in ("httpx", "httpx2", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     if args.backend == "local":
         print("autoscaler: the local backend is not built yet (iofleet up)", file=sys.stderr)
         return 2

@@ -116,3 +116,25 @@ def client_context(server_ca: CA, client: Issued | None) -> ssl.SSLContext:
     if client is not None:
         context.load_cert_chain(client.cert, client.key)
     return context
+
+
+@dataclass(frozen=True)
+class Pki:
+    """What a cluster has: our serving CA and cert, the request-header CA and the
+    aggregator's client cert from it."""
+
+    server_ca: CA
+    serving: Issued
+    requestheader_ca: CA
+    aggregator: Issued
+
+
+def make_pki(directory: Path) -> Pki:
+    server_ca = CA(directory, "serving-ca")
+    requestheader_ca = CA(directory, "front-proxy-ca")
+    return Pki(
+        server_ca,
+        server_ca.issue("iofleet-autoscaler.iofleet.svc", server=True),
+        requestheader_ca,
+        requestheader_ca.issue("front-proxy-client", server=False),
+    )

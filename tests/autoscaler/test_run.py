@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,7 +22,7 @@ from autoscaler.kube.actuator import RefuseToStart
 from autoscaler.kube.backend import run
 from autoscaler.settings import Settings
 from iofleet.processes import free_port
-from tests.autoscaler.certs import CA, Issued, client_context
+from tests.autoscaler.certs import Pki, client_context
 from tests.autoscaler.test_kubernetes_backend import (
     DEPLOYMENTS,
     HPAS,
@@ -41,26 +40,6 @@ CONFIGMAPS = kmock.resource("", "v1", "configmaps")
 SARS = kmock.resource("authorization.k8s.io", "v1", "subjectaccessreviews")
 POD_IPS = {"server-a": "127.0.0.2", "server-b": "127.0.0.3"}
 HEADERS = {"X-Remote-User": "system:serviceaccount:kube-system:horizontal-pod-autoscaler"}
-
-
-@dataclass
-class Pki:
-    server_ca: CA
-    serving: Issued
-    requestheader_ca: CA
-    aggregator: Issued
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    server_ca = CA(tmp_path, "serving-ca")
-    requestheader_ca = CA(tmp_path, "front-proxy-ca")
-    return Pki(
-        server_ca,
-        server_ca.issue("iofleet-autoscaler.iofleet.svc", server=True),
-        requestheader_ca,
-        requestheader_ca.issue("front-proxy-client", server=False),
-    )
 
 
 @pytest.fixture
