@@ -384,28 +384,7 @@ class SocketService(pulumi.ComponentResource):
                         },
                     }
                 ],
-                "behavior": {
-                    "scaleUp": {
-                        "stabilizationWindowSeconds": s.scale_up_stabilization_seconds,
-                        "selectPolicy": "Max",
-                        "policies": [
-                            {"type": "Percent", "value": s.scale_up_percent, "periodSeconds": 60},
-                            {"type": "Pods", "value": 2, "periodSeconds": 60},
-                        ],
-                    },
-                    # Every removed pod pushes its users through a reconnect: go slowly.
-                    "scaleDown": {
-                        "stabilizationWindowSeconds": s.scale_down_stabilization_seconds,
-                        "selectPolicy": "Min",
-                        "policies": [
-                            {
-                                "type": "Percent",
-                                "value": s.scale_down_percent,
-                                "periodSeconds": 60,
-                            }
-                        ],
-                    },
-                },
+                "behavior": hpa_behavior(s),
             },
             opts=pulumi.ResourceOptions.merge(
                 self._ns_opts, pulumi.ResourceOptions(depends_on=[self.deployment])
@@ -446,6 +425,44 @@ class AutoscalerArgs:
     deployment_name: str
     namespace: str
     depends_on: list[pulumi.Resource]
+
+
+def hpa_behavior(s: RegionalConfig) -> dict[str, Any]:
+    """The HPA's `behavior`, from the stack config; the autoscaler's direct mode gets
+    the same rules (`autoscaler_behavior_env`), so both modes scale alike."""
+    return {
+        "scaleUp": {
+            "stabilizationWindowSeconds": s.scale_up_stabilization_seconds,
+            "selectPolicy": "Max",
+            "policies": [
+                {"type": "Percent", "value": s.scale_up_percent, "periodSeconds": 60},
+                {"type": "Pods", "value": 2, "periodSeconds": 60},
+            ],
+        },
+        # Every removed pod pushes its users through a reconnect: go slowly.
+        "scaleDown": {
+            "stabilizationWindowSeconds": s.scale_down_stabilization_seconds,
+            "selectPolicy": "Min",
+            "policies": [{"type": "Percent", "value": s.scale_down_percent, "periodSeconds": 60}],
+        },
+    }
+
+
+def autoscaler_behavior_env(behavior: dict[str, Any]) -> dict[str, str]:
+    """`behavior` as the autoscaler's `IOFLEET_AUTOSCALER_SCALE_*` settings."""
+    env: dict[str, str] = {}
+    for direction, prefix in (("scaleUp", "SCALE_UP"), ("scaleDown", "SCALE_DOWN")):
+        rules = behavior[direction]
+        key = f"IOFLEET_AUTOSCALER_{prefix}"
+        env[f"{key}_STABILIZATION_SECONDS"] = str(rules["stabilizationWindowSeconds"])
+        env[f"{key}_SELECT_POLICY"] = rules["selectPolicy"]
+        periods = {policy["periodSeconds"] for policy in rules["policies"]}
+        if len(periods) != 1:  # the autoscaler's settings hold one period per direction
+            raise ValueError(f"{direction}: policies must share one period, got {periods}")
+        env[f"{key}_PERIOD_SECONDS"] = str(periods.pop())
+        for policy in rules["policies"]:
+            env[f"{key}_{policy['type'].upper()}"] = str(policy["value"])
+    return env
 
 
 class Autoscaler(pulumi.ComponentResource):
@@ -633,6 +650,8 @@ class Autoscaler(pulumi.ComponentResource):
             "IOFLEET_AUTOSCALER_MIN": str(s.min_replicas),
             "IOFLEET_AUTOSCALER_MAX": str(s.max_replicas),
             "IOFLEET_AUTOSCALER_MODE": s.autoscaling,
+            # Direct mode scales with the behaviour the HPA would have had.
+            **autoscaler_behavior_env(hpa_behavior(s)),
         }
         container = {
             "name": "autoscaler",
