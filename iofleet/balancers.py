@@ -210,11 +210,17 @@ def start_balancer(
     workdir: Path,
     timeouts: Timeouts,
     stickiness: str | None = None,
+    spare_servers: tuple[str, ...] = (),
 ) -> LocalBalancer:
-    """Start a local balancer of `kind` in front of `backends`."""
+    """Start a local balancer of `kind` in front of `backends`.
+
+    `spare_servers`: HAProxy slots for servers added later (nginx needs none: its pool
+    is rewritten on reload).
+    """
     extra: dict[str, object] = {"timeouts": timeouts}
     if stickiness:
         extra["stickiness"] = stickiness
     if kind == "haproxy":
+        extra["spare_servers"] = spare_servers
         return start_haproxy(haproxy_options(host, port, backends, workdir, **extra), workdir)
     return start_nginx(nginx_options(host, port, backends, workdir, **extra), workdir)

@@ -44,6 +44,15 @@ class FleetConfig:
     """Balancer stickiness; None = the template default (cookie / sid)."""
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     """Environment the servers inherit their `IOFLEET_` settings from."""
+    max_servers: int | None = None
+    """Most servers the fleet may grow to (the autoscaler's max); HAProxy gets a spare
+    slot for each server beyond `servers`."""
+
+    @property
+    def spare_servers(self) -> tuple[str, ...]:
+        """Node ids of the balancer slots for servers added later."""
+        top = max(self.max_servers or 0, self.servers)
+        return tuple(f"node{index}" for index in range(self.servers + 1, top + 1))
 
 
 class Fleet:
@@ -91,6 +100,7 @@ class Fleet:
                 workdir=self.state_dir / "balancer",
                 timeouts=balancer_timeouts(settings),
                 stickiness=self.config.stickiness,
+                spare_servers=self.config.spare_servers,
             )
             self.state.balancer = self.balancer.record
             self._save()

@@ -50,6 +50,13 @@ class ServerState:
     def up(self) -> bool:
         return self.op_state == 2
 
+    @property
+    def in_rotation(self) -> bool:
+        """Up and taking new sessions. A slot declared `disabled` keeps its configured-
+        maintenance bit (0x04) after `set server ... state ready`; only the runtime bits
+        (forced maintenance or drain, or a resolution failure) keep sessions off it."""
+        return self.up and not self.admin_state & (0x01 | 0x02 | 0x20 | _ADMIN_DRAIN)
+
 
 class HaproxyRuntime:
     """Client of HAProxy's runtime API on a unix socket path, or `[ipv4@]HOST:PORT` (TCP)."""
@@ -168,6 +175,19 @@ class HaproxyRuntime:
             words.append(f"port {check_port}")
         await self._expect(" ".join(words), "New server registered.")
         await self._expect(f"enable health {backend}/{name}", "")
+
+    async def point_slot(
+        self, backend: str, name: str, host: str, port: int, *, check_port: int | None = None
+    ) -> None:
+        """Aim an existing server (a spare slot, or a stopped server's) at `host:port`.
+
+        It keeps its name, cookie and sid rule; `enable` then puts it in rotation.
+        """
+        answer = await self.command(f"set server {backend}/{name} addr {host} port {port}")
+        if "changed" not in answer and "no need to change" not in answer:
+            raise RuntimeApiError(f"set server {backend}/{name} addr: {answer.strip()}")
+        if check_port is not None:
+            await self._expect(f"set server {backend}/{name} check-port {check_port}", "")
 
     async def enable(self, backend: str, name: str) -> None:
         """Into rotation: new sessions may go to this server while its check passes."""

@@ -142,6 +142,10 @@ class HaproxyOptions:
     pidfile: str | None = None
     backend_name: str = "iofleet_servers"
     timeouts: Timeouts = field(default_factory=Timeouts)
+    spare_servers: tuple[str, ...] = ()
+    """Names of server slots declared disabled, with their cookie and sid rule: the local
+    autoscaler points one at a new server (`set server ... addr`) and enables it, no reload
+    (HAProxy 2.6 refuses a `cookie` on a server added with `add server`)."""
 
     def __post_init__(self) -> None:
         if self.maxconn is not None and self.maxconn < 1:
@@ -149,6 +153,12 @@ class HaproxyOptions:
         if not self.backends and self.discovery is None:
             raise ValueError("HAProxy needs at least one backend or DNS discovery")
         _check_unique(self.backends)
+        for name in self.spare_servers:
+            if not NODE_ID.match(name):
+                raise ValueError(f"spare server {name!r} must match {NODE_ID.pattern}")
+        names = [b.name for b in self.backends] + list(self.spare_servers)
+        if len(set(names)) != len(names):
+            raise ValueError(f"spare servers repeat a name: {sorted(self.spare_servers)}")
 
 
 @dataclass(frozen=True)
