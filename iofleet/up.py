@@ -132,9 +132,11 @@ def run_foreground(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         with console.status("stopping the fleet..."):
+            # The autoscaler first, so fleet.json lists every server it started when
+            # fleet.stop() reads it.
+            if autoscaler is not None:
+                stop_pid(autoscaler.pid, grace=10, process=autoscaler)
             fleet.stop()
-            if autoscaler is not None:  # stopped by fleet.stop(); reap it
-                stop_pid(autoscaler.pid, grace=5, process=autoscaler)
         console.print("fleet stopped")
     return code
 

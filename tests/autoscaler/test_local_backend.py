@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -24,6 +25,7 @@ from iofleet.fleet_secrets import SECRETS_FILE
 from iofleet.fleet_state import FleetState
 from iofleet.haproxy_runtime import HaproxyRuntime
 from iofleet.processes import free_port, pid_alive
+from iofleet.render import Backend, HaproxyOptions, render_haproxy
 from tests.support.cluster import Crowd
 from tests.support.jsclient import JsClients
 from tests.support.procs import TEST_ADMIN_TOKEN, TEST_JWT_SECRET
@@ -82,14 +84,24 @@ class LocalFleet:
             return body
 
     async def in_rotation(self) -> set[str]:
-        balancer = self.state().balancer
-        assert balancer is not None and balancer.admin_socket and balancer.backend
+        """Servers the balancer gives new sessions to."""
+        state = self.state()
+        balancer = state.balancer
+        assert balancer is not None
+        if balancer.kind == "nginx":  # a pool line without `down`, in the live config
+            text = await asyncio.to_thread(Path(balancer.config).read_text)
+            return {
+                s.node_id
+                for s in state.servers
+                if re.search(rf"^\s*server 127\.0\.0\.1:{s.port} max_fails=\S+;$", text, re.M)
+            }
+        assert balancer.admin_socket and balancer.backend
         states = await HaproxyRuntime(balancer.admin_socket).servers_state(balancer.backend)
         return {s.name for s in states if s.in_rotation}
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[LocalFleet]:
+@pytest.fixture(params=["haproxy", "nginx"])
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalFleet]:
     state_dir = tmp_path / "fleet"
     state_dir.mkdir()
     # The fleet's secrets, made here so the test signs its clients' tokens.
@@ -101,6 +113,7 @@ def fleet(tmp_path: Path) -> Iterator[LocalFleet]:
     up = iofleet(
         "up", "--detach", "--servers", str(MIN), "--min", str(MIN), "--max", str(MAX),
         "--target-connections", str(TARGET), "--port", str(free_port()),
+        "--balancer", request.param,
         "--state-dir", str(state_dir),
     )  # fmt: skip
     assert up.returncode == 0, up.stdout + up.stderr
@@ -140,7 +153,12 @@ async def test_scales_up_on_load_and_drains_down_to_min_losing_no_message(
     assert fleet.servers() == ["node1", "node2"]
     assert state.autoscaler is not None and pid_alive(state.autoscaler.pid)
     assert fleet.status()["max"] == MAX
-    crowd = Crowd(js, state.url, cookies=True)
+    # The status page (its chart is drawn in Chromium by tests/autoscaler/test_run.py).
+    with urllib.request.urlopen(state.autoscaler.status_url, timeout=5) as page:
+        assert page.headers["Content-Type"].startswith("text/html")
+    assert state.balancer is not None
+    # HAProxy: its sticky cookie; nginx: the node id in the sid.
+    crowd = Crowd(js, state.url, cookies=state.balancer.kind == "haproxy")
 
     # Load step: 120 connections (a third polling-only: every request needs stickiness).
     crowd_names = [f"c{i}" for i in range(120)]
@@ -272,3 +290,51 @@ async def test_scales_up_on_load_and_drains_down_to_min_losing_no_message(
 
 async def _all_in_rotation(fleet: LocalFleet, names: set[str]) -> bool:
     return names <= await fleet.in_rotation()
+
+
+def test_local_backend_without_a_fleet_says_so_in_one_line(tmp_path: Path) -> None:
+    base = [sys.executable, "-m", "autoscaler", "--backend", "local"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOFLEET_AUTOSCALER_")}
+    cases = {
+        "--state-dir": [],
+        "no fleet recorded": ["--state-dir", str(tmp_path)],
+    }
+    for expected, extra in cases.items():
+        done = subprocess.run(
+            base + extra, capture_output=True, text=True, timeout=30, env=env, check=False
+        )
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1 and expected in done.stderr, done.stderr
+
+
+def test_up_refuses_a_min_or_servers_above_max(tmp_path: Path) -> None:
+    for args in (["--min", "4", "--max", "3"], ["--servers", "4", "--max", "3"], ["--min", "2"]):
+        up = ["up", "--detach", "--port", str(free_port()), "--state-dir", str(tmp_path)]
+        try:
+            done = iofleet(*up, *args, within=60)
+            assert done.returncode == 2, done.stdout + done.stderr
+            assert "--max" in done.stderr
+            assert FleetState.load(tmp_path) is None
+        finally:
+            iofleet("down", "--state-dir", str(tmp_path))  # had it started anything
+
+
+def test_haproxy_spare_slots_are_disabled_sticky_server_lines(tmp_path: Path) -> None:
+    options = HaproxyOptions(
+        listen="127.0.0.1:8080",
+        backends=(Backend("node1", "127.0.0.1", 9001, 9101),),
+        spare_servers=("node2", "node3"),
+        admin_socket=None,
+    )
+    text = render_haproxy(options)
+    for name in ("node2", "node3"):
+        assert f"server {name} 127.0.0.1:1 check disabled cookie {name}\n" in text
+        assert f"use-server {name} if {{ urlp(sid) -m beg {name}. }}" in text
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(text)
+    check = subprocess.run(
+        ["haproxy", "-c", "-q", "-f", str(config)], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    with pytest.raises(ValueError, match="repeat"):
+        HaproxyOptions(backends=options.backends, spare_servers=("node1",))
