@@ -28,6 +28,11 @@ def node_number(name: str) -> tuple[int, str]:
     return (int(digits.group(1)) if digits else 0, name)
 
 
+def pool_line(address: str) -> re.Pattern[str]:
+    """nginx's pool line for a server in rotation (`server ADDR max_fails=...;`, no `down`)."""
+    return re.compile(rf"^\s*server {re.escape(address)} max_fails=[^;\n]*(?<! down);$", re.M)
+
+
 class Lever(Protocol):
     async def free_names(self, in_use: Collection[str], count: int) -> list[str]:
         """Up to `count` node ids a new server may take (fewer when no slot is left)."""
@@ -85,7 +90,7 @@ class NginxLever:
     async def join(self, spec: ServerSpec, within: float) -> None:
         # The fleet's readiness watcher adds it (it is in fleet.json already); the pool
         # line without `down` is the sign nginx was reloaded with it.
-        line = re.compile(rf"^\s*server {re.escape(spec.backend.address)} max_fails=\S+;$", re.M)
+        line = pool_line(spec.backend.address)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while loop.time() < deadline:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import subprocess
 import sys
 import urllib.request
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from autoscaler.local.levers import pool_line
 from iofleet.fleet_secrets import SECRETS_FILE
 from iofleet.fleet_state import FleetState
 from iofleet.haproxy_runtime import HaproxyRuntime
@@ -91,9 +91,7 @@ class LocalFleet:
         if balancer.kind == "nginx":  # a pool line without `down`, in the live config
             text = await asyncio.to_thread(Path(balancer.config).read_text)
             return {
-                s.node_id
-                for s in state.servers
-                if re.search(rf"^\s*server 127\.0\.0\.1:{s.port} max_fails=\S+;$", text, re.M)
+                s.node_id for s in state.servers if pool_line(f"127.0.0.1:{s.port}").search(text)
             }
         assert balancer.admin_socket and balancer.backend
         states = await HaproxyRuntime(balancer.admin_socket).servers_state(balancer.backend)
@@ -186,14 +184,22 @@ async def test_scales_up_on_load_and_drains_down_to_min_losing_no_message(
     assert status["current"] == MAX or status["desired"] == MAX, status
     assert any(p["acted"] and p["desired"] == MAX for p in status["timeline"]), status["timeline"]
 
-    # New connections land on the new servers (leastconn: they hold nothing yet).
-    newcomers = [f"new{i}" for i in range(9)]
+    # New connections land on the new servers. HAProxy's leastconn sends every one
+    # there (they hold nothing yet). nginx's least_conn counts only its pool's requests
+    # (a session's WebSocket goes through the sid map's per-node upstream), so new
+    # sessions spread over all five: each new server gets some.
+    haproxy = state.balancer.kind == "haproxy"
+    newcomers = [f"new{i}" for i in range(9 if haproxy else 20)]
     for i, name in enumerate(newcomers):
         # One at a time: leastconn counts a session once its poll or WebSocket is open.
         await crowd.open(name, transports=["polling"] if i % 2 else None)
         await crowd.wait_connected([name])
-        await asyncio.sleep(0.3)
-    assert {crowd.node(n) for n in newcomers} <= new_nodes, crowd.spread(newcomers)
+        await asyncio.sleep(0.3 if haproxy else 0.05)
+    landed = {crowd.node(n) for n in newcomers}
+    if haproxy:
+        assert landed <= new_nodes, crowd.spread(newcomers)
+    else:
+        assert new_nodes <= landed, crowd.spread(newcomers)
 
     # Drop to 10 connections, unevenly, so the emptiest three are known: node1 keeps 4,
     # node2 1, one new server 3, another 2, the third none.
@@ -285,6 +291,10 @@ async def test_scales_up_on_load_and_drains_down_to_min_losing_no_message(
     assert {n["name"] for n in status["nodes"]} <= survivors | drained
     stopped = {e["node"] for e in status["fleet_events"] if e["kind"] == "stopped"}
     assert stopped == drained, status["fleet_events"]
+    # Each one went through its own paced drain to the end (not a kill).
+    logs = Path(fleet.state().logs)
+    for node in drained:
+        assert "drain.done" in (logs / f"{node}.log").read_text(), node
     assert await fleet.in_rotation() == survivors
 
 
