@@ -26,6 +26,7 @@ from iofleet.fleet_state import FleetState
 from iofleet.haproxy_runtime import HaproxyRuntime
 from iofleet.processes import free_port, pid_alive
 from iofleet.render import Backend, HaproxyOptions, render_haproxy
+from tests.support.cdp import Chromium
 from tests.support.cluster import Crowd
 from tests.support.jsclient import JsClients
 from tests.support.procs import TEST_ADMIN_TOKEN, TEST_JWT_SECRET
@@ -151,9 +152,6 @@ async def test_scales_up_on_load_and_drains_down_to_min_losing_no_message(
     assert fleet.servers() == ["node1", "node2"]
     assert state.autoscaler is not None and pid_alive(state.autoscaler.pid)
     assert fleet.status()["max"] == MAX
-    # The status page (its chart is drawn in Chromium by tests/autoscaler/test_run.py).
-    with urllib.request.urlopen(state.autoscaler.status_url, timeout=5) as page:
-        assert page.headers["Content-Type"].startswith("text/html")
     assert state.balancer is not None
     # HAProxy: its sticky cookie; nginx: the node id in the sid.
     crowd = Crowd(js, state.url, cookies=state.balancer.kind == "haproxy")
@@ -183,6 +181,7 @@ async def test_scales_up_on_load_and_drains_down_to_min_losing_no_message(
     status = fleet.status()
     assert status["current"] == MAX or status["desired"] == MAX, status
     assert any(p["acted"] and p["desired"] == MAX for p in status["timeline"]), status["timeline"]
+    await _status_page_shows(fleet, servers=MAX)
 
     # New connections land on the new servers. HAProxy's leastconn sends every one
     # there (they hold nothing yet). nginx's least_conn counts only its pool's requests
@@ -348,3 +347,24 @@ def test_haproxy_spare_slots_are_disabled_sticky_server_lines(tmp_path: Path) ->
     assert check.returncode == 0, check.stdout + check.stderr
     with pytest.raises(ValueError, match="repeat"):
         HaproxyOptions(backends=options.backends, spare_servers=("node1",))
+
+
+async def _status_page_shows(fleet: LocalFleet, servers: int) -> None:
+    """The status page, in Chromium: the chart with its decisions and a row per server."""
+    autoscaler = fleet.state().autoscaler
+    assert autoscaler is not None
+    browser = await Chromium().start()
+    try:
+        page = await browser.new_page(autoscaler.status_url)
+        await page.wait_for(
+            "document.querySelector('#chart path.connections') !== null"
+            " && document.querySelector('#chart path.desired') !== null"
+            " && document.querySelectorAll('#chart circle.decision').length > 0"
+            f" && document.querySelectorAll('#nodes tbody tr').length === {servers}"
+        )
+        reasons = await page.evaluate(
+            "[...document.querySelectorAll('#chart circle.decision title')].map(t => t.textContent)"
+        )
+        assert any(f"→ {servers}: " in reason for reason in reasons), reasons
+    finally:
+        await browser.stop()
