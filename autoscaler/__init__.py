@@ -7,7 +7,6 @@ Source -> policy -> actuator (see `autoscaler.model`):
   in direct mode, writes the Deployment's scale subresource; `metrics_api` serves
   custom.metrics.k8s.io to the kube-apiserver.
 - `autoscaler.controller`: the loop joining them, and the timeline `/status` shows.
-
 - `autoscaler.local`: the local backend (`--backend local`, started by `iofleet up
   --max M`). `LocalSource` lists the servers of the fleet's `fleet.json` with their
   `/readyz` and scraped connections; `LocalActuator` starts servers into free balancer
