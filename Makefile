@@ -12,7 +12,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: up down test setup system-packages lint typecheck test-py test-infra check-stack bench clean
 
 up: setup
-	$(VENV)/bin/iofleet up
+	$(VENV)/bin/iofleet up --max 6 --target-connections 100
 
 down: setup
 	$(VENV)/bin/iofleet down

@@ -1,4 +1,5 @@
-"""`python -m autoscaler --backend kubernetes [--mode hpa|direct]`."""
+"""`python -m autoscaler --backend kubernetes [--mode hpa|direct]`, or
+`python -m autoscaler --backend local --state-dir DIR` (what `iofleet up` starts)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
 
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ConfigError
 
 from autoscaler.kube.actuator import RefuseToStart
 from autoscaler.kube.backend import run
+from autoscaler.local.backend import run as local_run
 from autoscaler.settings import Settings, SettingsError, load_settings
 from server.jsonlog import configure_logging
 
@@ -39,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="hpa (default): an HPA scales from our metrics; direct: we scale the Deployment"
         " (overrides IOFLEET_AUTOSCALER_MODE)",
     )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="local: the fleet's state directory (overrides IOFLEET_AUTOSCALER_STATE_DIR)",
+    )
     return parser.parse_args(argv)
 
 
@@ -57,9 +68,32 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("httpx", "httpx2", "httpcore"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if args.backend == "local":
-        print("autoscaler: the local backend is not built yet (iofleet up)", file=sys.stderr)
-        return 2
+        state_dir = args.state_dir or settings.state_dir
+        if state_dir is None:
+            print(
+                "autoscaler: --backend local needs the fleet's --state-dir"
+                " (or IOFLEET_AUTOSCALER_STATE_DIR)",
+                file=sys.stderr,
+            )
+            return 2
+        return asyncio.run(_until_signal(local_run(settings, state_dir.resolve())))
     return asyncio.run(_run_kubernetes(settings))
+
+
+async def _until_signal(work: Coroutine[Any, Any, None]) -> int:
+    """Run `work` until SIGTERM/SIGINT (exit 0); RefuseToStart exits 2 with its line."""
+    main_task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: main_task.cancel() if main_task else None)
+    try:
+        await work
+    except RefuseToStart as error:
+        print(f"autoscaler: {error}", file=sys.stderr)
+        return 2
+    except asyncio.CancelledError:
+        return 0
+    return 0
 
 
 async def _run_kubernetes(settings: Settings) -> int:

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     deletion_cost_interval: float = Field(
         60, ge=0, description="Least time between two deletion-cost patches of one pod (s)."
     )
+    state_dir: Path | None = Field(
+        None, description="Local backend: the fleet's state directory (fleet.json, secrets)."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
 
     @field_validator("pod_selector")

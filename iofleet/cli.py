@@ -24,7 +24,7 @@ from iofleet.render import (
     render_nginx,
 )
 from iofleet.rollout_cli import rollout_command
-from iofleet.up import run_detached, run_down, run_drain, run_foreground
+from iofleet.up import AutoscaleConfig, run_detached, run_down, run_drain, run_foreground
 from server.contract import ADMIN_PORT, PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS, PUBLIC_PORT
 
 app = typer.Typer(
@@ -205,21 +205,61 @@ def up_command(
     ] = "",
     state_dir: StateDirOpt = Path(".iofleet"),
     detach: Annotated[bool, typer.Option(help="Return once everything answers.")] = False,
+    max_servers: Annotated[
+        int,
+        typer.Option(
+            "--max",
+            min=0,
+            max=50,
+            help="Autoscale up to this many servers (starts the autoscaler); 0 = no autoscaler.",
+        ),
+    ] = 0,
+    min_servers: Annotated[
+        int, typer.Option("--min", min=0, max=50, help="Fewest servers; 0 = --servers.")
+    ] = 0,
+    target_connections: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Target connections per server; 0 = the autoscaler's default (1000)."
+        ),
+    ] = 0,
+    status_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Autoscaler status page port; 0 = a free one.")
+    ] = 0,
 ) -> None:
-    """Run Redis, N servers and a sticky balancer on this machine (Ctrl-C stops all)."""
+    """Run Redis, N servers and a sticky balancer on this machine (Ctrl-C stops all).
+
+    With --max, an autoscaler (`python -m autoscaler --backend local`) adds and drains
+    servers between --min and --max by connections per server.
+    """
     kind = _choice(balancer, ("haproxy", "nginx"), "--balancer")
     if stickiness:
         allowed = get_args(HaproxyStickiness if kind == "haproxy" else NginxStickiness)
         _choice(stickiness, allowed, "--stickiness")
+    autoscale: AutoscaleConfig | None = None
+    if max_servers:
+        low = min_servers or servers
+        if not low <= max_servers or servers > max_servers:
+            raise typer.BadParameter(
+                f"needs --min ({low}) and --servers ({servers}) at most --max ({max_servers})",
+                param_hint="--max",
+            )
+        autoscale = AutoscaleConfig(low, max_servers, target_connections or None, status_port)
+    elif min_servers or target_connections:
+        raise typer.BadParameter("--min/--target-connections need --max", param_hint="--max")
     config = FleetConfig(
         servers=servers,
         balancer=kind,  # type: ignore[arg-type]
         port=port,
         state_dir=state_dir,
         stickiness=stickiness or None,
+        max_servers=max_servers or None,
     )
     console = Console()
-    code = run_detached(config, console) if detach else run_foreground(config, console)
+    if detach:
+        code = run_detached(config, console, autoscale=autoscale)
+    else:
+        code = run_foreground(config, console, autoscale)
     raise typer.Exit(code)
 
 

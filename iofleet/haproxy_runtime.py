@@ -50,6 +50,13 @@ class ServerState:
     def up(self) -> bool:
         return self.op_state == 2
 
+    @property
+    def in_rotation(self) -> bool:
+        """Up and taking new sessions. A slot declared `disabled` keeps its configured-
+        maintenance bit (0x04) after `set server ... state ready`; only the runtime bits
+        (forced maintenance or drain, or a resolution failure) keep sessions off it."""
+        return self.up and not self.admin_state & (0x01 | 0x02 | 0x20 | _ADMIN_DRAIN)
+
 
 class HaproxyRuntime:
     """Client of HAProxy's runtime API on a unix socket path, or `[ipv4@]HOST:PORT` (TCP)."""

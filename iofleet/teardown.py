@@ -50,6 +50,10 @@ def down(state_dir: Path, within: float = 30) -> list[int]:
         return []
     if state.pid and state.pid != os.getpid() and is_ours(state.pid, "iofleet"):
         stop_pid(state.pid, grace=within)
+    # An autoscaler left running may still add servers: stop it, then read what it left.
+    if state.autoscaler is not None and is_ours(state.autoscaler.pid, "autoscaler"):
+        stop_pid(state.autoscaler.pid, grace=10)
+    state = FleetState.load(state_dir) or state
     leftovers = [pid for pid, program in recorded_pids(state) if is_ours(pid, program)]
     for pid in leftovers:
         stop_pid(pid, first=signal.SIGTERM, grace=10)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -17,13 +19,66 @@ from iofleet.fleet import Fleet, FleetConfig
 from iofleet.fleet_secrets import load_secrets
 from iofleet.fleet_state import FleetState
 from iofleet.haproxy_runtime import HaproxyRuntime
-from iofleet.processes import StartError, pid_alive, spawn
+from iofleet.processes import StartError, free_port, pid_alive, spawn, stop_pid, wait_until
 from iofleet.readiness import watch_nginx_readiness
 from iofleet.render import Backend
 from iofleet.teardown import down
 from server.settings import SettingsError
 
 FLEET_LOG = "fleet.log"
+AUTOSCALER_LOG = "autoscaler.log"
+
+
+@dataclass(frozen=True)
+class AutoscaleConfig:
+    """`iofleet up --min/--max/--target-connections`: the autoscaler's local backend."""
+
+    min: int
+    max: int
+    target_connections: float | None = None
+    """None: the autoscaler's own default (or IOFLEET_AUTOSCALER_TARGET_CONNECTIONS)."""
+    status_port: int = 0
+    """0: a free port (the URL is printed and in fleet.json)."""
+
+    def env(self) -> dict[str, str]:
+        prefix = "IOFLEET_AUTOSCALER_"
+        env = {
+            f"{prefix}MIN": str(self.min),
+            f"{prefix}MAX": str(self.max),
+            f"{prefix}STATUS_HOST": "127.0.0.1",
+            f"{prefix}STATUS_PORT": str(self.status_port or free_port()),
+        }
+        if self.target_connections is not None:
+            env[f"{prefix}TARGET_CONNECTIONS"] = f"{self.target_connections:g}"
+        return env
+
+    def argv(self) -> list[str]:
+        """The same options for a detached `iofleet up`."""
+        args = ["--min", str(self.min), "--max", str(self.max)]
+        if self.target_connections is not None:
+            args += ["--target-connections", f"{self.target_connections:g}"]
+        return [*args, "--status-port", str(self.status_port)]
+
+
+def start_autoscaler(
+    fleet: Fleet, autoscale: AutoscaleConfig, within: float = 30
+) -> subprocess.Popen[bytes]:
+    """`python -m autoscaler --backend local` on this fleet; returns once it recorded itself."""
+    log_path = fleet.logs / AUTOSCALER_LOG
+    argv = [sys.executable, "-m", "autoscaler", "--backend", "local"]
+    argv += ["--state-dir", str(fleet.state_dir)]
+    process = spawn(argv, log_path, env={**fleet.config.env, **autoscale.env()})
+
+    def recorded() -> bool:
+        state = FleetState.load(fleet.state_dir)
+        return bool(state and state.autoscaler and state.autoscaler.pid == process.pid)
+
+    try:
+        wait_until(recorded, within, "the autoscaler", process, log_path)
+    except BaseException:
+        stop_pid(process.pid, grace=5, process=process)
+        raise
+    return process
 
 
 def _running_owner(state_dir: Path) -> int | None:
@@ -45,8 +100,10 @@ def _refuse_second_fleet(config: FleetConfig, console: Console) -> bool:
     return False
 
 
-def run_foreground(config: FleetConfig, console: Console) -> int:
-    """Start the fleet, print its URLs, and stop it all on Ctrl-C or SIGTERM."""
+def run_foreground(
+    config: FleetConfig, console: Console, autoscale: AutoscaleConfig | None = None
+) -> int:
+    """Start the fleet (and its autoscaler), print its URLs, stop it all on Ctrl-C/SIGTERM."""
     if _refuse_second_fleet(config, console):
         return 1
     fleet = Fleet(config)
@@ -57,11 +114,14 @@ def run_foreground(config: FleetConfig, console: Console) -> int:
     # SIGTERM (`iofleet down`) unwinds like Ctrl-C, whenever it comes.
     signal.signal(signal.SIGTERM, interrupt)
     code = 0
+    autoscaler: subprocess.Popen[bytes] | None = None
     try:
         with console.status(f"starting {config.servers} servers behind {config.balancer}..."):
             fleet.start()
-        print_fleet(console, fleet.state, foreground=True)
-        asyncio.run(_supervise(fleet, console))
+            if autoscale is not None:
+                autoscaler = start_autoscaler(fleet, autoscale)
+        print_fleet(console, FleetState.load(fleet.state_dir) or fleet.state, foreground=True)
+        asyncio.run(_supervise(fleet, console, autoscaler))
     except (StartError, SettingsError) as error:
         console.print(f"[red]iofleet up failed:[/red] {error}")
         code = 1
@@ -72,13 +132,22 @@ def run_foreground(config: FleetConfig, console: Console) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         with console.status("stopping the fleet..."):
+            # The autoscaler first, so fleet.json lists every server it started when
+            # fleet.stop() reads it.
+            if autoscaler is not None:
+                stop_pid(autoscaler.pid, grace=10, process=autoscaler)
             fleet.stop()
         console.print("fleet stopped")
     return code
 
 
-async def _supervise(fleet: Fleet, console: Console) -> None:
-    """Wait for Ctrl-C/SIGTERM; report children that exit; keep nginx's readiness in sync."""
+async def _supervise(
+    fleet: Fleet, console: Console, autoscaler: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Wait for Ctrl-C/SIGTERM; report children that exit; keep nginx's readiness in sync.
+
+    A server the autoscaler drained leaves fleet.json before it exits: not reported.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -99,7 +168,12 @@ async def _supervise(fleet: Fleet, console: Console) -> None:
         )
     reported: set[str] = set()
     while not stop.is_set():
-        for name in sorted(set(fleet.exited()) - reported):
+        exited = set(fleet.exited())
+        if autoscaler is not None and autoscaler.poll() is not None:
+            exited.add("autoscaler")
+        recorded = FleetState.load(fleet.state_dir) or fleet.state
+        removed = {s.spec.node_id for s in fleet.servers} - {s.node_id for s in recorded.servers}
+        for name in sorted(exited - removed - reported):
             console.print(f"[yellow]{name} exited; see {fleet.logs}[/yellow]")
             reported.add(name)
         with contextlib.suppress(TimeoutError):
@@ -110,7 +184,12 @@ async def _supervise(fleet: Fleet, console: Console) -> None:
             await watcher
 
 
-def run_detached(config: FleetConfig, console: Console, within: float = 90) -> int:
+def run_detached(
+    config: FleetConfig,
+    console: Console,
+    within: float = 90,
+    autoscale: AutoscaleConfig | None = None,
+) -> int:
     """Start `iofleet up` in the background and return once everything answers."""
     if _refuse_second_fleet(config, console):
         return 1
@@ -123,11 +202,14 @@ def run_detached(config: FleetConfig, console: Console, within: float = 90) -> i
     argv += ["--port", str(config.port)]
     if config.stickiness:
         argv += ["--stickiness", config.stickiness]
+    if autoscale is not None:
+        argv += autoscale.argv()
     owner = spawn(argv, log_path, env=config.env)
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         state = FleetState.load(state_dir)
-        if state and state.pid == owner.pid and state.status == "running":
+        started = state and state.pid == owner.pid and state.status == "running"
+        if state and started and (autoscale is None or state.autoscaler is not None):
             print_fleet(console, state, foreground=False)
             return 0
         if owner.poll() is not None:

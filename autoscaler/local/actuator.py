@@ -1,0 +1,194 @@
+"""Moves the local fleet: starts servers into free balancer slots, drains the emptiest out.
+
+`scale(n)` returns at once: each start and each drain runs as its own task, and
+`current_replicas()` counts every server in fleet.json that is not draining, so the
+next sync neither starts a server twice nor drains one twice. A server goes into
+fleet.json the moment its process exists and leaves it only once it is stopped, so
+`iofleet down` always finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoscaler.kube.actuator import deletion_ranks
+from autoscaler.local.levers import Lever
+from autoscaler.local.source import admin_url
+from autoscaler.model import Node
+from autoscaler.settings import AUTOSCALER_ENV_PREFIX
+from iofleet.fleet_secrets import load_secrets
+from iofleet.fleet_state import FleetState, ServerRecord
+from iofleet.local_servers import LocalServer, ServerSpec, start_server
+from iofleet.processes import StartError, stop_pid
+from iofleet.teardown import is_ours
+
+log = logging.getLogger("iofleet.autoscaler.local.actuator")
+EVENTS_KEPT = 200
+
+
+@dataclass(frozen=True)
+class FleetEvent:
+    """One step of a scale-up or scale-down, for /status and the benchmark."""
+
+    at: float
+    node: str
+    kind: str
+    """started | in_rotation | start_failed | drain_started | stopped"""
+    detail: str = ""
+
+
+class LocalActuator:
+    def __init__(
+        self,
+        state_dir: Path,
+        lever: Lever,
+        *,
+        drain_within: float,
+        start_within: float = 30.0,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._state_dir = state_dir
+        self._lever = lever
+        self._drain_within = drain_within
+        self._start_within = start_within
+        # Servers inherit the fleet's settings (our environment came from `iofleet up`),
+        # not ours, plus the fleet's secrets.
+        inherited = os.environ if env is None else env
+        self._env = {k: v for k, v in inherited.items() if not k.startswith(AUTOSCALER_ENV_PREFIX)}
+        self.draining: set[str] = set()
+        self.events: list[FleetEvent] = []
+        self._started: dict[str, LocalServer] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._nodes: list[Node] = []
+
+    @property
+    def owns_replicas(self) -> bool:
+        return True
+
+    def _servers(self) -> list[ServerRecord]:
+        state = FleetState.load(self._state_dir)
+        return state.servers if state is not None else []
+
+    async def current_replicas(self) -> int:
+        return sum(1 for s in self._servers() if s.node_id not in self.draining)
+
+    async def rank(self, nodes: Sequence[Node]) -> None:
+        self._nodes = list(nodes)  # the emptiest is picked at scale-down time
+
+    async def scale(self, replicas: int) -> None:
+        servers = self._servers()
+        live = [s for s in servers if s.node_id not in self.draining]
+        if replicas > len(live):
+            in_use = {s.node_id for s in servers}
+            names = await self._lever.free_names(in_use, replicas - len(live))
+            if len(names) < replicas - len(live):
+                log.warning(
+                    "only %d free balancer slots for %d new servers",
+                    len(names), replicas - len(live),
+                    extra={"event": "local.no_slot"},
+                )  # fmt: skip
+            for name in names:
+                self._spawn(self._start(name))
+        elif replicas < len(live):
+            for record in self.pick_emptiest(live, len(live) - replicas):
+                self.draining.add(record.node_id)
+                self._spawn(self._stop(record))
+
+    def pick_emptiest(self, live: Sequence[ServerRecord], count: int) -> list[ServerRecord]:
+        """`count` servers, emptiest first (`deletion_ranks` order); a server not yet seen
+        by a scrape round serves nobody we know of and goes first."""
+        seen = {n.name: n for n in self._nodes}
+        candidates = [seen.get(s.node_id, Node(s.node_id, None, ready=False)) for s in live]
+        ranks = deletion_ranks(candidates)
+        ordered = sorted(live, key=lambda s: ranks[s.node_id])
+        return ordered[:count]
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _event(self, node: str, kind: str, detail: str = "") -> None:
+        self.events.append(FleetEvent(time.time(), node, kind, detail))
+        del self.events[:-EVENTS_KEPT]
+
+    async def _start(self, name: str) -> None:
+        state = FleetState.load(self._state_dir)
+        if state is None:
+            return  # the fleet is stopping
+        redis_url = f"redis://127.0.0.1:{state.redis.port}/0" if state.redis else None
+        spec = ServerSpec.on_free_ports(name, redis_url)
+        env = {**self._env, **load_secrets(self._state_dir)}
+        server = start_server(spec, env, Path(state.logs))
+        self._started[name] = server
+        self._event(name, "started", f"pid {server.pid}")
+        try:
+            FleetState.update(self._state_dir, lambda fleet: fleet.add_server(server.record))
+            await asyncio.to_thread(server.wait_ready, self._start_within)
+            await self._lever.join(spec, self._start_within)
+        except (StartError, TimeoutError, OSError, ValueError, RuntimeError) as error:
+            log.warning(
+                "server %s did not start: %s", name, error, extra={"event": "local.start_failed"}
+            )
+            self._event(name, "start_failed", str(error).splitlines()[0])
+            await asyncio.to_thread(server.stop, 5)
+            self._forget(name, server.pid)
+            return
+        self._event(name, "in_rotation", f"port {spec.port}")
+        log.info("server %s in rotation", name, extra={"event": "local.started"})
+
+    async def _stop(self, record: ServerRecord) -> None:
+        name = record.node_id
+        self._event(name, "drain_started")
+        started = time.monotonic()
+        drained = False
+        try:
+            token = load_secrets(self._state_dir)["IOFLEET_ADMIN_TOKEN"]
+            drained = await self._lever.drain(
+                name, admin_url(record), token, within=self._drain_within
+            )
+        except (OSError, RuntimeError, TimeoutError) as error:
+            log.warning(
+                "drain of %s failed: %s", name, error, extra={"event": "local.drain_failed"}
+            )
+        # A drained server exits by itself; whatever is left is stopped by its PID.
+        process = self._started.get(name)
+        if process is not None and process.pid == record.pid:
+            await asyncio.to_thread(stop_pid, record.pid, 10, signal.SIGTERM, process.process)
+        elif is_ours(record.pid, "server"):
+            await asyncio.to_thread(stop_pid, record.pid, 10, signal.SIGTERM)
+        self._forget(name, record.pid)
+        self.draining.discard(name)
+        took = time.monotonic() - started
+        self._event(name, "stopped", f"{took:.2f}s, {'drained' if drained else 'cut'}")
+        log.info(
+            "server %s drained and stopped in %.2fs", name, took, extra={"event": "local.stopped"}
+        )
+
+    def _forget(self, name: str, pid: int) -> None:
+        """Out of fleet.json: the record of `name` only while it is still this process."""
+        self._started.pop(name, None)
+
+        def remove(fleet: FleetState) -> None:
+            if any(s.node_id == name and s.pid == pid for s in fleet.servers):
+                fleet.remove_server(name)
+
+        with contextlib.suppress(FileNotFoundError):
+            FleetState.update(self._state_dir, remove)
+
+    async def close(self) -> None:
+        """Cancel what is under way; fleet.json still lists every server left running."""
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
