@@ -19,8 +19,9 @@ from lightkube.core.exceptions import ConfigError
 from autoscaler.kube.actuator import RefuseToStart
 from autoscaler.kube.backend import run
 from autoscaler.local.backend import run as local_run
-from autoscaler.settings import Settings, SettingsError, load_settings
+from autoscaler.settings import Settings, load_settings
 from server.jsonlog import configure_logging
+from server.settings import SettingsError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.contract import ADMIN_PORT, CONNECTIONS_METRIC, ENV_PREFIX
+from server.settings import SettingsError, describe_validation_error
 
 AUTOSCALER_ENV_PREFIX = f"{ENV_PREFIX}AUTOSCALER_"
 Mode = Literal["hpa", "direct"]
@@ -114,25 +115,8 @@ class Settings(BaseSettings):
         return {key.strip(): value.strip() for key, value in pairs}
 
 
-class SettingsError(Exception):
-    """A setting is wrong; the message is one line naming the variable."""
-
-
 def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as error:
-        raise SettingsError(describe_validation_error(error)) from None
-
-
-def describe_validation_error(error: ValidationError) -> str:
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"] if isinstance(part, str))
-    message = first["msg"].removeprefix("Value error, ")
-    count = error.error_count()
-    more = f" (and {count - 1} more)" if count > 1 else ""
-    if not field:  # a rule across variables: its message names them
-        return f"invalid settings: {message}{more}"
-    value = first.get("input")
-    shown = f" (got {value!r})" if isinstance(value, str) else ""
-    return f"invalid setting {AUTOSCALER_ENV_PREFIX}{field.upper()}: {message}{shown}{more}"
+        raise SettingsError(describe_validation_error(error, AUTOSCALER_ENV_PREFIX)) from None

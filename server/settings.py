@@ -193,7 +193,9 @@ def load_settings() -> Settings:
         raise SettingsError(describe_validation_error(error)) from None
 
 
-def describe_validation_error(error: ValidationError) -> str:
+def describe_validation_error(error: ValidationError, prefix: str = ENV_PREFIX) -> str:
+    """One line naming the first bad variable (`prefix` + field name) and what is wrong;
+    secrets' values are never shown. The autoscaler's settings use it too."""
     first = error.errors()[0]
     field = ".".join(str(part) for part in first["loc"] if isinstance(part, str))
     message = first["msg"].removeprefix("Value error, ")
@@ -203,4 +205,4 @@ def describe_validation_error(error: ValidationError) -> str:
         return f"invalid settings: {message}{more}"
     value = first.get("input")
     shown = f" (got {value!r})" if isinstance(value, str) and "secret" not in field else ""
-    return f"invalid setting {ENV_PREFIX}{field.upper()}: {message}{shown}{more}"
+    return f"invalid setting {prefix}{field.upper()}: {message}{shown}{more}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from autoscaler.kube.provider import ConnectionsProvider
 from autoscaler.kube.source import KubernetesSource
 from autoscaler.settings import Settings
 from autoscaler.status import create_status_app
+from autoscaler.tasks import stop_tasks
 
 log = logging.getLogger("iofleet.autoscaler")
 AUTH_CONFIGMAP = ("kube-system", "extension-apiserver-authentication")
@@ -144,10 +144,6 @@ async def run(settings: Settings, client: AsyncClient) -> None:
         )  # fmt: skip
         await asyncio.gather(*tasks)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(tasks, log)
         for runner in runners:
             await runner.cleanup()

@@ -20,6 +20,7 @@ from autoscaler.local.levers import HaproxyLever, Lever, NginxLever
 from autoscaler.local.source import LocalSource
 from autoscaler.settings import Settings
 from autoscaler.status import create_status_app
+from autoscaler.tasks import stop_tasks
 from iofleet.fleet_secrets import load_secrets
 from iofleet.fleet_state import AutoscalerRecord, FleetState
 from iofleet.haproxy_runtime import HaproxyRuntime
@@ -93,11 +94,7 @@ async def run(settings: Settings, state_dir: Path) -> None:
         )  # fmt: skip
         await asyncio.gather(*tasks)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(tasks, log)
         await actuator.close()
 
         def unrecord(fleet: FleetState) -> None:

@@ -28,9 +28,8 @@ from iofleet.processes import free_port, pid_alive
 from tests.support.cdp import Chromium
 from tests.support.cluster import Crowd
 from tests.support.jsclient import JsClients
-from tests.support.procs import TEST_ADMIN_TOKEN, TEST_JWT_SECRET
+from tests.support.procs import TEST_ADMIN_TOKEN, TEST_JWT_SECRET, run_iofleet
 
-REPO = Path(__file__).resolve().parents[2]
 SYNC_S = 2.0
 SCRAPE_S = 1.0
 WINDOW_S = 8
@@ -48,15 +47,7 @@ FLEET_ENV = {
 
 
 def iofleet(*args: str, within: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "iofleet", *args],
-        capture_output=True,
-        text=True,
-        timeout=within,
-        cwd=REPO,
-        check=False,
-        env=FLEET_ENV,
-    )
+    return run_iofleet(*args, env=FLEET_ENV, within=within)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from iofleet.haproxy_runtime import HaproxyRuntime
 from iofleet.processes import free_port, http_status, pid_alive, tcp_answers
 from tests.support.jsclient import JsClients
 from tests.support.metrics import metric_or_zero
+from tests.support.procs import run_iofleet
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,15 +33,7 @@ FLEET_ENV = {**os.environ, "IOFLEET_DRAIN_DELAY": "30"}
 
 
 def iofleet(*args: str, within: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "iofleet", *args],
-        capture_output=True,
-        text=True,
-        timeout=within,
-        cwd=REPO,
-        check=False,
-        env=FLEET_ENV,
-    )
+    return run_iofleet(*args, env=FLEET_ENV, within=within)
 
 
 def fleet_pids(state: dict[str, Any]) -> list[int]:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,21 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[2]
 TEST_JWT_SECRET = "test-secret-for-loopback-only-0123456789"
 TEST_ADMIN_TOKEN = "test-admin-token"
+
+
+def run_iofleet(
+    *args: str, env: Mapping[str, str], within: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m iofleet ARGS` from the repository, as a user runs it; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "iofleet", *args],
+        capture_output=True,
+        text=True,
+        timeout=within,
+        cwd=REPO,
+        check=False,
+        env=dict(env),
+    )
 
 
 def make_token(user: str, secret: str = TEST_JWT_SECRET, ttl: float = 600, **claims: object) -> str:
