@@ -23,6 +23,13 @@ and removes the socket from the server's table. `ReleasingSockets` is the table
 plain `AsyncSocket` in `_handle_connect` and offers no factory hook, so the table
 turns each one into a `ReleasingSocket` as it is registered, before it is used.
 `tests/server/test_eio_socket.py` pins every upstream method this relies on.
+
+Outbound bytes are bounded per connection (`send_ready`, `send`): a broadcast is
+written straight to an idle WebSocket's transport while that transport holds
+less than `WRITE_HIGH_WATER_BYTES`, and otherwise queued; a connection with
+`OUTBOUND_QUEUE_LIMIT` packets already queued is a slow consumer: its transport
+is dropped (the server's `slow_consumer_hook` counts and logs it) instead of
+letting its backlog grow without bound.
 """
 
 from __future__ import annotations
@@ -42,6 +49,14 @@ log = logging.getLogger("iofleet.engine")
 # A server-side close waits this long for the client's close frame, then drops the
 # TCP connection (aiohttp would wait 10 s, holding the connection's tasks).
 CLOSE_HANDSHAKE_SECONDS = 1.0
+# A broadcast goes straight to a WebSocket's transport only below this many
+# buffered bytes (asyncio's own default high-water mark); above it, packets queue
+# behind the writer, which waits for the transport to drain.
+WRITE_HIGH_WATER_BYTES = 64 * 1024
+# Packets queued for one connection beyond which it is a slow consumer. Broadcast
+# packets are shared objects, so a full queue holds references, not copies.
+OUTBOUND_QUEUE_LIMIT = 1024
+SLOW_CONSUMER_REASON = "slow consumer"
 
 
 class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
@@ -65,6 +80,9 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
     _close_task: asyncio.Task[None] | None = None
     _released: bool = False
     _close_reason: str | None = None
+    _direct: Any = None  # the LimitedWebSocket broadcasts may write to directly
+    _sending: bool = False  # the writer holds packets it has taken off the queue
+    _evicted: bool = False  # dropped as a slow consumer (its close may still be pending)
 
     # --- heartbeat: timers, not sleeping tasks ---------------------------------
 
@@ -111,6 +129,58 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             if timer is not None:
                 timer.cancel()
         self._ping_timer = self._pong_deadline = None
+
+    # --- outbound: bounded ---------------------------------------------------------
+
+    def send_ready(self, pkt: Any, frame: bytes) -> bool:
+        """Send a broadcast packet already encoded (`pkt`) and framed (`frame`), now.
+
+        Straight to the transport when nothing is queued or being written before it
+        (order is kept) and the transport is under its high-water mark; otherwise on
+        the queue. False when the connection is closed or was just evicted.
+        """
+        if self.closing or self.closed or self._evicted:
+            return False
+        ws = self._direct
+        if ws is not None and not self._sending and self.queue.empty():
+            transport = ws.shared_frame_transport(len(frame))
+            if transport is not None and transport.get_write_buffer_size() < WRITE_HIGH_WATER_BYTES:
+                transport.write(frame)
+                return True
+        if not self._room_for_one_more():
+            return False
+        self.queue.put_nowait(pkt)
+        return True
+
+    async def send(self, pkt: Any) -> None:
+        """Upstream's send, within the same outbound bound as broadcasts."""
+        if self._evicted or (not self.closed and not self._room_for_one_more()):
+            return
+        await super().send(pkt)
+
+    def _room_for_one_more(self) -> bool:
+        if self.queue.qsize() < OUTBOUND_QUEUE_LIMIT:
+            return True
+        self._evict_slow_consumer()
+        return False
+
+    def _evict_slow_consumer(self) -> None:
+        """Drop a client that does not read what it is sent: reported once, then closed.
+
+        The WebSocket's transport is aborted at once (its writer may be stuck
+        waiting for a drain that never comes); the close then runs as any other.
+        """
+        if self.closing or self.closed or self._evicted:
+            return
+        self._evicted = True
+        hook = getattr(self.server, "slow_consumer_hook", None)
+        if hook is not None:
+            hook(self.sid, self.queue.qsize())
+        ws = self._direct
+        transport = ws.shared_frame_transport(0) if ws is not None else None
+        if transport is not None:
+            transport.abort()
+        self._close_soon(self.server.reason.TRANSPORT_ERROR, abort=True)
 
     # --- the queue --------------------------------------------------------------
 
@@ -179,6 +249,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             return
         self._released = True
         self.closed = True
+        self._direct = None
         self._cancel_timers()
         self._close_task = None
         if self._close_reason == self.server.reason.CLIENT_DISCONNECT and not self.upgraded:
@@ -203,6 +274,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         else:
             self.connected = True
             self.upgraded = True
+        self._direct = ws  # broadcasts may now write to it (`send_ready`)
         writer = asyncio.ensure_future(self._write(ws))
         try:
             await self._read(ws)
@@ -268,8 +340,10 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
                 packets = await self.poll()
                 if not packets:  # released
                     return
+                self._sending = True
                 for pkt in packets:
                     await ws.send(pkt.encode())
+                self._sending = False
         except (OSError, RuntimeError, ConnectionError):
             return  # the peer went away mid-send; the reader sees it too
         finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import engineio
@@ -37,9 +37,15 @@ UPGRADE_SETTLE_STEP_SECONDS = 0.001
 
 RejectHook = Callable[[str, str | None, str], None]
 """Called with (reason, engine.io sid or None, detail) when a packet is refused."""
+SlowConsumerHook = Callable[[str, int], None]
+"""Called with (engine.io sid, packets queued) when a slow consumer is dropped."""
 
 
 def _ignore_reject(reason: str, sid: str | None, detail: str) -> None:
+    return None
+
+
+def _ignore_slow(sid: str, queued: int) -> None:
     return None
 
 
@@ -85,6 +91,18 @@ class LimitedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
         if isinstance(msg.data, bytes):
             return msg.data
         raise OSError("websocket closed")
+
+    def shared_frame_transport(self, size: int) -> asyncio.Transport | None:
+        """The transport a ready-made, uncompressed frame of `size` bytes may be
+        written to directly (`server.broadcast`), or None: the WebSocket is closing,
+        or the frame is one this connection deflates (its compressor keeps state)."""
+        if self._deflate_bits and size >= COMPRESS_THRESHOLD_BYTES:
+            return None
+        writer = getattr(self._sock, "_writer", None)
+        transport = getattr(writer, "transport", None)
+        if transport is None or transport.is_closing() or getattr(writer, "_closing", True):
+            return None
+        return transport  # type: ignore[no-any-return]
 
     def _reject(self, reason: str, detail: str) -> None:
         owner = getattr(self.handler, "__self__", None)  # the engineio socket
@@ -145,6 +163,7 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         self.sockets: ReleasingSockets = ReleasingSockets()
         self.node_id = node_id
         self.reject_hook: RejectHook = _ignore_reject
+        self.slow_consumer_hook: SlowConsumerHook = _ignore_slow
         self._async = {**self._async, "websocket": LimitedWebSocket}  # type: ignore[has-type]
 
     def attach(self, app: web.Application, engineio_path: str = "engine.io") -> None:
@@ -187,6 +206,18 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
             if not socket.upgrading:
                 return
             await asyncio.sleep(UPGRADE_SETTLE_STEP_SECONDS)
+
+    def deliver(self, eio_sids: Iterable[str], pkt: eio_packet.Packet, frame: bytes) -> int:
+        """Give one encoded packet (`pkt`, its WebSocket `frame`) to each of `eio_sids`
+        without awaiting: a write or a queue put each (`ReleasingSocket.send_ready`).
+        Returns how many took it (closed and evicted connections do not)."""
+        sockets = self.sockets
+        sent = 0
+        for eio_sid in eio_sids:
+            socket = sockets.get(eio_sid)
+            if socket is not None and socket.send_ready(pkt, frame):
+                sent += 1
+        return sent
 
     def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue[Any]:
         if args or kwargs:  # not a socket's packet queue

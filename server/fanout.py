@@ -23,6 +23,7 @@ import socketio
 from redis import asyncio as aioredis
 from redis.asyncio.client import PubSub
 
+from server.broadcast import BroadcastEmit
 from server.jsonlog import OncePerBurst
 from server.metrics import Metrics
 from server.rooms import RoomIndex
@@ -39,7 +40,10 @@ LISTEN_BACKOFF_START = 0.25
 LISTEN_BACKOFF_CAP = 5.0
 
 
-class FanoutManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
+class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # type: ignore[misc]
+    """Redis fan-out; what the listener (and this node's own emit) delivers locally
+    goes through `BroadcastEmit` (framed once per room, `server.broadcast`)."""
+
     name = "iofleet-redis"
 
     def __init__(self, url: str, channel: str, metrics: Metrics) -> None:
