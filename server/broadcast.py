@@ -11,7 +11,10 @@ writer wake-ups and 2,000 frame builds for one message.
 Engine.IO packet and the WebSocket frame once (server frames are unmasked, so
 every recipient gets the same bytes) and hands the recipients to
 `IofleetEngine.deliver`, which gives each one of them, synchronously:
-- over WebSocket with nothing queued before it: one `transport.write(frame)`;
+- over WebSocket with nothing queued before it: the frame is appended to that
+  connection's frames for this loop pass, and when the pass ends one
+  `transport.write` sends them all (a burst of broadcasts costs a recipient one
+  syscall, not one per message);
 - otherwise (polling, an upgrade in progress, packets pending, a frame large
   enough for per-connection deflate, a transport over its high-water mark): the
   one shared, pre-encoded packet on the connection's queue, so order is kept

@@ -24,9 +24,10 @@ plain `AsyncSocket` in `_handle_connect` and offers no factory hook, so the tabl
 turns each one into a `ReleasingSocket` as it is registered, before it is used.
 `tests/server/test_eio_socket.py` pins every upstream method this relies on.
 
-Outbound bytes are bounded per connection (`send_ready`, `send`): a broadcast is
-written straight to an idle WebSocket's transport while that transport holds
-less than `WRITE_HIGH_WATER_BYTES`, and otherwise queued; a connection with
+Outbound bytes are bounded per connection (`send_ready`, `send`): a broadcast frame
+goes straight to an idle WebSocket's transport (gathered per loop pass, one write:
+`flush_frames`) while that transport holds less than `WRITE_HIGH_WATER_BYTES`, and
+is otherwise queued; a connection with
 `OUTBOUND_QUEUE_LIMIT` packets already queued is a slow consumer: its transport
 is dropped (the server's `slow_consumer_hook` counts and logs it) instead of
 letting its backlog grow without bound.
@@ -81,6 +82,12 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
     _released: bool = False
     _close_reason: str | None = None
     _direct: Any = None  # the LimitedWebSocket broadcasts may write to directly
+    _direct_transport: asyncio.Transport | None = None  # its transport
+    _direct_max_frame: float = 0  # frames up to this size are shared (not deflated)
+    # Broadcast frames taken this loop pass, written with one syscall when the pass
+    # ends (`flush_frames`): a burst of broadcasts costs a recipient one write.
+    _frames: list[bytes] | None = None
+    _frames_bytes: int = 0
     _sending: bool = False  # the writer holds packets it has taken off the queue
     _evicted: bool = False  # dropped as a slow consumer (its close may still be pending)
 
@@ -141,16 +148,43 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         """
         if self.closing or self.closed or self._evicted:
             return False
-        ws = self._direct
-        if ws is not None and not self._sending and self.queue.empty():
-            transport = ws.shared_frame_transport(len(frame))
-            if transport is not None and transport.get_write_buffer_size() < WRITE_HIGH_WATER_BYTES:
-                transport.write(frame)
-                return True
+        transport = self._direct_transport
+        if (
+            transport is not None
+            and not self._sending
+            and self.queue.empty()
+            and len(frame) <= self._direct_max_frame
+            and transport.get_write_buffer_size() + self._frames_bytes < WRITE_HIGH_WATER_BYTES
+        ):
+            frames = self._frames
+            if frames is None:
+                self._frames = [frame]
+                self.server.flush_soon(self)
+            else:
+                frames.append(frame)
+            self._frames_bytes += len(frame)
+            return True
         if not self._room_for_one_more():
             return False
         self.queue.put_nowait(pkt)
         return True
+
+    def flush_frames(self) -> None:
+        """Write the broadcast frames taken since the last flush, in one write.
+
+        Runs when the loop pass that took them ends (`IofleetEngine.flush_soon`),
+        and before the writer sends anything, so queued packets never overtake them.
+        """
+        frames = self._frames
+        if frames is None:
+            return
+        self._frames = None
+        self._frames_bytes = 0
+        ws = self._direct
+        transport = ws.raw_transport() if ws is not None else None
+        if transport is None or self.closed:
+            return
+        transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     async def send(self, pkt: Any) -> None:
         """Upstream's send, within the same outbound bound as broadcasts."""
@@ -176,8 +210,8 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         hook = getattr(self.server, "slow_consumer_hook", None)
         if hook is not None:
             hook(self.sid, self.queue.qsize())
-        ws = self._direct
-        transport = ws.shared_frame_transport(0) if ws is not None else None
+        transport = self._direct_transport
+        self._frames = None
         if transport is not None:
             transport.abort()
         self._close_soon(self.server.reason.TRANSPORT_ERROR, abort=True)
@@ -249,7 +283,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             return
         self._released = True
         self.closed = True
-        self._direct = None
+        self._direct = self._direct_transport = self._frames = None
         self._cancel_timers()
         self._close_task = None
         if self._close_reason == self.server.reason.CLIENT_DISCONNECT and not self.upgraded:
@@ -274,7 +308,10 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         else:
             self.connected = True
             self.upgraded = True
-        self._direct = ws  # broadcasts may now write to it (`send_ready`)
+        # Broadcasts may now write to it (`send_ready`).
+        self._direct = ws
+        self._direct_transport = ws.raw_transport()
+        self._direct_max_frame = ws.shared_frame_limit()
         writer = asyncio.ensure_future(self._write(ws))
         try:
             await self._read(ws)
@@ -341,6 +378,9 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
                 if not packets:  # released
                     return
                 self._sending = True
+                # Frames taken before these packets go first. The pass-end flush is
+                # scheduled before any put can wake this writer, so this is a guard.
+                self.flush_frames()
                 for pkt in packets:
                     await ws.send(pkt.encode())
                 self._sending = False

@@ -92,17 +92,21 @@ class LimitedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
             return msg.data
         raise OSError("websocket closed")
 
-    def shared_frame_transport(self, size: int) -> asyncio.Transport | None:
-        """The transport a ready-made, uncompressed frame of `size` bytes may be
-        written to directly (`server.broadcast`), or None: the WebSocket is closing,
-        or the frame is one this connection deflates (its compressor keeps state)."""
-        if self._deflate_bits and size >= COMPRESS_THRESHOLD_BYTES:
-            return None
+    # Ready-made broadcast frames (`server.broadcast`) go past aiohttp's writer to
+    # the transport: the frames are final and unmasked, as aiohttp would build them.
+
+    def raw_transport(self) -> asyncio.Transport | None:
+        """The WebSocket's transport, while frames may still be written to it."""
         writer = getattr(self._sock, "_writer", None)
         transport = getattr(writer, "transport", None)
         if transport is None or transport.is_closing() or getattr(writer, "_closing", True):
             return None
         return transport  # type: ignore[no-any-return]
+
+    def shared_frame_limit(self) -> float:
+        """The largest ready-made frame this connection takes: any, unless it
+        deflates large messages (its compressor keeps state across frames)."""
+        return COMPRESS_THRESHOLD_BYTES - 1 if self._deflate_bits else float("inf")
 
     def _reject(self, reason: str, detail: str) -> None:
         owner = getattr(self.handler, "__self__", None)  # the engineio socket
@@ -164,6 +168,7 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         self.node_id = node_id
         self.reject_hook: RejectHook = _ignore_reject
         self.slow_consumer_hook: SlowConsumerHook = _ignore_slow
+        self._to_flush: list[Any] = []  # sockets holding broadcast frames (`flush_soon`)
         self._async = {**self._async, "websocket": LimitedWebSocket}  # type: ignore[has-type]
 
     def attach(self, app: web.Application, engineio_path: str = "engine.io") -> None:
@@ -218,6 +223,17 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
             if socket is not None and socket.send_ready(pkt, frame):
                 sent += 1
         return sent
+
+    def flush_soon(self, socket: Any) -> None:
+        """Have `socket.flush_frames()` run when this loop pass ends (once per pass)."""
+        if not self._to_flush:
+            asyncio.get_running_loop().call_soon(self._flush_frames)
+        self._to_flush.append(socket)
+
+    def _flush_frames(self) -> None:
+        sockets, self._to_flush = self._to_flush, []
+        for socket in sockets:
+            socket.flush_frames()
 
     def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue[Any]:
         if args or kwargs:  # not a socket's packet queue
