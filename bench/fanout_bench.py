@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -303,6 +304,8 @@ def main() -> None:
     if shutil.which("node") is None or not (REPO / "node_modules" / "socket.io").is_dir():
         parser.error("Node and `npm ci` (socket.io, @socket.io/redis-adapter) are required")
 
+    # A SIGTERM unwinds like Ctrl-C, so every server and Redis started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     targets = [t for t in TARGETS if not args.only or t.name in args.only]
     _, generator_cores = core_split()
     pin(generator_cores)

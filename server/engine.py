@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
@@ -19,6 +20,7 @@ from aiohttp.web import WebSocketResponse
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as aiohttp_driver
 
+from server.contract import NODE_ID_RULE
 from server.eio_socket import ReleasingSockets
 
 log = logging.getLogger("iofleet.engine")
@@ -34,6 +36,11 @@ ENGINEIO_METHODS = frozenset({"GET", "POST", "OPTIONS"})
 # has already arrived (see `IofleetEngine._settle_upgrade`).
 UPGRADE_SETTLE_STEPS = 20
 UPGRADE_SETTLE_STEP_SECONDS = 0.001
+
+# `IofleetEngine.generate_id`: `<node>.<random>`; python-socketio takes its Socket.IO
+# sids from the same generator, so a room named like this is (likely) a sid's own room.
+SID_RANDOM_BYTES = 15
+SID_PATTERN = re.compile(rf"^{NODE_ID_RULE}\.[A-Za-z0-9_-]{{20}}$")
 
 RejectHook = Callable[[str, str | None, str], None]
 """Called with (reason, engine.io sid or None, detail) when a packet is refused."""
@@ -244,7 +251,7 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
     def generate_id(self) -> str:
         # `<node>.<random>`: nginx routes a request that carries `?sid=` to its
         # node by this prefix (no sticky cookie in nginx OSS).
-        return f"{self.node_id}.{secrets.token_urlsafe(15)}"
+        return f"{self.node_id}.{secrets.token_urlsafe(SID_RANDOM_BYTES)}"
 
     async def close_transport(self, sid: str) -> bool:
         """Close a client's transport so it reconnects by itself.

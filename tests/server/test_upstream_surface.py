@@ -58,6 +58,8 @@ METHODS: list[tuple[Any, str, list[str]]] = [
         ["event", "data", "namespace", "room", "skip_sid", "callback", "to", "kwargs"],
     ),
     (socketio.AsyncRedisManager, "_handle_emit", ["message"]),
+    # the listener's channel filter, overridden for per-room channels in server/fanout.py
+    (socketio.AsyncRedisManager, "_listen", []),
     # socketio.AsyncRedisManager: overridden in server/fanout.py
     (socketio.AsyncRedisManager, "_redis_connect", []),
     (socketio.AsyncRedisManager, "_publish", ["data"]),
