@@ -51,7 +51,8 @@ RESULTS = REPO / "bench" / "results"
 HOST = "127.0.0.1"
 ROOM = "bench"
 BROADCAST_EVENT = b"chat:message"
-console = Console()
+# Wide enough for five columns when the output goes to a file.
+console = Console(width=None if sys.stdout.isatty() else 150)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Target:
     name: str
     command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = REPO  # where `python -m server` finds the server package
 
 
 IOFLEET_ENV = {
@@ -112,9 +114,15 @@ def core_split() -> tuple[set[int], set[int]]:
 
 @contextlib.contextmanager
 def running(
-    argv: list[str], env: dict[str, str], log: Path, cores: set[int], ready: str, port: int
+    argv: list[str],
+    env: dict[str, str],
+    log: Path,
+    cores: set[int],
+    ready: str,
+    port: int,
+    cwd: Path = REPO,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    process = spawn(argv, log, env=env, cwd=REPO)
+    process = spawn(argv, log, env=env, cwd=cwd)
     try:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(process.pid, cores)
@@ -237,7 +245,7 @@ def run_one(target: Target, args: argparse.Namespace, workdir: Path) -> dict[str
     redis_log = workdir / "redis.log"
     with (
         running(redis_argv, dict(os.environ), redis_log, generator_cores, "redis", redis_port),
-        running(argv, env, log, server_cores, "tcp", port) as process,
+        running(argv, env, log, server_cores, "tcp", port, target.cwd) as process,
     ):
         return asyncio.run(measure(port, psutil.Process(process.pid), args))
 
@@ -280,7 +288,9 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     console.print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "fanout_bench.json"
-    out.write_text(json.dumps({"args": vars(args), "runs": results, "medians": medians}, indent=2))
+    out.write_text(
+        json.dumps({"args": vars(args), "runs": results, "medians": medians}, indent=2, default=str)
+    )
     console.print(f"raw figures: {out.relative_to(REPO)}")
 
 
@@ -298,6 +308,11 @@ def main() -> None:
     parser.add_argument("--echo-clients", type=int, default=200)
     parser.add_argument("--echo-seconds", type=float, default=3.0)
     parser.add_argument("--only", action="append", help="measure only these targets")
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="also measure iofleet as checked out in this directory (before/after a change)",
+    )
     args = parser.parse_args()
     if args.subscribers > args.connections:
         parser.error("--subscribers must not exceed --connections")
@@ -307,6 +322,13 @@ def main() -> None:
     # A SIGTERM unwinds like Ctrl-C, so every server and Redis started is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     targets = [t for t in TARGETS if not args.only or t.name in args.only]
+    if args.compare_tree is not None:
+        tree = args.compare_tree.resolve()
+        if not (tree / "server" / "__main__.py").is_file():
+            parser.error(f"--compare-tree {tree}: no server/ package there")
+        targets.append(
+            Target(f"iofleet@{tree.name}", (sys.executable, "-m", "server"), IOFLEET_ENV, tree)
+        )
     _, generator_cores = core_split()
     pin(generator_cores)
     results: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
