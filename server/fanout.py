@@ -47,10 +47,11 @@ log = logging.getLogger("iofleet.fanout")
 PUBLISH_TIMEOUT_SECONDS = 2.0
 # After a failure, skip trying for this long: fail fast instead of piling up connects.
 PUBLISH_RETRY_AFTER_SECONDS = 1.0
-# The listener's reconnect backoff: 0.25 s doubling up to 5 s, so a returning
-# Redis is noticed within seconds (the library's cap of 60 s is too slow for readiness).
-LISTEN_BACKOFF_START = 0.25
-LISTEN_BACKOFF_CAP = 5.0
+# The listener's reconnect backoff: 0.1 s doubling up to 0.5 s, so the fan-out
+# resumes within about half a second of Redis coming back (the library's cap is
+# 60 s). A retry against a Redis that is down costs one refused connect.
+LISTEN_BACKOFF_START = 0.1
+LISTEN_BACKOFF_CAP = 0.5
 ROOM_CHANNEL_INFIX = "#room#"
 
 
