@@ -53,6 +53,14 @@ PUBLISH_RETRY_AFTER_SECONDS = 1.0
 LISTEN_BACKOFF_START = 0.1
 LISTEN_BACKOFF_CAP = 0.5
 ROOM_CHANNEL_INFIX = "#room#"
+# The listener checks itself: every HEARTBEAT_SECONDS the node publishes on a
+# channel only it subscribes to. Redis answering 0 receivers (it dropped the
+# subscription, e.g. `CLIENT KILL TYPE pubsub` or the output-buffer limit), or
+# DEAF_AFTER_HEARTBEATS heartbeats Redis took but the listener never heard (a
+# connection gone quiet), means the listener is deaf: it is reset and resubscribes.
+HEARTBEAT_SECONDS = 1.0
+DEAF_AFTER_HEARTBEATS = 3
+HEARTBEAT_INFIX = "#heartbeat#"
 
 
 class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # type: ignore[misc]
@@ -77,6 +85,9 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         self._active_rooms: set[str] = set()  # room channels the subscriber holds
         self._room_sync: asyncio.Task[None] | None = None
         self._sync_log = OncePerBurst(window=10.0)
+        self.heartbeat_channel = f"{channel}{HEARTBEAT_INFIX}{self.host_id}"
+        self._unheard_heartbeats = 0
+        self._watchdog: asyncio.Task[None] | None = None
         # Set by the library's __init__; declared for the type checker.
         self.redis: aioredis.Redis | None
         self.pubsub: PubSub | None
@@ -207,12 +218,49 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         """The library's listener filter, taking room channels besides the shared one."""
         shared = str(self.channel).encode()
         rooms = self.room_prefix.encode()
+        heartbeat = self.heartbeat_channel.encode()
         async for message in self._redis_listen_with_retries():
             if message["type"] != "message" or "data" not in message:
                 continue
             channel = message["channel"]
             if channel == shared or channel.startswith(rooms):
                 yield message["data"]
+            elif channel == heartbeat:
+                self._unheard_heartbeats = 0
+
+    # --- the listener's self-check ----------------------------------------------------
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch_listener())
+
+    async def _watch_listener(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            if not self.subscribed:
+                continue  # the listener is already reconnecting
+            try:
+                receivers = await asyncio.wait_for(
+                    self._publisher().publish(self.heartbeat_channel, b"1"),
+                    PUBLISH_TIMEOUT_SECONDS,
+                )
+            except (OSError, TimeoutError, aioredis.RedisError):
+                continue  # Redis unreachable: the listener finds out by itself
+            self._unheard_heartbeats += 1
+            if receivers == 0:
+                await self._resubscribe("redis dropped the subscription")
+            elif self._unheard_heartbeats > DEAF_AFTER_HEARTBEATS:
+                await self._resubscribe(f"{DEAF_AFTER_HEARTBEATS} heartbeats not heard")
+
+    async def _resubscribe(self, reason: str) -> None:
+        """Drop the subscriber link; the listener's read ends and it subscribes anew."""
+        log.error(
+            "fan-out listener hears nothing from Redis; resubscribing",
+            extra={"event": "fanout.listener_deaf", "reason": reason},
+        )
+        self._set_subscribed(False)
+        self._unheard_heartbeats = 0
+        await self._reset_pubsub()
 
     def _publish_failed(self, reason: str, now: float) -> None:
         self._last_publish_failure = now
@@ -234,9 +282,11 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
                 pubsub = self._subscriber()
                 if not self.subscribed:
                     rooms = set(self.room_channels)
-                    await pubsub.subscribe(self.channel, *rooms)
+                    await pubsub.subscribe(self.channel, self.heartbeat_channel, *rooms)
                     self._active_rooms = rooms
+                    self._unheard_heartbeats = 0
                     self._set_subscribed(True)
+                    self._start_watchdog()
                     self._sync_rooms_soon()  # rooms changed while subscribing
                     backoff = LISTEN_BACKOFF_START
                 async for message in pubsub.listen():
@@ -296,6 +346,8 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
 
     async def close(self, timeout: float = 2.0) -> None:
         """Stop listening and drop connections without waiting on a dead Redis."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         thread = getattr(self, "thread", None)
         if isinstance(thread, asyncio.Task) and not thread.done():
             thread.cancel()

@@ -22,12 +22,16 @@ class CountingRelay:
     """A TCP relay in front of Redis that keeps every byte Redis sends through it.
 
     Runs its own event loop in a thread, so that the test's blocking waits (server
-    start-up) never stall the node's Redis traffic."""
+    start-up) never stall the node's Redis traffic. `deafen()` makes the
+    subscriber connections open at that moment go quiet (Redis's bytes to them are
+    swallowed, the TCP connection stays up): a half-open link."""
 
     def __init__(self, redis_port: int) -> None:
         self.redis_port = redis_port
         self.port = free_port()
         self.downstream = bytearray()  # Redis -> node, every connection
+        self._subscribers: set[int] = set()  # ids of connections that sent SUBSCRIBE
+        self._deaf: set[int] = set()
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -42,6 +46,12 @@ class CountingRelay:
     def received(self) -> bytes:
         with self._lock:
             return bytes(self.downstream)
+
+    def deafen(self) -> int:
+        """Swallow from now on what Redis sends the current subscriber connections."""
+        with self._lock:
+            self._deaf = set(self._subscribers)
+            return len(self._deaf)
 
     def reset(self) -> None:
         with self._lock:
@@ -70,12 +80,17 @@ class CountingRelay:
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self.redis_port)
+        link = id(client_w)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, keep: bool) -> None:
             try:
                 while chunk := await src.read(65536):
-                    if keep:
-                        with self._lock:
+                    with self._lock:
+                        if not keep and b"SUBSCRIBE" in chunk.upper():
+                            self._subscribers.add(link)
+                        if keep and link in self._deaf:
+                            continue
+                        if keep:
                             self.downstream += chunk
                     dst.write(chunk)
                     await dst.drain()
