@@ -26,10 +26,11 @@ from typing import Any
 
 import orjson
 import socketio
+from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from server.auth import AuthError, Identity, TokenVerifier, token_from_handshake
-from server.broadcast import LocalBroadcastManager
+from server.broadcast import LocalBroadcastManager, text_frame
 from server.engine import IofleetEngine
 from server.metrics import Metrics
 from server.ratelimit import KeyedBuckets, TokenBucket
@@ -390,7 +391,17 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         self.metrics.messages_sent.inc(count)
 
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        """One packet to one client (acks, connects, direct emits): encoded and
+        framed once and handed over as a broadcast to one is (`server.broadcast`),
+        so an idle WebSocket gets it without waking its writer task."""
         self.metrics.messages_sent.inc()
+        encoded = pkt.encode()
+        socket = self.eio.sockets.get(eio_sid)
+        if isinstance(encoded, str) and socket is not None and hasattr(socket, "send_ready"):
+            eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+            text: str = eio_pkt.encode()
+            socket.send_ready(eio_pkt, text_frame(text.encode()))
+            return
         await super()._send_packet(eio_sid, pkt)
 
     async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
