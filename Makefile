@@ -67,6 +67,7 @@ bench: setup
 	$(PY) -m bench.server_bench
 	$(PY) -m bench.join_bench
 	$(PY) -m bench.churn_bench
+	$(PY) -m bench.fanout_bench --runs 3
 
 clean:
 	rm -rf $(VENV) node_modules $(STATE) .mypy_cache .ruff_cache .pytest_cache

@@ -23,6 +23,14 @@ and removes the socket from the server's table. `ReleasingSockets` is the table
 plain `AsyncSocket` in `_handle_connect` and offers no factory hook, so the table
 turns each one into a `ReleasingSocket` as it is registered, before it is used.
 `tests/server/test_eio_socket.py` pins every upstream method this relies on.
+
+Outbound bytes are bounded per connection (`send_ready`, `send`): a broadcast frame
+goes straight to an idle WebSocket's transport (gathered per loop pass, one write:
+`flush_frames`) while that transport holds less than `WRITE_HIGH_WATER_BYTES`, and
+is otherwise queued; a connection with
+`OUTBOUND_QUEUE_LIMIT` packets already queued is a slow consumer: its transport
+is dropped (the server's `slow_consumer_hook` counts and logs it) instead of
+letting its backlog grow without bound.
 """
 
 from __future__ import annotations
@@ -42,6 +50,14 @@ log = logging.getLogger("iofleet.engine")
 # A server-side close waits this long for the client's close frame, then drops the
 # TCP connection (aiohttp would wait 10 s, holding the connection's tasks).
 CLOSE_HANDSHAKE_SECONDS = 1.0
+# A broadcast goes straight to a WebSocket's transport only below this many
+# buffered bytes (asyncio's own default high-water mark); above it, packets queue
+# behind the writer, which waits for the transport to drain.
+WRITE_HIGH_WATER_BYTES = 64 * 1024
+# Packets queued for one connection beyond which it is a slow consumer. Broadcast
+# packets are shared objects, so a full queue holds references, not copies.
+OUTBOUND_QUEUE_LIMIT = 1024
+SLOW_CONSUMER_REASON = "slow consumer"
 
 
 class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
@@ -65,6 +81,15 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
     _close_task: asyncio.Task[None] | None = None
     _released: bool = False
     _close_reason: str | None = None
+    _direct: Any = None  # the LimitedWebSocket broadcasts may write to directly
+    _direct_transport: asyncio.Transport | None = None  # its transport
+    _direct_max_frame: float = 0  # frames up to this size are shared (not deflated)
+    # Broadcast frames taken this loop pass, written with one syscall when the pass
+    # ends (`flush_frames`): a burst of broadcasts costs a recipient one write.
+    _frames: list[bytes] | None = None
+    _frames_bytes: int = 0
+    _sending: bool = False  # the writer holds packets it has taken off the queue
+    _evicted: bool = False  # dropped as a slow consumer (its close may still be pending)
 
     # --- heartbeat: timers, not sleeping tasks ---------------------------------
 
@@ -111,6 +136,85 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             if timer is not None:
                 timer.cancel()
         self._ping_timer = self._pong_deadline = None
+
+    # --- outbound: bounded ---------------------------------------------------------
+
+    def send_ready(self, pkt: Any, frame: bytes) -> bool:
+        """Send a broadcast packet already encoded (`pkt`) and framed (`frame`), now.
+
+        Straight to the transport when nothing is queued or being written before it
+        (order is kept) and the transport is under its high-water mark; otherwise on
+        the queue. False when the connection is closed or was just evicted.
+        """
+        if self.closing or self.closed or self._evicted:
+            return False
+        transport = self._direct_transport
+        if (
+            transport is not None
+            and not self._sending
+            and self.queue.empty()
+            and len(frame) <= self._direct_max_frame
+            and transport.get_write_buffer_size() + self._frames_bytes < WRITE_HIGH_WATER_BYTES
+        ):
+            frames = self._frames
+            if frames is None:
+                self._frames = [frame]
+                self.server.flush_soon(self)
+            else:
+                frames.append(frame)
+            self._frames_bytes += len(frame)
+            return True
+        if not self._room_for_one_more():
+            return False
+        self.queue.put_nowait(pkt)
+        return True
+
+    def flush_frames(self) -> None:
+        """Write the broadcast frames taken since the last flush, in one write.
+
+        Runs when the loop pass that took them ends (`IofleetEngine.flush_soon`),
+        and before the writer sends anything, so queued packets never overtake them.
+        """
+        frames = self._frames
+        if frames is None:
+            return
+        self._frames = None
+        self._frames_bytes = 0
+        ws = self._direct
+        transport = ws.raw_transport() if ws is not None else None
+        if transport is None or self.closed:
+            return
+        transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    async def send(self, pkt: Any) -> None:
+        """Upstream's send, within the same outbound bound as broadcasts."""
+        if self._evicted or (not self.closed and not self._room_for_one_more()):
+            return
+        await super().send(pkt)
+
+    def _room_for_one_more(self) -> bool:
+        if self.queue.qsize() < OUTBOUND_QUEUE_LIMIT:
+            return True
+        self._evict_slow_consumer()
+        return False
+
+    def _evict_slow_consumer(self) -> None:
+        """Drop a client that does not read what it is sent: reported once, then closed.
+
+        The WebSocket's transport is aborted at once (its writer may be stuck
+        waiting for a drain that never comes); the close then runs as any other.
+        """
+        if self.closing or self.closed or self._evicted:
+            return
+        self._evicted = True
+        hook = getattr(self.server, "slow_consumer_hook", None)
+        if hook is not None:
+            hook(self.sid, self.queue.qsize())
+        transport = self._direct_transport
+        self._frames = None
+        if transport is not None:
+            transport.abort()
+        self._close_soon(self.server.reason.TRANSPORT_ERROR, abort=True)
 
     # --- the queue --------------------------------------------------------------
 
@@ -179,6 +283,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             return
         self._released = True
         self.closed = True
+        self._direct = self._direct_transport = self._frames = None
         self._cancel_timers()
         self._close_task = None
         if self._close_reason == self.server.reason.CLIENT_DISCONNECT and not self.upgraded:
@@ -203,6 +308,10 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         else:
             self.connected = True
             self.upgraded = True
+        # Broadcasts may now write to it (`send_ready`).
+        self._direct = ws
+        self._direct_transport = ws.raw_transport()
+        self._direct_max_frame = ws.shared_frame_limit()
         writer = asyncio.ensure_future(self._write(ws))
         try:
             await self._read(ws)
@@ -268,8 +377,13 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
                 packets = await self.poll()
                 if not packets:  # released
                     return
+                self._sending = True
+                # Frames taken before these packets go first. The pass-end flush is
+                # scheduled before any put can wake this writer, so this is a guard.
+                self.flush_frames()
                 for pkt in packets:
                     await ws.send(pkt.encode())
+                self._sending = False
         except (OSError, RuntimeError, ConnectionError):
             return  # the peer went away mid-send; the reader sees it too
         finally:

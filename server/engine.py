@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import engineio
@@ -19,6 +20,7 @@ from aiohttp.web import WebSocketResponse
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as aiohttp_driver
 
+from server.contract import NODE_ID_RULE
 from server.eio_socket import ReleasingSockets
 
 log = logging.getLogger("iofleet.engine")
@@ -35,11 +37,22 @@ ENGINEIO_METHODS = frozenset({"GET", "POST", "OPTIONS"})
 UPGRADE_SETTLE_STEPS = 20
 UPGRADE_SETTLE_STEP_SECONDS = 0.001
 
+# `IofleetEngine.generate_id`: `<node>.<random>`; python-socketio takes its Socket.IO
+# sids from the same generator, so a room named like this is (likely) a sid's own room.
+SID_RANDOM_BYTES = 15
+SID_PATTERN = re.compile(rf"^{NODE_ID_RULE}\.[A-Za-z0-9_-]{{20}}$")
+
 RejectHook = Callable[[str, str | None, str], None]
 """Called with (reason, engine.io sid or None, detail) when a packet is refused."""
+SlowConsumerHook = Callable[[str, int], None]
+"""Called with (engine.io sid, packets queued) when a slow consumer is dropped."""
 
 
 def _ignore_reject(reason: str, sid: str | None, detail: str) -> None:
+    return None
+
+
+def _ignore_slow(sid: str, queued: int) -> None:
     return None
 
 
@@ -85,6 +98,22 @@ class LimitedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
         if isinstance(msg.data, bytes):
             return msg.data
         raise OSError("websocket closed")
+
+    # Ready-made broadcast frames (`server.broadcast`) go past aiohttp's writer to
+    # the transport: the frames are final and unmasked, as aiohttp would build them.
+
+    def raw_transport(self) -> asyncio.Transport | None:
+        """The WebSocket's transport, while frames may still be written to it."""
+        writer = getattr(self._sock, "_writer", None)
+        transport = getattr(writer, "transport", None)
+        if transport is None or transport.is_closing() or getattr(writer, "_closing", True):
+            return None
+        return transport  # type: ignore[no-any-return]
+
+    def shared_frame_limit(self) -> float:
+        """The largest ready-made frame this connection takes: any, unless it
+        deflates large messages (its compressor keeps state across frames)."""
+        return COMPRESS_THRESHOLD_BYTES - 1 if self._deflate_bits else float("inf")
 
     def _reject(self, reason: str, detail: str) -> None:
         owner = getattr(self.handler, "__self__", None)  # the engineio socket
@@ -145,6 +174,8 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         self.sockets: ReleasingSockets = ReleasingSockets()
         self.node_id = node_id
         self.reject_hook: RejectHook = _ignore_reject
+        self.slow_consumer_hook: SlowConsumerHook = _ignore_slow
+        self._to_flush: list[Any] = []  # sockets holding broadcast frames (`flush_soon`)
         self._async = {**self._async, "websocket": LimitedWebSocket}  # type: ignore[has-type]
 
     def attach(self, app: web.Application, engineio_path: str = "engine.io") -> None:
@@ -188,6 +219,29 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
                 return
             await asyncio.sleep(UPGRADE_SETTLE_STEP_SECONDS)
 
+    def deliver(self, eio_sids: Iterable[str], pkt: eio_packet.Packet, frame: bytes) -> int:
+        """Give one encoded packet (`pkt`, its WebSocket `frame`) to each of `eio_sids`
+        without awaiting: a write or a queue put each (`ReleasingSocket.send_ready`).
+        Returns how many took it (closed and evicted connections do not)."""
+        sockets = self.sockets
+        sent = 0
+        for eio_sid in eio_sids:
+            socket = sockets.get(eio_sid)
+            if socket is not None and socket.send_ready(pkt, frame):
+                sent += 1
+        return sent
+
+    def flush_soon(self, socket: Any) -> None:
+        """Have `socket.flush_frames()` run when this loop pass ends (once per pass)."""
+        if not self._to_flush:
+            asyncio.get_running_loop().call_soon(self._flush_frames)
+        self._to_flush.append(socket)
+
+    def _flush_frames(self) -> None:
+        sockets, self._to_flush = self._to_flush, []
+        for socket in sockets:
+            socket.flush_frames()
+
     def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue[Any]:
         if args or kwargs:  # not a socket's packet queue
             return super().create_queue(*args, **kwargs)  # type: ignore[no-any-return]
@@ -197,7 +251,7 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
     def generate_id(self) -> str:
         # `<node>.<random>`: nginx routes a request that carries `?sid=` to its
         # node by this prefix (no sticky cookie in nginx OSS).
-        return f"{self.node_id}.{secrets.token_urlsafe(15)}"
+        return f"{self.node_id}.{secrets.token_urlsafe(SID_RANDOM_BYTES)}"
 
     async def close_transport(self, sid: str) -> bool:
         """Close a client's transport so it reconnects by itself.

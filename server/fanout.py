@@ -4,11 +4,23 @@ Extends python-socketio's `AsyncRedisManager` at its hooks (STYLE.md #5) with
 what production needs and the library leaves out: a dead Redis never blocks an
 emit for long or crashes the node, every lost publish is counted and logged once
 per burst, the listener reconnects with capped backoff and reports whether it
-is subscribed. A Redis outage degrades the fan-out (counted, logged, shown in
-`/admin/status` and `iofleet_fanout_up`) but never the node's readiness: every node
-shares the Redis, and a balancer that took them all out would refuse every client
-while each node can still serve its own rooms. Shutdown never waits on a Redis that
-is gone.
+is subscribed.
+
+Per-room routing: an emit to one application room is published on that room's
+channel (`<channel>#room#<namespace>#<room>`), and a node subscribes to a room's
+channel only while it has a member in it (kept as rooms change, through the
+manager's `basic_enter_room`/`basic_leave_room`), so a node with no member in a
+room receives none of its bytes. Everything else stays on the shared channel
+every node hears: emits to a whole namespace, to several rooms at once, to a
+sid's own room (a name of the sid form, `server.engine.SID_PATTERN`: an app room
+named like one is routed the same way, still correctly), acks returning to
+their node, and remote joins, leaves and disconnects.
+
+A Redis outage degrades the fan-out (counted, logged, shown in `/admin/status`
+and `iofleet_fanout_up`) but never the node's readiness: every node shares the
+Redis, and a balancer that took them all out would refuse every client while
+each node can still serve its own rooms. Shutdown never waits on a Redis that is
+gone.
 """
 
 from __future__ import annotations
@@ -23,6 +35,8 @@ import socketio
 from redis import asyncio as aioredis
 from redis.asyncio.client import PubSub
 
+from server.broadcast import BroadcastEmit
+from server.engine import SID_PATTERN
 from server.jsonlog import OncePerBurst
 from server.metrics import Metrics
 from server.rooms import RoomIndex
@@ -33,13 +47,26 @@ log = logging.getLogger("iofleet.fanout")
 PUBLISH_TIMEOUT_SECONDS = 2.0
 # After a failure, skip trying for this long: fail fast instead of piling up connects.
 PUBLISH_RETRY_AFTER_SECONDS = 1.0
-# The listener's reconnect backoff: 0.25 s doubling up to 5 s, so a returning
-# Redis is noticed within seconds (the library's cap of 60 s is too slow for readiness).
-LISTEN_BACKOFF_START = 0.25
-LISTEN_BACKOFF_CAP = 5.0
+# The listener's reconnect backoff: 0.1 s doubling up to 0.5 s, so the fan-out
+# resumes within about half a second of Redis coming back (the library's cap is
+# 60 s). A retry against a Redis that is down costs one refused connect.
+LISTEN_BACKOFF_START = 0.1
+LISTEN_BACKOFF_CAP = 0.5
+ROOM_CHANNEL_INFIX = "#room#"
+# The listener checks itself: every HEARTBEAT_SECONDS the node publishes on a
+# channel only it subscribes to. Redis answering 0 receivers (it dropped the
+# subscription, e.g. `CLIENT KILL TYPE pubsub` or the output-buffer limit), or
+# DEAF_AFTER_HEARTBEATS heartbeats Redis took but the listener never heard (a
+# connection gone quiet), means the listener is deaf: it is reset and resubscribes.
+HEARTBEAT_SECONDS = 1.0
+DEAF_AFTER_HEARTBEATS = 3
+HEARTBEAT_INFIX = "#heartbeat#"
 
 
-class FanoutManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc]
+class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # type: ignore[misc]
+    """Redis fan-out; what the listener (and this node's own emit) delivers locally
+    goes through `BroadcastEmit` (framed once per room, `server.broadcast`)."""
+
     name = "iofleet-redis"
 
     def __init__(self, url: str, channel: str, metrics: Metrics) -> None:
@@ -53,6 +80,14 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc
         self._close_log = OncePerBurst(window=10.0)
         self._last_publish_failure = float("-inf")
         self._listener: aioredis.Redis | None = None
+        self.room_prefix = f"{channel}{ROOM_CHANNEL_INFIX}"
+        self.room_channels: set[str] = set()  # rooms with a member here: subscribe
+        self._active_rooms: set[str] = set()  # room channels the subscriber holds
+        self._room_sync: asyncio.Task[None] | None = None
+        self._sync_log = OncePerBurst(window=10.0)
+        self.heartbeat_channel = f"{channel}{HEARTBEAT_INFIX}{self.host_id}"
+        self._unheard_heartbeats = 0
+        self._watchdog: asyncio.Task[None] | None = None
         # Set by the library's __init__; declared for the type checker.
         self.redis: aioredis.Redis | None
         self.pubsub: PubSub | None
@@ -93,13 +128,14 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc
             self._publish_failed("redis unavailable (recent failure)", now)
             return None
         redis = self._publisher()
+        channel = self._channel_for(data)
         message = self.json.dumps(data)
         # Two attempts: after Redis restarts, the pooled connection is dead and
         # only the second attempt (on a fresh connection) can get through.
         for attempt in (1, 2):
             try:
                 return await asyncio.wait_for(
-                    redis.publish(self.channel, message), PUBLISH_TIMEOUT_SECONDS
+                    redis.publish(channel, message), PUBLISH_TIMEOUT_SECONDS
                 )
             except aioredis.ConnectionError as error:
                 if attempt == 1 and self.subscribed:
@@ -110,6 +146,121 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc
             self._publish_failed(f"{type(failure).__name__}: {failure}", now)
             break
         return None
+
+    # --- per-room routing ---------------------------------------------------------
+
+    def room_channel(self, namespace: str, room: str) -> str:
+        return f"{self.room_prefix}{namespace}#{room}"
+
+    @staticmethod
+    def routes(room: object) -> bool:
+        """Whether emits to `room` travel on the room's own channel."""
+        return isinstance(room, str) and not SID_PATTERN.match(room)
+
+    def _channel_for(self, data: dict[str, Any]) -> str:
+        room = data.get("room")
+        if data.get("method") == "emit" and isinstance(room, str) and self.routes(room):
+            return self.room_channel(data.get("namespace") or "/", room)
+        return str(self.channel)
+
+    def basic_enter_room(
+        self, sid: str, namespace: str, room: str | None, eio_sid: str | None = None
+    ) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if self.routes(room):
+            channel = self.room_channel(namespace, room)  # type: ignore[arg-type]
+            if channel not in self.room_channels:
+                self.room_channels.add(channel)
+                self._sync_rooms_soon()
+
+    def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
+        super().basic_leave_room(sid, namespace, room)
+        if self.routes(room) and room not in self.rooms.get(namespace, {}):
+            self.room_channels.discard(self.room_channel(namespace, room))  # type: ignore[arg-type]
+            self._sync_rooms_soon()
+
+    def _sync_rooms_soon(self) -> None:
+        """(Un)subscribe room channels to match `room_channels`, from a task: the
+        manager's room methods are synchronous. One task at a time; it loops until
+        nothing changed meanwhile."""
+        if self._room_sync is not None and not self._room_sync.done():
+            return
+        try:
+            self._room_sync = asyncio.get_running_loop().create_task(self._sync_rooms())
+        except RuntimeError:  # no loop (a test building the manager): the subscribe covers it
+            self._room_sync = None
+
+    async def _sync_rooms(self) -> None:
+        while True:
+            pubsub = self.pubsub
+            if pubsub is None or not self.subscribed:
+                return  # the (re)subscribe in the listener takes every room channel
+            wanted = set(self.room_channels)
+            add, remove = wanted - self._active_rooms, self._active_rooms - wanted
+            if not add and not remove:
+                return
+            try:
+                if add:
+                    await pubsub.subscribe(*add)
+                if remove:
+                    await pubsub.unsubscribe(*remove)
+            except (OSError, TimeoutError, aioredis.RedisError) as error:
+                # The listener sees the broken link too, reconnects and resubscribes all.
+                if self._sync_log.should_log():
+                    log.warning(
+                        "fan-out: room subscription failed; the listener resubscribes",
+                        extra={"event": "fanout.room_sync_failed", "reason": repr(error)[:200]},
+                    )
+                return
+            self._active_rooms = (self._active_rooms | add) - remove
+
+    async def _listen(self) -> AsyncIterator[Any]:
+        """The library's listener filter, taking room channels besides the shared one."""
+        shared = str(self.channel).encode()
+        rooms = self.room_prefix.encode()
+        heartbeat = self.heartbeat_channel.encode()
+        async for message in self._redis_listen_with_retries():
+            if message["type"] != "message" or "data" not in message:
+                continue
+            channel = message["channel"]
+            if channel == shared or channel.startswith(rooms):
+                yield message["data"]
+            elif channel == heartbeat:
+                self._unheard_heartbeats = 0
+
+    # --- the listener's self-check ----------------------------------------------------
+
+    def _start_watchdog(self) -> None:
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch_listener())
+
+    async def _watch_listener(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            if not self.subscribed:
+                continue  # the listener is already reconnecting
+            try:
+                receivers = await asyncio.wait_for(
+                    self._publisher().publish(self.heartbeat_channel, b"1"),
+                    PUBLISH_TIMEOUT_SECONDS,
+                )
+            except (OSError, TimeoutError, aioredis.RedisError):
+                continue  # Redis unreachable: the listener finds out by itself
+            self._unheard_heartbeats += 1
+            if receivers == 0:
+                await self._resubscribe("redis dropped the subscription")
+            elif self._unheard_heartbeats > DEAF_AFTER_HEARTBEATS:
+                await self._resubscribe(f"{DEAF_AFTER_HEARTBEATS} heartbeats not heard")
+
+    async def _resubscribe(self, reason: str) -> None:
+        """Drop the subscriber link; the listener's read ends and it subscribes anew."""
+        log.error(
+            "fan-out listener hears nothing from Redis; resubscribing",
+            extra={"event": "fanout.listener_deaf", "reason": reason},
+        )
+        self._set_subscribed(False)
+        self._unheard_heartbeats = 0
+        await self._reset_pubsub()
 
     def _publish_failed(self, reason: str, now: float) -> None:
         self._last_publish_failure = now
@@ -130,8 +281,13 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc
             try:
                 pubsub = self._subscriber()
                 if not self.subscribed:
-                    await pubsub.subscribe(self.channel)
+                    rooms = set(self.room_channels)
+                    await pubsub.subscribe(self.channel, self.heartbeat_channel, *rooms)
+                    self._active_rooms = rooms
+                    self._unheard_heartbeats = 0
                     self._set_subscribed(True)
+                    self._start_watchdog()
+                    self._sync_rooms_soon()  # rooms changed while subscribing
                     backoff = LISTEN_BACKOFF_START
                 async for message in pubsub.listen():
                     yield message
@@ -166,6 +322,7 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc
 
     async def _reset_pubsub(self) -> None:
         pubsub, self.pubsub = self.pubsub, None
+        self._active_rooms = set()
         if pubsub is not None:
             # Closing a link to a Redis that is gone may fail or hang: bounded, and
             # the failure is logged (at most once per burst, as the outage itself).
@@ -189,6 +346,8 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager):  # type: ignore[misc
 
     async def close(self, timeout: float = 2.0) -> None:
         """Stop listening and drop connections without waiting on a dead Redis."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         thread = getattr(self, "thread", None)
         if isinstance(thread, asyncio.Task) and not thread.done():
             thread.cancel()

@@ -93,6 +93,11 @@ class Metrics:
         self.messages_sent = Counter(
             "iofleet_messages_sent", "Socket.IO packets sent to clients.", registry=r
         )
+        self.slow_consumers = Counter(
+            "iofleet_slow_consumers",
+            "Connections dropped for not reading what they were sent (outbound queue full).",
+            registry=r,
+        )
         self.events_rejected = Counter(
             "iofleet_events_rejected",
             "Client packets refused, by reason (rate_limit, oversize, malformed).",

@@ -26,13 +26,15 @@ from typing import Any
 
 import orjson
 import socketio
+from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from server.auth import AuthError, Identity, TokenVerifier, token_from_handshake
+from server.broadcast import LocalBroadcastManager, text_frame
 from server.engine import IofleetEngine
 from server.metrics import Metrics
 from server.ratelimit import KeyedBuckets, TokenBucket
-from server.rooms import IndexedManager, RoomIndex, RoomLedger
+from server.rooms import RoomIndex, RoomLedger
 from server.settings import Settings
 
 log = logging.getLogger("iofleet.sio")
@@ -115,7 +117,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         # Asked at admission; the drain controller owns the flag (server/drain.py).
         self.is_draining: Callable[[], bool] = lambda: False
         if client_manager is None:
-            client_manager = IndexedManager()
+            client_manager = LocalBroadcastManager()
         elif not isinstance(client_manager, RoomIndex):
             log.warning(
                 "client manager without a room index: disconnects scan every room",
@@ -137,6 +139,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             node_id=settings.node_id,
         )
         self.eio.reject_hook = self._on_packet_rejected
+        self.eio.slow_consumer_hook = self._on_slow_consumer
 
     def _engineio_server_class(self) -> type[IofleetEngine]:
         return IofleetEngine
@@ -370,12 +373,40 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             },
         )
 
+    def _on_slow_consumer(self, eio_sid: str, queued: int) -> None:
+        self.metrics.slow_consumers.inc()
+        conn = self.connections.get(eio_sid)
+        log.warning(
+            "client does not read what it is sent; dropping its transport",
+            extra={
+                "event": "send.slow_consumer",
+                "eio_sid": eio_sid,
+                "user": conn.user if conn else None,
+                "queued": queued,
+            },
+        )
+
+    def count_sent(self, count: int) -> None:
+        """Packets a broadcast gave to clients (`server.broadcast`), for the metric."""
+        self.metrics.messages_sent.inc(count)
+
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
+        """One packet to one client (acks, connects, direct emits): encoded and
+        framed once and handed over as a broadcast to one is (`server.broadcast`),
+        so an idle WebSocket gets it without waking its writer task."""
         self.metrics.messages_sent.inc()
+        encoded = pkt.encode()
+        socket = self.eio.sockets.get(eio_sid)
+        if isinstance(encoded, str) and socket is not None and hasattr(socket, "send_ready"):
+            eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+            text: str = eio_pkt.encode()
+            socket.send_ready(eio_pkt, text_frame(text.encode()))
+            return
         await super()._send_packet(eio_sid, pkt)
 
     async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
-        # Room broadcasts encode once and come through here, one call per recipient.
+        # Broadcasts with a callback or binary attachments still come through here
+        # (python-socketio's own loop); the rest are counted by `count_sent`.
         self.metrics.messages_sent.inc()
         await super()._send_eio_packet(eio_sid, eio_pkt)
 

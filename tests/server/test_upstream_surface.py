@@ -50,6 +50,16 @@ METHODS: list[tuple[Any, str, list[str]]] = [
     (socketio.AsyncManager, "basic_disconnect", ["sid", "namespace", "kwargs"]),
     (socketio.AsyncManager, "get_rooms", ["sid", "namespace"]),
     (socketio.AsyncManager, "pre_connect", ["eio_sid", "namespace"]),
+    # the manager's emit, overridden by server.broadcast.BroadcastEmit (and reached
+    # from the Redis listener's _handle_emit through super())
+    (
+        socketio.AsyncManager,
+        "emit",
+        ["event", "data", "namespace", "room", "skip_sid", "callback", "to", "kwargs"],
+    ),
+    (socketio.AsyncRedisManager, "_handle_emit", ["message"]),
+    # the listener's channel filter, overridden for per-room channels in server/fanout.py
+    (socketio.AsyncRedisManager, "_listen", []),
     # socketio.AsyncRedisManager: overridden in server/fanout.py
     (socketio.AsyncRedisManager, "_redis_connect", []),
     (socketio.AsyncRedisManager, "_publish", ["data"]),
@@ -64,6 +74,7 @@ METHODS: list[tuple[Any, str, list[str]]] = [
     (async_socket.AsyncSocket, "check_ping_timeout", []),
     (async_socket.AsyncSocket, "close", ["wait", "abort", "reason"]),
     (async_socket.AsyncSocket, "_websocket_handler", ["ws"]),
+    (async_socket.AsyncSocket, "send", ["pkt"]),
     # engineio's aiohttp WebSocket wrapper: subclassed in server/engine.py
     (engineio_aiohttp.WebSocket, "__init__", ["handler", "server"]),
     (engineio_aiohttp.WebSocket, "__call__", ["environ"]),
@@ -130,3 +141,31 @@ def test_upstream_attributes_the_server_reads() -> None:
     assert "_writer" in web.WebSocketResponse.__slots__ or hasattr(
         web.WebSocketResponse(), "_writer"
     ), "aiohttp WebSocketResponse._writer is gone"
+
+
+def test_broadcast_surface() -> None:
+    """What server/broadcast.py relies on: the Redis listener's local delivery reaches
+    `BroadcastEmit.emit` (the MRO), an Engine.IO packet caches its encoding (one
+    shared packet per broadcast), and aiohttp's WebSocket writer exposes the
+    transport and closing flag a ready frame is written past."""
+    from engineio import packet as eio_packet
+    from socketio.async_pubsub_manager import AsyncPubSubManager
+
+    from server.broadcast import BroadcastEmit
+    from server.fanout import FanoutManager
+
+    mro = FanoutManager.__mro__
+    assert (
+        mro.index(AsyncPubSubManager) < mro.index(BroadcastEmit) < mro.index(socketio.AsyncManager)
+    ), "BroadcastEmit no longer sits between AsyncPubSubManager and AsyncManager"
+    pkt = eio_packet.Packet(eio_packet.MESSAGE, '2["e"]')
+    assert pkt.encode() == '42["e"]' and pkt.encode_cache == '42["e"]', (
+        "engineio Packet.encode no longer caches in encode_cache"
+    )
+    from aiohttp._websocket.writer import WebSocketWriter
+
+    writer = WebSocketWriter(None, None)  # type: ignore[arg-type]
+    for name in ("transport", "_closing", "compress"):
+        assert hasattr(writer, name), f"aiohttp WebSocketWriter.{name} is gone"
+    assert hasattr(eio_packet.Packet(), "encode_cache")
+    assert hasattr(engineio.AsyncServer.reason, "TRANSPORT_ERROR")

@@ -1,0 +1,118 @@
+"""Broadcasts encoded and framed once; each recipient costs a write of ready bytes.
+
+python-socketio 5.18's `AsyncManager.emit` encodes a broadcast once, then makes
+one asyncio task per recipient, each going through `AsyncServer._send_eio_packet`,
+python-engineio's `send_packet` and `AsyncSocket.send` (a ping check, a queue
+put, a log call), then wakes that connection's writer task, which has aiohttp
+build the WebSocket frame again. For a room of 2,000 that is 2,000 tasks, 2,000
+writer wake-ups and 2,000 frame builds for one message.
+
+`BroadcastEmit.emit` replaces that loop: it builds the Socket.IO packet, the
+Engine.IO packet and the WebSocket frame once (server frames are unmasked, so
+every recipient gets the same bytes) and hands the recipients to
+`IofleetEngine.deliver`, which gives each one of them, synchronously:
+- over WebSocket with nothing queued before it: the frame is appended to that
+  connection's frames for this loop pass, and when the pass ends one
+  `transport.write` sends them all (a burst of broadcasts costs a recipient one
+  syscall, not one per message);
+- otherwise (polling, an upgrade in progress, packets pending, a frame large
+  enough for per-connection deflate, a transport over its high-water mark): the
+  one shared, pre-encoded packet on the connection's queue, so order is kept
+  and its writer (or pending GET) sends it as any other packet.
+The outbound bound and slow-consumer eviction live on the socket
+(`server.eio_socket.ReleasingSocket.send_ready`).
+
+What cannot be shared goes to the library unchanged: emits with a callback (one
+ack id per recipient) and packets with binary attachments. Mix it in after the
+library's pub/sub manager, before `socketio.AsyncManager`, so that both local
+emits and the emits a Redis listener hands to `AsyncManager.emit` come here:
+`class M(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit)`.
+`tests/server/test_upstream_surface.py` pins the library surface this uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import socketio
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
+
+from server.rooms import RoomIndex
+
+
+class Deliverer(Protocol):
+    """What the Engine.IO server offers a broadcast (`IofleetEngine.deliver`)."""
+
+    def deliver(self, eio_sids: Iterable[str], pkt: eio_packet.Packet, frame: bytes) -> int: ...
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A final, unmasked WebSocket text frame (RFC 6455 5.2) holding `payload`."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 65536:
+        header = b"\x81\x7e" + size.to_bytes(2, "big")
+    else:
+        header = b"\x81\x7f" + size.to_bytes(8, "big")
+    return header + payload
+
+
+def as_arguments(data: Any) -> list[Any]:
+    """The event's arguments as python-socketio spreads them (a tuple is several)."""
+    if isinstance(data, tuple):
+        return list(data)
+    return [] if data is None else [data]
+
+
+class BroadcastEmit(socketio.AsyncManager):  # type: ignore[misc]
+    """python-socketio's manager `emit`, with one encode and one frame per broadcast."""
+
+    server: Any
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str,
+        room: Any = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        deliverer: Deliverer | None = getattr(self.server, "eio", None)
+        if callback is not None or deliverer is None or not hasattr(deliverer, "deliver"):
+            await super().emit(
+                event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, to=to
+            )
+            return
+        room = to or room
+        if namespace not in self.rooms:
+            return
+        pkt = self.server.packet_class(
+            sio_packet.EVENT, namespace=namespace, data=[event, *as_arguments(data)]
+        )
+        encoded = pkt.encode()
+        if isinstance(encoded, list):  # binary attachments: several packets per recipient
+            await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, to=None)
+            return
+        skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+        recipients = [
+            eio_sid for sid, eio_sid in self.get_participants(namespace, room) if sid not in skip
+        ]
+        if not recipients:
+            return
+        shared = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        text: str = shared.encode()  # cached on the packet: every queue put reuses it
+        sent = deliverer.deliver(recipients, shared, text_frame(text.encode()))
+        count_sent = getattr(self.server, "count_sent", None)
+        if count_sent is not None:
+            count_sent(sent)
+
+
+class LocalBroadcastManager(RoomIndex, BroadcastEmit):
+    """One node, no Redis: python-socketio's in-memory manager, indexed rooms,
+    broadcasts framed once."""

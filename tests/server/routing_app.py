@@ -1,0 +1,32 @@
+"""The chat app plus what crosses nodes by sid, for tests/server/test_routing.py,
+written with the plain python-socketio API: `ask` `{to, question}` asks the
+socket `to` (on any node) `question` and acks its answer (an emit with a callback
+to a sid, `sio.call`); `tell` `{to, text}` emits `note` to the socket `to`;
+`announce` `{text}` emits `note` to every socket of the namespace."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import socketio
+
+from server.apps import chat
+
+
+def register(sio: socketio.AsyncServer) -> None:
+    chat.register(sio)
+
+    @sio.on("ask")
+    async def ask(sid: str, data: Any = None) -> Any:
+        answer = await sio.call("question", data["question"], to=data["to"], timeout=5)
+        return {"answer": answer}
+
+    @sio.on("tell")
+    async def tell(sid: str, data: Any = None) -> Any:
+        await sio.emit("note", data["text"], to=data["to"])
+        return {"ok": True}
+
+    @sio.on("announce")
+    async def announce(sid: str, data: Any = None) -> Any:
+        await sio.emit("note", data["text"])
+        return {"ok": True}

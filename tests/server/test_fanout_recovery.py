@@ -1,0 +1,125 @@
+"""The fan-out recovers by itself: within about a second of Redis coming back
+after an outage, after Redis kills the node's subscriber connection, and after
+that connection goes quiet without closing (the listener's heartbeat)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import redis
+
+from tests.server.test_redis_outage import status
+from tests.server.test_routing import CountingRelay
+from tests.support.jsclient import JsClients
+from tests.support.metrics import metric
+from tests.support.procs import RedisServer, make_token, wait_until
+
+OUTAGE_SECONDS = 4.0
+RESUME_WITHIN_SECONDS = 1.5  # the listener retries every 0.5 s at most; slack for a busy host
+
+
+async def test_fanout_resumes_within_a_second_of_redis_returning(
+    redis_server: RedisServer, start_server, js: JsClients
+) -> None:
+    env = {"IOFLEET_REDIS_URL": redis_server.url}
+    node_a = start_server("node-a", **env)
+    node_b = start_server("node-b", **env)
+    for name, node in (("a1", node_a), ("b1", node_b)):
+        await js.open(name, node.url, auth={"token": make_token(name)}, transports=["websocket"])
+        await js.wait_client(name, "connect")
+        assert (await js.call(name, "room:join", {"room": "r"}))["ok"]
+
+    redis_server.stop()
+    for node in (node_a, node_b):
+        await asyncio.to_thread(
+            wait_until, lambda n=node: status(n.admin_url)["redis"] == "down", 10
+        )
+    await asyncio.sleep(OUTAGE_SECONDS)
+
+    redis_server.start()
+    back = time.monotonic()
+    for node in (node_a, node_b):
+        await asyncio.to_thread(wait_until, lambda n=node: status(n.admin_url)["redis"] == "up", 10)
+    resumed_after = time.monotonic() - back
+    assert resumed_after < RESUME_WITHIN_SECONDS, f"fan-out resumed {resumed_after:.1f}s after"
+    mark = len(js.messages)
+    assert (await js.call("a1", "chat:message", {"room": "r", "text": "back"}))["ok"]
+    got = await js.wait_for(
+        lambda m: m.get("client") == "b1" and m.get("event") == "chat:message", start=mark
+    )
+    assert got["args"][0]["text"] == "back"
+
+
+async def _cross_node_message_arrives(js: JsClients, text: str, within: float = 10) -> None:
+    """a1 (node A) sends until b1 (node B) gets one: messages published while B's
+    listener is reconnecting are lost (pub/sub), so one message would race it."""
+    deadline = time.monotonic() + within
+    attempt = 0
+    while True:
+        attempt += 1
+        mark = len(js.messages)
+        sent = f"{text} #{attempt}"
+        assert (await js.call("a1", "chat:message", {"room": "r", "text": sent}))["ok"]
+        try:
+            await js.wait_for(
+                lambda m, sent=sent: (
+                    m.get("client") == "b1"
+                    and m.get("event") == "chat:message"
+                    and m["args"][0]["text"] == sent
+                ),
+                timeout=0.5,
+                start=mark,
+            )
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+
+
+async def _two_nodes(start_server, js: JsClients, url_a: str, url_b: str) -> tuple[Any, Any]:
+    node_a = start_server("node-a", IOFLEET_REDIS_URL=url_a)
+    node_b = start_server("node-b", IOFLEET_REDIS_URL=url_b)
+    for name, node in (("a1", node_a), ("b1", node_b)):
+        await js.open(name, node.url, auth={"token": make_token(name)}, transports=["websocket"])
+        await js.wait_client(name, "connect")
+        assert (await js.call(name, "room:join", {"room": "r"}))["ok"]
+    return node_a, node_b
+
+
+async def test_listener_resubscribes_after_redis_kills_it(
+    redis_server: RedisServer, start_server, js: JsClients
+) -> None:
+    _, node_b = await _two_nodes(start_server, js, redis_server.url, redis_server.url)
+    await _cross_node_message_arrives(js, "before")
+    killer = redis.Redis(port=redis_server.port)
+    try:
+        assert killer.client_kill_filter(_type="pubsub") >= 2  # both nodes' listeners
+    finally:
+        killer.close()
+    await _cross_node_message_arrives(js, "after the kill")
+    assert metric(node_b.admin_url, "iofleet_fanout_outages_total") == 1
+    assert status(node_b.admin_url)["redis"] == "up"
+
+
+async def test_a_listener_gone_quiet_notices_and_resubscribes(
+    redis_server: RedisServer, start_server, js: JsClients
+) -> None:
+    relay = CountingRelay(redis_server.port).start()
+    try:
+        relay_url = f"redis://127.0.0.1:{relay.port}/0"
+        _, node_b = await _two_nodes(start_server, js, redis_server.url, relay_url)
+        await _cross_node_message_arrives(js, "before")
+        assert relay.deafen() == 1  # node B's subscriber: still connected, hears nothing
+        # Within a few heartbeats node B notices, says so, and subscribes anew.
+        await asyncio.to_thread(
+            wait_until,
+            lambda: any(e.get("event") == "fanout.listener_deaf" for e in node_b.log_entries()),
+            15,
+            "node B noticing its listener is deaf",
+        )
+        await _cross_node_message_arrives(js, "after going quiet")
+        assert metric(node_b.admin_url, "iofleet_fanout_outages_total") == 1
+    finally:
+        relay.stop()
