@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     admin_host: str | None = Field(None, description="Admin listener address (default: HOST).")
     redis_url: str | None = Field(None, description="redis:// or rediss:// URL; unset = one node.")
     redis_channel: str = Field("iofleet", description="Pub/sub channel shared by all nodes.")
+    fanout_outbox_messages: int = Field(
+        10000, ge=0, description="Publishes held while Redis is away; 0 = none (lost at once)."
+    )
+    fanout_outbox_seconds: float = Field(
+        30, gt=0, description="Age after which a held publish is dropped (s)."
+    )
     auth: Literal["jwt", "none"] = Field("jwt", description="`none` only when set explicitly.")
     jwt_secret: SecretStr | None = Field(None, description="HS256 secret.")
     jwt_public_key: SecretStr | None = Field(None, description="RS256 public key (PEM).")
