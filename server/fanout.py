@@ -91,8 +91,8 @@ class Outbox:
         return len(self._items)
 
     def add(self, channel: str, payload: str, now: float) -> int:
-        """Queue a message; returns how many old ones it pushed out (0 or 1; 1 when
-        the outbox holds nothing at all)."""
+        """Queue a message; returns how many it dropped: the oldest when full, or
+        this one when the outbox is off (`max_messages` 0)."""
         if self.max_messages == 0:
             return 1
         dropped = 0
