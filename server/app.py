@@ -32,7 +32,13 @@ SHUTDOWN_STEP_TIMEOUT = 5.0
 def build_node(settings: Settings) -> Node:
     metrics = Metrics()
     fanout = (
-        FanoutManager(settings.redis_url, settings.redis_channel, metrics)
+        FanoutManager(
+            settings.redis_url,
+            settings.redis_channel,
+            metrics,
+            outbox_messages=settings.fanout_outbox_messages,
+            outbox_seconds=settings.fanout_outbox_seconds,
+        )
         if settings.redis_url
         else None
     )

@@ -26,9 +26,10 @@ turns each one into a `ReleasingSocket` as it is registered, before it is used.
 
 Outbound bytes are bounded per connection (`send_ready`, `send`): a broadcast frame
 goes straight to an idle WebSocket's transport (gathered per loop pass, one write:
-`flush_frames`) while that transport holds less than `WRITE_HIGH_WATER_BYTES`, and
-is otherwise queued; a connection with
-`OUTBOUND_QUEUE_LIMIT` packets already queued is a slow consumer: its transport
+`flush_frames`) while that transport holds less than the engine's
+`send_buffer_bytes` (`IOFLEET_SEND_BUFFER_BYTES`), and is otherwise queued; a
+connection with the engine's `send_queue_packets` (`IOFLEET_SEND_QUEUE_PACKETS`)
+packets already queued is a slow consumer: its transport
 is dropped (the server's `slow_consumer_hook` counts and logs it) instead of
 letting its backlog grow without bound.
 """
@@ -50,13 +51,12 @@ log = logging.getLogger("iofleet.engine")
 # A server-side close waits this long for the client's close frame, then drops the
 # TCP connection (aiohttp would wait 10 s, holding the connection's tasks).
 CLOSE_HANDSHAKE_SECONDS = 1.0
-# A broadcast goes straight to a WebSocket's transport only below this many
-# buffered bytes (asyncio's own default high-water mark); above it, packets queue
-# behind the writer, which waits for the transport to drain.
-WRITE_HIGH_WATER_BYTES = 64 * 1024
-# Packets queued for one connection beyond which it is a slow consumer. Broadcast
-# packets are shared objects, so a full queue holds references, not copies.
-OUTBOUND_QUEUE_LIMIT = 1024
+# The outbound bounds are the engine's (`IofleetEngine.send_buffer_bytes`,
+# `send_queue_packets`): a broadcast goes straight to a WebSocket's transport only
+# below that many buffered bytes, above it packets queue behind the writer, which
+# waits for the transport to drain; a connection with that many packets queued is
+# a slow consumer. Broadcast packets are shared objects, so a full queue holds
+# references, not copies.
 SLOW_CONSUMER_REASON = "slow consumer"
 
 
@@ -154,7 +154,8 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             and not self._sending
             and self.queue.empty()
             and len(frame) <= self._direct_max_frame
-            and transport.get_write_buffer_size() + self._frames_bytes < WRITE_HIGH_WATER_BYTES
+            and transport.get_write_buffer_size() + self._frames_bytes
+            < self.server.send_buffer_bytes
         ):
             frames = self._frames
             if frames is None:
@@ -193,7 +194,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         await super().send(pkt)
 
     def _room_for_one_more(self) -> bool:
-        if self.queue.qsize() < OUTBOUND_QUEUE_LIMIT:
+        if self.queue.qsize() < self.server.send_queue_packets:
             return True
         self._evict_slow_consumer()
         return False

@@ -22,6 +22,7 @@ from engineio.async_drivers import aiohttp as aiohttp_driver
 
 from server.contract import NODE_ID_RULE
 from server.eio_socket import ReleasingSockets
+from server.settings import SEND_BUFFER_BYTES, SEND_QUEUE_PACKETS
 
 log = logging.getLogger("iofleet.engine")
 
@@ -168,8 +169,18 @@ class HandshakeQueue(asyncio.Queue[Any]):
 
 
 class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
-    def __init__(self, *args: Any, node_id: str = "node", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        node_id: str = "node",
+        send_buffer_bytes: int = SEND_BUFFER_BYTES,
+        send_queue_packets: int = SEND_QUEUE_PACKETS,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        # The outbound bounds every connection keeps to (server/eio_socket.py).
+        self.send_buffer_bytes = send_buffer_bytes
+        self.send_queue_packets = send_queue_packets
         # Closed connections release their tasks and timers at once (server/eio_socket.py).
         self.sockets: ReleasingSockets = ReleasingSockets()
         self.node_id = node_id

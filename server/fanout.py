@@ -16,6 +16,16 @@ sid's own room (a name of the sid form, `server.engine.SID_PATTERN`: an app room
 named like one is routed the same way, still correctly), acks returning to
 their node, and remote joins, leaves and disconnects.
 
+Publishes Redis does not take go to a bounded outbox (`Outbox`: at most
+`IOFLEET_FANOUT_OUTBOX_MESSAGES` messages, none older than
+`IOFLEET_FANOUT_OUTBOX_SECONDS`), which one task drains in order once this
+node's listener is subscribed again (plus `OUTBOX_RESUBSCRIBE_GRACE_SECONDS`,
+so the other nodes, retrying on the same backoff, have resubscribed too: pub/sub
+keeps nothing for a node not yet listening). While it holds anything, new
+publishes queue behind it, so other nodes see one node's messages in order.
+What overflows or expires is counted (`iofleet_fanout_dropped_total{reason}`)
+and logged once per burst.
+
 A Redis outage degrades the fan-out (counted, logged, shown in `/admin/status`
 and `iofleet_fanout_up`) but never the node's readiness: every node shares the
 Redis, and a balancer that took them all out would refuse every client while
@@ -28,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
@@ -45,8 +56,6 @@ log = logging.getLogger("iofleet.fanout")
 
 # A publish must not hold an event handler for long while Redis is unreachable.
 PUBLISH_TIMEOUT_SECONDS = 2.0
-# After a failure, skip trying for this long: fail fast instead of piling up connects.
-PUBLISH_RETRY_AFTER_SECONDS = 1.0
 # The listener's reconnect backoff: 0.1 s doubling up to 0.5 s, so the fan-out
 # resumes within about half a second of Redis coming back (the library's cap is
 # 60 s). A retry against a Redis that is down costs one refused connect.
@@ -61,6 +70,57 @@ ROOM_CHANNEL_INFIX = "#room#"
 HEARTBEAT_SECONDS = 1.0
 DEAF_AFTER_HEARTBEATS = 3
 HEARTBEAT_INFIX = "#heartbeat#"
+# After the listener resubscribes, the outbox waits this long before draining:
+# the other nodes' listeners retry every LISTEN_BACKOFF_CAP at most, and a
+# message published before they resubscribe reaches nobody there.
+OUTBOX_RESUBSCRIBE_GRACE_SECONDS = LISTEN_BACKOFF_CAP + 0.2
+# Between two failed attempts to publish the outbox's head while subscribed.
+OUTBOX_RETRY_SECONDS = 0.1
+
+
+class Outbox:
+    """Messages (channel, payload) waiting for Redis, oldest first, bounded in
+    count and age. Adding to a full outbox drops its oldest message."""
+
+    def __init__(self, max_messages: int, max_seconds: float) -> None:
+        self.max_messages = max_messages
+        self.max_seconds = max_seconds
+        self._items: deque[tuple[float, str, str]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, channel: str, payload: str, now: float) -> int:
+        """Queue a message; returns how many it dropped: the oldest when full, or
+        this one when the outbox is off (`max_messages` 0)."""
+        if self.max_messages == 0:
+            return 1
+        dropped = 0
+        if len(self._items) >= self.max_messages:
+            self._items.popleft()
+            dropped = 1
+        self._items.append((now, channel, payload))
+        return dropped
+
+    def expire(self, now: float) -> int:
+        """Drop messages older than `max_seconds`; returns how many."""
+        dropped = 0
+        while self._items and now - self._items[0][0] > self.max_seconds:
+            self._items.popleft()
+            dropped += 1
+        return dropped
+
+    def head(self) -> tuple[str, str]:
+        _, channel, payload = self._items[0]
+        return channel, payload
+
+    def pop_head(self) -> None:
+        self._items.popleft()
+
+    def clear(self) -> int:
+        count = len(self._items)
+        self._items.clear()
+        return count
 
 
 class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # type: ignore[misc]
@@ -69,16 +129,26 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
 
     name = "iofleet-redis"
 
-    def __init__(self, url: str, channel: str, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        url: str,
+        channel: str,
+        metrics: Metrics,
+        outbox_messages: int = 10000,
+        outbox_seconds: float = 30.0,
+    ) -> None:
         super().__init__(url, channel=channel, logger=log)
         self.metrics = metrics
+        self.outbox = Outbox(outbox_messages, outbox_seconds)
+        self._drainer: asyncio.Task[None] | None = None
+        self._drop_log = OncePerBurst(window=10.0)
+        self._subscribed_event = asyncio.Event()
         self.subscribed = False
         self.tried = False  # the first subscription attempt finished, either way
         self.down_since: float | None = time.monotonic()  # not subscribed since
         self._publish_log = OncePerBurst(window=10.0)
         self._listen_log = OncePerBurst(window=10.0)
         self._close_log = OncePerBurst(window=10.0)
-        self._last_publish_failure = float("-inf")
         self._listener: aioredis.Redis | None = None
         self.room_prefix = f"{channel}{ROOM_CHANNEL_INFIX}"
         self.room_channels: set[str] = set()  # rooms with a member here: subscribe
@@ -123,13 +193,15 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         return self.pubsub
 
     async def _publish(self, data: Any) -> Any:
-        now = time.monotonic()
-        if not self.subscribed and now - self._last_publish_failure < PUBLISH_RETRY_AFTER_SECONDS:
-            self._publish_failed("redis unavailable (recent failure)", now)
-            return None
-        redis = self._publisher()
         channel = self._channel_for(data)
         message = self.json.dumps(data)
+        now = time.monotonic()
+        # Behind what already waits (order), or straight in while the listener
+        # is down: Redis is gone, and trying would hold the handler up to a timeout.
+        if len(self.outbox) or not self.subscribed:
+            self._to_outbox(channel, message, now, "redis unavailable")
+            return None
+        redis = self._publisher()
         # Two attempts: after Redis restarts, the pooled connection is dead and
         # only the second attempt (on a fresh connection) can get through.
         for attempt in (1, 2):
@@ -138,14 +210,72 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
                     redis.publish(channel, message), PUBLISH_TIMEOUT_SECONDS
                 )
             except aioredis.ConnectionError as error:
-                if attempt == 1 and self.subscribed:
+                if attempt == 1:
                     continue
                 failure: Exception = error
             except (OSError, TimeoutError, aioredis.RedisError) as error:
                 failure = error
-            self._publish_failed(f"{type(failure).__name__}: {failure}", now)
+            self._to_outbox(channel, message, now, f"{type(failure).__name__}: {failure}")
             break
         return None
+
+    # --- the outbox -----------------------------------------------------------------
+
+    def _to_outbox(self, channel: str, message: str, now: float, reason: str) -> None:
+        self.metrics.fanout_publish_failures.inc()
+        if self._publish_log.should_log(now):
+            log.error(
+                "fan-out publish failed; the message waits in the outbox",
+                extra={
+                    "event": "fanout.publish_failed",
+                    "reason": reason,
+                    "suppressed": self._publish_log.take_suppressed(),
+                },
+            )
+        self._dropped("overflow", self.outbox.add(channel, message, now), now)
+        self._dropped("expired", self.outbox.expire(now), now)
+        self.metrics.fanout_outbox.set(len(self.outbox))
+        if len(self.outbox) and (self._drainer is None or self._drainer.done()):
+            self._drainer = asyncio.get_running_loop().create_task(self._drain_outbox())
+
+    def _dropped(self, reason: str, count: int, now: float | None = None) -> None:
+        if not count:
+            return
+        self.metrics.fanout_dropped.labels(reason=reason).inc(count)
+        if self._drop_log.should_log(now):
+            log.error(
+                "fan-out messages dropped from the outbox; other nodes miss them",
+                extra={
+                    "event": "fanout.outbox_dropped",
+                    "reason": reason,
+                    "count": count,
+                    "suppressed": self._drop_log.take_suppressed(),
+                    "max_messages": self.outbox.max_messages,
+                    "max_seconds": self.outbox.max_seconds,
+                },
+            )
+
+    async def _drain_outbox(self) -> None:
+        """The one task that publishes the outbox, oldest first, once Redis answers."""
+        redis = self._publisher()
+        while len(self.outbox):
+            if not self.subscribed:
+                await self._subscribed_event.wait()
+                await asyncio.sleep(OUTBOX_RESUBSCRIBE_GRACE_SECONDS)
+                continue
+            self._dropped("expired", self.outbox.expire(time.monotonic()))
+            if not len(self.outbox):
+                break
+            channel, message = self.outbox.head()
+            try:
+                await asyncio.wait_for(redis.publish(channel, message), PUBLISH_TIMEOUT_SECONDS)
+            except (OSError, TimeoutError, aioredis.RedisError):
+                await asyncio.sleep(OUTBOX_RETRY_SECONDS)
+                continue
+            self.outbox.pop_head()
+            self.metrics.fanout_outbox.set(len(self.outbox))
+        self.metrics.fanout_outbox.set(0)
+        log.info("fan-out outbox drained", extra={"event": "fanout.outbox_drained"})
 
     # --- per-room routing ---------------------------------------------------------
 
@@ -262,19 +392,6 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         self._unheard_heartbeats = 0
         await self._reset_pubsub()
 
-    def _publish_failed(self, reason: str, now: float) -> None:
-        self._last_publish_failure = now
-        self.metrics.fanout_publish_failures.inc()
-        if self._publish_log.should_log(now):
-            log.error(
-                "fan-out publish failed; other nodes miss this message",
-                extra={
-                    "event": "fanout.publish_failed",
-                    "reason": reason,
-                    "suppressed": self._publish_log.take_suppressed(),
-                },
-            )
-
     async def _redis_listen_with_retries(self) -> AsyncIterator[Any]:
         backoff = LISTEN_BACKOFF_START
         while True:
@@ -318,6 +435,10 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
             self.down_since = time.monotonic()
         self.tried = True
         self.subscribed = value
+        if value:
+            self._subscribed_event.set()
+        else:
+            self._subscribed_event.clear()
         self.metrics.fanout_up.set(1 if value else 0)
 
     async def _reset_pubsub(self) -> None:
@@ -348,6 +469,9 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         """Stop listening and drop connections without waiting on a dead Redis."""
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._drainer is not None:
+            self._drainer.cancel()
+        self._dropped("shutdown", self.outbox.clear())
         thread = getattr(self, "thread", None)
         if isinstance(thread, asyncio.Task) and not thread.done():
             thread.cancel()

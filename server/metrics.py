@@ -120,8 +120,18 @@ class Metrics:
         self.draining = Gauge("iofleet_draining", "1 while this node drains.", registry=r)
         self.fanout_publish_failures = Counter(
             "iofleet_fanout_publish_failures",
-            "Fan-out messages that could not be published to Redis.",
+            "Fan-out messages Redis did not take at once (they wait in the outbox).",
             registry=r,
+        )
+        self.fanout_dropped = Counter(
+            "iofleet_fanout_dropped",
+            "Fan-out messages other nodes miss: dropped from the outbox, by reason "
+            "(overflow, expired, shutdown).",
+            ["reason"],
+            registry=r,
+        )
+        self.fanout_outbox = Gauge(
+            "iofleet_fanout_outbox", "Fan-out messages waiting in the outbox for Redis.", registry=r
         )
         self.fanout_outages = Counter(
             "iofleet_fanout_outages",

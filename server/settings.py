@@ -26,6 +26,10 @@ from server.contract import (
 )
 
 Transport = Literal["websocket", "polling"]
+# Slow-consumer limits (server/eio_socket.py), also the engine's defaults when it
+# is built without settings. 64 KiB is asyncio's own write high-water mark.
+SEND_BUFFER_BYTES = 64 * 1024
+SEND_QUEUE_PACKETS = 1024
 DEFAULT_TRANSPORTS: tuple[Transport, ...] = ("websocket", "polling")
 
 
@@ -64,6 +68,12 @@ class Settings(BaseSettings):
     admin_host: str | None = Field(None, description="Admin listener address (default: HOST).")
     redis_url: str | None = Field(None, description="redis:// or rediss:// URL; unset = one node.")
     redis_channel: str = Field("iofleet", description="Pub/sub channel shared by all nodes.")
+    fanout_outbox_messages: int = Field(
+        10000, ge=0, description="Publishes held while Redis is away; 0 = none (lost at once)."
+    )
+    fanout_outbox_seconds: float = Field(
+        30, gt=0, description="Age after which a held publish is dropped (s)."
+    )
     auth: Literal["jwt", "none"] = Field("jwt", description="`none` only when set explicitly.")
     jwt_secret: SecretStr | None = Field(None, description="HS256 secret.")
     jwt_public_key: SecretStr | None = Field(None, description="RS256 public key (PEM).")
@@ -90,6 +100,14 @@ class Settings(BaseSettings):
     max_connections: int = Field(10000, ge=1, description="Connections this node accepts.")
     max_message_bytes: int = Field(
         1_000_000, ge=1024, description="Largest packet accepted; larger closes the sender."
+    )
+    send_buffer_bytes: int = Field(
+        SEND_BUFFER_BYTES,
+        ge=1024,
+        description="A broadcast goes straight to a WebSocket holding fewer unsent bytes.",
+    )
+    send_queue_packets: int = Field(
+        SEND_QUEUE_PACKETS, ge=16, description="Packets queued for one client: more = evicted."
     )
     rate_limit: float = Field(20, gt=0, description="Events/s per connection and per user.")
     rate_limit_burst: float | None = Field(None, gt=0, description="Bucket size (2 x rate).")

@@ -137,6 +137,8 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             http_compression=True,
             compression_threshold=1024,
             node_id=settings.node_id,
+            send_buffer_bytes=settings.send_buffer_bytes,
+            send_queue_packets=settings.send_queue_packets,
         )
         self.eio.reject_hook = self._on_packet_rejected
         self.eio.slow_consumer_hook = self._on_slow_consumer

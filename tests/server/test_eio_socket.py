@@ -14,11 +14,15 @@ import inspect
 import engineio
 import pytest
 from aiohttp import web
+from engineio import packet as eio_packet
 from engineio.async_server import AsyncServer
 from engineio.async_socket import AsyncSocket
 
 from server.eio_socket import ReleasingSocket, ReleasingSockets
 from server.engine import IofleetEngine
+from server.metrics import Metrics
+from server.settings import Settings
+from server.sio import IofleetServer
 
 OVERRIDDEN = {
     "schedule_ping": ["self"],
@@ -118,3 +122,20 @@ async def test_a_cancelled_caller_does_not_stop_the_close_halfway() -> None:
             break
         await asyncio.sleep(0.02)
     assert finished == ["s1"] and "s1" not in engine.sockets and socket.closed
+
+
+async def test_the_outbound_bounds_come_from_the_settings() -> None:
+    settings = Settings(auth="none", send_buffer_bytes=2048, send_queue_packets=16)
+    engine = IofleetServer(settings, Metrics()).eio
+    assert (engine.send_buffer_bytes, engine.send_queue_packets) == (2048, 16)
+    evicted: list[tuple[str, int]] = []
+    engine.slow_consumer_hook = lambda sid, queued: evicted.append((sid, queued))
+    engine.sockets["s1"] = AsyncSocket(engine, "s1")
+    socket = engine.sockets["s1"]
+    pkt = eio_packet.Packet(eio_packet.MESSAGE, '2["e"]')
+    for _ in range(16):
+        assert socket.send_ready(pkt, b"")
+    assert evicted == []
+    assert not socket.send_ready(pkt, b""), "a 17th queued packet was taken"
+    assert evicted == [("s1", 16)]
+    await socket.close(wait=False, abort=True)
