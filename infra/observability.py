@@ -115,14 +115,22 @@ def alert_rules(namespace: str, t: Thresholds) -> list[dict[str, Any]]:
             f"min by (pod) (iofleet_fanout_up{{{scoped}}}) == 0",
             "1m",
             "critical",
-            "a server lost its Redis subscription: cross-node messages are lost",
+            "a server lost its Redis subscription: cross-node messages wait in its outbox",
         ),
         rule(
             "IofleetFanoutPublishFailures",
             f"sum(rate(iofleet_fanout_publish_failures_total{{{scoped}}}[5m])) > 0",
             "5m",
             "warning",
-            "publishes to Redis are failing",
+            "publishes to Redis are failing (held in the outbox and retried in order)",
+        ),
+        rule(
+            "IofleetFanoutMessagesDropped",
+            f"sum by (reason) (rate(iofleet_fanout_dropped_total{{{scoped}}}[5m])) > 0",
+            "1m",
+            "critical",
+            "the fan-out outbox dropped messages (full, expired or shut down): other "
+            "nodes' clients missed them",
         ),
         rule(
             "IofleetAtMaxReplicas",

@@ -40,3 +40,9 @@ def test_memory_growth_with_flat_connections_is_alerted() -> None:
     expr = str(rule["expr"])
     assert "process_resident_memory_bytes" in expr
     assert "iofleet_connections{" in expr
+
+
+def test_messages_the_outbox_dropped_are_alerted() -> None:
+    (rule,) = [r for r in rules() if r["alert"] == "IofleetFanoutMessagesDropped"]
+    assert "iofleet_fanout_dropped_total{" in str(rule["expr"])
+    assert rule["labels"] == {"severity": "critical", "service": "iofleet"}
