@@ -10,11 +10,11 @@ from typing import Any
 
 import redis
 
-from tests.server.test_redis_outage import status
+from tests.server.fanout_support import join_room, status
 from tests.server.test_routing import CountingRelay
 from tests.support.jsclient import JsClients
 from tests.support.metrics import metric
-from tests.support.procs import RedisServer, make_token, wait_until
+from tests.support.procs import RedisServer, wait_until
 
 OUTAGE_SECONDS = 4.0
 RESUME_WITHIN_SECONDS = 1.5  # the listener retries every 0.5 s at most; slack for a busy host
@@ -26,10 +26,7 @@ async def test_fanout_resumes_within_a_second_of_redis_returning(
     env = {"IOFLEET_REDIS_URL": redis_server.url}
     node_a = start_server("node-a", **env)
     node_b = start_server("node-b", **env)
-    for name, node in (("a1", node_a), ("b1", node_b)):
-        await js.open(name, node.url, auth={"token": make_token(name)}, transports=["websocket"])
-        await js.wait_client(name, "connect")
-        assert (await js.call(name, "room:join", {"room": "r"}))["ok"]
+    await join_room(js, {"a1": node_a, "b1": node_b})
 
     redis_server.stop()
     for node in (node_a, node_b):
@@ -81,10 +78,7 @@ async def _cross_node_message_arrives(js: JsClients, text: str, within: float = 
 async def _two_nodes(start_server, js: JsClients, url_a: str, url_b: str) -> tuple[Any, Any]:
     node_a = start_server("node-a", IOFLEET_REDIS_URL=url_a)
     node_b = start_server("node-b", IOFLEET_REDIS_URL=url_b)
-    for name, node in (("a1", node_a), ("b1", node_b)):
-        await js.open(name, node.url, auth={"token": make_token(name)}, transports=["websocket"])
-        await js.wait_client(name, "connect")
-        assert (await js.call(name, "room:join", {"room": "r"}))["ok"]
+    await join_room(js, {"a1": node_a, "b1": node_b})
     return node_a, node_b
 
 

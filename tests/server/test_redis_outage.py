@@ -5,9 +5,8 @@ and what was published meanwhile reaches the other nodes from the outbox, in ord
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.request
 
+from tests.server.fanout_support import join_room, status
 from tests.support.jsclient import JsClients
 from tests.support.metrics import metric, metric_or_zero
 from tests.support.procs import RedisServer, http_status, make_token, wait_until
@@ -17,22 +16,13 @@ from tests.support.procs import RedisServer, http_status, make_token, wait_until
 OUTBOX_DELIVERED_WITHIN_SECONDS = 6.0
 
 
-def status(admin_url: str) -> dict[str, object]:
-    with urllib.request.urlopen(f"{admin_url}/admin/status", timeout=5) as response:
-        body: dict[str, object] = json.loads(response.read())
-    return body
-
-
 async def test_redis_outage_and_recovery(
     redis_server: RedisServer, start_server, js: JsClients
 ) -> None:
     env = {"IOFLEET_REDIS_URL": redis_server.url}
     node_a = start_server("node-a", **env)
     node_b = start_server("node-b", **env)
-    for name, node in (("a1", node_a), ("a2", node_a), ("b1", node_b)):
-        await js.open(name, node.url, auth={"token": make_token(name)}, transports=["websocket"])
-        await js.wait_client(name, "connect")
-        assert (await js.call(name, "room:join", {"room": "r"}))["ok"]
+    await join_room(js, {"a1": node_a, "a2": node_a, "b1": node_b})
 
     redis_server.stop()
     for node in (node_a, node_b):
@@ -107,10 +97,7 @@ async def test_outbox_overflow_drops_the_oldest_and_counts_them(
     env = {"IOFLEET_REDIS_URL": redis_server.url, "IOFLEET_FANOUT_OUTBOX_MESSAGES": "5"}
     node_a = start_server("node-a", **env)
     node_b = start_server("node-b", **env)
-    for name, node in (("a1", node_a), ("b1", node_b)):
-        await js.open(name, node.url, auth={"token": make_token(name)}, transports=["websocket"])
-        await js.wait_client(name, "connect")
-        assert (await js.call(name, "room:join", {"room": "r"}))["ok"]
+    await join_room(js, {"a1": node_a, "b1": node_b})
     redis_server.stop()
     await asyncio.to_thread(wait_until, lambda: status(node_a.admin_url)["redis"] == "down", 10)
     mark = len(js.messages)
@@ -140,10 +127,7 @@ async def test_outbox_drops_what_outlived_its_age(
     env = {"IOFLEET_REDIS_URL": redis_server.url, "IOFLEET_FANOUT_OUTBOX_SECONDS": "1"}
     node_a = start_server("node-a", **env)
     node_b = start_server("node-b", **env)
-    for name, node in (("a1", node_a), ("b1", node_b)):
-        await js.open(name, node.url, auth={"token": make_token(name)}, transports=["websocket"])
-        await js.wait_client(name, "connect")
-        assert (await js.call(name, "room:join", {"room": "r"}))["ok"]
+    await join_room(js, {"a1": node_a, "b1": node_b})
     redis_server.stop()
     await asyncio.to_thread(wait_until, lambda: status(node_a.admin_url)["redis"] == "down", 10)
     mark = len(js.messages)
