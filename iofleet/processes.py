@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -21,8 +22,24 @@ class StartError(RuntimeError):
     """A process exited, or did not answer, while starting."""
 
 
+# Listening ports come from below the kernel's ephemeral range (Linux default
+# 32768-60999). A port the kernel hands out for `bind(0)` is one it may hand to the
+# next outgoing connection too, and a test run opens thousands; a server started a
+# moment later then fails to bind. Ports below the range are only ever taken by
+# listeners like ours, and each is checked free before it is returned.
+LISTEN_PORTS = range(20000, 32768)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
+    """A port on `host` that nothing listens on now, outside the ephemeral range."""
+    for port in random.sample(LISTEN_PORTS, 64):
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # the range is crowded: let the kernel choose
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 

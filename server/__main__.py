@@ -8,7 +8,7 @@ import signal
 import sys
 from types import ModuleType
 
-from server.app import create_app, serve
+from server.app import ListenError, create_app, serve
 from server.jsonlog import configure_logging
 from server.node import NODE_KEY
 from server.settings import Settings, SettingsError, load_settings
@@ -32,7 +32,11 @@ def main() -> int:
     if settings.uvloop and uvloop is not None:
         # libuv's loop: measurably faster socket I/O (bench/server_bench.py).
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(run(settings))
+    try:
+        asyncio.run(run(settings))
+    except ListenError as error:
+        log.error(str(error), extra={"event": "server.listen_failed"})
+        return 1
     return 0
 
 

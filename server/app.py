@@ -158,6 +158,10 @@ async def close_connections(app: web.Application) -> None:
         await node.fanout.close()
 
 
+class ListenError(RuntimeError):
+    """A listener could not bind its address (in use, not permitted, no such address)."""
+
+
 async def serve(app: web.Application, stop: asyncio.Event) -> None:
     """Run both listeners until the drain finishes or `stop` is set."""
     node = app[NODE_KEY]
@@ -174,27 +178,32 @@ async def serve(app: web.Application, stop: asyncio.Event) -> None:
         admin_runner = web.AppRunner(app[ADMIN_APP_KEY], access_log=None, shutdown_timeout=1)
         runners.append(admin_runner)
         sites.append((admin_runner, settings.admin_bind, settings.admin_port))
-    for runner, host, port in sites:
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-    log.info(
-        "listening",
-        extra={
-            "event": "server.start",
-            "port": settings.port,
-            "admin_port": settings.admin_port,
-            "redis": node.fanout_state(),
-            "auth": settings.auth,
-        },
-    )
-    waiters = {asyncio.create_task(node.drain.wait()), asyncio.create_task(stop.wait())}
+    waiters: set[asyncio.Task[object]] = set()
     started = time.monotonic()
     try:
+        for runner, host, port in sites:
+            await runner.setup()
+            try:
+                await web.TCPSite(runner, host, port).start()
+            except OSError as error:
+                raise ListenError(f"cannot listen on {host}:{port}: {error.strerror}") from error
+        log.info(
+            "listening",
+            extra={
+                "event": "server.start",
+                "port": settings.port,
+                "admin_port": settings.admin_port,
+                "redis": node.fanout_state(),
+                "auth": settings.auth,
+            },
+        )
+        waiters = {asyncio.create_task(node.drain.wait()), asyncio.create_task(stop.wait())}
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()
         # Public first (closes sockets), admin last (a `?wait=true` drain call gets its answer).
+        # Also after a failed start: the fan-out listener already runs and must stop.
         for runner in runners:
             await runner.cleanup()
         log.info(

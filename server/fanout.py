@@ -70,6 +70,7 @@ ROOM_CHANNEL_INFIX = "#room#"
 HEARTBEAT_SECONDS = 1.0
 DEAF_AFTER_HEARTBEATS = 3
 HEARTBEAT_INFIX = "#heartbeat#"
+CANCEL_REPEAT_SECONDS = 0.1
 # After the listener resubscribes, the outbox waits this long before draining:
 # the other nodes' listeners retry every LISTEN_BACKOFF_CAP at most, and a
 # message published before they resubscribe reaches nobody there.
@@ -473,16 +474,31 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
             self._drainer.cancel()
         self._dropped("shutdown", self.outbox.clear())
         thread = getattr(self, "thread", None)
-        if isinstance(thread, asyncio.Task) and not thread.done():
-            thread.cancel()
-            _, pending = await asyncio.wait({thread}, timeout=timeout)
-            if pending:
-                log.warning(
-                    "fan-out listener did not stop in time; shutting down without it",
-                    extra={"event": "fanout.close_slow", "timeout_s": timeout},
-                )
+        if isinstance(thread, asyncio.Task) and not await cancel_and_wait(thread, timeout):
+            log.warning(
+                "fan-out listener did not stop in time; shutting down without it",
+                extra={"event": "fanout.close_slow", "timeout_s": timeout},
+            )
         self._close_log.reset()  # the shutdown's own failures are worth a line each
         for what, client in (("publisher", self.redis), ("subscriber", self._listener)):
             if client is not None:
                 await self._close_quietly(what, client.aclose(), timeout)
         self.subscribed = False
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], timeout: float) -> bool:
+    """Cancel `task` and wait up to `timeout` s for it to end; True if it did.
+
+    The cancellation is repeated every CANCEL_REPEAT_SECONDS: under uvloop a
+    cancel that lands while redis-py is still opening its connection can be lost
+    (the listener then reads on as if never cancelled), and a server that failed
+    to bind its port hung at exit that way.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not task.done():
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return False
+        task.cancel()
+        await asyncio.wait({task}, timeout=min(CANCEL_REPEAT_SECONDS, left))
+    return True

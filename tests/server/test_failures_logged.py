@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+from pathlib import Path
+from typing import Any
 
 import pytest
 import socketio
@@ -17,6 +20,7 @@ from server.fanout import FanoutManager
 from server.metrics import Metrics
 from server.services import AppServices, attach, services_of
 from server.settings import Settings
+from tests.support.procs import RedisServer, ServerProcess
 
 SECRET = "x" * 40
 
@@ -98,3 +102,36 @@ def test_the_drain_controller_owns_the_draining_flag(monkeypatch: pytest.MonkeyP
         await asyncio.sleep(0)
 
     asyncio.run(start())
+
+
+@pytest.mark.parametrize("taken", ["port", "admin_port"])
+def test_a_port_in_use_exits_with_one_line_naming_it(
+    start_server: Any, shared_redis: RedisServer, taken: str
+) -> None:
+    """A server whose port is taken exits 1 at once and says which address; it used
+    to hang at exit under uvloop, its fan-out listener ignoring the cancellation."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        server: ServerProcess = start_server(
+            "squatted",
+            wait_ready=False,
+            IOFLEET_REDIS_URL=shared_redis.url,
+            IOFLEET_AUTH="none",
+            **{f"IOFLEET_{taken.upper()}": str(port)},
+        )
+        assert server.process is not None
+        assert server.process.wait(timeout=15) == 1
+    (failure,) = [e for e in server.log_entries() if e.get("event") == "server.listen_failed"]
+    assert failure["level"] == "error"
+    assert f"cannot listen on 127.0.0.1:{port}" in str(failure["msg"])
+
+
+def test_free_ports_come_from_below_the_ephemeral_range() -> None:
+    """Outgoing connections take ephemeral ports; a listener's port chosen there can
+    be taken by a client socket before the server binds it (a CI run failed so)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(port < low for port in ports), ports
+    assert len(ports) > 1  # chosen at random, not one fixed port
