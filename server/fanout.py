@@ -67,6 +67,11 @@ ROOM_CHANNEL_INFIX = "#room#"
 # subscription, e.g. `CLIENT KILL TYPE pubsub` or the output-buffer limit), or
 # DEAF_AFTER_HEARTBEATS heartbeats Redis took but the listener never heard (a
 # connection gone quiet), means the listener is deaf: it is reset and resubscribes.
+# A listener that went quiet while Redis still counts it as subscribed is this
+# node's fault alone: the node reports not-ready (`deaf_since`) until it hears its
+# heartbeat again. Redis dropping the subscription (0 receivers) is not: it happens
+# to every node at once after a Redis restart, and readiness must not empty the
+# balancer then (a Redis outage leaves nodes ready, `server.node.Node`).
 HEARTBEAT_SECONDS = 1.0
 DEAF_AFTER_HEARTBEATS = 3
 HEARTBEAT_INFIX = "#heartbeat#"
@@ -158,6 +163,7 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         self._sync_log = OncePerBurst(window=10.0)
         self.heartbeat_channel = f"{channel}{HEARTBEAT_INFIX}{self.host_id}"
         self._unheard_heartbeats = 0
+        self.deaf_since: float | None = None  # heard nothing while Redis said subscribed
         self._watchdog: asyncio.Task[None] | None = None
         # Set by the library's __init__; declared for the type checker.
         self.redis: aioredis.Redis | None
@@ -358,6 +364,15 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
                 yield message["data"]
             elif channel == heartbeat:
                 self._unheard_heartbeats = 0
+                if self.deaf_since is not None:
+                    log.info(
+                        "fan-out listener hears Redis again",
+                        extra={
+                            "event": "fanout.listener_hears",
+                            "deaf_s": round(time.monotonic() - self.deaf_since, 1),
+                        },
+                    )
+                    self.deaf_since = None
 
     # --- the listener's self-check ----------------------------------------------------
 
@@ -381,6 +396,8 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
             if receivers == 0:
                 await self._resubscribe("redis dropped the subscription")
             elif self._unheard_heartbeats > DEAF_AFTER_HEARTBEATS:
+                if self.deaf_since is None:
+                    self.deaf_since = time.monotonic()
                 await self._resubscribe(f"{DEAF_AFTER_HEARTBEATS} heartbeats not heard")
 
     async def _resubscribe(self, reason: str) -> None:

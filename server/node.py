@@ -47,12 +47,17 @@ class Node:
         serves is subscribed before its first client). A Redis outage is not here:
         every node shares the Redis, and readiness that hinged on it would take
         the whole fleet out of the balancer while each node still serves its rooms.
+        A deaf listener is: Redis took this node's heartbeats and counts it
+        subscribed, yet it heard none (`server.fanout`), so its clients miss
+        every other node's messages until it hears again.
         """
         reasons = []
         if self.drain.draining:
             reasons.append("draining")
         if self.fanout is not None and not self.fanout.tried:
             reasons.append("starting")
+        if self.fanout is not None and self.fanout.deaf_since is not None:
+            reasons.append("fan-out deaf")
         return reasons
 
 

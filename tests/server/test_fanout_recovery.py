@@ -5,7 +5,11 @@ that connection goes quiet without closing (the listener's heartbeat)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import redis
@@ -105,15 +109,55 @@ async def test_a_listener_gone_quiet_notices_and_resubscribes(
         relay_url = f"redis://127.0.0.1:{relay.port}/0"
         _, node_b = await _two_nodes(start_server, js, redis_server.url, relay_url)
         await _cross_node_message_arrives(js, "before")
-        assert relay.deafen() == 1  # node B's subscriber: still connected, hears nothing
-        # Within a few heartbeats node B notices, says so, and subscribes anew.
-        await asyncio.to_thread(
-            wait_until,
-            lambda: any(e.get("event") == "fanout.listener_deaf" for e in node_b.log_entries()),
-            15,
-            "node B noticing its listener is deaf",
-        )
-        await _cross_node_message_arrives(js, "after going quiet")
+        readiness = ReadinessWatch(node_b.admin_url).start()
+        try:
+            assert relay.deafen() == 1  # node B's subscriber: still connected, hears nothing
+            # Within a few heartbeats node B notices, says so, and subscribes anew.
+            await asyncio.to_thread(
+                wait_until,
+                lambda: any(
+                    e.get("event") == "fanout.listener_hears" for e in node_b.log_entries()
+                ),
+                15,
+                "node B hearing again after its listener went deaf",
+            )
+            await _cross_node_message_arrives(js, "after going quiet")
+        finally:
+            seen = readiness.stop()
         assert metric(node_b.admin_url, "iofleet_fanout_outages_total") == 1
+        # Not ready while deaf (its clients would miss the other nodes), ready again after.
+        assert (503, ["fan-out deaf"]) in seen, seen
+        assert seen[-1] == (200, []), seen
     finally:
         relay.stop()
+
+
+class ReadinessWatch:
+    """Polls a node's /readyz every 50 ms from a thread, keeping each change."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.url = f"{admin_url}/readyz"
+        self.seen: list[tuple[int, list[str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def start(self) -> ReadinessWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[tuple[int, list[str]]]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.seen
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as response:
+                    answer = (response.status, json.loads(response.read())["reasons"])
+            except urllib.error.HTTPError as error:
+                answer = (error.code, json.loads(error.read())["reasons"])
+            except OSError:
+                continue
+            if not self.seen or self.seen[-1] != answer:
+                self.seen.append(answer)
