@@ -157,6 +157,9 @@ def parse_redis_url(url: str) -> RedisEndpoint:
     try:
         if topology == "single":
             parse_url(url)  # redis-py's own parser: what from_url will accept
+            db = urlsplit(url).path.strip("/")
+            if scheme != "unix" and db and not db.isdigit():  # redis-py would ignore it
+                raise ValueError(f"the database must be a number (got {db!r})")
             return RedisEndpoint(url=url, topology="single", tls=tls)
         return _parse_multi_host(url, topology, tls)
     except RedisUrlError:
