@@ -295,9 +295,11 @@ async def test_sentinel_failover_resumes_fanout_and_delivers_the_outbox(
     # And the other way, node A to node B, on the new master.
     assert (await on_a.sio.call("chat:message", {"room": "r", "text": "after"}))["ok"]
     message = await js.wait_for(
-        lambda m: m.get("client") == "on-b"
-        and m.get("event") == "chat:message"
-        and m["args"][0]["text"] == "after"
+        lambda m: (
+            m.get("client") == "on-b"
+            and m.get("event") == "chat:message"
+            and m["args"][0]["text"] == "after"
+        )
     )
     assert message["args"][0]["from"] == "on-a"
 
@@ -384,7 +386,8 @@ async def test_fanout_over_tls_with_a_password(
     assert status(node_a.admin_url)["redis"] == "up"
     # A wrong password: the fan-out is down (and says why), the secret is in no log line.
     assert status(node_c.admin_url)["redis"] == "down"
-    reasons = [e.get("reason", "") for e in node_c.log_entries() if e.get("event") == "fanout.listen_failed"]
-    assert reasons and "AuthenticationError" in str(reasons[0])
+    failures = [e for e in node_c.log_entries() if e.get("event") == "fanout.listen_failed"]
+    reasons = [str(e.get("reason")) for e in failures]
+    assert reasons and "AuthenticationError" in reasons[0]
     for node in (node_a, node_b, node_c):
         assert PASSWORD not in node.log() and "not-the-password" not in node.log()

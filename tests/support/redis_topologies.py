@@ -76,7 +76,8 @@ class RedisClusterServers:
         assert self.workdir is not None
         for index in range(self.masters):
             port, bus_port = free_port(), free_port()
-            command = redis_command(port) + [
+            command = [
+                *redis_command(port),
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", str(self.workdir / f"nodes-{port}.conf"),
                 "--cluster-port", str(bus_port),
@@ -161,8 +162,8 @@ class SentinelRedis:
         self.workdir = Path(tempfile.mkdtemp(prefix="iofleet-sentinel-"))
         try:
             self.master = _spawn(redis_command(self.master_port))
-            replica = redis_command(self.replica_port)
-            self.others.append(_spawn([*replica, "--replicaof", "127.0.0.1", str(self.master_port)]))
+            replica = [*redis_command(self.replica_port), "--replicaof", "127.0.0.1"]
+            self.others.append(_spawn([*replica, str(self.master_port)]))
             for port in (self.master_port, self.replica_port):
                 wait_until(lambda port=port: redis_answers(port), timeout=10, what="redis-server")
             quorum = self.sentinels // 2 + 1
@@ -206,9 +207,7 @@ class SentinelRedis:
         """The master's port as the first sentinel tells it."""
         client = redis.Redis(port=self.sentinel_ports[0], decode_responses=True)
         try:
-            _, port = client.execute_command(
-                "SENTINEL GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE
-            )
+            _, port = client.execute_command("SENTINEL GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE)
         finally:
             client.close()
         return int(port)
