@@ -87,7 +87,7 @@ class RedisEndpoint:
     topology: Topology
     tls: bool
     addresses: tuple[tuple[str, int], ...] = ()
-    """Sentinels or cluster seeds; empty for one Redis (redis-py reads `url`)."""
+    """Sentinels or cluster seeds; empty for one Redis (its client is made from `url`)."""
     service: str | None = None
     """The Sentinel service name of the master."""
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -156,11 +156,11 @@ def parse_redis_url(url: str) -> RedisEndpoint:
     topology, tls = SCHEMES[scheme]
     try:
         if topology == "single":
-            parse_url(url)  # redis-py's own parser: what from_url will accept
+            options = _connection_options(url)  # what redis-py's from_url will take
             db = urlsplit(url).path.strip("/")
             if scheme != "unix" and db and not db.isdigit():  # redis-py would ignore it
                 raise ValueError(f"the database must be a number (got {db!r})")
-            return RedisEndpoint(url=url, topology="single", tls=tls)
+            return RedisEndpoint(url=url, topology="single", tls=tls, options=options)
         return _parse_multi_host(url, topology, tls)
     except RedisUrlError:
         raise
@@ -190,12 +190,16 @@ def _parse_multi_host(url: str, topology: Topology, tls: bool) -> RedisEndpoint:
     single = f"{base}://{auth}{first_host}:{first_port}/{db}"
     if parts.query:
         single += f"?{parts.query}"
-    options = {
-        k: v for k, v in parse_url(single).items() if k not in {"host", "port", "connection_class"}
-    }
+    options = _connection_options(single)
     return RedisEndpoint(
         url=url, topology=topology, tls=tls, addresses=addresses, service=service, options=options
     )
+
+
+def _connection_options(url: str) -> dict[str, Any]:
+    """redis-py's reading of `url`, less where to connect (and how: TLS is `tls`)."""
+    where = {"host", "port", "path", "connection_class"}
+    return {k: v for k, v in parse_url(url).items() if k not in where}
 
 
 def _address(item: str) -> tuple[str, int]:
