@@ -56,6 +56,11 @@ CLUSTER_FORM = "redis+cluster://[user:password@]host:port[,host:port]"
 # Messages a sharded subscriber holds for the listener before its readers stop reading
 # their sockets (Redis's output-buffer limit then applies, as with one Redis).
 SHARDED_QUEUE_MESSAGES = 1024
+# Every link of a sharded subscriber is PINGed this often; one that leaves
+# LINK_DEAF_AFTER_PINGS pings in a row unanswered is deaf (the fan-out's own heartbeat
+# travels on one link only: the one to the master owning its channel's slot).
+LINK_PING_SECONDS = 1.0
+LINK_DEAF_AFTER_PINGS = 3
 
 
 class RedisUrlError(ValueError):
@@ -246,6 +251,10 @@ class ChannelSubscriber:
             await self._client.aclose()
 
 
+class ShardLinkDeaf(Exception):
+    """A link to a cluster master stopped answering PING (a half-open connection)."""
+
+
 class ShardChannelMoved(Exception):
     """Redis ended a shard subscription this node still wants (its slot moved: a
     failover or a resharding); the listener subscribes anew on a fresh slot map."""
@@ -259,9 +268,12 @@ class ShardedSubscriber:
     redis-py's `ClusterPubSub` polls its per-node links in turn (`get_sharded_message`
     with a timeout per node), which adds latency per node; here each link has its
     own reader. Topology changes are handled as a single Redis's outages are: any
-    failure of a link, or Redis ending a subscription itself (`sunsubscribe` for a
-    channel not being unsubscribed), ends `listen()` with the error; the fan-out's
-    listener then makes a fresh subscriber, which reads the slot map anew.
+    failure of a link, a link that stops answering PING (`LINK_PING_SECONDS`), or
+    Redis ending a subscription itself (`sunsubscribe` for a channel not being
+    unsubscribed), ends `listen()` with the error; the fan-out's listener then makes
+    a fresh subscriber, which reads the slot map anew. While one master is away the
+    whole fan-out of the node is down (its publishes wait in the outbox), as with
+    one Redis.
     """
 
     def __init__(self, endpoint: RedisEndpoint, name: str, options: Mapping[str, Any]) -> None:
@@ -274,6 +286,8 @@ class ShardedSubscriber:
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._owner: dict[str, str] = {}  # channel -> name of the node it is subscribed on
         self._unsubscribing: collections.Counter[str] = collections.Counter()
+        self._unanswered: collections.Counter[str] = collections.Counter()  # pings, by node
+        self._watchdog: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[dict[str, Any] | BaseException] = asyncio.Queue(
             SHARDED_QUEUE_MESSAGES
         )
@@ -310,7 +324,9 @@ class ShardedSubscriber:
         reader = self._readers.get(name)
         if reader is None or reader.done():
             link = self._links[name]
-            self._readers[name] = asyncio.get_running_loop().create_task(self._read(link))
+            self._readers[name] = asyncio.get_running_loop().create_task(self._read(name, link))
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().create_task(self._ping_links())
 
     async def subscribe(self, *channels: str) -> None:
         cluster = await self._slot_map()
@@ -333,7 +349,7 @@ class ShardedSubscriber:
                 self._unsubscribing[channel] += 1
             await self._links[name].sunsubscribe(*group)
 
-    async def _read(self, link: PubSub) -> None:
+    async def _read(self, name: str, link: PubSub) -> None:
         try:
             while True:
                 message = await link.get_message(timeout=None)
@@ -342,11 +358,27 @@ class ShardedSubscriber:
                 kind = message["type"]
                 if kind == "smessage":
                     await self._queue.put(message)
+                elif kind == "pong":
+                    self._unanswered[name] = 0
                 elif kind == "sunsubscribe":
                     self._check_unsubscribed(message["channel"])
         except asyncio.CancelledError:
             raise
         except Exception as error:  # the listener resets everything on any failure
+            await self._queue.put(error)
+
+    async def _ping_links(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(LINK_PING_SECONDS)
+                for name, link in list(self._links.items()):
+                    self._unanswered[name] += 1
+                    if self._unanswered[name] > LINK_DEAF_AFTER_PINGS:
+                        raise ShardLinkDeaf(f"{name} left {LINK_DEAF_AFTER_PINGS} pings unanswered")
+                    await link.ping()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
             await self._queue.put(error)
 
     def _check_unsubscribed(self, raw: bytes | str) -> None:
@@ -367,6 +399,9 @@ class ShardedSubscriber:
 
     async def aclose(self) -> None:
         readers = list(self._readers.values())
+        if self._watchdog is not None:
+            readers.append(self._watchdog)
+            self._watchdog = None
         for reader in readers:
             reader.cancel()
         await asyncio.gather(*readers, return_exceptions=True)

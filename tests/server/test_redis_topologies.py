@@ -26,7 +26,7 @@ from iofleet.local_servers import redis_command
 from iofleet.processes import free_port, stop_pid
 from server.redis_topology import RedisUrlError, parse_redis_url, redacted
 from server.settings import SettingsError, load_settings
-from tests.server.fanout_support import status
+from tests.server.fanout_support import join_room, status
 from tests.server.test_routing import ROUTING_APP, CountingRelay
 from tests.support.jsclient import JsClients
 from tests.support.procs import REPO, TEST_JWT_SECRET, ServerProcess, make_token, wait_until
@@ -249,6 +249,96 @@ async def test_cluster_sid_emits_acks_and_namespace_emits_cross_nodes(
     assert (await js.call("on-a", "announce", {"text": "to all"}))["ok"]
     await on_b.wait(lambda: on_b.received("note") == ["by sid", "to all"])
     assert status(node_a.admin_url)["redis"] == "up" and status(node_b.admin_url)["redis"] == "up"
+
+
+async def cross_nodes(js: JsClients, room: str, text: str, within: float = 15) -> None:
+    """a1 (node A) sends to `room` until b1 (node B) gets one: pub/sub keeps nothing for
+    a listener that is resubscribing, so a single message would race it."""
+    deadline = time.monotonic() + within
+    for attempt in range(1000):
+        mark = len(js.messages)
+        sent = f"{text} #{attempt}"
+        assert (await js.call("a1", "chat:message", {"room": room, "text": sent}))["ok"]
+        try:
+            await js.wait_for(
+                lambda m, sent=sent: (
+                    m.get("client") == "b1"
+                    and m.get("event") == "chat:message"
+                    and m["args"][0]["text"] == sent
+                ),
+                timeout=0.5,
+                start=mark,
+            )
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+
+
+async def test_cluster_a_link_gone_quiet_to_one_master_is_noticed(
+    redis_cluster: tuple[RedisClusterServers, list[CountingRelay]],
+    cluster_nodes: tuple[ServerProcess, ServerProcess],
+    js: JsClients,
+) -> None:
+    cluster, relays = redis_cluster
+    node_a, node_b = cluster_nodes
+    # A master that holds no node's heartbeat channel: there only the sharded
+    # subscriber's own per-link PING can notice a link that went quiet.
+    heartbeats = cluster.shard_channels("iofleet#heartbeat#*")
+    quiet_master = next(port for port, channels in heartbeats.items() if not channels)
+    room = next(
+        f"quiet-{i}"
+        for i in range(200)
+        if cluster.master_of(room_channel(f"quiet-{i}")) == quiet_master
+    )
+    await join_room(js, {"a1": node_a, "b1": node_b}, room=room)
+    await cross_nodes(js, room, "before")
+    relay = relays[cluster.ports.index(quiet_master)]
+    assert relay.deafen() >= 2  # both nodes' links to that master: open, and silent
+    await asyncio.to_thread(
+        wait_until,
+        lambda: any(
+            "ShardLinkDeaf" in str(e.get("reason"))
+            for e in node_b.log_entries()
+            if e.get("event") == "fanout.listen_failed"
+        ),
+        15,
+        "node B noticing its link to one master went quiet",
+    )
+    await cross_nodes(js, room, "after going quiet")
+
+
+async def test_cluster_master_restart_resumes_and_delivers_the_outbox(
+    redis_cluster: tuple[RedisClusterServers, list[CountingRelay]],
+    cluster_nodes: tuple[ServerProcess, ServerProcess],
+    js: JsClients,
+) -> None:
+    cluster, _ = redis_cluster
+    node_a, node_b = cluster_nodes
+    await join_room(js, {"a1": node_a, "b1": node_b}, room="outage")
+    await cross_nodes(js, "outage", "before")
+    down = cluster.ports.index(cluster.master_of(room_channel("outage")))
+    cluster.kill(down)
+    for node in (node_a, node_b):
+        await asyncio.to_thread(
+            wait_until, lambda n=node: status(n.admin_url)["redis"] == "down", 15
+        )
+    mark = len(js.messages)
+    during = [f"during-{i}" for i in range(5)]
+    for text in during:
+        assert (await js.call("a1", "chat:message", {"room": "outage", "text": text}))["ok"]
+    await asyncio.to_thread(cluster.restart, down)
+
+    def texts_to_b1() -> list[str]:
+        return [
+            m["args"][0]["text"]
+            for m in js.messages[mark:]
+            if m.get("client") == "b1" and m.get("event") == "chat:message"
+        ]
+
+    # Every message of the outage, in order, once the shard is back.
+    await js.wait_for(lambda m: texts_to_b1() == during, timeout=20, start=mark)
+    assert texts_to_b1() == during
 
 
 # --- Sentinel: failover -------------------------------------------------------------

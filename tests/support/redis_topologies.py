@@ -50,6 +50,7 @@ class RedisClusterServers:
     announce_ports: list[int] | None = None
     ports: list[int] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    commands: list[list[str]] = field(default_factory=list)
     workdir: Path | None = None
 
     @property
@@ -88,6 +89,7 @@ class RedisClusterServers:
             if self.announce_ports:
                 command += ["--cluster-announce-port", str(self.announce_ports[index])]
             self.ports.append(port)
+            self.commands.append(command)
             self.processes.append(_spawn(command))
         for port in self.ports:
             wait_until(lambda port=port: redis_answers(port), timeout=10, what="cluster node")
@@ -117,6 +119,39 @@ class RedisClusterServers:
             info.get("cluster_state") == "ok"
             and int(info.get("cluster_known_nodes", 0)) == self.masters
         )
+
+    def kill(self, index: int) -> None:
+        """SIGKILL master `index` by its PID (no replica takes over: its slots go dark)."""
+        process = self.processes[index]
+        stop_pid(process.pid, grace=0, first=signal.SIGKILL, process=process)
+
+    def restart(self, index: int) -> None:
+        """Start master `index` again on its port, from its nodes.conf (same id, same
+        slots), and wait for the whole cluster to be `cluster_state:ok` again."""
+        self.processes[index] = _spawn(self.commands[index])
+        port = self.ports[index]
+        wait_until(lambda: redis_answers(port), timeout=10, what="cluster node")
+        clients = [redis.Redis(port=port) for port in self.ports]
+        try:
+            wait_until(
+                lambda: all(self._settled(client) for client in clients),
+                timeout=20,
+                what="cluster_state:ok after the restart",
+            )
+        finally:
+            for client in clients:
+                client.close()
+
+    def shard_channels(self, pattern: str) -> dict[int, list[str]]:
+        """Active shard channels matching `pattern`, by master port (PUBSUB SHARDCHANNELS)."""
+        found = {}
+        for port in self.ports:
+            client = redis.Redis(port=port, decode_responses=True)
+            try:
+                found[port] = list(client.pubsub_shardchannels(pattern))
+            finally:
+                client.close()
+        return found
 
     def master_of(self, channel: str) -> int:
         """The (real) port of the master that owns `channel`'s slot."""
