@@ -102,17 +102,18 @@ class RedisEndpoint:
         return redacted(self.url)
 
     def client(self, name: str, **options: Any) -> RedisClient:
-        """A client on the data nodes; `name` is its `CLIENT SETNAME` (shows in CLIENT LIST)."""
+        """A client on the data nodes; `name` is its `CLIENT SETNAME` (shows in CLIENT LIST).
+        `options` are redis-py's; what the URL says wins over them, as in `from_url`."""
         options = {"client_name": name, **options}
         if self.topology == "single":
             return aioredis.Redis.from_url(self.url, **options)
         if self.topology == "sentinel":
-            master: aioredis.Redis = self._sentinel(options).master_for(
+            master: aioredis.Redis = self._sentinel({**options, **self.options}).master_for(
                 str(self.service), **self._master_options()
             )
             return master
         nodes = [ClusterNode(host, port) for host, port in self.addresses]
-        return RedisCluster(startup_nodes=nodes, ssl=self.tls, **self.node_options(), **options)
+        return RedisCluster(startup_nodes=nodes, ssl=self.tls, **self.node_options(options))
 
     def _sentinel(self, options: Mapping[str, Any]) -> Sentinel:
         # The sentinels get the socket options (timeouts) and TLS, never the data
@@ -120,10 +121,10 @@ class RedisEndpoint:
         sentinel_options = {k: v for k, v in options.items() if k.startswith("socket_")}
         if self.tls:
             sentinel_options.update(
-                {k: v for k, v in self.options.items() if k.startswith("ssl_")}, ssl=True
+                {k: v for k, v in options.items() if k.startswith("ssl_")}, ssl=True
             )
         return Sentinel(  # type: ignore[no-untyped-call]
-            list(self.addresses), sentinel_kwargs=sentinel_options, **self.options, **options
+            list(self.addresses), sentinel_kwargs=sentinel_options, **options
         )
 
     def _master_options(self) -> dict[str, Any]:
@@ -131,8 +132,9 @@ class RedisEndpoint:
             return {"connection_class": SentinelManagedSSLConnection}
         return {}
 
-    def node_options(self) -> dict[str, Any]:
-        return {k: v for k, v in self.options.items() if k != "db"}
+    def node_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """`options` and the URL's (which win) for a cluster node: no database there."""
+        return {k: v for k, v in {**options, **self.options}.items() if k != "db"}
 
     def subscriber(self, name: str, **options: Any) -> Subscriber:
         """A fresh pub/sub link (its own connections, a fresh view of the topology)."""
@@ -305,16 +307,14 @@ class ShardedSubscriber:
         if link is None:
             # A plain client on that master, with the endpoint's TLS and credentials.
             # No health_check_interval: its PING on a link with no subscription would
-            # read the connection under the reader's feet; the fan-out's heartbeat
-            # checks the links instead.
+            # read the connection under the reader's feet; `_ping_links` checks the
+            # links instead.
             options = {k: v for k, v in self._options.items() if k != "health_check_interval"}
             client = aioredis.Redis(
                 host=node.host,
                 port=int(node.port),
                 ssl=self._endpoint.tls,
-                client_name=self._name,
-                **self._endpoint.node_options(),
-                **options,
+                **self._endpoint.node_options({"client_name": self._name, **options}),
             )
             self._clients[node.name] = client
             link = self._links[node.name] = client.pubsub()

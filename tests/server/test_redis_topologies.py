@@ -124,6 +124,28 @@ def test_urls_name_their_topology_and_options() -> None:
         parse_redis_url("valkey://h:1")
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+cluster://10.0.0.1:7000?socket_timeout=7",
+        "redis+sentinel://10.0.0.1:26379/0/cache?socket_timeout=7",
+        "redis://10.0.0.1:6379/0?socket_timeout=7",
+    ],
+)
+async def test_the_url_wins_over_the_nodes_own_options(url: str) -> None:
+    """As in redis-py's from_url: a query argument overrides what the node asks for."""
+    client = parse_redis_url(url).client("iofleet-n1-publisher", socket_timeout=2)
+    try:
+        if isinstance(client, RedisCluster):
+            kwargs = client.nodes_manager.connection_kwargs
+        else:
+            kwargs = client.connection_pool.connection_kwargs
+        assert kwargs["socket_timeout"] == 7.0
+        assert kwargs["client_name"] == "iofleet-n1-publisher"
+    finally:
+        await client.aclose()
+
+
 def test_redis_py_url_parser_surface() -> None:
     """Pins `redis.asyncio.connection.parse_url`, which parse_redis_url relies on for
     the user, password, db and query arguments of sentinel and cluster URLs."""
