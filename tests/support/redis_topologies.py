@@ -5,6 +5,7 @@ redis-server on 127.0.0.1 on a free port, stopped by its PID.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -174,6 +175,8 @@ class RedisClusterServers:
 
     def stop(self) -> None:
         _stop(self.processes)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 @dataclass
@@ -257,6 +260,8 @@ class SentinelRedis:
         if self.master is not None:
             self.kill_master()
         _stop(self.others)
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _fields(reply: object) -> dict[str, str]:
