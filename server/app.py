@@ -11,7 +11,6 @@ from typing import Any
 
 import socketio
 from aiohttp import web
-from redis import asyncio as aioredis
 
 from server.admin import create_admin_app
 from server.drain import DrainController
@@ -19,6 +18,7 @@ from server.fanout import FanoutManager
 from server.metrics import Metrics
 from server.node import NODE_KEY, Node
 from server.public import create_public_app
+from server.redis_topology import parse_redis_url
 from server.services import AppServices, attach
 from server.settings import Settings
 from server.sio import IofleetServer
@@ -38,6 +38,7 @@ def build_node(settings: Settings) -> Node:
             metrics,
             outbox_messages=settings.fanout_outbox_messages,
             outbox_seconds=settings.fanout_outbox_seconds,
+            node_id=settings.node_id,
         )
         if settings.redis_url
         else None
@@ -98,8 +99,11 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
     node = app[NODE_KEY]
     url = node.settings.redis_url
     if url is not None:
-        node.services.redis = aioredis.Redis.from_url(
-            url, socket_connect_timeout=2, socket_timeout=2, decode_responses=True
+        node.services.redis = parse_redis_url(url).client(
+            f"iofleet-{node.settings.node_id}-app",
+            socket_connect_timeout=2,
+            socket_timeout=2,
+            decode_responses=True,
         )
     yield
     client, node.services.redis = node.services.redis, None

@@ -44,12 +44,12 @@ from typing import Any
 
 import socketio
 from redis import asyncio as aioredis
-from redis.asyncio.client import PubSub
 
 from server.broadcast import BroadcastEmit
 from server.engine import SID_PATTERN
 from server.jsonlog import OncePerBurst
 from server.metrics import Metrics
+from server.redis_topology import RedisClient, Subscriber, parse_redis_url
 from server.rooms import RoomIndex
 
 log = logging.getLogger("iofleet.fanout")
@@ -142,8 +142,12 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         metrics: Metrics,
         outbox_messages: int = 10000,
         outbox_seconds: float = 30.0,
+        node_id: str = "node",
     ) -> None:
         super().__init__(url, channel=channel, logger=log)
+        # One Redis, Sentinel or a Cluster (sharded pub/sub): server.redis_topology.
+        self.endpoint = parse_redis_url(url)
+        self.client_name = f"iofleet-{node_id}"  # CLIENT LIST shows which node is which
         self.metrics = metrics
         self.outbox = Outbox(outbox_messages, outbox_seconds)
         self._drainer: asyncio.Task[None] | None = None
@@ -155,7 +159,6 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         self._publish_log = OncePerBurst(window=10.0)
         self._listen_log = OncePerBurst(window=10.0)
         self._close_log = OncePerBurst(window=10.0)
-        self._listener: aioredis.Redis | None = None
         self.room_prefix = f"{channel}{ROOM_CHANNEL_INFIX}"
         self.room_channels: set[str] = set()  # rooms with a member here: subscribe
         self._active_rooms: set[str] = set()  # room channels the subscriber holds
@@ -166,8 +169,8 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         self.deaf_since: float | None = None  # heard nothing while Redis said subscribed
         self._watchdog: asyncio.Task[None] | None = None
         # Set by the library's __init__; declared for the type checker.
-        self.redis: aioredis.Redis | None
-        self.pubsub: PubSub | None
+        self.redis: RedisClient | None
+        self.pubsub: Subscriber | None
 
     def _redis_connect(self) -> None:
         """The library's hook: make sure both clients exist."""
@@ -175,28 +178,27 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         self._subscriber()
         self.connected = True
 
-    def _publisher(self) -> aioredis.Redis:
-        # Two clients: publishes get a socket timeout so they cannot hang; the
+    def _publisher(self) -> RedisClient:
+        # Two links: publishes get a socket timeout so they cannot hang; the
         # subscriber must block on reads indefinitely, so it gets keepalive and
-        # periodic health checks instead. Both pools reconnect by themselves.
+        # periodic health checks instead. The publisher's pool reconnects by itself;
+        # the subscriber is made anew after a failure (fresh master or slot map).
         if self.redis is None:
-            self.redis = aioredis.Redis.from_url(
-                self.redis_url,
+            self.redis = self.endpoint.client(
+                f"{self.client_name}-publisher",
                 socket_connect_timeout=PUBLISH_TIMEOUT_SECONDS,
                 socket_timeout=PUBLISH_TIMEOUT_SECONDS,
             )
         return self.redis
 
-    def _subscriber(self) -> PubSub:
-        if self._listener is None:
-            self._listener = aioredis.Redis.from_url(
-                self.redis_url,
+    def _subscriber(self) -> Subscriber:
+        if self.pubsub is None:
+            self.pubsub = self.endpoint.subscriber(
+                f"{self.client_name}-subscriber",
                 socket_connect_timeout=PUBLISH_TIMEOUT_SECONDS,
                 socket_keepalive=True,
                 health_check_interval=10,
             )
-        if self.pubsub is None:
-            self.pubsub = self._listener.pubsub(ignore_subscribe_messages=True)
         return self.pubsub
 
     async def _publish(self, data: Any) -> Any:
@@ -214,7 +216,7 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         for attempt in (1, 2):
             try:
                 return await asyncio.wait_for(
-                    redis.publish(channel, message), PUBLISH_TIMEOUT_SECONDS
+                    self.endpoint.publish(redis, channel, message), PUBLISH_TIMEOUT_SECONDS
                 )
             except aioredis.ConnectionError as error:
                 if attempt == 1:
@@ -275,7 +277,9 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
                 break
             channel, message = self.outbox.head()
             try:
-                await asyncio.wait_for(redis.publish(channel, message), PUBLISH_TIMEOUT_SECONDS)
+                await asyncio.wait_for(
+                    self.endpoint.publish(redis, channel, message), PUBLISH_TIMEOUT_SECONDS
+                )
             except (OSError, TimeoutError, aioredis.RedisError):
                 await asyncio.sleep(OUTBOX_RETRY_SECONDS)
                 continue
@@ -357,7 +361,8 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         rooms = self.room_prefix.encode()
         heartbeat = self.heartbeat_channel.encode()
         async for message in self._redis_listen_with_retries():
-            if message["type"] != "message" or "data" not in message:
+            # "smessage": sharded pub/sub, on a Redis Cluster
+            if message["type"] not in ("message", "smessage") or "data" not in message:
                 continue
             channel = message["channel"]
             if channel == shared or channel.startswith(rooms):
@@ -387,7 +392,7 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
                 continue  # the listener is already reconnecting
             try:
                 receivers = await asyncio.wait_for(
-                    self._publisher().publish(self.heartbeat_channel, b"1"),
+                    self.endpoint.publish(self._publisher(), self.heartbeat_channel, b"1"),
                     PUBLISH_TIMEOUT_SECONDS,
                 )
             except (OSError, TimeoutError, aioredis.RedisError):
@@ -465,7 +470,7 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         if pubsub is not None:
             # Closing a link to a Redis that is gone may fail or hang: bounded, and
             # the failure is logged (at most once per burst, as the outage itself).
-            await self._close_quietly("subscriber link", pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+            await self._close_quietly("subscriber link", pubsub.aclose(), 1.0)
 
     async def _close_quietly(self, what: str, closing: Awaitable[object], timeout: float) -> None:
         """Await `closing` at most `timeout` s; a failure is logged, cancellation propagates."""
@@ -497,9 +502,10 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
                 extra={"event": "fanout.close_slow", "timeout_s": timeout},
             )
         self._close_log.reset()  # the shutdown's own failures are worth a line each
-        for what, client in (("publisher", self.redis), ("subscriber", self._listener)):
-            if client is not None:
-                await self._close_quietly(what, client.aclose(), timeout)
+        if self.redis is not None:
+            await self._close_quietly("publisher", self.redis.aclose(), timeout)
+        if self.pubsub is not None:
+            await self._close_quietly("subscriber", self.pubsub.aclose(), timeout)
         self.subscribed = False
 
 

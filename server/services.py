@@ -22,7 +22,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from redis import asyncio as aioredis
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 
 @dataclass
@@ -31,8 +32,10 @@ class AppServices:
 
     node_id: str | None = None
     """This node's id (`IOFLEET_NODE_ID`); None outside iofleet."""
-    redis: aioredis.Redis | None = None
-    """A `redis.asyncio` client (`decode_responses=True`, 2 s timeouts) on `IOFLEET_REDIS_URL`,
+    redis: Redis | RedisCluster | None = None
+    """A `redis.asyncio` client (`decode_responses=True`, 2 s timeouts) on `IOFLEET_REDIS_URL`
+    (a `RedisCluster` when the URL names a cluster, `redis+cluster://`: keys a command
+    or script touches together must then share a hash slot, `{tag}`),
     from the node's start to its shutdown; None when no Redis is configured. The node
     owns it: applications use it and never close it."""
 

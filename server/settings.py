@@ -24,6 +24,7 @@ from server.contract import (
     PING_TIMEOUT_SECONDS,
     PUBLIC_PORT,
 )
+from server.redis_topology import parse_redis_url
 
 Transport = Literal["websocket", "polling"]
 # Slow-consumer limits (server/eio_socket.py), also the engine's defaults when it
@@ -66,7 +67,10 @@ class Settings(BaseSettings):
     )
     host: str = Field("0.0.0.0", description="Address both listeners bind to.")
     admin_host: str | None = Field(None, description="Admin listener address (default: HOST).")
-    redis_url: str | None = Field(None, description="redis:// or rediss:// URL; unset = one node.")
+    redis_url: str | None = Field(
+        None,
+        description="redis://, rediss://, redis+sentinel://, redis+cluster://; unset = one node.",
+    )
     redis_channel: str = Field("iofleet", description="Pub/sub channel shared by all nodes.")
     fanout_outbox_messages: int = Field(
         10000, ge=0, description="Publishes held while Redis is away; 0 = none (lost at once)."
@@ -163,9 +167,9 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+    def _redis_url_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_redis_url(value)  # RedisUrlError: one line, the password masked
         return value
 
     @field_validator("cors_origins")
@@ -222,5 +226,7 @@ def describe_validation_error(error: ValidationError, prefix: str = ENV_PREFIX) 
     if not field:  # a rule across variables: its message names them
         return f"invalid settings: {message}{more}"
     value = first.get("input")
-    shown = f" (got {value!r})" if isinstance(value, str) and "secret" not in field else ""
+    # Secrets never show; a Redis URL may hold a password (its error shows it masked).
+    hidden = "secret" in field or field.endswith("_url")
+    shown = f" (got {value!r})" if isinstance(value, str) and not hidden else ""
     return f"invalid setting {prefix}{field.upper()}: {message}{shown}{more}"

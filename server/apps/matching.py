@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import orjson
 import socketio
 from redis import asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from server.apps.payloads import fail
 from server.services import services_of
@@ -115,7 +116,7 @@ class MemoryStore:
 class RedisStore:
     """Shared by every node: the queue is a list, pairings are keys with a TTL."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis | RedisCluster) -> None:
         self.redis = redis
         self._pair = redis.register_script(PAIR_SCRIPT)
 

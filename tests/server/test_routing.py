@@ -24,12 +24,16 @@ class CountingRelay:
     Runs its own event loop in a thread, so that the test's blocking waits (server
     start-up) never stall the node's Redis traffic. `deafen()` makes the
     subscriber connections open at that moment go quiet (Redis's bytes to them are
-    swallowed, the TCP connection stays up): a half-open link."""
+    swallowed, the TCP connection stays up): a half-open link. `received(by=...)`
+    keeps to the connections that sent `by` (a client name: `iofleet-<node id>`),
+    so one relay can stand for every node in front of a Redis Cluster master."""
 
     def __init__(self, redis_port: int) -> None:
         self.redis_port = redis_port
         self.port = free_port()
         self.downstream = bytearray()  # Redis -> node, every connection
+        self._by_link: dict[int, bytearray] = {}  # the same, per connection
+        self._sent: dict[int, bytes] = {}  # the start of what each connection sent Redis
         self._subscribers: set[int] = set()  # ids of connections that sent SUBSCRIBE
         self._deaf: set[int] = set()
         self._lock = threading.Lock()
@@ -43,9 +47,12 @@ class CountingRelay:
         assert self._ready.wait(5), "relay did not start"
         return self
 
-    def received(self) -> bytes:
+    def received(self, by: bytes | None = None) -> bytes:
         with self._lock:
-            return bytes(self.downstream)
+            if by is None:
+                return bytes(self.downstream)
+            links = [link for link, sent in self._sent.items() if by in sent]
+            return b"".join(bytes(self._by_link[link]) for link in links)
 
     def deafen(self) -> int:
         """Swallow from now on what Redis sends the current subscriber connections."""
@@ -56,6 +63,8 @@ class CountingRelay:
     def reset(self) -> None:
         with self._lock:
             self.downstream.clear()
+            for received in self._by_link.values():
+                received.clear()
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(5)
@@ -81,6 +90,9 @@ class CountingRelay:
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self.redis_port)
         link = id(client_w)
+        with self._lock:
+            self._by_link[link] = bytearray()
+            self._sent[link] = b""
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, keep: bool) -> None:
             try:
@@ -88,10 +100,13 @@ class CountingRelay:
                     with self._lock:
                         if not keep and b"SUBSCRIBE" in chunk.upper():
                             self._subscribers.add(link)
+                        if not keep and len(self._sent[link]) < 4096:  # the hello, name
+                            self._sent[link] += chunk[:4096]
                         if keep and link in self._deaf:
                             continue
                         if keep:
                             self.downstream += chunk
+                            self._by_link[link] += chunk
                     dst.write(chunk)
                     await dst.drain()
             except OSError:

@@ -54,7 +54,10 @@ class FakeClock:
             "invalid setting IOFLEET_AUTH: Input should be 'jwt' or 'none'",
         ),
         ({"IOFLEET_TRANSPORTS": "smoke"}, "invalid setting IOFLEET_TRANSPORTS"),
-        ({"IOFLEET_REDIS_URL": "http://x"}, "invalid setting IOFLEET_REDIS_URL: must start with"),
+        (
+            {"IOFLEET_REDIS_URL": "http://x"},
+            "invalid setting IOFLEET_REDIS_URL: 'http://x': scheme must be redis://",
+        ),
         ({"IOFLEET_NODE_ID": "a b"}, "invalid setting IOFLEET_NODE_ID: must match"),
         ({"IOFLEET_CORS_ORIGINS": "example.com"}, "invalid setting IOFLEET_CORS_ORIGINS"),
         (
