@@ -199,8 +199,10 @@ class SentinelRedis:
     def start(self) -> SentinelRedis:
         self.workdir = Path(tempfile.mkdtemp(prefix="iofleet-sentinel-"))
         try:
-            self.master = _spawn(redis_command(self.master_port))
-            replica = [*redis_command(self.replica_port), "--replicaof", "127.0.0.1"]
+            # In the work dir: a replica writes the RDB of its first sync to disk.
+            here = ["--dir", str(self.workdir)]
+            self.master = _spawn([*redis_command(self.master_port), *here])
+            replica = [*redis_command(self.replica_port), *here, "--replicaof", "127.0.0.1"]
             self.others.append(_spawn([*replica, str(self.master_port)]))
             for port in (self.master_port, self.replica_port):
                 wait_until(lambda port=port: redis_answers(port), timeout=10, what="redis-server")
