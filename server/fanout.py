@@ -351,6 +351,9 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         rooms = self.room_prefix.encode()
         heartbeat = self.heartbeat_channel.encode()
         async for message in self._redis_listen_with_retries():
+            if message["type"] == "pong":
+                self.heard_pong(message.get("data"))
+                continue
             if message["type"] != "message" or "data" not in message:
                 continue
             channel = message["channel"]
@@ -358,6 +361,10 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
                 yield message["data"]
             elif channel == heartbeat:
                 self._unheard_heartbeats = 0
+
+    def heard_pong(self, data: object) -> None:
+        """A PING sent on the subscriber connection came back (`server.recovery`
+        uses it to know a SUBSCRIBE took effect); nothing to do here."""
 
     # --- the listener's self-check ----------------------------------------------------
 
