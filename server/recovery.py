@@ -269,7 +269,9 @@ class RecoveringFanoutManager(FanoutManager):
             self._to_outbox(channel, self.json.dumps(message), time.monotonic(), failure)
 
     async def _stream_and_publish(self, channel: str, encoded: str) -> str | None:
-        """Run the emit script; the failure's description, or None when it ran."""
+        """Run the emit script; the failure's description, or None when it ran.
+        A timeout after Redis ran it means the message goes out twice (stream and
+        outbox): rare, and the client sees a duplicate rather than a gap."""
         if self._emit_script is None:
             self._emit_script = self._publisher().register_script(EMIT_SCRIPT)
         args: list[str | int] = [channel, encoded, self.max_messages, self.window_ms]

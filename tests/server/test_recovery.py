@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import socketio
 
+from tests.server.fanout_support import status
 from tests.support.jsclient import JsClients
 from tests.support.metrics import metric_or_zero
 from tests.support.procs import (
@@ -264,6 +265,26 @@ async def test_another_users_pid_never_gives_their_session(
     )
     await asyncio.sleep(0.5)
     assert "secret" not in texts(js, "thief")
+
+
+async def test_without_redis_events_still_reach_the_node_s_clients_without_offsets(
+    redis_server: RedisServer, start_server: Any, js: JsClients
+) -> None:
+    """Recovery degrades, the fan-out does not: with Redis away an emit is delivered
+    on its node at once (as with recovery off), without an offset."""
+    (node,) = nodes(start_server, redis_server, 1)
+    await open_in_room(js, "a", node)
+    await open_in_room(js, "b", node)
+    redis_server.stop()
+    await asyncio.to_thread(
+        wait_until, lambda: status(node.admin_url)["redis"] == "down", 10, "redis down"
+    )
+    mark = len(js.messages)
+    assert (await js.call("a", "chat:message", {"room": ROOM, "text": "while away"}))["ok"]
+    got = await js.wait_for(
+        lambda m: m.get("client") == "b" and m.get("event") == "chat:message", start=mark
+    )
+    assert got["args"] == [{**got["args"][0], "text": "while away"}]  # no offset after it
 
 
 # --- python-socketio's client ---------------------------------------------------------------
