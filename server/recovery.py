@@ -68,6 +68,8 @@ SUBSCRIBE_WAIT_SECONDS = 2.0
 # Emit scripts in flight at once: redis-py's pool refuses a command beyond its 100
 # connections ("Too many connections"), and a burst of handlers must wait, not fail.
 EMIT_CONCURRENCY = 32
+# How long queued session writes wait for more to join their pipeline.
+WRITE_GATHER_SECONDS = 0.01
 # Session writes waiting for Redis, at most (oldest dropped first, logged).
 MAX_QUEUED_WRITES = 100_000
 
@@ -162,6 +164,8 @@ class SessionWrites:
 
     async def _flush(self) -> None:
         while self._ops:
+            # Let a burst (connects, a drain) gather: one pipeline for all of it.
+            await asyncio.sleep(WRITE_GATHER_SECONDS)
             ops, self._ops = self._ops, []
             pipe = self._client().pipeline(transaction=False)
             for op in ops:
@@ -346,10 +350,11 @@ class RecoveringFanoutManager(FanoutManager):
         record.update(
             {f"{ROOM_FIELD}{room}": "1" for room in self.get_rooms(sid, namespace) if room != sid}
         )
-        window = self.window_ms
+        window, recovered = self.window_ms, handoff is not None
 
         def write(pipe: Any) -> None:
-            pipe.delete(key)
+            if recovered:  # a new pid's key is new: only a recovered one needs clearing
+                pipe.delete(key)
             pipe.hset(key, mapping=record)
             pipe.pexpire(key, window)
 
