@@ -50,8 +50,8 @@ async def open_in_room(
 ) -> str:
     """Open a client on `node`, in ROOM, once it holds an offset; returns its sid."""
     mark = len(js.messages)
-    token = make_token(name)
-    await js.open(name, node.url, auth={"token": token}, transports=["websocket"], **opts)
+    opts = {"transports": ["websocket"], **opts}
+    await js.open(name, node.url, auth={"token": make_token(name)}, **opts)
     connected = await js.wait_client(name, "connect", start=mark)
     await say(js, name, room)
     return str(connected["sid"])
@@ -144,13 +144,28 @@ async def test_a_dropped_client_recovers_every_message_once_in_order(
     assert all(isinstance(m["args"][-1], str) and "-" in m["args"][-1] for m in last)
 
 
-async def test_a_client_whose_node_is_killed_recovers_on_another(
+MOVED = [f"c{i}" for i in range(4)]
+
+
+async def clients_to_move(
+    js: JsClients, node_a: ServerProcess, node_b: ServerProcess
+) -> dict[str, str]:
+    """MOVED on node A (WebSocket and polling), told to reconnect to node B; the
+    sender on B. Returns each client's sid."""
+    sids = {}
+    for i, name in enumerate(MOVED):
+        transports = ["websocket"] if i % 2 == 0 else ["polling"]
+        sids[name] = await open_in_room(js, name, node_a, transports=transports)
+        await js.retarget(name, node_b.url)
+    await open_in_room(js, "sender", node_b)
+    return sids
+
+
+async def test_clients_whose_node_is_killed_recover_on_another(
     redis_server: RedisServer, start_server: Any, js: JsClients
 ) -> None:
     node_a, node_b = nodes(start_server, redis_server)
-    sid = await open_in_room(js, "c", node_a)
-    await open_in_room(js, "sender", node_b)
-    await js.retarget("c", node_b.url)
+    sids = await clients_to_move(js, node_a, node_b)
     mark = len(js.messages)
 
     async def kill() -> None:
@@ -158,16 +173,15 @@ async def test_a_client_whose_node_is_killed_recovers_on_another(
         await asyncio.to_thread(node_a.wait_exit, 10)
 
     sent = await send_while(js, "sender", kill)
-    await assert_recovered(js, "c", sid, sent, node_b, mark)
+    for name, sid in sids.items():
+        await assert_recovered(js, name, sid, sent, node_b, mark)
 
 
-async def test_a_drain_moves_a_client_without_losing_a_message(
+async def test_a_drain_moves_clients_without_losing_a_message(
     redis_server: RedisServer, start_server: Any, js: JsClients
 ) -> None:
     node_a, node_b = nodes(start_server, redis_server)
-    sid = await open_in_room(js, "c", node_a)
-    await open_in_room(js, "sender", node_b)
-    await js.retarget("c", node_b.url)
+    sids = await clients_to_move(js, node_a, node_b)
     mark = len(js.messages)
 
     async def drain() -> None:
@@ -179,7 +193,8 @@ async def test_a_drain_moves_a_client_without_losing_a_message(
         await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=5).read())
 
     sent = await send_while(js, "sender", drain)
-    await assert_recovered(js, "c", sid, sent, node_b, mark)
+    for name, sid in sids.items():
+        await assert_recovered(js, name, sid, sent, node_b, mark)
     assert await asyncio.to_thread(node_a.wait_exit, 10) == 0
 
 
