@@ -10,6 +10,7 @@ its node was killed with SIGKILL, or a drain moved it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -101,21 +102,33 @@ async def send_while(
 
 
 async def assert_recovered(
-    js: JsClients, name: str, sid: str, sent: list[str], node: ServerProcess, mark: int
+    js: JsClients,
+    name: str,
+    sid: str,
+    sent: list[str],
+    node: ServerProcess,
+    mark: int,
+    within: float = 10,
 ) -> None:
     reconnect = await js.wait_client(name, "connect", timeout=15, start=mark)
     assert reconnect["recovered"] is True, reconnect
     assert reconnect["sid"] == sid
-    await js.wait_for(
-        lambda m: (
-            m.get("client") == name
-            and m.get("event") == "chat:message"
-            and m["args"][0]["text"] == sent[-1]
-        ),
-        timeout=10,
-    )
+    # The order is Redis's (handlers run concurrently, so not always the sending
+    # order): the one the sender, in the room and never away, got them in.
+    order: list[str] = []
+
+    async def all_heard() -> None:
+        while True:
+            order[:] = texts(js, "sender")
+            if len(order) >= len(sent) and len(texts(js, name)) >= len(sent):
+                return
+            await asyncio.sleep(0.05)
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(all_heard(), within)
+    assert sorted(order) == sorted(sent), "the sender itself did not get each message once"
     got = texts(js, name)
-    assert got == sent, f"missing {sorted(set(sent) - set(got))}, extra/out of order: {got}"
+    assert got == order, f"missing {sorted(set(sent) - set(got))}, extra/out of order: {got}"
     assert metric_or_zero(node.admin_url, "iofleet_recovery_replayed_total") > 0
     assert metric_or_zero(node.admin_url, "iofleet_recoveries_total", {"outcome": "recovered"}) >= 1
 
@@ -142,6 +155,26 @@ async def test_a_dropped_client_recovers_every_message_once_in_order(
     # Offsets are the last argument of every event (a stream id), as Node sends them.
     last = [m for m in js.messages if m.get("client") == "c" and m.get("event") == "chat:message"]
     assert all(isinstance(m["args"][-1], str) and "-" in m["args"][-1] for m in last)
+
+
+async def test_live_messages_during_a_long_replay_come_after_it_once(
+    redis_server: RedisServer, start_server: Any, js: JsClients
+) -> None:
+    """The hand-off: a replay of several batches while the room keeps talking. Live
+    messages that reach the recovering socket's node during the replay wait and
+    follow it; those the replay already sent are not sent again."""
+    node_a, node_b = nodes(start_server, redis_server, IOFLEET_RATE_LIMIT="5000")
+    sid = await open_in_room(js, "c", node_a)
+    await open_in_room(js, "sender", node_b)
+    mark = len(js.messages)
+    await js.drop("c")
+    sent = [f"m{i:04d}" for i in range(1600)]
+    for text in sent[:1200]:  # missed: three replay batches
+        await js.emit("sender", "chat:message", {"room": ROOM, "text": text})
+    for text in sent[1200:]:  # and more while it reconnects and replays
+        await js.emit("sender", "chat:message", {"room": ROOM, "text": text})
+        await asyncio.sleep(0.005)
+    await assert_recovered(js, "c", sid, sent, node_a, mark, within=30)
 
 
 MOVED = [f"c{i}" for i in range(4)]
