@@ -47,10 +47,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bidict import ValueDuplicationError
 from redis import asyncio as aioredis
 from redis.commands.core import AsyncScript
 from socketio import packet as sio_packet
+
+# The exception python-socketio's own pre_connect catches (from bidict, its dependency).
+from socketio.base_manager import ValueDuplicationError
 
 from server.broadcast import as_arguments
 from server.fanout import PUBLISH_TIMEOUT_SECONDS, FanoutManager
@@ -190,6 +192,7 @@ class SessionWrites:
             self._task = asyncio.get_running_loop().create_task(self._flush())
         if self._task is not None:
             await asyncio.wait({self._task}, timeout=timeout)
+            self._task.cancel()  # Redis did not take them in time: they are lost
 
 
 class RecoveringFanoutManager(FanoutManager):
