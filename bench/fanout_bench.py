@@ -17,7 +17,9 @@ pinned to one core, the generator and Redis to another. Per server and run:
 
 Prints medians over `--runs` (servers alternate order each run) and ratios
 against Node and python-socketio; the raw figures go to
-`bench/results/fanout_bench.json`. `python -m bench.fanout_bench --runs 3`.
+`bench/results/fanout_bench.json`. `python -m bench.fanout_bench --runs 3`;
+`--recovery` adds iofleet with connection state recovery on (every broadcast
+through the Redis Stream script, delivered when it comes back).
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ IOFLEET_ENV = {
     "IOFLEET_MAX_ROOMS_PER_USER": "1000000",
 }
 NODE = "node socket.io"
+RECOVERY = "iofleet recovery"
 BASELINE = "python-socketio"
 TARGETS = (
     Target(
@@ -309,6 +312,11 @@ def main() -> None:
     parser.add_argument("--echo-seconds", type=float, default=3.0)
     parser.add_argument("--only", action="append", help="measure only these targets")
     parser.add_argument(
+        "--recovery",
+        action="store_true",
+        help="also measure iofleet with connection state recovery on (IOFLEET_RECOVERY=true)",
+    )
+    parser.add_argument(
         "--compare-tree",
         type=Path,
         help="also measure iofleet as checked out in this directory (before/after a change)",
@@ -321,7 +329,11 @@ def main() -> None:
 
     # A SIGTERM unwinds like Ctrl-C, so every server and Redis started is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    targets = [t for t in TARGETS if not args.only or t.name in args.only]
+    candidates = list(TARGETS)
+    if args.recovery:
+        env = {**IOFLEET_ENV, "IOFLEET_RECOVERY": "true"}
+        candidates.append(Target(RECOVERY, (sys.executable, "-m", "server"), env))
+    targets = [t for t in candidates if not args.only or t.name in args.only]
     if args.compare_tree is not None:
         tree = args.compare_tree.resolve()
         if not (tree / "server" / "__main__.py").is_file():

@@ -18,6 +18,7 @@ from server.fanout import FanoutManager
 from server.metrics import Metrics
 from server.node import NODE_KEY, Node
 from server.public import create_public_app
+from server.recovery import RecoveringFanoutManager
 from server.redis_topology import parse_redis_url
 from server.services import AppServices, attach
 from server.settings import Settings
@@ -31,18 +32,7 @@ SHUTDOWN_STEP_TIMEOUT = 5.0
 
 def build_node(settings: Settings) -> Node:
     metrics = Metrics()
-    fanout = (
-        FanoutManager(
-            settings.redis_url,
-            settings.redis_channel,
-            metrics,
-            outbox_messages=settings.fanout_outbox_messages,
-            outbox_seconds=settings.fanout_outbox_seconds,
-            node_id=settings.node_id,
-        )
-        if settings.redis_url
-        else None
-    )
+    fanout = build_fanout(settings, metrics)
     sio = IofleetServer(settings, metrics, client_manager=fanout)
     # Read at scrape time: beside iofleet_connections they show connections that
     # closed but still hold memory (issue 13).
@@ -68,6 +58,31 @@ def build_node(settings: Settings) -> Node:
     )
     load_handlers(settings.handlers)(sio)
     return node
+
+
+def build_fanout(settings: Settings, metrics: Metrics) -> FanoutManager | None:
+    """The Redis fan-out (with connection state recovery when asked), or None for one node."""
+    if not settings.redis_url:
+        return None
+    if settings.recovery:
+        return RecoveringFanoutManager(
+            settings.redis_url,
+            settings.redis_channel,
+            metrics,
+            window_seconds=settings.recovery_window_seconds,
+            max_messages=settings.recovery_max_messages,
+            node_id=settings.node_id,
+            outbox_messages=settings.fanout_outbox_messages,
+            outbox_seconds=settings.fanout_outbox_seconds,
+        )
+    return FanoutManager(
+        settings.redis_url,
+        settings.redis_channel,
+        metrics,
+        outbox_messages=settings.fanout_outbox_messages,
+        outbox_seconds=settings.fanout_outbox_seconds,
+        node_id=settings.node_id,
+    )
 
 
 def load_handlers(spec: str) -> Callable[[socketio.AsyncServer], Any]:

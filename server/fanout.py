@@ -361,6 +361,9 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         rooms = self.room_prefix.encode()
         heartbeat = self.heartbeat_channel.encode()
         async for message in self._redis_listen_with_retries():
+            if message["type"] == "pong":
+                self.heard_pong(message.get("data"))
+                continue
             # "smessage": sharded pub/sub, on a Redis Cluster
             if message["type"] not in ("message", "smessage") or "data" not in message:
                 continue
@@ -378,6 +381,10 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
                         },
                     )
                     self.deaf_since = None
+
+    def heard_pong(self, data: object) -> None:
+        """A PING sent on the subscriber connection came back (`server.recovery`
+        uses it to know a SUBSCRIBE took effect); nothing to do here."""
 
     # --- the listener's self-check ----------------------------------------------------
 

@@ -138,6 +138,18 @@ class Metrics:
             "Times the Redis subscription was lost (the fan-out degraded; the node stays ready).",
             registry=r,
         )
+        self.recoveries = Counter(
+            "iofleet_recoveries",
+            "Reconnects that asked for connection state recovery, by outcome (recovered, "
+            "unknown_session, offset_trimmed, auth_mismatch, in_use, error).",
+            ["outcome"],
+            registry=r,
+        )
+        self.recovery_replayed = Counter(
+            "iofleet_recovery_replayed",
+            "Events replayed to recovered connections (what they missed while away).",
+            registry=r,
+        )
         self.fanout_up = Gauge(
             "iofleet_fanout_up", "1 when the Redis fan-out is subscribed (or unused).", registry=r
         )

@@ -246,6 +246,11 @@ class ChannelSubscriber:
     def listen(self) -> AsyncIterator[dict[str, Any]]:
         return self._pubsub.listen()
 
+    async def ping(self, message: bytes) -> None:
+        """PING on the subscriber link; `listen()` yields the answer as a "pong" after
+        every SUBSCRIBE sent before it (`server.recovery` waits on it)."""
+        await self._pubsub.ping(message)
+
     async def aclose(self) -> None:
         try:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -78,6 +78,16 @@ class Settings(BaseSettings):
     fanout_outbox_seconds: float = Field(
         30, gt=0, description="Age after which a held publish is dropped (s)."
     )
+    recovery: bool = Field(
+        False,
+        description="Connection state recovery (Socket.IO v4.6+ pid/offset); needs REDIS_URL.",
+    )
+    recovery_window_seconds: float = Field(
+        120, gt=0, le=86400, description="How long a dropped client can recover its session (s)."
+    )
+    recovery_max_messages: int = Field(
+        100_000, ge=100, description="Events the recovery stream keeps at most (approximate)."
+    )
     auth: Literal["jwt", "none"] = Field("jwt", description="`none` only when set explicitly.")
     jwt_secret: SecretStr | None = Field(None, description="HS256 secret.")
     jwt_public_key: SecretStr | None = Field(None, description="RS256 public key (PEM).")
@@ -184,6 +194,20 @@ class Settings(BaseSettings):
     def _auth_has_a_key(self) -> Settings:
         if self.auth == "jwt" and self.jwt_secret is None and self.jwt_public_key is None:
             raise ValueError("IOFLEET_AUTH=jwt needs IOFLEET_JWT_SECRET or IOFLEET_JWT_PUBLIC_KEY")
+        if self.recovery and self.redis_url is None:
+            raise ValueError(
+                "IOFLEET_RECOVERY=true needs IOFLEET_REDIS_URL (sessions and the event stream"
+                " live in Redis)"
+            )
+        cluster = (
+            self.redis_url is not None and parse_redis_url(self.redis_url).topology == "cluster"
+        )
+        if self.recovery and cluster:
+            raise ValueError(
+                "IOFLEET_RECOVERY=true needs one Redis or Sentinel, not a Redis Cluster (one"
+                " script appends each event to the stream and publishes it, and a script"
+                " cannot span a cluster's slots)"
+            )
         if self.guest_tokens and self.jwt_secret is None:
             raise ValueError("IOFLEET_GUEST_TOKENS=true needs IOFLEET_JWT_SECRET to sign tokens")
         return self

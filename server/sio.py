@@ -34,6 +34,7 @@ from server.broadcast import LocalBroadcastManager, text_frame
 from server.engine import IofleetEngine
 from server.metrics import Metrics
 from server.ratelimit import KeyedBuckets, TokenBucket
+from server.recovery import Handoff, RecoveringFanoutManager
 from server.rooms import RoomIndex, RoomLedger
 from server.settings import Settings
 
@@ -116,6 +117,10 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         self.user_buckets = KeyedBuckets(settings.rate_limit, settings.burst)
         # Asked at admission; the drain controller owns the flag (server/drain.py).
         self.is_draining: Callable[[], bool] = lambda: False
+        # Connection state recovery (`server.recovery`), when the manager offers it.
+        self.recovery: RecoveringFanoutManager | None = (
+            client_manager if isinstance(client_manager, RecoveringFanoutManager) else None
+        )
         if client_manager is None:
             client_manager = LocalBroadcastManager()
         elif not isinstance(client_manager, RoomIndex):
@@ -171,7 +176,64 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
                 ),
             )
             return
-        await super()._handle_connect(eio_sid, namespace, data)
+        handoff = None
+        if self.recovery is not None and isinstance(data, dict) and data.get("pid"):
+            handoff = await self._prepare_recovery(eio_sid, namespace, data)
+        try:
+            await super()._handle_connect(eio_sid, namespace, data)
+        finally:
+            if handoff is not None:
+                await self._finish_recovery(handoff)
+
+    async def _prepare_recovery(
+        self, eio_sid: str, namespace: str, auth: dict[str, Any]
+    ) -> Handoff | None:
+        """A CONNECT carrying `pid`/`offset`: whether its session can be recovered.
+        The token is checked first, and the session must be its user's; admission
+        (drain, capacity, JWT) then runs as for any connection."""
+        assert self.recovery is not None
+        environ = self.environ.get(eio_sid, {})
+        try:
+            identity = self.verifier.verify(token_from_handshake(auth, environ))
+        except AuthError:
+            return None  # refused by the normal path, with its reason
+        outcome = await self.recovery.prepare_recovery(
+            eio_sid, namespace, str(auth["pid"]), auth.get("offset"), identity.user
+        )
+        if outcome == "recovered":
+            return self.recovery.recovering(eio_sid, namespace)
+        self.metrics.recoveries.labels(outcome).inc()
+        log.info(
+            "connection state not recovered; the client gets a new session",
+            extra={
+                "event": "recovery.refused",
+                "outcome": outcome,
+                "user": identity.user,
+                "peer": peer(environ),
+            },
+        )
+        return None
+
+    async def _finish_recovery(self, handoff: Handoff) -> None:
+        """After the CONNECT answer: replay what the socket missed (or give up, if
+        the connection was refused)."""
+        assert self.recovery is not None
+        sid = handoff.session.sid
+        if self.recovery.pid_of(sid) != handoff.session.pid:
+            self.recovery.abandon(handoff)
+            return
+        replayed = await self.recovery.replay(handoff, self._send_packet)
+        self.metrics.recoveries.labels("recovered").inc()
+        self.metrics.recovery_replayed.inc(replayed)
+        log.info(
+            "connection state recovered",
+            extra={
+                "event": "recovery.recovered",
+                "user": handoff.session.user,
+                "rooms": len(handoff.session.rooms),
+                "replayed": replayed,
+            },
+        )
 
     def _serves(self, namespace: str) -> bool:
         """A namespace the application registered (python-socketio's own rule)."""
@@ -230,9 +292,10 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
                 client = self._add_client(eio_sid, identity)
             client.sids[namespace] = sid
             self.ledger.add(sid, namespace, client.owner)
-            await self.save_session(
-                sid, {"user": identity.user, "guest": identity.guest}, namespace=namespace
-            )
+            session: dict[str, Any] = {"user": identity.user, "guest": identity.guest}
+            if self.recovery is not None:
+                session["recovered"] = await self._restore_rooms(sid, namespace, client.eio_sid)
+            await self.save_session(sid, session, namespace=namespace)
         try:
             result = await super()._trigger_event("connect", namespace, sid, environ, *rest)
         except (socketio.exceptions.ConnectionRefusedError, ConnectionRefusedError, TypeError):
@@ -242,7 +305,33 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             self._forget(sid, namespace)
             return False
         self.metrics.connections_total.inc()
+        if self.recovery is not None:
+            self._start_recovery_session(sid, namespace)
         return None if result is self.not_handled else result
+
+    def _start_recovery_session(self, sid: str, namespace: str) -> None:
+        assert self.recovery is not None
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        client = self.connections.get(eio_sid) if eio_sid is not None else None
+        if client is not None:
+            self.recovery.start_session(sid, namespace, client.eio_sid, client.user)
+
+    async def _restore_rooms(self, sid: str, namespace: str, eio_sid: str) -> bool:
+        """A recovering socket gets its rooms back before the application's
+        `connect` handler runs (as in Node); whether it is recovering."""
+        assert self.recovery is not None
+        handoff = self.recovery.recovering(eio_sid, namespace)
+        if handoff is None or handoff.session.sid != sid:
+            return False
+        for room in sorted(handoff.session.rooms):
+            try:
+                await self.enter_room(sid, room, namespace=namespace)
+            except RoomLimitExceeded:
+                log.warning(
+                    "recovery: room limit reached; the room is not restored",
+                    extra={"event": "recovery.room_limit", "room": room[:100]},
+                )
+        return True
 
     def _add_client(self, eio_sid: str, identity: Identity) -> Connection:
         client = Connection(
@@ -275,6 +364,8 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
     def _forget(self, sid: str, namespace: str) -> None:
         """A namespace connection ended: O(its rooms). The client goes with its
         last namespace."""
+        if self.recovery is not None:
+            self.recovery.end_session(sid)
         if sid not in self.ledger:
             return
         self.ledger.remove(sid)
@@ -397,6 +488,14 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         framed once and handed over as a broadcast to one is (`server.broadcast`),
         so an idle WebSocket gets it without waking its writer task."""
         self.metrics.messages_sent.inc()
+        if (
+            self.recovery is not None
+            and pkt.packet_type == sio_packet.CONNECT
+            and isinstance(pkt.data, dict)
+        ):
+            pid = self.recovery.pid_of(pkt.data.get("sid", ""))
+            if pid is not None:  # the recovery session id (Socket.IO v4.6+)
+                pkt.data = {**pkt.data, "pid": pid}
         encoded = pkt.encode()
         socket = self.eio.sockets.get(eio_sid)
         if isinstance(encoded, str) and socket is not None and hasattr(socket, "send_ready"):

@@ -20,7 +20,9 @@ function open({ client, url, opts }) {
     engine_sid: socket.io.engine ? socket.io.engine.id : null,
     transport: socket.io.engine ? socket.io.engine.transport.name : null,
   });
-  socket.on("connect", () => out({ client, type: "connect", sid: socket.id, ...engineInfo() }));
+  socket.on("connect", () =>
+    out({ client, type: "connect", sid: socket.id, recovered: socket.recovered, ...engineInfo() }),
+  );
   socket.on("connect_error", (err) =>
     out({ client, type: "connect_error", message: err.message, data: err.data ?? null }),
   );
@@ -53,7 +55,33 @@ function close({ client }) {
   out({ client, type: "closed" });
 }
 
-const handlers = { open, emit, close };
+// Drop a client's transport as a network failure would: the manager reconnects by
+// itself (connection state recovery). With `url`, the reconnect goes there instead.
+function drop({ client, url }) {
+  const socket = sockets.get(client);
+  if (!socket) return out({ client, type: "error", message: `no client ${client}` });
+  if (url) socket.io.uri = url;
+  socket.io.engine.close();
+}
+
+// Where the client reconnects next time, without dropping it now.
+function retarget({ client, url }) {
+  const socket = sockets.get(client);
+  if (!socket) return out({ client, type: "error", message: `no client ${client}` });
+  socket.io.uri = url;
+}
+
+// The client's recovery session (its private `_pid` and `_lastOffset`), reported and,
+// when given, overwritten: tests forge a reconnect with a pid that is not its own.
+function session({ client, pid, offset }) {
+  const socket = sockets.get(client);
+  if (!socket) return out({ client, type: "error", message: `no client ${client}` });
+  if (pid !== undefined && pid !== null) socket._pid = pid;
+  if (offset !== undefined && offset !== null) socket._lastOffset = offset;
+  out({ client, type: "session", pid: socket._pid ?? null, offset: socket._lastOffset ?? null });
+}
+
+const handlers = { open, emit, close, drop, retarget, session };
 const lines = createInterface({ input: process.stdin });
 lines.on("line", (line) => {
   if (!line.trim()) return;

@@ -77,6 +77,15 @@ class FakeClock:
             },
             "IOFLEET_GUEST_TOKENS=true needs IOFLEET_JWT_SECRET",
         ),
+        ({"IOFLEET_RECOVERY": "true"}, "IOFLEET_RECOVERY=true needs IOFLEET_REDIS_URL"),
+        (
+            {"IOFLEET_RECOVERY": "true", "IOFLEET_REDIS_URL": "redis+cluster://127.0.0.1:7000"},
+            "IOFLEET_RECOVERY=true needs one Redis or Sentinel, not a Redis Cluster",
+        ),
+        (
+            {"IOFLEET_RECOVERY_WINDOW_SECONDS": "0"},
+            "invalid setting IOFLEET_RECOVERY_WINDOW_SECONDS: Input should be greater than 0",
+        ),
     ],
 )
 def test_bad_settings_name_the_variable(
@@ -101,6 +110,9 @@ def test_settings_defaults_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.cors_allowed == ["https://a.example", "https://b.example"]
     assert settings.max_connections == 10000 and settings.max_message_bytes == 1_000_000
     assert settings.ping_interval == 25 and settings.ping_timeout == 20
+    # Connection state recovery is opt-in, as Node's connectionStateRecovery; its
+    # window is Node's default maxDisconnectionDuration.
+    assert settings.recovery is False and settings.recovery_window_seconds == 120
     monkeypatch.setenv("IOFLEET_CORS_ORIGINS", "")
     assert Settings().cors_allowed is None  # same origin only, never a wildcard by default
 

@@ -169,3 +169,36 @@ def test_broadcast_surface() -> None:
         assert hasattr(writer, name), f"aiohttp WebSocketWriter.{name} is gone"
     assert hasattr(eio_packet.Packet(), "encode_cache")
     assert hasattr(engineio.AsyncServer.reason, "TRANSPORT_ERROR")
+
+
+def test_recovery_surface() -> None:
+    """What server/recovery.py relies on. `RecoveringFanoutManager.pre_connect` repeats
+    python-socketio's `BaseManager.pre_connect` with a given sid (the library draws a
+    new one from `server.eio.generate_id()`): that body must still be the one copied.
+    Recoverable emits carry `host_id` "" so that the listener (`_thread`) hands them
+    to this node too; the listener passes redis-py's `pong` messages (PING on the
+    subscriber connection) through; `AsyncPubSubManager.emit` honours `ignore_queue`."""
+    from redis.asyncio.client import PubSub
+    from socketio.async_pubsub_manager import AsyncPubSubManager
+    from socketio.base_manager import BaseManager
+
+    pre_connect = inspect.getsource(BaseManager.pre_connect)
+    for piece in (
+        "self.server.eio.generate_id()",
+        "self.basic_enter_room(sid, namespace, None, eio_sid=eio_sid)",
+        "except ValueDuplicationError",
+        "self.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)",
+        "self.pending_connect[namespace].append(sid)",
+    ):
+        assert piece in pre_connect, f"socketio BaseManager.pre_connect changed: {piece!r} gone"
+    thread = inspect.getsource(AsyncPubSubManager._thread)
+    assert "data.get('host_id') != self.host_id" in thread, (
+        "socketio AsyncPubSubManager._thread no longer skips only its own host_id"
+    )
+    assert "kwargs.get('ignore_queue')" in inspect.getsource(AsyncPubSubManager.emit), (
+        "socketio AsyncPubSubManager.emit no longer honours ignore_queue"
+    )
+    assert "message" in inspect.signature(PubSub.ping).parameters, "redis-py PubSub.ping(message)"
+    assert 'message_type != "pong"' in inspect.getsource(PubSub.handle_message), (
+        "redis-py PubSub.handle_message no longer passes pong messages to listen()"
+    )

@@ -86,6 +86,22 @@ class JsClients:
             raise TimeoutError(f"{client}: no ack for {event}: {reply['error']}")
         return reply["response"]
 
+    async def drop(self, client: str, url: str | None = None) -> None:
+        """Drop the client's transport (it reconnects by itself), to `url` if given."""
+        await self._send({"op": "drop", "client": client, "url": url})
+
+    async def retarget(self, client: str, url: str) -> None:
+        """Make the client's next reconnect go to `url`."""
+        await self._send({"op": "retarget", "client": client, "url": url})
+
+    async def session(
+        self, client: str, pid: str | None = None, offset: str | None = None
+    ) -> Message:
+        """The client's recovery session {pid, offset}, after setting what is given."""
+        mark = len(self.messages)
+        await self._send({"op": "session", "client": client, "pid": pid, "offset": offset})
+        return await self.wait_client(client, "session", start=mark)
+
     async def close(self, client: str) -> None:
         await self._send({"op": "close", "client": client})
 
