@@ -82,6 +82,12 @@ CANCEL_REPEAT_SECONDS = 0.1
 OUTBOX_RESUBSCRIBE_GRACE_SECONDS = LISTEN_BACKOFF_CAP + 0.2
 # Between two failed attempts to publish the outbox's head while subscribed.
 OUTBOX_RETRY_SECONDS = 0.1
+# Publishes leave in the order this node made them, pipelined: one batch in flight,
+# and what queues meanwhile goes in the next one. A burst of emits costs a round
+# trip per batch instead of a pooled connection per emit (redis-py's async pool
+# refuses a 101st concurrent command with "Too many connections", and concurrent
+# commands on several connections reach Redis in any order).
+PUBLISH_BATCH = 256
 
 
 class Outbox:
@@ -151,6 +157,8 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         self.metrics = metrics
         self.outbox = Outbox(outbox_messages, outbox_seconds)
         self._drainer: asyncio.Task[None] | None = None
+        self._queued: deque[tuple[str, str, asyncio.Future[int | None]]] = deque()
+        self._sender: asyncio.Task[None] | None = None
         self._drop_log = OncePerBurst(window=10.0)
         self._subscribed_event = asyncio.Event()
         self.subscribed = False
@@ -202,31 +210,57 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         return self.pubsub
 
     async def _publish(self, data: Any) -> Any:
+        """Queue `data` for Redis; answers how many nodes' listeners got it (None
+        when it went to the outbox), once its batch has been sent."""
         channel = self._channel_for(data)
         message = self.json.dumps(data)
-        now = time.monotonic()
         # Behind what already waits (order), or straight in while the listener
         # is down: Redis is gone, and trying would hold the handler up to a timeout.
         if len(self.outbox) or not self.subscribed:
-            self._to_outbox(channel, message, now, "redis unavailable")
+            self._to_outbox(channel, message, time.monotonic(), "redis unavailable")
             return None
+        loop = asyncio.get_running_loop()
+        sent: asyncio.Future[int | None] = loop.create_future()
+        self._queued.append((channel, message, sent))
+        if self._sender is None or self._sender.done():
+            self._sender = loop.create_task(self._send_queued())
+        return await asyncio.shield(sent)  # a cancelled handler does not unsend it
+
+    async def _send_queued(self) -> None:
+        """The one task that publishes the queue, in order, a pipelined batch at a time.
+        A batch Redis does not take goes to the outbox with everything queued after it."""
         redis = self._publisher()
-        # Two attempts: after Redis restarts, the pooled connection is dead and
-        # only the second attempt (on a fresh connection) can get through.
-        for attempt in (1, 2):
-            try:
-                return await asyncio.wait_for(
-                    self.endpoint.publish(redis, channel, message), PUBLISH_TIMEOUT_SECONDS
-                )
-            except aioredis.ConnectionError as error:
-                if attempt == 1:
-                    continue
-                failure: Exception = error
-            except (OSError, TimeoutError, aioredis.RedisError) as error:
-                failure = error
-            self._to_outbox(channel, message, now, f"{type(failure).__name__}: {failure}")
-            break
-        return None
+        while self._queued:
+            batch = [self._queued.popleft() for _ in range(min(PUBLISH_BATCH, len(self._queued)))]
+            items = [(channel, message) for channel, message, _ in batch]
+            # Two attempts: after Redis restarts, the pooled connection is dead and
+            # only the second attempt (on a fresh connection) can get through.
+            failure: Exception | None = None
+            for attempt in (1, 2):
+                try:
+                    counts = await asyncio.wait_for(
+                        self.endpoint.publish_many(redis, items), PUBLISH_TIMEOUT_SECONDS
+                    )
+                except aioredis.ConnectionError as error:
+                    failure = error
+                    if attempt == 1:
+                        continue
+                except (OSError, TimeoutError, aioredis.RedisError) as error:
+                    failure = error
+                else:
+                    failure = None
+                    for (_, _, sent), count in zip(batch, counts, strict=True):
+                        sent.set_result(count)
+                break
+            if failure is None:
+                continue
+            reason = f"{type(failure).__name__}: {failure}"
+            now = time.monotonic()
+            waiting = [*batch, *self._queued]
+            self._queued.clear()
+            for channel, message, sent in waiting:
+                self._to_outbox(channel, message, now, reason)
+                sent.set_result(None)
 
     # --- the outbox -----------------------------------------------------------------
 
@@ -501,7 +535,12 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
             self._watchdog.cancel()
         if self._drainer is not None:
             self._drainer.cancel()
-        self._dropped("shutdown", self.outbox.clear())
+        if self._sender is not None:
+            self._sender.cancel()
+        self._dropped("shutdown", self.outbox.clear() + len(self._queued))
+        for _, _, sent in self._queued:
+            sent.cancel()
+        self._queued.clear()
         thread = getattr(self, "thread", None)
         if isinstance(thread, asyncio.Task) and not await cancel_and_wait(thread, timeout):
             log.warning(

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -149,6 +149,21 @@ class RedisEndpoint:
         if self.topology == "cluster":
             return int(await client.spublish(channel, message))
         return int(await client.publish(channel, message))
+
+    async def publish_many(
+        self, client: RedisClient, items: Sequence[tuple[str, str | bytes]]
+    ) -> list[int]:
+        """Publish each `(channel, message)` in order; the subscriber count of each.
+
+        One pipeline on one Redis; on a cluster one SPUBLISH after the other (each
+        goes to its channel's master, and awaiting each keeps the order).
+        """
+        if isinstance(client, RedisCluster):
+            return [int(await client.spublish(channel, message)) for channel, message in items]
+        pipe = client.pipeline(transaction=False)
+        for channel, message in items:
+            pipe.publish(channel, message)
+        return [int(count) for count in await pipe.execute()]
 
 
 def parse_redis_url(url: str) -> RedisEndpoint:

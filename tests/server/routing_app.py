@@ -2,10 +2,13 @@
 written with the plain python-socketio API: `ask` `{to, question}` asks the
 socket `to` (on any node) `question` and acks its answer (an emit with a callback
 to a sid, `sio.call`); `tell` `{to, text}` emits `note` to the socket `to`;
-`announce` `{text}` emits `note` to every socket of the namespace."""
+`announce` `{text}` emits `note` to every socket of the namespace; `burst`
+`{room, count}` emits `count` `tick` events to `room` at once (concurrently, as
+many handlers emitting together would)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import socketio
@@ -29,4 +32,10 @@ def register(sio: socketio.AsyncServer) -> None:
     @sio.on("announce")
     async def announce(sid: str, data: Any = None) -> Any:
         await sio.emit("note", data["text"])
+        return {"ok": True}
+
+    @sio.on("burst")
+    async def burst(sid: str, data: Any = None) -> Any:
+        room, count = data["room"], int(data["count"])
+        await asyncio.gather(*(sio.emit("tick", n, room=room) for n in range(count)))
         return {"ok": True}

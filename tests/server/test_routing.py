@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from tests.support.jsclient import JsClients
+from tests.support.metrics import metric
 from tests.support.procs import RedisServer, free_port, make_token, wait_until
 
 FAST = {"IOFLEET_RATE_LIMIT": "100000"}
@@ -193,3 +194,25 @@ async def test_sid_emits_acks_and_namespace_emits_still_cross_nodes(
     assert (await js.call("on-a", "tell", {"to": target, "text": "by sid"}))["ok"]
     assert (await js.call("on-a", "announce", {"text": "to all"}))["ok"]
     await on_b.wait(lambda: on_b.received("note") == ["by sid", "to all"])
+
+
+async def test_a_burst_of_concurrent_emits_crosses_nodes_whole_and_in_order(
+    start_server, redis_server: RedisServer, py_clients
+) -> None:
+    """400 emits at once from one node: each reaches the other node, none through
+    the outbox (redis-py's pool refuses a 101st concurrent command), in the order
+    the sending node delivered them to its own client."""
+    env = {"IOFLEET_REDIS_URL": redis_server.url, "IOFLEET_HANDLERS": ROUTING_APP, **FAST}
+    node_a = start_server("node-a", **env)
+    node_b = start_server("node-b", **env)
+    on_a = await py_clients(node_a.url, user="on-a")
+    on_b = await py_clients(node_b.url, user="on-b")
+    for client in (on_a, on_b):
+        assert (await client.sio.call("room:join", {"room": "r"}))["ok"]
+    count = 400
+    assert (await on_a.sio.call("burst", {"room": "r", "count": count}, timeout=15))["ok"]
+    await on_b.wait(lambda: len(on_b.received("tick")) == count, timeout=15)
+    await on_a.wait(lambda: len(on_a.received("tick")) == count, timeout=15)
+    assert sorted(on_b.received("tick")) == list(range(count))  # each once
+    assert on_b.received("tick") == on_a.received("tick")  # in the sender's order
+    assert metric(node_a.admin_url, "iofleet_fanout_publish_failures_total") == 0
