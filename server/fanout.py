@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
@@ -47,6 +48,12 @@ from redis import asyncio as aioredis
 
 from server.broadcast import BroadcastEmit
 from server.engine import SID_PATTERN
+from server.fleet_query import (
+    QUERY_TIMEOUT_SECONDS,
+    PendingQuery,
+    SocketInfo,
+    local_sockets,
+)
 from server.jsonlog import OncePerBurst
 from server.metrics import Metrics
 from server.redis_topology import RedisClient, Subscriber, parse_redis_url
@@ -75,6 +82,9 @@ ROOM_CHANNEL_INFIX = "#room#"
 HEARTBEAT_SECONDS = 1.0
 DEAF_AFTER_HEARTBEATS = 3
 HEARTBEAT_INFIX = "#heartbeat#"
+# Fleet queries (`server.fleet_query`): requests every node hears, replies to the asker.
+QUERY_SUFFIX = "#query"
+REPLY_INFIX = "#reply#"
 CANCEL_REPEAT_SECONDS = 0.1
 # After the listener resubscribes, the outbox waits this long before draining:
 # the other nodes' listeners retry every LISTEN_BACKOFF_CAP at most, and a
@@ -173,6 +183,10 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         self._room_sync: asyncio.Task[None] | None = None
         self._sync_log = OncePerBurst(window=10.0)
         self.heartbeat_channel = f"{channel}{HEARTBEAT_INFIX}{self.host_id}"
+        self.query_channel = f"{channel}{QUERY_SUFFIX}"
+        self.reply_channel = f"{channel}{REPLY_INFIX}{self.host_id}"
+        self._queries: dict[str, PendingQuery] = {}
+        self._query_log = OncePerBurst(window=10.0)
         self._unheard_heartbeats = 0
         self.deaf_since: float | None = None  # heard nothing while Redis said subscribed
         self._watchdog: asyncio.Task[None] | None = None
@@ -219,12 +233,18 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         if len(self.outbox) or not self.subscribed:
             self._to_outbox(channel, message, time.monotonic(), "redis unavailable")
             return None
+        return await asyncio.shield(self._enqueue(channel, message))  # a cancelled
+        # handler does not unsend it
+
+    def _enqueue(self, channel: str, message: str) -> asyncio.Future[int | None]:
+        """Queue one publish behind the others; its future answers the receivers
+        Redis counted, or None if it went to the outbox."""
         loop = asyncio.get_running_loop()
         sent: asyncio.Future[int | None] = loop.create_future()
         self._queued.append((channel, message, sent))
         if self._sender is None or self._sender.done():
             self._sender = loop.create_task(self._send_queued())
-        return await asyncio.shield(sent)  # a cancelled handler does not unsend it
+        return sent
 
     async def _send_queued(self) -> None:
         """The one task that publishes the queue, in order, a pipelined batch at a time.
@@ -261,6 +281,81 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
             for channel, message, sent in waiting:
                 self._to_outbox(channel, message, now, reason)
                 sent.set_result(None)
+
+    # --- fleet queries (server.fleet_query) --------------------------------------
+
+    async def fetch_sockets(self, namespace: str, room: str | None) -> list[SocketInfo]:
+        """The sockets of `namespace` in `room` on every node: this node's at once,
+        the others' over Redis (what answers within QUERY_TIMEOUT_SECONDS)."""
+        mine = local_sockets(self.server, namespace, room)
+        if len(self.outbox) or not self.subscribed:
+            self._query_incomplete("redis unavailable", 0, None)
+            return mine
+        request_id = secrets.token_hex(8)
+        pending = self._queries[request_id] = PendingQuery()
+        try:
+            request = {
+                "id": request_id,
+                "reply_to": self.reply_channel,
+                "namespace": namespace,
+                "room": room,
+            }
+            receivers = await self._enqueue(self.query_channel, self.json.dumps(request))
+            if receivers is None:
+                self._query_incomplete("redis unavailable", 0, None)
+                return mine
+            pending.expect(receivers - 1)  # every node's listener but this one's
+            try:
+                await asyncio.wait_for(pending.complete.wait(), QUERY_TIMEOUT_SECONDS)
+            except TimeoutError:
+                self._query_incomplete("timeout", len(pending.replies), receivers - 1)
+            return mine + pending.sockets()
+        finally:
+            del self._queries[request_id]
+
+    def _answer_query(self, data: bytes) -> None:
+        """Another node asks: reply with this node's sockets (queued, not awaited:
+        the listener goes on)."""
+        try:
+            request = self.json.loads(data)
+            reply_to = str(request["reply_to"])
+            namespace, room = str(request["namespace"]), request["room"]
+            request_id = str(request["id"])
+        except (ValueError, KeyError, TypeError):
+            log.warning(
+                "fan-out: malformed fleet query ignored", extra={"event": "fanout.bad_query"}
+            )
+            return
+        if reply_to == self.reply_channel:
+            return  # this node's own request: it answers itself
+        sockets = [info.as_wire() for info in local_sockets(self.server, namespace, room)]
+        self._enqueue(reply_to, self.json.dumps({"id": request_id, "sockets": sockets}))
+
+    def _take_reply(self, data: bytes) -> None:
+        try:
+            reply = self.json.loads(data)
+            pending = self._queries.get(str(reply["id"]))
+            sockets = [SocketInfo.from_wire(item) for item in reply["sockets"]]
+        except (ValueError, KeyError, TypeError):
+            log.warning(
+                "fan-out: malformed fleet reply ignored", extra={"event": "fanout.bad_query"}
+            )
+            return
+        if pending is not None:  # else: late, after its timeout
+            pending.add(sockets)
+
+    def _query_incomplete(self, reason: str, answered: int, nodes: int | None) -> None:
+        if self._query_log.should_log():
+            log.warning(
+                "fleet query answered by part of the fleet only",
+                extra={
+                    "event": "fanout.query_incomplete",
+                    "reason": reason,
+                    "answered": answered,
+                    "nodes": nodes,
+                    "suppressed": self._query_log.take_suppressed(),
+                },
+            )
 
     # --- the outbox -----------------------------------------------------------------
 
@@ -394,6 +489,7 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         shared = str(self.channel).encode()
         rooms = self.room_prefix.encode()
         heartbeat = self.heartbeat_channel.encode()
+        query, reply = self.query_channel.encode(), self.reply_channel.encode()
         async for message in self._redis_listen_with_retries():
             if message["type"] == "pong":
                 self.heard_pong(message.get("data"))
@@ -404,6 +500,10 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
             channel = message["channel"]
             if channel == shared or channel.startswith(rooms):
                 yield message["data"]
+            elif channel == query:
+                self._answer_query(message["data"])
+            elif channel == reply:
+                self._take_reply(message["data"])
             elif channel == heartbeat:
                 self._unheard_heartbeats = 0
                 if self.deaf_since is not None:
@@ -463,7 +563,13 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
                 pubsub = self._subscriber()
                 if not self.subscribed:
                     rooms = set(self.room_channels)
-                    await pubsub.subscribe(self.channel, self.heartbeat_channel, *rooms)
+                    await pubsub.subscribe(
+                        self.channel,
+                        self.heartbeat_channel,
+                        self.query_channel,
+                        self.reply_channel,
+                        *rooms,
+                    )
                     self._active_rooms = rooms
                     self._unheard_heartbeats = 0
                     self._set_subscribed(True)

@@ -4,7 +4,9 @@ socket `to` (on any node) `question` and acks its answer (an emit with a callbac
 to a sid, `sio.call`); `tell` `{to, text}` emits `note` to the socket `to`;
 `announce` `{text}` emits `note` to every socket of the namespace; `burst`
 `{room, count}` emits `count` `tick` events to `room` at once (concurrently, as
-many handlers emitting together would)."""
+many handlers emitting together would); `who` `{room}` answers the sockets in
+`room` (the whole namespace when absent) on every node, with
+`server.fleet_query.fetch_sockets`."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 import socketio
 
 from server.apps import chat
+from server.fleet_query import fetch_sockets
 
 
 def register(sio: socketio.AsyncServer) -> None:
@@ -39,3 +42,8 @@ def register(sio: socketio.AsyncServer) -> None:
         room, count = data["room"], int(data["count"])
         await asyncio.gather(*(sio.emit("tick", n, room=room) for n in range(count)))
         return {"ok": True}
+
+    @sio.on("who")
+    async def who(sid: str, data: Any = None) -> Any:
+        sockets = await fetch_sockets(sio, room=(data or {}).get("room"))
+        return sorted([s.sid, s.node_id, s.user, sorted(s.rooms)] for s in sockets)

@@ -503,3 +503,19 @@ async def test_fanout_over_tls_with_a_password(
     assert reasons and "AuthenticationError" in reasons[0]
     for node in (node_a, node_b, node_c):
         assert PASSWORD not in node.log() and "not-the-password" not in node.log()
+
+
+async def test_cluster_fetch_sockets_answers_both_nodes(
+    cluster_nodes: tuple[ServerProcess, ServerProcess], js: JsClients, py_clients
+) -> None:
+    """The fleet query's request and reply channels are shard channels too."""
+    node_a, node_b = cluster_nodes
+    asker = await py_clients(node_a.url, user="asker")
+    await js.open("far", node_b.url, auth={"token": make_token("far")}, transports=["websocket"])
+    far = (await js.wait_client("far", "connect"))["sid"]
+    assert (await asker.sio.call("room:join", {"room": "fq"}, timeout=10))["ok"]
+    assert (await js.call("far", "room:join", {"room": "fq"}))["ok"]
+    answer = await asker.sio.call("who", {"room": "fq"}, timeout=10)
+    assert sorted((sid, node) for sid, node, *_ in answer) == sorted(
+        [(asker.sio.get_sid(), "node-a"), (far, "node-b")]
+    )
