@@ -58,6 +58,8 @@ CLOSE_HANDSHAKE_SECONDS = 1.0
 # a slow consumer. Broadcast packets are shared objects, so a full queue holds
 # references, not copies.
 SLOW_CONSUMER_REASON = "slow consumer"
+# An Engine.IO MESSAGE packet as text starts with this type digit.
+MESSAGE_TYPE = str(eio_packet.MESSAGE)
 
 
 class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
@@ -148,15 +150,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         """
         if self.closing or self.closed or self._evicted:
             return False
-        transport = self._direct_transport
-        if (
-            transport is not None
-            and not self._sending
-            and self.queue.empty()
-            and len(frame) <= self._direct_max_frame
-            and transport.get_write_buffer_size() + self._frames_bytes
-            < self.server.send_buffer_bytes
-        ):
+        if self._writable(frame):
             frames = self._frames
             if frames is None:
                 self._frames = [frame]
@@ -169,6 +163,32 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             return False
         self.queue.put_nowait(pkt)
         return True
+
+    def send_one(self, pkt: Any, frame: bytes) -> bool:
+        """`send_ready` for a packet to this client alone (acks, sid emits, connects).
+
+        With nothing taken this loop pass and nothing queued, the frame is written
+        at once: no flush callback to schedule for one frame. Otherwise it goes
+        behind what is waiting, as `send_ready` does, so order is kept.
+        """
+        if self._frames is None and self._writable(frame):
+            transport = self._direct_transport
+            assert transport is not None  # checked by _writable
+            transport.write(frame)
+            return True
+        return self.send_ready(pkt, frame)
+
+    def _writable(self, frame: bytes) -> bool:
+        """Whether `frame` may go to the transport now, ahead of nothing."""
+        transport = self._direct_transport
+        return (
+            transport is not None
+            and not (self.closing or self.closed or self._evicted or self._sending)
+            and self.queue.empty()
+            and len(frame) <= self._direct_max_frame
+            and transport.get_write_buffer_size() + self._frames_bytes
+            < self.server.send_buffer_bytes
+        )
 
     def flush_frames(self) -> None:
         """Write the broadcast frames taken since the last flush, in one write.
@@ -363,6 +383,9 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             if data is None:
                 return
             try:
+                if isinstance(data, str) and data[0] == MESSAGE_TYPE:
+                    await self._message(data[1:])
+                    continue
                 await self.receive(eio_packet.Packet(encoded_packet=data))
             except eio_exceptions.UnknownPacketError:
                 continue
@@ -371,6 +394,22 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             except Exception:
                 # As upstream: one bad packet is logged and the connection goes on.
                 log.exception("engine.io receive error", extra={"event": "engine.receive_error"})
+
+    async def _message(self, data: str) -> None:
+        """A text MESSAGE packet's payload, to the server's `message` handler (the
+        Socket.IO layer). What upstream's `receive` does for it, less the
+        per-packet work that does not apply: an Engine.IO `Packet` whose decode
+        first tries the payload as JSON (a Socket.IO packet never is: a failed
+        parse and an exception per message), a log call, and a closure built
+        per call in the server's `_trigger_event`."""
+        handler = self.server.handlers.get("message")
+        if handler is None:
+            return
+        try:
+            await handler(self.sid, data)
+        except Exception:
+            # As upstream's `_trigger_event`: logged, and the connection goes on.
+            log.exception("message handler error", extra={"event": "engine.handler_error"})
 
     async def _write(self, ws: Any) -> None:
         try:
