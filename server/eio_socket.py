@@ -46,6 +46,8 @@ from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_socket import AsyncSocket
 
+from server.packet_queue import PacketQueue
+
 log = logging.getLogger("iofleet.engine")
 
 # A server-side close waits this long for the client's close frame, then drops the
@@ -58,6 +60,8 @@ CLOSE_HANDSHAKE_SECONDS = 1.0
 # a slow consumer. Broadcast packets are shared objects, so a full queue holds
 # references, not copies.
 SLOW_CONSUMER_REASON = "slow consumer"
+# An Engine.IO PING as a final, unmasked WebSocket text frame ("2").
+PING_FRAME = b"\x81\x012"
 # An Engine.IO MESSAGE packet as text starts with this type digit.
 MESSAGE_TYPE = str(eio_packet.MESSAGE)
 
@@ -68,7 +72,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
     # Set by upstream's BaseSocket.__init__; annotated here for the type checker.
     server: Any
     sid: str
-    queue: asyncio.Queue[Any]
+    queue: PacketQueue  # `IofleetEngine.create_queue`
     last_ping: float | None
     connected: bool
     upgrading: bool
@@ -91,6 +95,8 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
     _frames: list[bytes] | None = None
     _frames_bytes: int = 0
     _sending: bool = False  # the writer holds packets it has taken off the queue
+    _websocket: Any = None  # the LimitedWebSocket once upgraded, for `_start_writer`
+    _writer: asyncio.Task[None] | None = None  # runs only while packets are queued
     _evicted: bool = False  # dropped as a slow consumer (its close may still be pending)
 
     # --- heartbeat: timers, not sleeping tasks ---------------------------------
@@ -110,7 +116,12 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         if self.closing or self.closed:
             return
         self.last_ping = time.time()
-        self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+        if self._frames is None and self._writable(PING_FRAME):
+            transport = self._direct_transport
+            assert transport is not None  # checked by _writable
+            transport.write(PING_FRAME)
+        else:
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
         loop = asyncio.get_running_loop()
         self._pong_deadline = loop.call_later(self.server.ping_timeout, self._pong_missed)
 
@@ -249,20 +260,22 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         set by `server.app.serve`) closes the socket and the cancellation propagates.
         """
         try:
-            first = await self.queue.get()
+            await self.queue.wait_nonempty()
         except asyncio.CancelledError:
             self._close_soon(self.server.reason.TRANSPORT_CLOSE, abort=True)
             raise
-        self.queue.task_done()
-        if first is None:
-            self.queue.put_nowait(None)  # every later waiter must wake too
-            return []
-        packets = [first]
-        while not self.queue.empty():
-            pkt = self.queue.get_nowait()
-            self.queue.task_done()
+        return self._take_queued()
+
+    def _take_queued(self) -> list[Any]:
+        """Every packet queued now; [] once the socket is released (the `None`
+        `_release()` puts stays at the head, so every later taker sees it too)."""
+        queue = self.queue
+        packets = []
+        while not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
             if pkt is None:
-                self.queue.put_nowait(None)
+                queue.put_nowait(None)
                 break
             packets.append(pkt)
         return packets
@@ -312,8 +325,10 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             # protocol's forced close, what the reference suite expects) instead of
             # waiting out the poll; its next request finds the session gone (400).
             self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
-        # Wake the WebSocket writer (it ends and closes the WebSocket) or a pending GET.
+        # Wake a pending GET, or start the WebSocket writer, which ends and closes the
+        # WebSocket; the writer started, no later put starts another.
         self.queue.put_nowait(None)
+        self.queue.on_idle_put = None
         sockets = self.server.sockets
         if sockets.get(self.sid) is self:
             del sockets[self.sid]
@@ -321,8 +336,9 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
     # --- the WebSocket transport --------------------------------------------------
 
     async def _websocket_handler(self, ws: Any) -> None:
-        """Serve one WebSocket: a reader loop here, one writer task; both end with
-        the socket (the upstream loop leaves them to their 45 s timeouts)."""
+        """Serve one WebSocket: a reader loop here, and a writer task only while
+        packets are queued (`_start_writer`); both end with the socket (the
+        upstream loop leaves them to their 45 s timeouts)."""
         if self.connected:
             if not await self._upgrade_from_polling(ws):
                 return
@@ -333,14 +349,25 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         self._direct = ws
         self._direct_transport = ws.raw_transport()
         self._direct_max_frame = ws.shared_frame_limit()
-        writer = asyncio.ensure_future(self._write(ws))
+        self._websocket = ws
+        self.queue.on_idle_put = self._start_writer
+        if not self.queue.empty():
+            self._start_writer()
         try:
             await self._read(ws)
         finally:
             # Any way out (client close, error, cancellation) closes the socket once;
-            # `_release()` wakes the writer, which closes the WebSocket.
+            # `_release()` starts the writer, which closes the WebSocket.
             await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
-            await writer
+            if self._writer is not None:
+                await self._writer
+
+    def _start_writer(self) -> None:
+        """A packet was queued with no writer running: start one. An idle connection
+        keeps no task parked on its queue; most packets never queue at all
+        (`send_one`, `send_ready`, `_ping` write to the transport)."""
+        if self._writer is None and self._websocket is not None:
+            self._writer = asyncio.ensure_future(self._write(self._websocket))
 
     async def _upgrade_from_polling(self, ws: Any) -> bool:
         """The probe exchange (PING probe -> PONG probe, then UPGRADE); False if it fails.
@@ -412,24 +439,29 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             log.exception("message handler error", extra={"event": "engine.handler_error"})
 
     async def _write(self, ws: Any) -> None:
+        """Send what is queued, then end; at the release (`None` queued), or when
+        the peer is gone, close the WebSocket and stay the writer, so none other
+        starts."""
         try:
-            while True:
-                packets = await self.poll()
+            while not self.queue.empty():
+                packets = self._take_queued()
                 if not packets:  # released
-                    return
+                    break
                 self._sending = True
                 # Frames taken before these packets go first. The pass-end flush is
-                # scheduled before any put can wake this writer, so this is a guard.
+                # scheduled before any put can start this writer, so this is a guard.
                 self.flush_frames()
                 for pkt in packets:
                     await ws.send(pkt.encode())
                 self._sending = False
+            else:
+                self._writer = None  # all sent: the next put starts a writer again
+                return
         except (OSError, RuntimeError, ConnectionError):
-            return  # the peer went away mid-send; the reader sees it too
-        finally:
-            with contextlib.suppress(OSError, RuntimeError, TimeoutError):
-                async with asyncio.timeout(CLOSE_HANDSHAKE_SECONDS):
-                    await ws.close()
+            pass  # the peer went away mid-send; the reader sees it too
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+            async with asyncio.timeout(CLOSE_HANDSHAKE_SECONDS):
+                await ws.close()
 
 
 class ReleasingSockets(dict[str, Any]):
