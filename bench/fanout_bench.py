@@ -1,4 +1,4 @@
-"""Fan-out benchmark: plain python-socketio, Node socket.io 4.8, iofleet; one run.
+"""Fan-out benchmark: plain python-socketio, Node socket.io 4.8, iofleet, raw aiohttp; one run.
 
 Every server runs the same app (`bench.bench_app`, `bench/node_server.mjs`: the
 chat app plus `echo`) with Redis fan-out (python-socketio's `AsyncRedisManager`,
@@ -13,7 +13,17 @@ pinned to one core, the generator and Redis to another. Per server and run:
   `--messages` `chat:message`s (acks, `--window` in flight); the primary figure
   is the server process's CPU seconds (psutil, user + system) per 100k
   deliveries, then deliveries/s;
-- echo: `--echo-clients` clients each doing `echo` round trips for `--echo-seconds`.
+- echo: `--echo-clients` clients each doing `echo` round trips for `--echo-seconds`;
+- cross-node latency at equal load: a second node of the same server on the same
+  Redis; `--xnode-subscribers` on node B in the room, one sender on node A sending
+  `chat:message`s paced to `--xnode-rate` deliveries/s for `--xnode-seconds`; each
+  message carries its send time, so p50/p99 are from the sender's send to a
+  subscriber's receipt (the generator's clock at both ends).
+
+A fourth target, `raw aiohttp` (`bench.raw_aiohttp_server`: aiohttp WebSockets and
+no Socket.IO stack), is the transport's floor for memory and connect rate (it
+has no cross-node case). The generator's own CPU use during the broadcast and the
+connects is printed, to show it is not what limits the figures.
 
 Prints medians over `--runs` (servers alternate order each run) and ratios
 against Node and python-socketio; the raw figures go to
@@ -26,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -43,7 +54,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from bench.raw_ws import RawSocket, Tally, connect
+from bench.raw_ws import LatencyTally, RawSocket, Tally, connect
 from iofleet.processes import free_port, redis_answers, spawn, stop_pid, tcp_answers, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,6 +74,7 @@ class Target:
     command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path = REPO  # where `python -m server` finds the server package
+    cross_node: bool = True  # runs as a fleet of two behind one Redis
 
 
 IOFLEET_ENV = {
@@ -81,6 +93,7 @@ IOFLEET_ENV = {
 }
 NODE = "node socket.io"
 BASELINE = "python-socketio"
+RAW = "raw aiohttp"
 TARGETS = (
     Target(
         BASELINE,
@@ -88,6 +101,8 @@ TARGETS = (
     ),
     Target(NODE, ("node", str(REPO / "bench" / "node_server.mjs"), "{port}", "{redis}")),
     Target("iofleet", (sys.executable, "-m", "server"), IOFLEET_ENV),
+    # The transport's floor: aiohttp WebSockets with no Socket.IO stack, one node.
+    Target(RAW, (sys.executable, "-m", "bench.raw_aiohttp_server", "{port}"), cross_node=False),
 )
 METRICS = (
     # key, column title, format, higher is better
@@ -96,6 +111,8 @@ METRICS = (
     ("rss_kib_per_conn", "RSS / idle conn (KiB)", "{:.1f}", False),
     ("connects_per_s", "connects/s", "{:,.0f}", True),
     ("echo_per_s", "echo round trips/s", "{:,.0f}", True),
+    ("xnode_p99_ms", "cross-node p99 (ms)", "{:.1f}", False),
+    ("xnode_p50_ms", "cross-node p50 (ms)", "{:.1f}", False),
 )
 
 
@@ -169,9 +186,12 @@ async def measure(port: int, server: psutil.Process, args: argparse.Namespace) -
     warm = await open_many(port, tally, 20, 20)
     await asyncio.sleep(0.5)
     rss_before = server.memory_info().rss
+    generator = psutil.Process()
+    gen_before = cpu_seconds(generator)
     started = time.perf_counter()
     idle = await open_many(port, tally, args.connections, args.concurrency)
     connect_s = time.perf_counter() - started
+    gen_connect = (cpu_seconds(generator) - gen_before) / connect_s
     await asyncio.sleep(1.0)
     rss_after = server.memory_info().rss
 
@@ -182,7 +202,6 @@ async def measure(port: int, server: psutil.Process, args: argparse.Namespace) -
     await asyncio.sleep(0.3)
     deliveries = (len(subscribers) + 1) * args.messages
     tally.expect(deliveries)
-    generator = psutil.Process()
     gen_before = cpu_seconds(generator)
     cpu_before = cpu_seconds(server)
     started = time.perf_counter()
@@ -229,6 +248,41 @@ async def measure(port: int, server: psutil.Process, args: argparse.Namespace) -
         "connects_per_s": args.connections / connect_s,
         "echo_per_s": trips / echo_s,
         "generator_busy": gen_used / broadcast_s,
+        "generator_busy_connect": gen_connect,
+    }
+
+
+async def measure_cross_node(
+    port_a: int, port_b: int, args: argparse.Namespace
+) -> dict[str, float]:
+    """Latency from a sender on node A to subscribers on node B, through Redis, at
+    `--xnode-rate` deliveries/s (the same load for every server): p50 and p99."""
+    tally = LatencyTally(BROADCAST_EVENT)
+    subscribers = await open_many(port_b, tally, args.xnode_subscribers, args.concurrency)
+    sender_tally = Tally(b"-")  # the sender's own copies are not measured
+    sender = (await open_many(port_a, sender_tally, 1, 1))[0]
+    await joined([*subscribers, sender])
+    await asyncio.sleep(0.5)  # node A hears of the room's members on node B
+    interval = len(subscribers) / args.xnode_rate  # seconds between messages
+    count = max(1, int(args.xnode_seconds / interval))
+    tally.expect(count * len(subscribers))
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    for _ in range(count):
+        sender.emit("chat:message", {"room": ROOM, "text": str(time.perf_counter_ns())})
+        next_at += interval
+        await asyncio.sleep(max(0.0, next_at - loop.time()))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(tally.reached.wait(), 30)
+    for sock in [*subscribers, sender]:
+        sock.close()
+    await asyncio.sleep(0.3)
+    got = sorted(tally.latencies_ms)
+    if len(got) < count * len(subscribers):
+        raise RuntimeError(f"cross-node: {len(got)} of {count * len(subscribers)} delivered")
+    return {
+        "xnode_p50_ms": got[len(got) // 2],
+        "xnode_p99_ms": got[min(len(got) - 1, int(len(got) * 0.99))],
     }
 
 
@@ -247,18 +301,33 @@ def run_one(target: Target, args: argparse.Namespace, workdir: Path) -> dict[str
         running(redis_argv, dict(os.environ), redis_log, generator_cores, "redis", redis_port),
         running(argv, env, log, server_cores, "tcp", port, target.cwd) as process,
     ):
-        return asyncio.run(measure(port, psutil.Process(process.pid), args))
+        figures = asyncio.run(measure(port, psutil.Process(process.pid), args))
+        if not target.cross_node or args.xnode_rate <= 0:
+            return figures
+        # A second node on the same Redis; node A is the one measured above.
+        port_b = free_port()
+        fill_b = {**fill, "port": str(port_b)}
+        argv_b = [part.format(**fill_b) for part in target.command]
+        env_b = {**os.environ, **{k: v.format(**fill_b) for k, v in target.env.items()}}
+        log_b = workdir / f"{target.name.replace(' ', '_')}-b.log"
+        with running(argv_b, env_b, log_b, server_cores, "tcp", port_b, target.cwd):
+            figures.update(asyncio.run(measure_cross_node(port, port_b, args)))
+        return figures
 
 
 def ratio(value: float, base: float, higher_is_better: bool) -> str:
-    if base == 0:
+    if base == 0 or math.isnan(base) or math.isnan(value):
         return "-"
     return f"{value / base:.2f}x"
 
 
 def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
+    keys = [key for key, *_ in METRICS] + ["generator_busy", "generator_busy_connect"]
     medians = {
-        name: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        name: {
+            key: statistics.median(r[key] for r in runs) if key in runs[0] else math.nan
+            for key in keys
+        }
         for name, runs in results.items()
         if runs
     }
@@ -271,7 +340,9 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     for name in medians:
         table.add_column(name, justify="right")
     for key, title, fmt, _ in METRICS:
-        table.add_row(title, *(fmt.format(m[key]) for m in medians.values()))
+        table.add_row(
+            title, *("-" if math.isnan(m[key]) else fmt.format(m[key]) for m in medians.values())
+        )
     for base_name in (NODE, BASELINE):
         if base_name not in medians:
             continue
@@ -284,6 +355,10 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     table.add_row(
         "generator CPU busy during broadcast",
         *(f"{m['generator_busy']:.0%}" for m in medians.values()),
+    )
+    table.add_row(
+        "generator CPU busy during connects",
+        *(f"{m['generator_busy_connect']:.0%}" for m in medians.values()),
     )
     console.print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -307,6 +382,14 @@ def main() -> None:
     parser.add_argument("--text-bytes", type=int, default=32)
     parser.add_argument("--echo-clients", type=int, default=200)
     parser.add_argument("--echo-seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--xnode-rate",
+        type=float,
+        default=5000,
+        help="cross-node deliveries/s (0: skip the cross-node case)",
+    )
+    parser.add_argument("--xnode-subscribers", type=int, default=200)
+    parser.add_argument("--xnode-seconds", type=float, default=4.0)
     parser.add_argument("--only", action="append", help="measure only these targets")
     parser.add_argument(
         "--compare-tree",

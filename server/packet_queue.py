@@ -33,12 +33,12 @@ COMPACT_AFTER = 64
 
 class PacketQueue:
     __slots__ = (
-        "_items",
-        "_head",
         "_getters",
+        "_head",
+        "_items",
         "_joiners",
-        "_unfinished",
         "_ping_interval_ms",
+        "_unfinished",
         "on_idle_put",
     )
 
