@@ -44,6 +44,7 @@ from typing import Any
 
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
+from engineio import payload as eio_payload
 from engineio.async_socket import AsyncSocket
 
 from server.packet_queue import PacketQueue
@@ -264,14 +265,18 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         except asyncio.CancelledError:
             self._close_soon(self.server.reason.TRANSPORT_CLOSE, abort=True)
             raise
-        return self._take_queued()
+        # One long-poll response carries at most what python-engineio's clients
+        # decode in one payload (16: more and the client drops the connection);
+        # the rest waits for the next GET.
+        return self._take_queued(eio_payload.Payload.max_decode_packets)
 
-    def _take_queued(self) -> list[Any]:
-        """Every packet queued now; [] once the socket is released (the `None`
-        `_release()` puts stays at the head, so every later taker sees it too)."""
+    def _take_queued(self, limit: int | None = None) -> list[Any]:
+        """The packets queued now (at most `limit`); [] once the socket is released
+        (the `None` `_release()` puts stays at the head, so every later taker sees
+        it too)."""
         queue = self.queue
-        packets = []
-        while not queue.empty():
+        packets: list[Any] = []
+        while not queue.empty() and (limit is None or len(packets) < limit):
             pkt = queue.get_nowait()
             queue.task_done()
             if pkt is None:
