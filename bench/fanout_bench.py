@@ -122,7 +122,9 @@ def pin(cores: set[int]) -> None:
 
 
 def core_split() -> tuple[set[int], set[int]]:
-    """(server core, generator cores): the server alone on one core."""
+    """(server core, generator cores): the server alone on one core. Decided once,
+    before this process pins itself to the generator cores (asked again after
+    that, it would see one core and put the server on it too)."""
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         return {cores[0]}, {cores[0]}
@@ -231,12 +233,17 @@ async def measure(port: int, server: psutil.Process, args: argparse.Namespace) -
     async def echo_loop(sock: RawSocket) -> None:
         nonlocal trips
         while time.perf_counter() < stop_at:
-            await asyncio.wait_for(sock.call("echo", {"n": trips}), 30)
+            await sock.call("echo", {"n": trips})
             trips += 1
 
+    gen_before = cpu_seconds(generator)
     echo_started = time.perf_counter()
-    await asyncio.gather(*(echo_loop(s) for s in echoers))
+    # One bound for the whole phase: a timeout per call would cost the generator
+    # a timer and a waiter per round trip.
+    async with asyncio.timeout(args.echo_seconds + 30):
+        await asyncio.gather(*(echo_loop(s) for s in echoers))
     echo_s = time.perf_counter() - echo_started
+    gen_echo = (cpu_seconds(generator) - gen_before) / echo_s
 
     for sock in [*warm, *idle]:
         sock.close()
@@ -249,6 +256,7 @@ async def measure(port: int, server: psutil.Process, args: argparse.Namespace) -
         "echo_per_s": trips / echo_s,
         "generator_busy": gen_used / broadcast_s,
         "generator_busy_connect": gen_connect,
+        "generator_busy_echo": gen_echo,
     }
 
 
@@ -287,7 +295,7 @@ async def measure_cross_node(
 
 
 def run_one(target: Target, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
-    server_cores, generator_cores = core_split()
+    server_cores, generator_cores = args.cores
     redis_port, port = free_port(), free_port()
     redis_url = f"redis://{HOST}:{redis_port}/0"
     redis_argv = ["redis-server", "--port", str(redis_port), "--bind", HOST, "--save", ""]
@@ -322,7 +330,8 @@ def ratio(value: float, base: float, higher_is_better: bool) -> str:
 
 
 def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
-    keys = [key for key, *_ in METRICS] + ["generator_busy", "generator_busy_connect"]
+    keys = [key for key, *_ in METRICS]
+    keys += ["generator_busy", "generator_busy_connect", "generator_busy_echo"]
     medians = {
         name: {
             key: statistics.median(r[key] for r in runs) if key in runs[0] else math.nan
@@ -334,7 +343,8 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     table = Table(
         title=f"median of {args.runs} runs; {args.connections} connections, "
         f"{args.subscribers} subscribers x {args.messages} messages, "
-        f"{args.echo_clients} echo clients"
+        f"{args.echo_clients} echo clients; server on cores {sorted(args.cores[0])}, "
+        f"generator and Redis on {sorted(args.cores[1])}"
     )
     table.add_column("figure")
     for name in medians:
@@ -359,6 +369,10 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     table.add_row(
         "generator CPU busy during connects",
         *(f"{m['generator_busy_connect']:.0%}" for m in medians.values()),
+    )
+    table.add_row(
+        "generator CPU busy during echo",
+        *(f"{m['generator_busy_echo']:.0%}" for m in medians.values()),
     )
     console.print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -412,8 +426,8 @@ def main() -> None:
         targets.append(
             Target(f"iofleet@{tree.name}", (sys.executable, "-m", "server"), IOFLEET_ENV, tree)
         )
-    _, generator_cores = core_split()
-    pin(generator_cores)
+    args.cores = core_split()
+    pin(args.cores[1])
     results: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
     with (
         tempfile.TemporaryDirectory(prefix="fanout-bench-") as tmp,
