@@ -1,4 +1,4 @@
-"""Fan-out benchmark: plain python-socketio, Node socket.io 4.8, iofleet; one run.
+"""Fan-out benchmark: plain python-socketio, Node socket.io 4.8, iofleet, raw aiohttp; one run.
 
 Every server runs the same app (`bench.bench_app`, `bench/node_server.mjs`: the
 chat app plus `echo`) with Redis fan-out (python-socketio's `AsyncRedisManager`,
@@ -13,7 +13,17 @@ pinned to one core, the generator and Redis to another. Per server and run:
   `--messages` `chat:message`s (acks, `--window` in flight); the primary figure
   is the server process's CPU seconds (psutil, user + system) per 100k
   deliveries, then deliveries/s;
-- echo: `--echo-clients` clients each doing `echo` round trips for `--echo-seconds`.
+- echo: `--echo-clients` clients each doing `echo` round trips for `--echo-seconds`;
+- cross-node latency at equal load: a second node of the same server on the same
+  Redis; `--xnode-subscribers` on node B in the room, one sender on node A sending
+  `chat:message`s paced to `--xnode-rate` deliveries/s for `--xnode-seconds`; each
+  message carries its send time, so p50/p99 are from the sender's send to a
+  subscriber's receipt (the generator's clock at both ends).
+
+A fourth target, `raw aiohttp` (`bench.raw_aiohttp_server`: aiohttp WebSockets and
+no Socket.IO stack), is the transport's floor for memory and connect rate (it
+has no cross-node case). The generator's own CPU use during the broadcast and the
+connects is printed, to show it is not what limits the figures.
 
 Prints medians over `--runs` (servers alternate order each run) and ratios
 against Node and python-socketio; the raw figures go to
@@ -28,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -45,7 +56,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from bench.raw_ws import RawSocket, Tally, connect
+from bench.raw_ws import LatencyTally, RawSocket, Tally, connect
 from iofleet.processes import free_port, redis_answers, spawn, stop_pid, tcp_answers, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +76,7 @@ class Target:
     command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path = REPO  # where `python -m server` finds the server package
+    cross_node: bool = True  # runs as a fleet of two behind one Redis
 
 
 IOFLEET_ENV = {
@@ -84,6 +96,7 @@ IOFLEET_ENV = {
 NODE = "node socket.io"
 RECOVERY = "iofleet recovery"
 BASELINE = "python-socketio"
+RAW = "raw aiohttp"
 TARGETS = (
     Target(
         BASELINE,
@@ -91,6 +104,8 @@ TARGETS = (
     ),
     Target(NODE, ("node", str(REPO / "bench" / "node_server.mjs"), "{port}", "{redis}")),
     Target("iofleet", (sys.executable, "-m", "server"), IOFLEET_ENV),
+    # The transport's floor: aiohttp WebSockets with no Socket.IO stack, one node.
+    Target(RAW, (sys.executable, "-m", "bench.raw_aiohttp_server", "{port}"), cross_node=False),
 )
 METRICS = (
     # key, column title, format, higher is better
@@ -99,6 +114,8 @@ METRICS = (
     ("rss_kib_per_conn", "RSS / idle conn (KiB)", "{:.1f}", False),
     ("connects_per_s", "connects/s", "{:,.0f}", True),
     ("echo_per_s", "echo round trips/s", "{:,.0f}", True),
+    ("xnode_p99_ms", "cross-node p99 (ms)", "{:.1f}", False),
+    ("xnode_p50_ms", "cross-node p50 (ms)", "{:.1f}", False),
 )
 
 
@@ -108,7 +125,9 @@ def pin(cores: set[int]) -> None:
 
 
 def core_split() -> tuple[set[int], set[int]]:
-    """(server core, generator cores): the server alone on one core."""
+    """(server core, generator cores): the server alone on one core. Decided once,
+    before this process pins itself to the generator cores (asked again after
+    that, it would see one core and put the server on it too)."""
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < 2:
         return {cores[0]}, {cores[0]}
@@ -172,9 +191,12 @@ async def measure(port: int, server: psutil.Process, args: argparse.Namespace) -
     warm = await open_many(port, tally, 20, 20)
     await asyncio.sleep(0.5)
     rss_before = server.memory_info().rss
+    generator = psutil.Process()
+    gen_before = cpu_seconds(generator)
     started = time.perf_counter()
     idle = await open_many(port, tally, args.connections, args.concurrency)
     connect_s = time.perf_counter() - started
+    gen_connect = (cpu_seconds(generator) - gen_before) / connect_s
     await asyncio.sleep(1.0)
     rss_after = server.memory_info().rss
 
@@ -185,7 +207,6 @@ async def measure(port: int, server: psutil.Process, args: argparse.Namespace) -
     await asyncio.sleep(0.3)
     deliveries = (len(subscribers) + 1) * args.messages
     tally.expect(deliveries)
-    generator = psutil.Process()
     gen_before = cpu_seconds(generator)
     cpu_before = cpu_seconds(server)
     started = time.perf_counter()
@@ -215,12 +236,17 @@ async def measure(port: int, server: psutil.Process, args: argparse.Namespace) -
     async def echo_loop(sock: RawSocket) -> None:
         nonlocal trips
         while time.perf_counter() < stop_at:
-            await asyncio.wait_for(sock.call("echo", {"n": trips}), 30)
+            await sock.call("echo", {"n": trips})
             trips += 1
 
+    gen_before = cpu_seconds(generator)
     echo_started = time.perf_counter()
-    await asyncio.gather(*(echo_loop(s) for s in echoers))
+    # One bound for the whole phase: a timeout per call would cost the generator
+    # a timer and a waiter per round trip.
+    async with asyncio.timeout(args.echo_seconds + 30):
+        await asyncio.gather(*(echo_loop(s) for s in echoers))
     echo_s = time.perf_counter() - echo_started
+    gen_echo = (cpu_seconds(generator) - gen_before) / echo_s
 
     for sock in [*warm, *idle]:
         sock.close()
@@ -232,11 +258,47 @@ async def measure(port: int, server: psutil.Process, args: argparse.Namespace) -
         "connects_per_s": args.connections / connect_s,
         "echo_per_s": trips / echo_s,
         "generator_busy": gen_used / broadcast_s,
+        "generator_busy_connect": gen_connect,
+        "generator_busy_echo": gen_echo,
+    }
+
+
+async def measure_cross_node(
+    port_a: int, port_b: int, args: argparse.Namespace
+) -> dict[str, float]:
+    """Latency from a sender on node A to subscribers on node B, through Redis, at
+    `--xnode-rate` deliveries/s (the same load for every server): p50 and p99."""
+    tally = LatencyTally(BROADCAST_EVENT)
+    subscribers = await open_many(port_b, tally, args.xnode_subscribers, args.concurrency)
+    sender_tally = Tally(b"-")  # the sender's own copies are not measured
+    sender = (await open_many(port_a, sender_tally, 1, 1))[0]
+    await joined([*subscribers, sender])
+    await asyncio.sleep(0.5)  # node A hears of the room's members on node B
+    interval = len(subscribers) / args.xnode_rate  # seconds between messages
+    count = max(1, int(args.xnode_seconds / interval))
+    tally.expect(count * len(subscribers))
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    for _ in range(count):
+        sender.emit("chat:message", {"room": ROOM, "text": str(time.perf_counter_ns())})
+        next_at += interval
+        await asyncio.sleep(max(0.0, next_at - loop.time()))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(tally.reached.wait(), 30)
+    for sock in [*subscribers, sender]:
+        sock.close()
+    await asyncio.sleep(0.3)
+    got = sorted(tally.latencies_ms)
+    if len(got) < count * len(subscribers):
+        raise RuntimeError(f"cross-node: {len(got)} of {count * len(subscribers)} delivered")
+    return {
+        "xnode_p50_ms": got[len(got) // 2],
+        "xnode_p99_ms": got[min(len(got) - 1, int(len(got) * 0.99))],
     }
 
 
 def run_one(target: Target, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
-    server_cores, generator_cores = core_split()
+    server_cores, generator_cores = args.cores
     redis_port, port = free_port(), free_port()
     redis_url = f"redis://{HOST}:{redis_port}/0"
     redis_argv = ["redis-server", "--port", str(redis_port), "--bind", HOST, "--save", ""]
@@ -250,31 +312,50 @@ def run_one(target: Target, args: argparse.Namespace, workdir: Path) -> dict[str
         running(redis_argv, dict(os.environ), redis_log, generator_cores, "redis", redis_port),
         running(argv, env, log, server_cores, "tcp", port, target.cwd) as process,
     ):
-        return asyncio.run(measure(port, psutil.Process(process.pid), args))
+        figures = asyncio.run(measure(port, psutil.Process(process.pid), args))
+        if not target.cross_node or args.xnode_rate <= 0:
+            return figures
+        # A second node on the same Redis; node A is the one measured above.
+        port_b = free_port()
+        fill_b = {**fill, "port": str(port_b)}
+        argv_b = [part.format(**fill_b) for part in target.command]
+        env_b = {**os.environ, **{k: v.format(**fill_b) for k, v in target.env.items()}}
+        log_b = workdir / f"{target.name.replace(' ', '_')}-b.log"
+        with running(argv_b, env_b, log_b, server_cores, "tcp", port_b, target.cwd):
+            figures.update(asyncio.run(measure_cross_node(port, port_b, args)))
+        return figures
 
 
 def ratio(value: float, base: float, higher_is_better: bool) -> str:
-    if base == 0:
+    if base == 0 or math.isnan(base) or math.isnan(value):
         return "-"
     return f"{value / base:.2f}x"
 
 
 def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
+    keys = [key for key, *_ in METRICS]
+    keys += ["generator_busy", "generator_busy_connect", "generator_busy_echo"]
     medians = {
-        name: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        name: {
+            key: statistics.median(r[key] for r in runs) if key in runs[0] else math.nan
+            for key in keys
+        }
         for name, runs in results.items()
         if runs
     }
     table = Table(
         title=f"median of {args.runs} runs; {args.connections} connections, "
         f"{args.subscribers} subscribers x {args.messages} messages, "
-        f"{args.echo_clients} echo clients"
+        f"{args.echo_clients} echo clients; server on cores {sorted(args.cores[0])}, "
+        f"generator and Redis on {sorted(args.cores[1])}"
     )
     table.add_column("figure")
     for name in medians:
         table.add_column(name, justify="right")
     for key, title, fmt, _ in METRICS:
-        table.add_row(title, *(fmt.format(m[key]) for m in medians.values()))
+        table.add_row(
+            title, *("-" if math.isnan(m[key]) else fmt.format(m[key]) for m in medians.values())
+        )
     for base_name in (NODE, BASELINE):
         if base_name not in medians:
             continue
@@ -287,6 +368,14 @@ def report(results: dict[str, list[dict[str, float]]], args: argparse.Namespace)
     table.add_row(
         "generator CPU busy during broadcast",
         *(f"{m['generator_busy']:.0%}" for m in medians.values()),
+    )
+    table.add_row(
+        "generator CPU busy during connects",
+        *(f"{m['generator_busy_connect']:.0%}" for m in medians.values()),
+    )
+    table.add_row(
+        "generator CPU busy during echo",
+        *(f"{m['generator_busy_echo']:.0%}" for m in medians.values()),
     )
     console.print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -310,6 +399,14 @@ def main() -> None:
     parser.add_argument("--text-bytes", type=int, default=32)
     parser.add_argument("--echo-clients", type=int, default=200)
     parser.add_argument("--echo-seconds", type=float, default=3.0)
+    parser.add_argument(
+        "--xnode-rate",
+        type=float,
+        default=5000,
+        help="cross-node deliveries/s (0: skip the cross-node case)",
+    )
+    parser.add_argument("--xnode-subscribers", type=int, default=200)
+    parser.add_argument("--xnode-seconds", type=float, default=4.0)
     parser.add_argument("--only", action="append", help="measure only these targets")
     parser.add_argument(
         "--recovery",
@@ -341,8 +438,8 @@ def main() -> None:
         targets.append(
             Target(f"iofleet@{tree.name}", (sys.executable, "-m", "server"), IOFLEET_ENV, tree)
         )
-    _, generator_cores = core_split()
-    pin(generator_cores)
+    args.cores = core_split()
+    pin(args.cores[1])
     results: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
     with (
         tempfile.TemporaryDirectory(prefix="fanout-bench-") as tmp,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import time
 from typing import Any
 
 import orjson
@@ -65,10 +66,31 @@ class Tally:
         self.target = self.count + more
         self.reached.clear()
 
-    def hit(self) -> None:
+    def hit(self, packet: bytes) -> None:
         self.count += 1
         if self.count >= self.target:
             self.reached.set()
+
+
+class LatencyTally(Tally):
+    """A Tally that also records each delivery's latency: the sender puts
+    `time.perf_counter_ns()` (of this same process) in the message's `text`."""
+
+    TEXT = b'"text":"'
+
+    def __init__(self, event: bytes) -> None:
+        super().__init__(event)
+        self.latencies_ms: list[float] = []
+
+    def hit(self, packet: bytes) -> None:
+        now = time.perf_counter_ns()
+        start = packet.find(self.TEXT)
+        if start >= 0:
+            start += len(self.TEXT)
+            sent = packet[start : packet.index(b'"', start)]
+            if sent.isdigit():
+                self.latencies_ms.append((now - int(sent)) / 1e6)
+        super().hit(packet)
 
 
 class RawSocket(asyncio.Protocol):
@@ -148,7 +170,7 @@ class RawSocket(asyncio.Protocol):
 
     def _packet(self, packet: bytes) -> None:
         if packet.startswith(self.tally.prefix):
-            self.tally.hit()
+            self.tally.hit(packet)
         elif packet == b"2":
             self._write(PONG_FRAME)
         elif packet.startswith(b"43"):

@@ -44,7 +44,10 @@ from typing import Any
 
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
+from engineio import payload as eio_payload
 from engineio.async_socket import AsyncSocket
+
+from server.packet_queue import PacketQueue
 
 log = logging.getLogger("iofleet.engine")
 
@@ -58,6 +61,10 @@ CLOSE_HANDSHAKE_SECONDS = 1.0
 # a slow consumer. Broadcast packets are shared objects, so a full queue holds
 # references, not copies.
 SLOW_CONSUMER_REASON = "slow consumer"
+# An Engine.IO PING as a final, unmasked WebSocket text frame ("2").
+PING_FRAME = b"\x81\x012"
+# An Engine.IO MESSAGE packet as text starts with this type digit.
+MESSAGE_TYPE = str(eio_packet.MESSAGE)
 
 
 class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
@@ -66,7 +73,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
     # Set by upstream's BaseSocket.__init__; annotated here for the type checker.
     server: Any
     sid: str
-    queue: asyncio.Queue[Any]
+    queue: PacketQueue  # `IofleetEngine.create_queue`
     last_ping: float | None
     connected: bool
     upgrading: bool
@@ -89,6 +96,8 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
     _frames: list[bytes] | None = None
     _frames_bytes: int = 0
     _sending: bool = False  # the writer holds packets it has taken off the queue
+    _websocket: Any = None  # the LimitedWebSocket once upgraded, for `_start_writer`
+    _writer: asyncio.Task[None] | None = None  # runs only while packets are queued
     _evicted: bool = False  # dropped as a slow consumer (its close may still be pending)
 
     # --- heartbeat: timers, not sleeping tasks ---------------------------------
@@ -108,7 +117,12 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         if self.closing or self.closed:
             return
         self.last_ping = time.time()
-        self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+        if self._frames is None and self._writable(PING_FRAME):
+            transport = self._direct_transport
+            assert transport is not None  # checked by _writable
+            transport.write(PING_FRAME)
+        else:
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
         loop = asyncio.get_running_loop()
         self._pong_deadline = loop.call_later(self.server.ping_timeout, self._pong_missed)
 
@@ -148,15 +162,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         """
         if self.closing or self.closed or self._evicted:
             return False
-        transport = self._direct_transport
-        if (
-            transport is not None
-            and not self._sending
-            and self.queue.empty()
-            and len(frame) <= self._direct_max_frame
-            and transport.get_write_buffer_size() + self._frames_bytes
-            < self.server.send_buffer_bytes
-        ):
+        if self._writable(frame):
             frames = self._frames
             if frames is None:
                 self._frames = [frame]
@@ -169,6 +175,32 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             return False
         self.queue.put_nowait(pkt)
         return True
+
+    def send_one(self, pkt: Any, frame: bytes) -> bool:
+        """`send_ready` for a packet to this client alone (acks, sid emits, connects).
+
+        With nothing taken this loop pass and nothing queued, the frame is written
+        at once: no flush callback to schedule for one frame. Otherwise it goes
+        behind what is waiting, as `send_ready` does, so order is kept.
+        """
+        if self._frames is None and self._writable(frame):
+            transport = self._direct_transport
+            assert transport is not None  # checked by _writable
+            transport.write(frame)
+            return True
+        return self.send_ready(pkt, frame)
+
+    def _writable(self, frame: bytes) -> bool:
+        """Whether `frame` may go to the transport now, ahead of nothing."""
+        transport = self._direct_transport
+        return (
+            transport is not None
+            and not (self.closing or self.closed or self._evicted or self._sending)
+            and self.queue.empty()
+            and len(frame) <= self._direct_max_frame
+            and transport.get_write_buffer_size() + self._frames_bytes
+            < self.server.send_buffer_bytes
+        )
 
     def flush_frames(self) -> None:
         """Write the broadcast frames taken since the last flush, in one write.
@@ -229,20 +261,26 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         set by `server.app.serve`) closes the socket and the cancellation propagates.
         """
         try:
-            first = await self.queue.get()
+            await self.queue.wait_nonempty()
         except asyncio.CancelledError:
             self._close_soon(self.server.reason.TRANSPORT_CLOSE, abort=True)
             raise
-        self.queue.task_done()
-        if first is None:
-            self.queue.put_nowait(None)  # every later waiter must wake too
-            return []
-        packets = [first]
-        while not self.queue.empty():
-            pkt = self.queue.get_nowait()
-            self.queue.task_done()
+        # One long-poll response carries at most what python-engineio's clients
+        # decode in one payload (16: more and the client drops the connection);
+        # the rest waits for the next GET.
+        return self._take_queued(eio_payload.Payload.max_decode_packets)
+
+    def _take_queued(self, limit: int | None = None) -> list[Any]:
+        """The packets queued now (at most `limit`); [] once the socket is released
+        (the `None` `_release()` puts stays at the head, so every later taker sees
+        it too)."""
+        queue = self.queue
+        packets: list[Any] = []
+        while not queue.empty() and (limit is None or len(packets) < limit):
+            pkt = queue.get_nowait()
+            queue.task_done()
             if pkt is None:
-                self.queue.put_nowait(None)
+                queue.put_nowait(None)
                 break
             packets.append(pkt)
         return packets
@@ -292,8 +330,10 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             # protocol's forced close, what the reference suite expects) instead of
             # waiting out the poll; its next request finds the session gone (400).
             self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
-        # Wake the WebSocket writer (it ends and closes the WebSocket) or a pending GET.
+        # Wake a pending GET, or start the WebSocket writer, which ends and closes the
+        # WebSocket; the writer started, no later put starts another.
         self.queue.put_nowait(None)
+        self.queue.on_idle_put = None
         sockets = self.server.sockets
         if sockets.get(self.sid) is self:
             del sockets[self.sid]
@@ -301,8 +341,9 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
     # --- the WebSocket transport --------------------------------------------------
 
     async def _websocket_handler(self, ws: Any) -> None:
-        """Serve one WebSocket: a reader loop here, one writer task; both end with
-        the socket (the upstream loop leaves them to their 45 s timeouts)."""
+        """Serve one WebSocket: a reader loop here, and a writer task only while
+        packets are queued (`_start_writer`); both end with the socket (the
+        upstream loop leaves them to their 45 s timeouts)."""
         if self.connected:
             if not await self._upgrade_from_polling(ws):
                 return
@@ -313,14 +354,25 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         self._direct = ws
         self._direct_transport = ws.raw_transport()
         self._direct_max_frame = ws.shared_frame_limit()
-        writer = asyncio.ensure_future(self._write(ws))
+        self._websocket = ws
+        self.queue.on_idle_put = self._start_writer
+        if not self.queue.empty():
+            self._start_writer()
         try:
             await self._read(ws)
         finally:
             # Any way out (client close, error, cancellation) closes the socket once;
-            # `_release()` wakes the writer, which closes the WebSocket.
+            # `_release()` starts the writer, which closes the WebSocket.
             await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
-            await writer
+            if self._writer is not None:
+                await self._writer
+
+    def _start_writer(self) -> None:
+        """A packet was queued with no writer running: start one. An idle connection
+        keeps no task parked on its queue; most packets never queue at all
+        (`send_one`, `send_ready`, `_ping` write to the transport)."""
+        if self._writer is None and self._websocket is not None:
+            self._writer = asyncio.ensure_future(self._write(self._websocket))
 
     async def _upgrade_from_polling(self, ws: Any) -> bool:
         """The probe exchange (PING probe -> PONG probe, then UPGRADE); False if it fails.
@@ -363,6 +415,9 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             if data is None:
                 return
             try:
+                if isinstance(data, str) and data[0] == MESSAGE_TYPE:
+                    await self._message(data[1:])
+                    continue
                 await self.receive(eio_packet.Packet(encoded_packet=data))
             except eio_exceptions.UnknownPacketError:
                 continue
@@ -372,25 +427,46 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
                 # As upstream: one bad packet is logged and the connection goes on.
                 log.exception("engine.io receive error", extra={"event": "engine.receive_error"})
 
-    async def _write(self, ws: Any) -> None:
+    async def _message(self, data: str) -> None:
+        """A text MESSAGE packet's payload, to the server's `message` handler (the
+        Socket.IO layer). What upstream's `receive` does for it, less the
+        per-packet work that does not apply: an Engine.IO `Packet` whose decode
+        first tries the payload as JSON (a Socket.IO packet never is: a failed
+        parse and an exception per message), a log call, and a closure built
+        per call in the server's `_trigger_event`."""
+        handler = self.server.handlers.get("message")
+        if handler is None:
+            return
         try:
-            while True:
-                packets = await self.poll()
+            await handler(self.sid, data)
+        except Exception:
+            # As upstream's `_trigger_event`: logged, and the connection goes on.
+            log.exception("message handler error", extra={"event": "engine.handler_error"})
+
+    async def _write(self, ws: Any) -> None:
+        """Send what is queued, then end; at the release (`None` queued), or when
+        the peer is gone, close the WebSocket and stay the writer, so none other
+        starts."""
+        try:
+            while not self.queue.empty():
+                packets = self._take_queued()
                 if not packets:  # released
-                    return
+                    break
                 self._sending = True
                 # Frames taken before these packets go first. The pass-end flush is
-                # scheduled before any put can wake this writer, so this is a guard.
+                # scheduled before any put can start this writer, so this is a guard.
                 self.flush_frames()
                 for pkt in packets:
                     await ws.send(pkt.encode())
                 self._sending = False
+            else:
+                self._writer = None  # all sent: the next put starts a writer again
+                return
         except (OSError, RuntimeError, ConnectionError):
-            return  # the peer went away mid-send; the reader sees it too
-        finally:
-            with contextlib.suppress(OSError, RuntimeError, TimeoutError):
-                async with asyncio.timeout(CLOSE_HANDSHAKE_SECONDS):
-                    await ws.close()
+            pass  # the peer went away mid-send; the reader sees it too
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+            async with asyncio.timeout(CLOSE_HANDSHAKE_SECONDS):
+                await ws.close()
 
 
 class ReleasingSockets(dict[str, Any]):

@@ -22,6 +22,7 @@ from engineio.async_drivers import aiohttp as aiohttp_driver
 
 from server.contract import NODE_ID_RULE
 from server.eio_socket import ReleasingSockets
+from server.packet_queue import PacketQueue
 from server.settings import SEND_BUFFER_BYTES, SEND_QUEUE_PACKETS
 
 log = logging.getLogger("iofleet.engine")
@@ -145,29 +146,6 @@ async def refuse_websocket(request: web.Request, reason: str) -> WebSocketRespon
     return ws
 
 
-class HandshakeQueue(asyncio.Queue[Any]):
-    """A socket's outgoing queue that announces `pingInterval` in exact milliseconds.
-
-    python-engineio builds the OPEN packet with `int(interval + grace) * 1000`,
-    which turns 0.3 s into 0; a client then pings at the wrong pace. The OPEN
-    packet is the first thing put on a new socket's queue, before it is encoded,
-    so it is corrected here, once, through the library's `create_queue` seam.
-    """
-
-    def __init__(self, ping_interval_ms: int) -> None:
-        super().__init__()
-        self._ping_interval_ms: int | None = ping_interval_ms
-
-    def put_nowait(self, item: Any) -> None:
-        if self._ping_interval_ms is not None:
-            if getattr(item, "packet_type", None) == eio_packet.OPEN and isinstance(
-                item.data, dict
-            ):
-                item.data["pingInterval"] = self._ping_interval_ms
-            self._ping_interval_ms = None  # only the first packet can be the OPEN
-        super().put_nowait(item)
-
-
 class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
     def __init__(
         self,
@@ -253,11 +231,13 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         for socket in sockets:
             socket.flush_frames()
 
-    def create_queue(self, *args: Any, **kwargs: Any) -> asyncio.Queue[Any]:
+    def create_queue(self, *args: Any, **kwargs: Any) -> Any:
+        """A socket's packet queue (`server.packet_queue`: small, and it corrects
+        the handshake's `pingInterval`)."""
         if args or kwargs:  # not a socket's packet queue
-            return super().create_queue(*args, **kwargs)  # type: ignore[no-any-return]
+            return super().create_queue(*args, **kwargs)
         interval_s = self.ping_interval + self.ping_interval_grace_period
-        return HandshakeQueue(round(interval_s * 1000))
+        return PacketQueue(round(interval_s * 1000))
 
     def generate_id(self) -> str:
         # `<node>.<random>`: nginx routes a request that carries `?sid=` to its

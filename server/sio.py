@@ -115,6 +115,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         self.ledger = RoomLedger()
         self.node_id = settings.node_id  # for applications (the chat app greets with it)
         self.user_buckets = KeyedBuckets(settings.rate_limit, settings.burst)
+        self._series_by_label: dict[str, tuple[Any, Any]] = {}  # `_event_metrics`
         # Asked at admission; the drain controller owns the flag (server/drain.py).
         self.is_draining: Callable[[], bool] = lambda: False
         # Connection state recovery (`server.recovery`), when the manager offers it.
@@ -264,9 +265,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             )
             return {"ok": False, "error": "internal error"}
         finally:
-            self.metrics.event_handler_seconds.labels(self._event_label(event, namespace)).observe(
-                time.perf_counter() - started
-            )
+            self._event_metrics(event, namespace)[1].observe(time.perf_counter() - started)
 
     async def _connect(self, namespace: str, sid: str, environ: dict[str, Any], *rest: Any) -> Any:
         auth = rest[0] if rest else None
@@ -394,7 +393,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         if not isinstance(data, list) or not data or not isinstance(data[0], str):
             raise ValueError("event without a name")
         event = data[0]
-        self.metrics.messages_received.labels(self._event_label(event, namespace)).inc()
+        self._event_metrics(event, namespace)[0].inc()
         conn = self.connections.get(eio_sid)
         if conn is not None and not self._allow(conn):
             await self._refuse_event(conn, namespace, id, event)
@@ -437,6 +436,18 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         manager, which would also publish it to every node over Redis."""
         pkt = self.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, data])
         await self._send_packet(eio_sid, pkt)
+
+    def _event_metrics(self, event: str, namespace: str) -> tuple[Any, Any]:
+        """The event's (messages received, handler seconds) series: looked up in
+        prometheus-client (a lock and a key build) once per label, not per event."""
+        label = self._event_label(event, namespace)
+        series = self._series_by_label.get(label)
+        if series is None:
+            series = self._series_by_label[label] = (
+                self.metrics.messages_received.labels(label),
+                self.metrics.event_handler_seconds.labels(label),
+            )
+        return series
 
     def _event_label(self, event: str, namespace: str) -> str:
         # Client-chosen names must not become unbounded metric labels.
@@ -498,10 +509,10 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
                 pkt.data = {**pkt.data, "pid": pid}
         encoded = pkt.encode()
         socket = self.eio.sockets.get(eio_sid)
-        if isinstance(encoded, str) and socket is not None and hasattr(socket, "send_ready"):
+        if isinstance(encoded, str) and socket is not None and hasattr(socket, "send_one"):
             eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
             text: str = eio_pkt.encode()
-            socket.send_ready(eio_pkt, text_frame(text.encode()))
+            socket.send_one(eio_pkt, text_frame(text.encode()))
             return
         await super()._send_packet(eio_sid, pkt)
 

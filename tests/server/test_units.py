@@ -304,3 +304,19 @@ def test_once_per_burst() -> None:
     assert gate.should_log(0) and not gate.should_log(1) and not gate.should_log(9)
     assert gate.take_suppressed() == 2
     assert gate.should_log(10.5)
+
+
+def test_the_server_collects_the_whole_heap_less_often() -> None:
+    """`python -m server` keeps the young generations' thresholds and raises the
+    full collection's (server/__main__.py says why)."""
+    import gc
+
+    from server.__main__ import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert GC_THRESHOLDS[:2] == (700, 10) and GC_THRESHOLDS[2] > 10
+    finally:
+        gc.set_threshold(*before)

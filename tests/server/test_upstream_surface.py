@@ -10,13 +10,14 @@ naming the method, instead of the server misbehaving at run time.
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Any
 
 import engineio
 import pytest
 import socketio
 from aiohttp import web
-from engineio import async_socket
+from engineio import async_socket, base_socket
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 
 # (owner, method name, the parameters after `self` the server relies on)
@@ -201,4 +202,33 @@ def test_recovery_surface() -> None:
     assert "message" in inspect.signature(PubSub.ping).parameters, "redis-py PubSub.ping(message)"
     assert 'message_type != "pong"' in inspect.getsource(PubSub.handle_message), (
         "redis-py PubSub.handle_message no longer passes pong messages to listen()"
+    )
+
+
+def test_receive_and_queue_surface() -> None:
+    """What server/eio_socket.py's receive path and server/packet_queue.py rely on:
+    python-socketio registers its Engine.IO `message` handler as a coroutine
+    function in `eio.handlers` (a text MESSAGE goes straight to it), an Engine.IO
+    socket takes its queue from `server.create_queue()` and uses only the methods
+    `PacketQueue` has, and a long-poll payload's packet limit is
+    `Payload.max_decode_packets`."""
+    from engineio import payload as eio_payload
+
+    from server.packet_queue import PacketQueue
+
+    sio = socketio.AsyncServer(async_mode="aiohttp")
+    handler = sio.eio.handlers.get("message")
+    assert handler is not None and inspect.iscoroutinefunction(handler), (
+        "socketio no longer registers a coroutine `message` handler in engineio's handlers"
+    )
+    source = inspect.getsource(async_socket) + inspect.getsource(base_socket)
+    assert "self.server.create_queue()" in source, "engineio sockets no longer use create_queue"
+    unknown = {
+        name
+        for name in re.findall(r"self\.queue\.(\w+)\(", source)
+        if not hasattr(PacketQueue, name)
+    }
+    assert not unknown, f"engineio now calls queue methods PacketQueue lacks: {unknown}"
+    assert isinstance(getattr(eio_payload.Payload, "max_decode_packets", None), int), (
+        "engineio Payload.max_decode_packets is gone"
     )

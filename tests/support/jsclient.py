@@ -72,13 +72,19 @@ class JsClients:
     async def emit(self, client: str, event: str, data: Any = None) -> None:
         await self._send({"op": "emit", "client": client, "event": event, "data": data})
 
-    async def call(self, client: str, event: str, data: Any = None, timeout: float = 10) -> Any:
-        """Emit with an acknowledgement and return the server's ack payload."""
+    async def send_call(self, client: str, event: str, data: Any = None) -> int:
+        """Emit with an acknowledgement, without waiting for it: the ack's id (its
+        message is `{"type": "ack", "id": ...}` in `messages`)."""
         self._next_ack += 1
         ack_id = self._next_ack
         await self._send(
             {"op": "emit", "client": client, "event": event, "data": data, "ack": ack_id}
         )
+        return ack_id
+
+    async def call(self, client: str, event: str, data: Any = None, timeout: float = 10) -> Any:
+        """Emit with an acknowledgement and return the server's ack payload."""
+        ack_id = await self.send_call(client, event, data)
         reply = await self.wait_for(
             lambda m: m.get("type") == "ack" and m.get("id") == ack_id, timeout=timeout
         )
