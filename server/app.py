@@ -64,6 +64,11 @@ def build_fanout(settings: Settings, metrics: Metrics) -> FanoutManager | None:
     """The Redis fan-out (with connection state recovery when asked), or None for one node."""
     if not settings.redis_url:
         return None
+    common: dict[str, Any] = {
+        "outbox_messages": settings.fanout_outbox_messages,
+        "outbox_seconds": settings.fanout_outbox_seconds,
+        "node_id": settings.node_id,
+    }
     if settings.recovery:
         return RecoveringFanoutManager(
             settings.redis_url,
@@ -71,18 +76,9 @@ def build_fanout(settings: Settings, metrics: Metrics) -> FanoutManager | None:
             metrics,
             window_seconds=settings.recovery_window_seconds,
             max_messages=settings.recovery_max_messages,
-            node_id=settings.node_id,
-            outbox_messages=settings.fanout_outbox_messages,
-            outbox_seconds=settings.fanout_outbox_seconds,
+            **common,
         )
-    return FanoutManager(
-        settings.redis_url,
-        settings.redis_channel,
-        metrics,
-        outbox_messages=settings.fanout_outbox_messages,
-        outbox_seconds=settings.fanout_outbox_seconds,
-        node_id=settings.node_id,
-    )
+    return FanoutManager(settings.redis_url, settings.redis_channel, metrics, **common)
 
 
 def load_handlers(spec: str) -> Callable[[socketio.AsyncServer], Any]:

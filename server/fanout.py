@@ -223,6 +223,11 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
             )
         return self.pubsub
 
+    def redis_away(self) -> bool:
+        """Publishes go to the outbox now: the listener is down, or messages already
+        wait there (a new one may not overtake them)."""
+        return bool(len(self.outbox)) or not self.subscribed
+
     async def _publish(self, data: Any) -> Any:
         """Queue `data` for Redis; answers how many nodes' listeners got it (None
         when it went to the outbox), once its batch has been sent."""
@@ -230,7 +235,7 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         message = self.json.dumps(data)
         # Behind what already waits (order), or straight in while the listener
         # is down: Redis is gone, and trying would hold the handler up to a timeout.
-        if len(self.outbox) or not self.subscribed:
+        if self.redis_away():
             self._to_outbox(channel, message, time.monotonic(), "redis unavailable")
             return None
         return await asyncio.shield(self._enqueue(channel, message))  # a cancelled
@@ -288,7 +293,7 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         """The sockets of `namespace` in `room` on every node: this node's at once,
         the others' over Redis (what answers within QUERY_TIMEOUT_SECONDS)."""
         mine = local_sockets(self.server, namespace, room)
-        if len(self.outbox) or not self.subscribed:
+        if self.redis_away():
             self._query_incomplete("redis unavailable", 0, None)
             return mine
         request_id = secrets.token_hex(8)

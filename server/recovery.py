@@ -246,8 +246,7 @@ class RecoveringFanoutManager(FanoutManager):
         if (
             kwargs.get("ignore_queue")
             or callback is not None
-            or len(self.outbox)
-            or not self.subscribed
+            or self.redis_away()
             or sio_packet.Packet.data_is_binary(arguments)
         ):
             # Not recoverable, or Redis away: python-socketio's local-first path.

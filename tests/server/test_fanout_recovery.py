@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from tests.server.fanout_support import join_room, status
+from tests.server.fanout_support import cross_nodes, join_room, status
 from tests.server.test_routing import CountingRelay
 from tests.support.jsclient import JsClients
 from tests.support.metrics import metric
@@ -53,32 +53,6 @@ async def test_fanout_resumes_within_a_second_of_redis_returning(
     assert got["args"][0]["text"] == "back"
 
 
-async def _cross_node_message_arrives(js: JsClients, text: str, within: float = 10) -> None:
-    """a1 (node A) sends until b1 (node B) gets one: messages published while B's
-    listener is reconnecting are lost (pub/sub), so one message would race it."""
-    deadline = time.monotonic() + within
-    attempt = 0
-    while True:
-        attempt += 1
-        mark = len(js.messages)
-        sent = f"{text} #{attempt}"
-        assert (await js.call("a1", "chat:message", {"room": "r", "text": sent}))["ok"]
-        try:
-            await js.wait_for(
-                lambda m, sent=sent: (
-                    m.get("client") == "b1"
-                    and m.get("event") == "chat:message"
-                    and m["args"][0]["text"] == sent
-                ),
-                timeout=0.5,
-                start=mark,
-            )
-            return
-        except TimeoutError:
-            if time.monotonic() > deadline:
-                raise
-
-
 async def _two_nodes(start_server, js: JsClients, url_a: str, url_b: str) -> tuple[Any, Any]:
     node_a = start_server("node-a", IOFLEET_REDIS_URL=url_a)
     node_b = start_server("node-b", IOFLEET_REDIS_URL=url_b)
@@ -90,13 +64,13 @@ async def test_listener_resubscribes_after_redis_kills_it(
     redis_server: RedisServer, start_server, js: JsClients
 ) -> None:
     _, node_b = await _two_nodes(start_server, js, redis_server.url, redis_server.url)
-    await _cross_node_message_arrives(js, "before")
+    await cross_nodes(js, "r", "before", within=10)
     killer = redis.Redis(port=redis_server.port)
     try:
         assert killer.client_kill_filter(_type="pubsub") >= 2  # both nodes' listeners
     finally:
         killer.close()
-    await _cross_node_message_arrives(js, "after the kill")
+    await cross_nodes(js, "r", "after the kill", within=10)
     assert metric(node_b.admin_url, "iofleet_fanout_outages_total") == 1
     assert status(node_b.admin_url)["redis"] == "up"
 
@@ -108,7 +82,7 @@ async def test_a_listener_gone_quiet_notices_and_resubscribes(
     try:
         relay_url = f"redis://127.0.0.1:{relay.port}/0"
         _, node_b = await _two_nodes(start_server, js, redis_server.url, relay_url)
-        await _cross_node_message_arrives(js, "before")
+        await cross_nodes(js, "r", "before", within=10)
         readiness = ReadinessWatch(node_b.admin_url).start()
         try:
             assert relay.deafen() == 1  # node B's subscriber: still connected, hears nothing
@@ -121,7 +95,7 @@ async def test_a_listener_gone_quiet_notices_and_resubscribes(
                 15,
                 "node B hearing again after its listener went deaf",
             )
-            await _cross_node_message_arrives(js, "after going quiet")
+            await cross_nodes(js, "r", "after going quiet", within=10)
             # Ready again once it hears (the watch may not have polled since: wait for it).
             await asyncio.to_thread(
                 wait_until, lambda: readiness.seen[-1] == (200, []), 5, "node B ready again"

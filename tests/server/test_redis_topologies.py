@@ -9,7 +9,6 @@ import datetime
 import ipaddress
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,10 +25,21 @@ from iofleet.local_servers import redis_command
 from iofleet.processes import free_port, stop_pid
 from server.redis_topology import RedisUrlError, parse_redis_url, redacted
 from server.settings import SettingsError, load_settings
-from tests.server.fanout_support import join_room, status
+from tests.server.fanout_support import (
+    cross_nodes,
+    join_room,
+    sid_acks_and_namespace_emits_cross,
+    status,
+)
 from tests.server.test_routing import ROUTING_APP, CountingRelay
 from tests.support.jsclient import JsClients
-from tests.support.procs import REPO, TEST_JWT_SECRET, ServerProcess, make_token, wait_until
+from tests.support.procs import (
+    TEST_JWT_SECRET,
+    ServerProcess,
+    make_token,
+    run_module,
+    wait_until,
+)
 from tests.support.redis_topologies import RedisClusterServers, SentinelRedis
 
 FAST = {"IOFLEET_RATE_LIMIT": "100000"}
@@ -74,15 +84,7 @@ def test_a_wrong_redis_url_stops_the_server_with_one_line() -> None:
         "IOFLEET_JWT_SECRET": TEST_JWT_SECRET,
         "IOFLEET_REDIS_URL": "redis+cluster://:s3cret@10.0.0.1:7000/2",
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "server"],
-        env=env,
-        cwd=REPO,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_module("server", env=env, within=30)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "iofleet: invalid setting IOFLEET_REDIS_URL: 'redis+cluster://:***@10.0.0.1:7000/2': "
@@ -256,45 +258,8 @@ async def test_cluster_sid_emits_acks_and_namespace_emits_cross_nodes(
     node_a, node_b = cluster_nodes
     # Every node's shared channel and heartbeat are shard subscriptions too.
     assert cluster.shard_subscribers("iofleet") == 2
-    on_b = await py_clients(node_b.url, user="on-b")
-
-    @on_b.sio.on("question")
-    async def question(data: str) -> str:
-        return f"answer to {data}"
-
-    await js.open("on-a", node_a.url, auth={"token": make_token("on-a")}, transports=["websocket"])
-    await js.wait_client("on-a", "connect")
-    target = on_b.sio.get_sid()
-    reply = await js.call("on-a", "ask", {"to": target, "question": "q1"})
-    assert reply == {"answer": "answer to q1"}
-    assert (await js.call("on-a", "tell", {"to": target, "text": "by sid"}))["ok"]
-    assert (await js.call("on-a", "announce", {"text": "to all"}))["ok"]
-    await on_b.wait(lambda: on_b.received("note") == ["by sid", "to all"])
+    await sid_acks_and_namespace_emits_cross(js, py_clients, node_a, node_b)
     assert status(node_a.admin_url)["redis"] == "up" and status(node_b.admin_url)["redis"] == "up"
-
-
-async def cross_nodes(js: JsClients, room: str, text: str, within: float = 15) -> None:
-    """a1 (node A) sends to `room` until b1 (node B) gets one: pub/sub keeps nothing for
-    a listener that is resubscribing, so a single message would race it."""
-    deadline = time.monotonic() + within
-    for attempt in range(1000):
-        mark = len(js.messages)
-        sent = f"{text} #{attempt}"
-        assert (await js.call("a1", "chat:message", {"room": room, "text": sent}))["ok"]
-        try:
-            await js.wait_for(
-                lambda m, sent=sent: (
-                    m.get("client") == "b1"
-                    and m.get("event") == "chat:message"
-                    and m["args"][0]["text"] == sent
-                ),
-                timeout=0.5,
-                start=mark,
-            )
-            return
-        except TimeoutError:
-            if time.monotonic() > deadline:
-                raise
 
 
 async def test_cluster_a_link_gone_quiet_to_one_master_is_noticed(

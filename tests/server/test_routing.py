@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.server.fanout_support import sid_acks_and_namespace_emits_cross
 from tests.support.jsclient import JsClients
 from tests.support.metrics import metric
 from tests.support.procs import RedisServer, free_port, make_token, wait_until
@@ -179,21 +180,7 @@ async def test_sid_emits_acks_and_namespace_emits_still_cross_nodes(
     env = {"IOFLEET_REDIS_URL": redis_server.url, "IOFLEET_HANDLERS": ROUTING_APP, **FAST}
     node_a = start_server("node-a", **env)
     node_b = start_server("node-b", **env)
-    on_b = await py_clients(node_b.url, user="on-b")
-
-    @on_b.sio.on("question")
-    async def question(data: str) -> str:
-        return f"answer to {data}"
-
-    await js.open("on-a", node_a.url, auth={"token": make_token("on-a")}, transports=["websocket"])
-    await js.wait_client("on-a", "connect")
-    target = on_b.sio.get_sid()
-    # An emit with a callback to a sid on another node, and its ack coming back.
-    reply = await js.call("on-a", "ask", {"to": target, "question": "q1"})
-    assert reply == {"answer": "answer to q1"}
-    assert (await js.call("on-a", "tell", {"to": target, "text": "by sid"}))["ok"]
-    assert (await js.call("on-a", "announce", {"text": "to all"}))["ok"]
-    await on_b.wait(lambda: on_b.received("note") == ["by sid", "to all"])
+    await sid_acks_and_namespace_emits_cross(js, py_clients, node_a, node_b)
 
 
 async def test_a_burst_of_concurrent_emits_crosses_nodes_whole_and_in_order(

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import random
-import subprocess
 import sys
 import time
 
@@ -21,7 +20,7 @@ from server.drain_plan import plan_batches
 from server.jsonlog import JsonFormatter, OncePerBurst
 from server.ratelimit import KeyedBuckets, TokenBucket
 from server.settings import Settings, SettingsError, load_settings
-from tests.support.procs import REPO
+from tests.support.procs import run_module
 
 LONG = "k" * 32  # an HS256 secret of the minimum length
 
@@ -119,15 +118,7 @@ def test_settings_defaults_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_bad_setting_stops_the_process_with_one_line() -> None:
     env = {"PATH": "/usr/bin:/bin", "IOFLEET_JWT_SECRET": LONG, "IOFLEET_PING_TIMEOUT": "-1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "server"],
-        env=env,
-        cwd=REPO,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_module("server", env=env, within=30)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "iofleet: invalid setting IOFLEET_PING_TIMEOUT: Input should be greater than 0 (got '-1')"

@@ -43,8 +43,15 @@ def run_iofleet(
     *args: str, env: Mapping[str, str], within: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """`python -m iofleet ARGS` from the repository, as a user runs it; output captured."""
+    return run_module("iofleet", *args, env=env, within=within)
+
+
+def run_module(
+    module: str, *args: str, env: Mapping[str, str], within: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`python -m MODULE ARGS` from the repository; output captured, never raises on exit."""
     return subprocess.run(
-        [sys.executable, "-m", "iofleet", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         timeout=within,
