@@ -40,24 +40,13 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from server.rooms import RoomIndex
+from server.ws_transport import text_frame
 
 
 class Deliverer(Protocol):
     """What the Engine.IO server offers a broadcast (`IofleetEngine.deliver`)."""
 
     def deliver(self, eio_sids: Iterable[str], pkt: eio_packet.Packet, frame: bytes) -> int: ...
-
-
-def text_frame(payload: bytes) -> bytes:
-    """A final, unmasked WebSocket text frame (RFC 6455 5.2) holding `payload`."""
-    size = len(payload)
-    if size < 126:
-        header = bytes((0x81, size))
-    elif size < 65536:
-        header = b"\x81\x7e" + size.to_bytes(2, "big")
-    else:
-        header = b"\x81\x7f" + size.to_bytes(8, "big")
-    return header + payload
 
 
 def as_arguments(data: Any) -> list[Any]:

@@ -48,12 +48,17 @@ from engineio import payload as eio_payload
 from engineio.async_socket import AsyncSocket
 
 from server.packet_queue import PacketQueue
+from server.ws_transport import (
+    CLOSE_HANDSHAKE_SECONDS,
+    CLOSE_POLICY_VIOLATION,
+    OP_BINARY,
+    WebSocketConnection,
+    frame,
+    text_frame,
+)
 
 log = logging.getLogger("iofleet.engine")
 
-# A server-side close waits this long for the client's close frame, then drops the
-# TCP connection (aiohttp would wait 10 s, holding the connection's tasks).
-CLOSE_HANDSHAKE_SECONDS = 1.0
 # The outbound bounds are the engine's (`IofleetEngine.send_buffer_bytes`,
 # `send_queue_packets`): a broadcast goes straight to a WebSocket's transport only
 # below that many buffered bytes, above it packets queue behind the writer, which
@@ -65,6 +70,47 @@ SLOW_CONSUMER_REASON = "slow consumer"
 PING_FRAME = b"\x81\x012"
 # An Engine.IO MESSAGE packet as text starts with this type digit.
 MESSAGE_TYPE = str(eio_packet.MESSAGE)
+# A Socket.IO EVENT (any namespace) inside an Engine.IO MESSAGE, as text.
+EVENT_PREFIX = MESSAGE_TYPE + "2"
+# Engine.IO v4 packet types are the digits 0..6 (open..noop).
+ENGINEIO_PACKET_TYPES = frozenset("0123456")
+# Upgrade from polling over a `WebSocketConnection`: what the socket waits for.
+PROBE_PING = 1  # the client's PING "probe"
+PROBE_UPGRADE = 2  # then its UPGRADE
+PROBE_PONG_FRAME = text_frame(b"3probe")  # the answer to the probe
+# Packets waiting behind one that is still being handled; past this many the
+# connection stops reading until they are done.
+INBOX_PAUSE_AT = 256
+# Packets written per pass of the WebSocket drain before it checks the transport.
+DRAIN_BATCH = 64
+
+
+class _Resume:
+    """Awaiting this drives, to its end, a coroutine that was started outside a
+    task (`ReleasingSocket._run_eagerly`) and suspended on `pending`: what a Task
+    does for its coroutine, so the rest of it runs in the awaiting task."""
+
+    __slots__ = ("_coro", "_pending")
+
+    def __init__(self, coro: Any, pending: Any) -> None:
+        self._coro = coro
+        self._pending = pending
+
+    def __await__(self) -> Any:
+        coro, value = self._coro, self._pending
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:  # thrown into the task: cancellation
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
 
 
 class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
@@ -99,6 +145,13 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
     _websocket: Any = None  # the LimitedWebSocket once upgraded, for `_start_writer`
     _writer: asyncio.Task[None] | None = None  # runs only while packets are queued
     _evicted: bool = False  # dropped as a slow consumer (its close may still be pending)
+    # The WebSocket when served below aiohttp (`server.ws_transport`): packets in
+    # arrive as calls (`ws_message`), packets out are written by `_drain_to_websocket`.
+    _conn: WebSocketConnection | None = None
+    _probe: int = 0  # upgrading from polling over `_conn`: PROBE_PING, PROBE_UPGRADE
+    _probe_timer: asyncio.TimerHandle | None = None
+    _inbox: list[str | bytes] | None = None  # packets behind one still being handled
+    _draining: bool = False  # `_drain_to_websocket` is writing
 
     # --- heartbeat: timers, not sleeping tasks ---------------------------------
 
@@ -350,14 +403,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         else:
             self.connected = True
             self.upgraded = True
-        # Broadcasts may now write to it (`send_ready`).
-        self._direct = ws
-        self._direct_transport = ws.raw_transport()
-        self._direct_max_frame = ws.shared_frame_limit()
-        self._websocket = ws
-        self.queue.on_idle_put = self._start_writer
-        if not self.queue.empty():
-            self._start_writer()
+        self._use_websocket(ws)
         try:
             await self._read(ws)
         finally:
@@ -367,10 +413,25 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             if self._writer is not None:
                 await self._writer
 
+    def _use_websocket(self, ws: Any) -> None:
+        """From now on packets go out over `ws` (a `LimitedWebSocket` or a
+        `WebSocketConnection`); broadcasts may write to it directly (`send_ready`)."""
+        self._direct = ws
+        self._direct_transport = ws.raw_transport()
+        self._direct_max_frame = ws.shared_frame_limit()
+        self._websocket = ws
+        self.queue.on_idle_put = self._start_writer
+        if not self.queue.empty():
+            self._start_writer()
+
     def _start_writer(self) -> None:
         """A packet was queued with no writer running: start one. An idle connection
         keeps no task parked on its queue; most packets never queue at all
-        (`send_one`, `send_ready`, `_ping` write to the transport)."""
+        (`send_one`, `send_ready`, `_ping` write to the transport). A WebSocket
+        below aiohttp needs no task: the queue is written out here."""
+        if self._conn is not None:
+            self._drain_to_websocket()
+            return
         if self._writer is None and self._websocket is not None:
             self._writer = asyncio.ensure_future(self._write(self._websocket))
 
@@ -467,6 +528,184 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         with contextlib.suppress(OSError, RuntimeError, TimeoutError):
             async with asyncio.timeout(CLOSE_HANDSHAKE_SECONDS):
                 await ws.close()
+
+    # --- the WebSocket below aiohttp (`server.ws_transport`) ---------------------
+
+    def attach_websocket(self, conn: WebSocketConnection) -> None:
+        """`conn` took this socket's WebSocket request from aiohttp. A new
+        connection uses it at once; a polling one first does the probe exchange
+        (PING probe -> PONG probe, then UPGRADE), each step within `ping_timeout`."""
+        self._conn = conn
+        if not self.connected:
+            self.connected = True
+            self.upgraded = True
+            self._use_websocket(conn)
+            return
+        self.upgrading = True  # hold packet sends during the upgrade
+        self._probe = PROBE_PING
+        loop = asyncio.get_running_loop()
+        self._probe_timer = loop.call_later(self.server.ping_timeout, self._upgrade_failed)
+
+    def ws_message(self, data: str | bytes) -> None:
+        """One message from the client: an Engine.IO packet."""
+        if self._probe:
+            self._upgrade_step(data)
+            return
+        if isinstance(data, str) and (not data or data[0] not in ENGINEIO_PACKET_TYPES):
+            if self._conn is not None:
+                self._conn.refuse(CLOSE_POLICY_VIOLATION, "malformed", "not an Engine.IO packet")
+            return
+        inbox = self._inbox
+        if inbox is not None:  # behind a packet still being handled: in order
+            inbox.append(data)
+            conn = self._conn
+            if len(inbox) == INBOX_PAUSE_AT and conn is not None and conn.transport is not None:
+                conn.transport.pause_reading()
+            return
+        if isinstance(data, str) and data.startswith(EVENT_PREFIX):
+            # An event: decoded, checked and handed to python-socketio, which runs
+            # the application's handler in a task of its own; no task needed here.
+            self._run_eagerly(self._message(data[1:]))
+            return
+        # Connects, acks (their callbacks run inline), binary parts, Engine.IO
+        # packets: in a task, and what arrives meanwhile waits for it.
+        self._inbox = []
+        self._handle_in_task(self._handle_in_order(self._packet(data)))
+
+    def _run_eagerly(self, coro: Any) -> None:
+        """Run `coro` here, outside any task. Most finish without waiting on
+        anything; one that waits goes on in a task, and this connection's later
+        packets wait for it, so they are still handled in order."""
+        try:
+            pending = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:
+            log.exception("engine.io receive error", extra={"event": "engine.receive_error"})
+            return
+        self._inbox = []
+        self._handle_in_task(self._handle_in_order(_Resume(coro, pending)))
+
+    def _handle_in_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        # The loop keeps only weak references to tasks: hold it until it is done.
+        handling = self.server.handling
+        handling.add(task)
+        task.add_done_callback(handling.discard)
+
+    async def _handle_in_order(self, first: Any) -> None:
+        """Await `first`, then handle what arrived meanwhile, in arrival order."""
+        try:
+            await first
+            inbox = self._inbox
+            while inbox:
+                await self._packet(inbox.pop(0))
+        finally:
+            self._inbox = None
+            conn = self._conn
+            if conn is not None and conn.transport is not None:
+                conn.transport.resume_reading()
+
+    async def _packet(self, data: str | bytes) -> None:
+        """One packet, as `_read` handles it on aiohttp's WebSocket."""
+        try:
+            if isinstance(data, str) and data[0] == MESSAGE_TYPE:
+                await self._message(data[1:])
+                return
+            await self.receive(eio_packet.Packet(encoded_packet=data))
+        except (eio_exceptions.UnknownPacketError, eio_exceptions.SocketIsClosedError):
+            return
+        except Exception:
+            log.exception("engine.io receive error", extra={"event": "engine.receive_error"})
+
+    def _upgrade_step(self, data: str | bytes) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            pkt = eio_packet.Packet(encoded_packet=data)
+        except Exception:
+            self._upgrade_failed()
+            return
+        if self._probe == PROBE_PING:
+            if pkt.packet_type != eio_packet.PING or pkt.data != "probe":
+                self._upgrade_failed()
+                return
+            conn.write(PROBE_PONG_FRAME)
+            self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # ends the long-poll
+            self._probe = PROBE_UPGRADE
+            return
+        if pkt.packet_type != eio_packet.UPGRADE:
+            self._upgrade_failed()
+            return
+        self._end_probe()
+        if self.closed:
+            conn.close()
+            return
+        self.upgraded = True
+        self._use_websocket(conn)
+
+    def _upgrade_failed(self) -> None:
+        """The probe exchange failed or timed out: the WebSocket closes, the
+        session goes on over polling."""
+        conn = self._conn
+        self._end_probe()
+        self._conn = None
+        if conn is not None:
+            conn.close()
+
+    def _end_probe(self) -> None:
+        self._probe = 0
+        self.upgrading = False
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
+
+    def ws_refused(self, reason: str, detail: str) -> None:
+        hook = getattr(self.server, "reject_hook", None)
+        if hook is not None:
+            hook(reason, self.sid, detail)
+
+    def ws_writable(self) -> None:
+        if self._websocket is self._conn and self._conn is not None:
+            self._drain_to_websocket()
+
+    def ws_lost(self) -> None:
+        """The WebSocket's TCP connection is gone: close the socket (unless it
+        was an upgrade that never finished: the session goes on over polling)."""
+        if not self.upgraded:
+            self._end_probe()
+            self._conn = None
+            return
+        self._direct = self._direct_transport = self._frames = None
+        self._close_soon(self.server.reason.TRANSPORT_CLOSE, abort=True)
+
+    def _drain_to_websocket(self) -> None:
+        """Write what is queued to the WebSocket, in order, while the transport
+        takes it; `ws_writable` calls again when it has drained. At the release
+        (`None` queued) the WebSocket closes."""
+        conn = self._conn
+        if self._draining or conn is None:
+            return
+        self._draining = True
+        try:
+            self.flush_frames()  # frames taken before these packets go first
+            while not self.queue.empty():
+                if conn.write_paused:
+                    if self._released:  # closing, to a client that does not read
+                        conn.abort()
+                    return
+                packets = self._take_queued(DRAIN_BATCH)
+                if not packets:  # released
+                    conn.close()
+                    return
+                for pkt in packets:
+                    encoded = pkt.encode()
+                    if isinstance(encoded, str):
+                        conn.write(text_frame(encoded.encode()))
+                    else:
+                        conn.write(frame(OP_BINARY, encoded))
+        finally:
+            self._draining = False
 
 
 class ReleasingSockets(dict[str, Any]):

@@ -21,16 +21,15 @@ from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as aiohttp_driver
 
 from server.contract import NODE_ID_RULE
-from server.eio_socket import ReleasingSockets
+from server.eio_socket import ENGINEIO_PACKET_TYPES, ReleasingSockets
 from server.packet_queue import PacketQueue
 from server.settings import SEND_BUFFER_BYTES, SEND_QUEUE_PACKETS
+from server.ws_transport import WebSocketConnection, handshake_problem, is_deflate_offered
 
 log = logging.getLogger("iofleet.engine")
 
 # permessage-deflate costs CPU per frame; below about 1 KB it saves little.
 COMPRESS_THRESHOLD_BYTES = 1024
-# Engine.IO v4 packet types are the digits 0..6 (open..noop).
-ENGINEIO_PACKET_TYPES = frozenset("0123456")
 # What an Engine.IO endpoint answers to; anything else is a 400 (the protocol's
 # test suite and stock clients expect 400, not aiohttp's 405).
 ENGINEIO_METHODS = frozenset({"GET", "POST", "OPTIONS"})
@@ -59,12 +58,25 @@ def _ignore_slow(sid: str, queued: int) -> None:
 
 
 class LimitedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
-    """engineio's aiohttp WebSocket wrapper, plus size/format checks and selective deflate."""
+    """How python-engineio opens a WebSocket: below aiohttp (`server.ws_transport`),
+    or, for a client that uses permessage-deflate (`IOFLEET_WS_COMPRESSION`),
+    engineio's aiohttp WebSocket wrapper plus size/format checks and selective
+    deflate."""
 
     _deflate_bits: int = 0
 
-    async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
+    async def __call__(self, environ: dict[str, Any]) -> web.StreamResponse:
         request = environ["aiohttp.request"]
+        socket = self.handler.__self__  # the engineio socket (a ReleasingSocket)
+        if not (self.server.ws_compression and is_deflate_offered(request)):
+            problem = handshake_problem(request)
+            if problem is not None:
+                return web.Response(status=400, text=problem)
+            conn = WebSocketConnection.take_over(request, socket, self.server.max_http_buffer_size)
+            if conn is not None:
+                socket.attach_websocket(conn)
+            # Never written: aiohttp no longer has the connection's transport.
+            return web.Response(status=101)
         self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=True)
         await self._sock.prepare(request)
         negotiated = self._sock.compress
@@ -151,11 +163,16 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         self,
         *args: Any,
         node_id: str = "node",
+        ws_compression: bool = False,
         send_buffer_bytes: int = SEND_BUFFER_BYTES,
         send_queue_packets: int = SEND_QUEUE_PACKETS,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        # permessage-deflate for clients that offer it, on aiohttp's WebSocket.
+        self.ws_compression = ws_compression
+        # Tasks handling packets that had to wait (`ReleasingSocket._handle_in_task`).
+        self.handling: set[asyncio.Task[None]] = set()
         # The outbound bounds every connection keeps to (server/eio_socket.py).
         self.send_buffer_bytes = send_buffer_bytes
         self.send_queue_packets = send_queue_packets

@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         1_000_000, ge=1024, description="Largest packet accepted; larger closes the sender."
     )
+    ws_compression: bool = Field(
+        False,
+        description="permessage-deflate for WebSocket clients that offer it (Node's default: off).",
+    )
     send_buffer_bytes: int = Field(
         SEND_BUFFER_BYTES,
         ge=1024,

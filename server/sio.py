@@ -30,13 +30,14 @@ from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from server.auth import AuthError, Identity, TokenVerifier, token_from_handshake
-from server.broadcast import LocalBroadcastManager, text_frame
+from server.broadcast import LocalBroadcastManager
 from server.engine import IofleetEngine
 from server.metrics import Metrics
 from server.ratelimit import KeyedBuckets, TokenBucket
 from server.recovery import Handoff, RecoveringFanoutManager
 from server.rooms import RoomIndex, RoomLedger
 from server.settings import Settings
+from server.ws_transport import text_frame
 
 log = logging.getLogger("iofleet.sio")
 # The libraries' own loggers: passed in as loggers (not `False`) so that the
@@ -143,6 +144,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             http_compression=True,
             compression_threshold=1024,
             node_id=settings.node_id,
+            ws_compression=settings.ws_compression,
             send_buffer_bytes=settings.send_buffer_bytes,
             send_queue_packets=settings.send_queue_packets,
         )

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiohttp._websocket.writer import WebSocketWriter
 
-from server.broadcast import text_frame
+from server.ws_transport import text_frame
 from tests.support.jsclient import JsClients
 from tests.support.metrics import metric
 from tests.support.procs import ServerProcess, make_token, wait_until
@@ -48,9 +48,11 @@ async def test_text_frame_matches_aiohttp_framing(size: int) -> None:
 async def test_every_stock_client_gets_every_broadcast_in_order(
     start_server, js: JsClients, py_clients
 ) -> None:
-    server = start_server("bcast", **FAST)
-    # Both stock clients, over WebSocket and over long-polling; the JS client over
-    # WebSocket negotiates permessage-deflate, so large messages take the queued path.
+    # Deflate on: the JS client over WebSocket negotiates it and is served by
+    # aiohttp's WebSocket, where large messages take the queued path; the Python
+    # client offers no deflate and is served below aiohttp (server/ws_transport.py).
+    server = start_server("bcast", IOFLEET_WS_COMPRESSION="true", **FAST)
+    # Both stock clients, over WebSocket and over long-polling.
     await js.open(
         "js-ws", server.url, auth={"token": make_token("js-ws")}, transports=["websocket"]
     )

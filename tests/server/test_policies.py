@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
-import os
-import struct
 import urllib.error
 import urllib.request
 
@@ -18,6 +14,7 @@ from tests.support.procs import (
     http_status,
     make_token,
 )
+from tests.support.ws_frames import open_websocket, read_frame, send_text
 
 
 async def test_max_rooms_per_user(start_server, js: JsClients) -> None:
@@ -58,43 +55,33 @@ def test_cors_allowlist(start_server) -> None:
     assert handshake_status(default, "https://evil.example.com") == 400  # same origin only
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[bool, int, bytes]:
-    """(compressed?, opcode, payload) of one server frame (servers never mask)."""
-    first, second = await reader.readexactly(2)
-    length = second & 0x7F
-    if length == 126:
-        (length,) = struct.unpack("!H", await reader.readexactly(2))
-    elif length == 127:
-        (length,) = struct.unpack("!Q", await reader.readexactly(8))
-    return bool(first & 0x40), first & 0x0F, await reader.readexactly(length)
+DEFLATE_OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
 
 
-async def send_text(writer: asyncio.StreamWriter, text: str) -> None:
-    payload = text.encode()
-    mask = os.urandom(4)
-    header = bytes([0x81])
-    if len(payload) < 126:
-        header += bytes([0x80 | len(payload)])
-    else:
-        header += bytes([0x80 | 126]) + struct.pack("!H", len(payload))
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    writer.write(header + mask + masked)
-    await writer.drain()
+async def test_no_deflate_unless_enabled(start_server) -> None:
+    """By default (as Node's `perMessageDeflate: false`) an offer of deflate is
+    declined and the connection is served below aiohttp, frames plain."""
+    server = start_server("plain")
+    head, reader, writer = await open_websocket(server.port, extra_headers=DEFLATE_OFFER)
+    assert "101" in head.splitlines()[0] and "permessage-deflate" not in head
+    try:
+        await read_frame(reader)  # OPEN
+        await send_text(writer, "40" + json.dumps({"token": make_token("plain")}))
+        await read_frame(reader)  # CONNECT
+        await read_frame(reader)  # server:hello
+        await send_text(writer, '420["room:join",{"room":"z"}]')
+        await read_frame(reader)
+        await send_text(writer, '421["chat:message",{"room":"z","text":"' + "x" * 3000 + '"}]')
+        got = [await read_frame(reader) for _ in range(2)]  # the broadcast and the ack
+        assert not any(compressed for compressed, _, _ in got)
+        assert sorted(len(payload) > 3000 for _, _, payload in got) == [False, True]
+    finally:
+        writer.close()
 
 
 async def test_permessage_deflate_only_above_1kb(start_server) -> None:
-    server = start_server("deflate")
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        (
-            "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
-            f"Host: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
-        ).encode()
-    )
-    head = (await reader.readuntil(b"\r\n\r\n")).decode().lower()
+    server = start_server("deflate", IOFLEET_WS_COMPRESSION="true")
+    head, reader, writer = await open_websocket(server.port, extra_headers=DEFLATE_OFFER)
     assert "101" in head.splitlines()[0] and "permessage-deflate" in head
     try:
         compressed, _, opening = await read_frame(reader)

@@ -232,3 +232,38 @@ def test_receive_and_queue_surface() -> None:
     assert isinstance(getattr(eio_payload.Payload, "max_decode_packets", None), int), (
         "engineio Payload.max_decode_packets is gone"
     )
+
+
+def test_websocket_takeover_surface() -> None:
+    """What server/ws_transport.py relies on to serve a WebSocket below aiohttp:
+    python-engineio hands the WebSocket wrapper the socket's bound
+    `_websocket_handler` (the wrapper reaches the socket through it); aiohttp's
+    request exposes its protocol and transport; the protocol's `transport` can be
+    cleared (every write aiohttp makes goes through it) and it has
+    `connection_lost` (which unregisters it from aiohttp's server); and
+    `websocket_mask` unmasks a payload in place."""
+    from aiohttp._websocket.helpers import websocket_mask
+    from aiohttp.base_protocol import BaseProtocol
+    from aiohttp.http_writer import StreamWriter
+    from aiohttp.web_protocol import RequestHandler
+
+    upgrade = inspect.getsource(async_socket.AsyncSocket._upgrade_websocket)
+    assert "self._websocket_handler, self.server" in upgrade, (
+        "engineio AsyncSocket._upgrade_websocket no longer passes the bound handler"
+    )
+    for name in ("protocol", "transport"):
+        assert isinstance(getattr(web.BaseRequest, name, None), property), (
+            f"aiohttp BaseRequest.{name} is gone"
+        )
+    assert "transport" in BaseProtocol.__slots__, "aiohttp BaseProtocol.transport is gone"
+    lost = inspect.getsource(RequestHandler.connection_lost)
+    assert "self._manager.connection_lost(self, exc)" in lost, (
+        "aiohttp RequestHandler.connection_lost no longer unregisters from its server"
+    )
+    writer = inspect.getsource(StreamWriter._write)
+    assert "transport is None" in writer, (
+        "aiohttp StreamWriter._write no longer refuses to write without a transport"
+    )
+    payload = bytearray(b"\x00\x01\x02\x03\xff")
+    websocket_mask(b"\x01\x02\x03\x04", payload)
+    assert payload == bytearray(b"\x01\x03\x01\x07\xfe")

@@ -1,0 +1,116 @@
+"""The WebSocket served below aiohttp (server/ws_transport.py), on the wire:
+fragments and control frames, the close handshake both ways, and every protocol
+violation closing only its sender with the RFC 6455 code for it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from server.ws_transport import (
+    CLOSE_INVALID_DATA,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_PROTOCOL_ERROR,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+)
+from tests.support.metrics import metric_or_zero
+from tests.support.procs import make_token
+from tests.support.ws_frames import client_frame, open_websocket, read_frame, send_text
+
+MAX_BYTES = 4096
+
+
+async def connected(port: int, user: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A Socket.IO connection over a raw WebSocket, past OPEN, CONNECT and the greeting."""
+    head, reader, writer = await open_websocket(port)
+    assert head.startswith("http/1.1 101"), head
+    _, opcode, opening = await read_frame(reader)
+    assert opcode == OP_TEXT and opening.startswith(b"0{")
+    await send_text(writer, "40" + json.dumps({"token": make_token(user)}))
+    _, _, answer = await read_frame(reader)
+    assert answer.startswith(b"40{"), answer
+    await read_frame(reader)  # server:hello
+    return reader, writer
+
+
+async def test_fragments_and_a_ping_between_them(start_server) -> None:
+    server = start_server("wsfrag")
+    reader, writer = await connected(server.port, "frag")
+    try:
+        writer.write(client_frame(OP_TEXT, b'421["room', fin=False))
+        writer.write(client_frame(OP_PING, b"are you there"))
+        writer.write(client_frame(OP_CONTINUATION, b':join",', fin=False))
+        writer.write(client_frame(OP_CONTINUATION, b'{"room":"r"}]'))
+        await writer.drain()
+        assert await read_frame(reader) == (False, OP_PONG, b"are you there")
+        _, opcode, ack = await read_frame(reader)
+        assert opcode == OP_TEXT and ack.startswith(b"431[") and json.loads(ack[3:])[0]["ok"]
+    finally:
+        writer.close()
+
+
+async def test_the_clients_close_is_answered_with_its_code(start_server) -> None:
+    server = start_server("wsclose")
+    reader, writer = await connected(server.port, "closer")
+    try:
+        writer.write(client_frame(OP_CLOSE, (4001).to_bytes(2, "big") + b"bye"))
+        await writer.drain()
+        _, opcode, payload = await read_frame(reader)
+        assert opcode == OP_CLOSE and int.from_bytes(payload[:2], "big") == 4001
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # then the server closes TCP
+    finally:
+        writer.close()
+
+
+VIOLATIONS = {
+    "unmasked": (client_frame(OP_TEXT, b'42["x"]', masked=False), CLOSE_PROTOCOL_ERROR),
+    "reserved-bit": (bytes([0xC1]) + client_frame(OP_TEXT, b"4")[1:], CLOSE_PROTOCOL_ERROR),
+    "not-utf8": (client_frame(OP_TEXT, b"42\xff\xfe"), CLOSE_INVALID_DATA),
+    "oversize": (client_frame(OP_TEXT, b"4" * (MAX_BYTES + 1)), CLOSE_MESSAGE_TOO_BIG),
+    "stray-continuation": (client_frame(OP_CONTINUATION, b"4"), CLOSE_PROTOCOL_ERROR),
+    "fragmented-ping": (client_frame(OP_PING, b"x", fin=False), CLOSE_PROTOCOL_ERROR),
+}
+
+
+@pytest.mark.parametrize("case", list(VIOLATIONS))
+async def test_a_violation_closes_its_sender_with_the_code_for_it(start_server, case) -> None:
+    server = start_server(f"ws-{case}", IOFLEET_MAX_MESSAGE_BYTES=str(MAX_BYTES))
+    bystander_reader, bystander = await connected(server.port, "bystander")
+    reader, writer = await connected(server.port, "offender")
+    data, code = VIOLATIONS[case]
+    try:
+        refused_before = sum(
+            metric_or_zero(server.admin_url, "iofleet_events_rejected_total", {"reason": reason})
+            for reason in ("malformed", "oversize")
+        )
+        writer.write(data)
+        await writer.drain()
+        _, opcode, payload = await asyncio.wait_for(read_frame(reader), 5)
+        assert opcode == OP_CLOSE and int.from_bytes(payload[:2], "big") == code
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        refused = sum(
+            metric_or_zero(server.admin_url, "iofleet_events_rejected_total", {"reason": reason})
+            for reason in ("malformed", "oversize")
+        )
+        assert refused == refused_before + 1
+        # The bystander is still served.
+        await send_text(bystander, '421["room:join",{"room":"still"}]')
+        _, _, ack = await asyncio.wait_for(read_frame(bystander_reader), 5)
+        assert ack.startswith(b"431[")
+    finally:
+        writer.close()
+        bystander.close()
+
+
+@pytest.mark.parametrize("key", ["not base64!", "c2hvcnQ="])  # garbage; 5 bytes, not 16
+async def test_a_broken_handshake_gets_a_400(start_server, key: str) -> None:
+    server = start_server("wsbad")
+    head, _, writer = await open_websocket(server.port, key=key)
+    writer.close()
+    assert head.startswith("http/1.1 400"), head
