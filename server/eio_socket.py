@@ -216,13 +216,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         if self.closing or self.closed or self._evicted:
             return False
         if self._writable(frame):
-            frames = self._frames
-            if frames is None:
-                self._frames = [frame]
-                self.server.flush_soon(self)
-            else:
-                frames.append(frame)
-            self._frames_bytes += len(frame)
+            self._send_raw(frame)
             return True
         if not self._room_for_one_more():
             return False
@@ -232,16 +226,29 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
     def send_one(self, pkt: Any, frame: bytes) -> bool:
         """`send_ready` for a packet to this client alone (acks, sid emits, connects).
 
-        With nothing taken this loop pass and nothing queued, the frame is written
-        at once: no flush callback to schedule for one frame. Otherwise it goes
-        behind what is waiting, as `send_ready` does, so order is kept.
+        On aiohttp's WebSocket, with nothing taken this loop pass and nothing
+        queued, the frame is written at once: no flush callback to schedule for
+        one frame. Below aiohttp it joins the frames of this pass (`send_ready`):
+        a CONNECT and the greeting that follows it cost one write, not two (on
+        this machine a write that wakes the peer is the dearest part of a packet).
+        Otherwise it goes behind what is waiting, so order is kept.
         """
-        if self._frames is None and self._writable(frame):
+        if self._conn is None and self._frames is None and self._writable(frame):
             transport = self._direct_transport
             assert transport is not None  # checked by _writable
             transport.write(frame)
             return True
         return self.send_ready(pkt, frame)
+
+    def _send_raw(self, frame: bytes) -> None:
+        """Add `frame` to what goes out when this loop pass ends (`flush_frames`)."""
+        frames = self._frames
+        if frames is None:
+            self._frames = [frame]
+            self.server.flush_soon(self)
+        else:
+            frames.append(frame)
+        self._frames_bytes += len(frame)
 
     def _writable(self, frame: bytes) -> bool:
         """Whether `frame` may go to the transport now, ahead of nothing."""
@@ -268,7 +275,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         self._frames_bytes = 0
         ws = self._direct
         transport = ws.raw_transport() if ws is not None else None
-        if transport is None or self.closed:
+        if transport is None:
             return
         transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
@@ -375,6 +382,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             return
         self._released = True
         self.closed = True
+        self.flush_frames()  # what was sent before the close goes out before it
         self._direct = self._direct_transport = self._frames = None
         self._cancel_timers()
         self._close_task = None
@@ -531,16 +539,20 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
 
     # --- the WebSocket below aiohttp (`server.ws_transport`) ---------------------
 
-    def attach_websocket(self, conn: WebSocketConnection) -> None:
-        """`conn` took this socket's WebSocket request from aiohttp. A new
-        connection uses it at once; a polling one first does the probe exchange
-        (PING probe -> PONG probe, then UPGRADE), each step within `ping_timeout`."""
+    def attach_websocket(self, conn: WebSocketConnection, handshake: bytes) -> None:
+        """`conn` took this socket's WebSocket request from aiohttp; `handshake`
+        is the 101 response still to send. A new connection uses it at once (the
+        101 and the OPEN packet go out in one write); a polling one first does
+        the probe exchange (PING probe -> PONG probe, then UPGRADE), each step
+        within `ping_timeout`."""
         self._conn = conn
         if not self.connected:
             self.connected = True
             self.upgraded = True
+            self._send_raw(handshake)
             self._use_websocket(conn)
             return
+        conn.write(handshake)
         self.upgrading = True  # hold packet sends during the upgrade
         self._probe = PROBE_PING
         loop = asyncio.get_running_loop()
@@ -680,9 +692,10 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         self._close_soon(self.server.reason.TRANSPORT_CLOSE, abort=True)
 
     def _drain_to_websocket(self) -> None:
-        """Write what is queued to the WebSocket, in order, while the transport
-        takes it; `ws_writable` calls again when it has drained. At the release
-        (`None` queued) the WebSocket closes."""
+        """Send what is queued to the WebSocket, in order (with the frames of this
+        loop pass: one write when it ends), while the transport takes it;
+        `ws_writable` calls again when it has drained. At the release (`None`
+        queued) the WebSocket closes after what came before it."""
         conn = self._conn
         if self._draining or conn is None:
             return
@@ -696,14 +709,15 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
                     return
                 packets = self._take_queued(DRAIN_BATCH)
                 if not packets:  # released
+                    self.flush_frames()
                     conn.close()
                     return
                 for pkt in packets:
                     encoded = pkt.encode()
                     if isinstance(encoded, str):
-                        conn.write(text_frame(encoded.encode()))
+                        self._send_raw(text_frame(encoded.encode()))
                     else:
-                        conn.write(frame(OP_BINARY, encoded))
+                        self._send_raw(frame(OP_BINARY, encoded))
         finally:
             self._draining = False
 

@@ -8,6 +8,7 @@ missing or unknown transport and for unsupported methods; the handshake's
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import secrets
@@ -24,7 +25,12 @@ from server.contract import NODE_ID_RULE
 from server.eio_socket import ENGINEIO_PACKET_TYPES, ReleasingSockets
 from server.packet_queue import PacketQueue
 from server.settings import SEND_BUFFER_BYTES, SEND_QUEUE_PACKETS
-from server.ws_transport import WebSocketConnection, handshake_problem, is_deflate_offered
+from server.ws_transport import (
+    WebSocketConnection,
+    handshake_problem,
+    is_deflate_offered,
+    switching_protocols,
+)
 
 log = logging.getLogger("iofleet.engine")
 
@@ -47,6 +53,28 @@ RejectHook = Callable[[str, str | None, str], None]
 """Called with (reason, engine.io sid or None, detail) when a packet is refused."""
 SlowConsumerHook = Callable[[str, int], None]
 """Called with (engine.io sid, packets queued) when a slow consumer is dropped."""
+
+
+class RandomIds:
+    """URL-safe random strings of `SID_RANDOM_BYTES` bytes from the OS's CSPRNG,
+    read in blocks: `os.urandom` is a system call, and every connection takes two
+    ids (its Engine.IO and its Socket.IO sid). The bytes are the same
+    `secrets.token_urlsafe` would use, only fetched `IDS_PER_READ` ids at a time."""
+
+    IDS_PER_READ = 256
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._at = 0
+
+    def next(self) -> str:
+        at = self._at
+        if at >= len(self._block):
+            self._block = secrets.token_bytes(SID_RANDOM_BYTES * self.IDS_PER_READ)
+            at = 0
+        self._at = at + SID_RANDOM_BYTES
+        raw = self._block[at : at + SID_RANDOM_BYTES]
+        return base64.urlsafe_b64encode(raw).decode()
 
 
 def _ignore_reject(reason: str, sid: str | None, detail: str) -> None:
@@ -74,7 +102,9 @@ class LimitedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
                 return web.Response(status=400, text=problem)
             conn = WebSocketConnection.take_over(request, socket, self.server.max_http_buffer_size)
             if conn is not None:
-                socket.attach_websocket(conn)
+                socket.attach_websocket(
+                    conn, switching_protocols(request.headers["Sec-WebSocket-Key"])
+                )
             # Never written: aiohttp no longer has the connection's transport.
             return web.Response(status=101)
         self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=True)
@@ -179,6 +209,7 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         # Closed connections release their tasks and timers at once (server/eio_socket.py).
         self.sockets: ReleasingSockets = ReleasingSockets()
         self.node_id = node_id
+        self._random_ids = RandomIds()
         self.reject_hook: RejectHook = _ignore_reject
         self.slow_consumer_hook: SlowConsumerHook = _ignore_slow
         self._to_flush: list[Any] = []  # sockets holding broadcast frames (`flush_soon`)
@@ -259,7 +290,7 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
     def generate_id(self) -> str:
         # `<node>.<random>`: nginx routes a request that carries `?sid=` to its
         # node by this prefix (no sticky cookie in nginx OSS).
-        return f"{self.node_id}.{secrets.token_urlsafe(SID_RANDOM_BYTES)}"
+        return f"{self.node_id}.{self._random_ids.next()}"
 
     async def close_transport(self, sid: str) -> bool:
         """Close a client's transport so it reconnects by itself.

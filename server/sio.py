@@ -17,6 +17,7 @@ The server sends no packet the application did not ask for.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -47,6 +48,11 @@ library_log = logging.getLogger("iofleet.library")
 library_log.setLevel(logging.WARNING)
 
 SYSTEM_EVENTS = frozenset({"connect", "disconnect"})
+# A Socket.IO EVENT packet as text starts with this type digit.
+EVENT_DIGIT = str(sio_packet.EVENT)
+# The longest ack id the event fast path reads (python-socketio reads up to 100 digits;
+# longer ones, never sent by stock clients, take its path).
+FAST_ACK_ID_DIGITS = 15
 ERROR_EVENT = "error"
 # What a client connecting to a namespace nobody registered gets (as the Node server says it).
 INVALID_NAMESPACE = {"message": "Invalid namespace"}
@@ -80,6 +86,20 @@ class OrjsonCodec:
     @staticmethod
     def loads(text: str | bytes, **kwargs: Any) -> Any:
         return orjson.loads(text)
+
+
+def decode_plain_event(text: str) -> tuple[int | None, Any] | None:
+    """(ack id, data) of a text EVENT packet on the default namespace
+    (`2[id][...]`), read as python-socketio's `Packet.decode` reads it; None for
+    any other shape (a namespace, a long id), which takes python-socketio's path.
+    Bad JSON raises ValueError, as there."""
+    end = len(text)
+    i = 1
+    while i < end and i <= FAST_ACK_ID_DIGITS and text[i].isdigit():
+        i += 1
+    if i == end or text[i] != "[":
+        return None
+    return (int(text[1:i]) if i > 1 else None), orjson.loads(text[i:])
 
 
 @dataclass
@@ -117,6 +137,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         self.node_id = settings.node_id  # for applications (the chat app greets with it)
         self.user_buckets = KeyedBuckets(settings.rate_limit, settings.burst)
         self._series_by_label: dict[str, tuple[Any, Any]] = {}  # `_event_metrics`
+        self.handling: set[asyncio.Task[None]] = set()  # event handlers running
         # Asked at admission; the drain controller owns the flag (server/drain.py).
         self.is_draining: Callable[[], bool] = lambda: False
         # Connection state recovery (`server.recovery`), when the manager offers it.
@@ -400,7 +421,50 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         if conn is not None and not self._allow(conn):
             await self._refuse_event(conn, namespace, id, event)
             return
-        await super()._handle_event(eio_sid, namespace, id, data)
+        # python-socketio's `_handle_event`, less its per-event log call (INFO,
+        # which our level drops) and with the task made on the loop directly.
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if not self.manager.is_connected(sid, namespace):
+            return
+        handling = self._handle_event_internal(self, sid, eio_sid, data, namespace, id)
+        if not self.async_handlers:
+            await handling
+            return
+        task = asyncio.get_running_loop().create_task(handling)
+        # The loop keeps only weak references to tasks: hold it until it is done.
+        self.handling.add(task)
+        task.add_done_callback(self.handling.discard)
+
+    async def _handle_event_internal(
+        self, server: Any, sid: str, eio_sid: str, data: list[Any], namespace: str, id: int | None
+    ) -> None:
+        """python-socketio's: the handler, then its ack. An ack orjson can encode
+        (no bytes: those are binary attachments) is encoded and framed here, with
+        no `Packet` to build and scan for binary data."""
+        result = await server._trigger_event(data[0], namespace, sid, *data[1:])
+        if result is self.not_handled or id is None:
+            return
+        if result is None:
+            args = []
+        elif isinstance(result, tuple):
+            args = list(result)
+        else:
+            args = [result]
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is not None and hasattr(socket, "send_one"):
+            try:
+                body = orjson.dumps(args).decode()
+            except TypeError:
+                pass  # bytes or what orjson refuses: python-socketio's packet path
+            else:
+                prefix = "3" if namespace == "/" else f"3{namespace},"
+                eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, f"{prefix}{id}{body}")
+                self.metrics.messages_sent.inc()
+                socket.send_one(eio_pkt, text_frame(eio_pkt.encode().encode()))
+                return
+        await server._send_packet(
+            eio_sid, self.packet_class(sio_packet.ACK, namespace=namespace, id=id, data=args)
+        )
 
     def _allow(self, conn: Connection) -> bool:
         # Both buckets must have a token; checking the connection first keeps
@@ -461,6 +525,17 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:
+            if (
+                isinstance(data, str)
+                and data[:1] == EVENT_DIGIT
+                and eio_sid not in self._binary_packet
+            ):
+                # The most common packet, without a `Packet` object (which scans
+                # the data for binary parts twice): python-socketio's dispatch.
+                event = decode_plain_event(data)
+                if event is not None:
+                    await self._handle_event(eio_sid, None, event[0], event[1])
+                    return
             await super()._handle_eio_message(eio_sid, data)
         except (ValueError, KeyError, TypeError, IndexError) as error:
             self._on_packet_rejected("malformed", eio_sid, f"{type(error).__name__}: {error}")

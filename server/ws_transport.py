@@ -27,7 +27,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp._websocket.helpers import websocket_mask
@@ -152,17 +152,17 @@ class WebSocketConnection(asyncio.Protocol):
     def take_over(
         cls, request: web.Request, endpoint: WebSocketEndpoint, max_message_bytes: int
     ) -> WebSocketConnection | None:
-        """Complete `request`'s handshake and take its transport from aiohttp.
+        """Take `request`'s transport from aiohttp (the caller writes the 101,
+        `switching_protocols`, before anything else).
 
         None when the client is already gone. aiohttp's request handler then
         finds no transport (its response is never written) and ends.
         """
         http = request.protocol
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        transport = cast(asyncio.Transport | None, request.transport)
+        transport = request.transport  # uvloop's: no asyncio.Transport subclass
+
         if transport is None or transport.is_closing():
             return None
-        transport.write(switching_protocols(request.headers["Sec-WebSocket-Key"]))
         connection = cls(transport, endpoint, max_message_bytes)
         transport.set_protocol(connection)
         http.transport = None  # aiohttp writes nothing more, and closes nothing

@@ -311,3 +311,39 @@ def test_the_server_collects_the_whole_heap_less_often() -> None:
         assert GC_THRESHOLDS[:2] == (700, 10) and GC_THRESHOLDS[2] > 10
     finally:
         gc.set_threshold(*before)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '2["chat",{"a":1}]',
+        '27["echo",[1,2,{"b":null}]]',
+        '2123456789012345["e"]',
+        '2["e","x",3.5,true]',
+        '20["e"]',
+    ],
+)
+def test_the_event_fast_path_reads_what_python_socketio_reads(text: str) -> None:
+    from socketio import packet as sio_packet
+
+    from server.sio import decode_plain_event
+
+    reference = sio_packet.Packet(encoded_packet=text)
+    assert decode_plain_event(text) == (reference.id, reference.data)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['2/chat,["e"]', '2/chat,3["e"]', "2", '21234567890123456789["e"]', '2{"not":"a list"}'],
+)
+def test_other_event_shapes_take_python_socketios_path(text: str) -> None:
+    from server.sio import decode_plain_event
+
+    assert decode_plain_event(text) is None
+
+
+def test_bad_json_in_an_event_is_a_value_error() -> None:
+    from server.sio import decode_plain_event
+
+    with pytest.raises(ValueError):
+        decode_plain_event('2["e",')

@@ -27,6 +27,11 @@ METHODS: list[tuple[Any, str, list[str]]] = [
     (socketio.AsyncServer, "_handle_connect", ["eio_sid", "namespace", "data"]),
     (socketio.AsyncServer, "_trigger_event", ["event", "namespace", "args"]),
     (socketio.AsyncServer, "_handle_event", ["eio_sid", "namespace", "id", "data"]),
+    (
+        socketio.AsyncServer,
+        "_handle_event_internal",
+        ["server", "sid", "eio_sid", "data", "namespace", "id"],
+    ),
     (socketio.AsyncServer, "_handle_eio_message", ["eio_sid", "data"]),
     (socketio.AsyncServer, "_send_packet", ["eio_sid", "pkt"]),
     (socketio.AsyncServer, "_send_eio_packet", ["eio_sid", "eio_pkt"]),
@@ -118,6 +123,10 @@ def test_upstream_attributes_the_server_reads() -> None:
     ):
         assert hasattr(sio, name), f"socketio.AsyncServer.{name} is gone"
     assert isinstance(sio.manager.rooms, dict), "socketio manager.rooms is no longer a dict"
+    # server/sio.py's event fast path: binary packets in progress, and the
+    # handlers-in-tasks switch it keeps to.
+    assert isinstance(getattr(sio, "_binary_packet", None), dict), "sio._binary_packet changed"
+    assert sio.async_handlers is True, "socketio async_handlers no longer defaults to True"
     for name in ("callbacks", "pending_connect", "pending_disconnect"):
         # server.rooms.RoomIndex.basic_disconnect cleans these up as the library does
         assert isinstance(getattr(sio.manager, name, None), dict), f"manager.{name} changed"
