@@ -26,6 +26,7 @@ from server.eio_socket import ENGINEIO_PACKET_TYPES, ReleasingSockets
 from server.packet_queue import PacketQueue
 from server.settings import SEND_BUFFER_BYTES, SEND_QUEUE_PACKETS
 from server.ws_transport import (
+    DetachedResponse,
     WebSocketConnection,
     handshake_problem,
     is_deflate_offered,
@@ -105,8 +106,7 @@ class LimitedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
                 socket.attach_websocket(
                     conn, switching_protocols(request.headers["Sec-WebSocket-Key"])
                 )
-            # Never written: aiohttp no longer has the connection's transport.
-            return web.Response(status=101)
+            return DetachedResponse(status=101)
         self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=True)
         await self._sock.prepare(request)
         negotiated = self._sock.compress

@@ -41,7 +41,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any
+from typing import Any, NamedTuple
 
 import socketio
 from redis import asyncio as aioredis
@@ -98,6 +98,16 @@ OUTBOX_RETRY_SECONDS = 0.1
 # refuses a 101st concurrent command with "Too many connections", and concurrent
 # commands on several connections reach Redis in any order).
 PUBLISH_BATCH = 256
+
+
+class QueuedPublish(NamedTuple):
+    """One publish waiting for the sender (`FanoutManager._send_queued`)."""
+
+    channel: str
+    message: str
+    sent: asyncio.Future[int | None]  # the receivers Redis counted; None: outboxed
+    streamed: bool = False  # through `server.recovery`'s emit script
+    outbox_message: str | None = None  # what the outbox sends instead, if not `message`
 
 
 class Outbox:
@@ -167,7 +177,7 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         self.metrics = metrics
         self.outbox = Outbox(outbox_messages, outbox_seconds)
         self._drainer: asyncio.Task[None] | None = None
-        self._queued: deque[tuple[str, str, asyncio.Future[int | None]]] = deque()
+        self._queued: deque[QueuedPublish] = deque()
         self._sender: asyncio.Task[None] | None = None
         self._drop_log = OncePerBurst(window=10.0)
         self._subscribed_event = asyncio.Event()
@@ -241,12 +251,19 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         return await asyncio.shield(self._enqueue(channel, message))  # a cancelled
         # handler does not unsend it
 
-    def _enqueue(self, channel: str, message: str) -> asyncio.Future[int | None]:
+    def _enqueue(
+        self,
+        channel: str,
+        message: str,
+        streamed: bool = False,
+        outbox_message: str | None = None,
+    ) -> asyncio.Future[int | None]:
         """Queue one publish behind the others; its future answers the receivers
-        Redis counted, or None if it went to the outbox."""
+        Redis counted (0 for a `streamed` one: `server.recovery`'s emit script), or
+        None if it went to the outbox (as `outbox_message`, when given)."""
         loop = asyncio.get_running_loop()
         sent: asyncio.Future[int | None] = loop.create_future()
-        self._queued.append((channel, message, sent))
+        self._queued.append(QueuedPublish(channel, message, sent, streamed, outbox_message))
         if self._sender is None or self._sender.done():
             self._sender = loop.create_task(self._send_queued())
         return sent
@@ -257,14 +274,13 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         redis = self._publisher()
         while self._queued:
             batch = [self._queued.popleft() for _ in range(min(PUBLISH_BATCH, len(self._queued)))]
-            items = [(channel, message) for channel, message, _ in batch]
             # Two attempts: after Redis restarts, the pooled connection is dead and
             # only the second attempt (on a fresh connection) can get through.
             failure: Exception | None = None
             for attempt in (1, 2):
                 try:
                     counts = await asyncio.wait_for(
-                        self.endpoint.publish_many(redis, items), PUBLISH_TIMEOUT_SECONDS
+                        self._send_batch(redis, batch), PUBLISH_TIMEOUT_SECONDS
                     )
                 except aioredis.ConnectionError as error:
                     failure = error
@@ -274,8 +290,8 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
                     failure = error
                 else:
                     failure = None
-                    for (_, _, sent), count in zip(batch, counts, strict=True):
-                        sent.set_result(count)
+                    for queued, count in zip(batch, counts, strict=True):
+                        queued.sent.set_result(count)
                 break
             if failure is None:
                 continue
@@ -283,9 +299,14 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
             now = time.monotonic()
             waiting = [*batch, *self._queued]
             self._queued.clear()
-            for channel, message, sent in waiting:
-                self._to_outbox(channel, message, now, reason)
-                sent.set_result(None)
+            for queued in waiting:
+                message = queued.outbox_message or queued.message
+                self._to_outbox(queued.channel, message, now, reason)
+                queued.sent.set_result(None)
+
+    async def _send_batch(self, redis: RedisClient, batch: list[QueuedPublish]) -> list[int]:
+        """Send one batch, in order: the receivers Redis counted for each."""
+        return await self.endpoint.publish_many(redis, [(q.channel, q.message) for q in batch])
 
     # --- fleet queries (server.fleet_query) --------------------------------------
 
@@ -649,8 +670,8 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         if self._sender is not None:
             self._sender.cancel()
         self._dropped("shutdown", self.outbox.clear() + len(self._queued))
-        for _, _, sent in self._queued:
-            sent.cancel()
+        for queued in self._queued:
+            queued.sent.cancel()
         self._queued.clear()
         thread = getattr(self, "thread", None)
         if isinstance(thread, asyncio.Task) and not await cancel_and_wait(thread, timeout):

@@ -55,7 +55,7 @@ from socketio import packet as sio_packet
 from socketio.base_manager import ValueDuplicationError
 
 from server.broadcast import as_arguments
-from server.fanout import PUBLISH_TIMEOUT_SECONDS, FanoutManager
+from server.fanout import PUBLISH_TIMEOUT_SECONDS, FanoutManager, QueuedPublish
 from server.jsonlog import OncePerBurst
 from server.metrics import Metrics
 from server.redis_topology import ChannelSubscriber
@@ -68,9 +68,6 @@ ROOM_FIELD = "room:"
 REPLAY_BATCH = 500
 # How long a recovery waits for this node's subscription to cover the socket's rooms.
 SUBSCRIBE_WAIT_SECONDS = 2.0
-# Emit scripts in flight at once: redis-py's pool refuses a command beyond its 100
-# connections ("Too many connections"), and a burst of handlers must wait, not fail.
-EMIT_CONCURRENCY = 32
 # How long queued session writes wait for more to join their pipeline.
 WRITE_GATHER_SECONDS = 0.01
 # Session writes waiting for Redis, at most (oldest dropped first, logged).
@@ -221,7 +218,6 @@ class RecoveringFanoutManager(FanoutManager):
         self._pinned: dict[tuple[str, str], Handoff] = {}  # (eio_sid, namespace) -> recovery
         self._writes = SessionWrites(self._stream_client)
         self._emit_script: AsyncScript | None = None
-        self._emit_slots = asyncio.Semaphore(EMIT_CONCURRENCY)
         self._refresher: asyncio.Task[None] | None = None
         self._pongs: dict[bytes, asyncio.Future[None]] = {}
 
@@ -268,34 +264,34 @@ class RecoveringFanoutManager(FanoutManager):
         }
         encoded = self.json.dumps(message)
         channel = self._channel_for(message)
-        failure = await self._stream_and_publish(channel, encoded)
-        if failure is not None:
-            # Redis did not take it: deliver here now, the outbox carries it to the others.
-            message["host_id"] = self.host_id
-            await self._handle_emit(message)
-            self._to_outbox(channel, self.json.dumps(message), time.monotonic(), failure)
+        # Behind this node's other publishes, in the order they were made (the
+        # emit script in the same pipeline): concurrent emits reach the stream,
+        # and so every node and every replay, in one order.
+        mine = {**message, "host_id": self.host_id}
+        sent = self._enqueue(channel, encoded, streamed=True, outbox_message=self.json.dumps(mine))
+        if await asyncio.shield(sent) is None:
+            # Redis did not take it: the outbox carries it to the others; deliver here now.
+            await self._handle_emit(mine)
 
-    async def _stream_and_publish(self, channel: str, encoded: str) -> str | None:
-        """Run the emit script; the failure's description, or None when it ran.
-        A timeout after Redis ran it means the message goes out twice (stream and
+    async def _send_batch(self, redis: Any, batch: list[QueuedPublish]) -> list[int]:
+        """Plain publishes and emit scripts, in order, in one pipeline. A timeout
+        after Redis ran a script means the message goes out twice (stream and
         outbox): rare, and the client sees a duplicate rather than a gap."""
+        if not any(queued.streamed for queued in batch):
+            return await super()._send_batch(redis, batch)
+        client = self._stream_client()
         if self._emit_script is None:
-            self._emit_script = self._stream_client().register_script(EMIT_SCRIPT)
-        args: list[str | int] = [channel, encoded, self.max_messages, self.window_ms]
-        for attempt in (1, 2):  # the pooled connection may be dead after a Redis restart
-            try:
-                async with self._emit_slots:
-                    await asyncio.wait_for(
-                        self._emit_script(keys=[self.stream_key], args=args),
-                        PUBLISH_TIMEOUT_SECONDS,
-                    )
-                return None
-            except aioredis.ConnectionError as error:
-                if attempt == 2:
-                    return f"{type(error).__name__}: {error}"
-            except (OSError, TimeoutError, aioredis.RedisError) as error:
-                return f"{type(error).__name__}: {error}"
-        return None  # not reached
+            self._emit_script = client.register_script(EMIT_SCRIPT)
+        pipe = client.pipeline(transaction=False)
+        for queued in batch:
+            if queued.streamed:
+                args: list[str | int] = [queued.channel, queued.message]
+                args += [self.max_messages, self.window_ms]
+                await self._emit_script(keys=[self.stream_key], args=args, client=pipe)
+            else:
+                pipe.publish(queued.channel, queued.message)
+        results = await pipe.execute()
+        return [0 if q.streamed else int(r) for q, r in zip(batch, results, strict=True)]
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
         offset = message.get("offset")

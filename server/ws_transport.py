@@ -103,6 +103,18 @@ def switching_protocols(key: str) -> bytes:
     )
 
 
+class DetachedResponse(web.StreamResponse):
+    """What the request handler returns once `WebSocketConnection.take_over` has
+    the transport: aiohttp prepares and ends it, and it writes nothing (aiohttp
+    has no transport left to write to; building the headers would be wasted)."""
+
+    async def prepare(self, request: web.BaseRequest) -> None:
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
 class WebSocketEndpoint(Protocol):
     """What a `WebSocketConnection` tells its owner (the Engine.IO socket)."""
 

@@ -55,6 +55,7 @@ class PyClient:
         self.events: list[tuple[str, Any]] = []
         self.nodes: list[str] = []
         self.disconnects: list[Any] = []
+        self.offsets: list[tuple[str, Any]] = []  # (event, recovery offset)
         self.connects = 0
         self._changed = asyncio.Event()
 
@@ -69,8 +70,11 @@ class PyClient:
             self._changed.set()
 
         @self.sio.on("*")
-        async def any_event(event: str, data: Any = None) -> None:
+        async def any_event(event: str, data: Any = None, *more: Any) -> None:
+            # With connection state recovery on, an event's last argument is its offset.
             self.events.append((event, data))
+            if more:
+                self.offsets.append((event, more[-1]))
             if event == "server:hello":
                 self.nodes.append(data["node_id"])
             self._changed.set()

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from server.recovery import stream_id
 from tests.server.fanout_support import sid_acks_and_namespace_emits_cross
 from tests.support.jsclient import JsClients
 from tests.support.metrics import metric
@@ -183,23 +184,36 @@ async def test_sid_emits_acks_and_namespace_emits_still_cross_nodes(
     await sid_acks_and_namespace_emits_cross(js, py_clients, node_a, node_b)
 
 
+@pytest.mark.parametrize("recovery", ["false", "true"])
 async def test_a_burst_of_concurrent_emits_crosses_nodes_whole_and_in_order(
-    start_server, redis_server: RedisServer, py_clients
+    start_server, redis_server: RedisServer, py_clients, recovery: str
 ) -> None:
-    """400 emits at once from one node: each reaches the other node, none through
+    """3,000 emits at once from one node: each reaches the other node, none through
     the outbox (redis-py's pool refuses a 101st concurrent command), in the order
-    the sending node delivered them to its own client."""
-    env = {"IOFLEET_REDIS_URL": redis_server.url, "IOFLEET_HANDLERS": ROUTING_APP, **FAST}
+    the sending node delivered them to its own client. With connection state
+    recovery, through the stream, in the order they were made, at rising offsets
+    (so a replay gives the order they were seen live)."""
+    env = {
+        "IOFLEET_REDIS_URL": redis_server.url,
+        "IOFLEET_HANDLERS": ROUTING_APP,
+        "IOFLEET_RECOVERY": recovery,
+        **FAST,
+    }
     node_a = start_server("node-a", **env)
     node_b = start_server("node-b", **env)
     on_a = await py_clients(node_a.url, user="on-a")
     on_b = await py_clients(node_b.url, user="on-b")
     for client in (on_a, on_b):
         assert (await client.sio.call("room:join", {"room": "r"}))["ok"]
-    count = 400
+    count = 3000  # at 400, the 32 concurrent emit scripts of old were still in order
     assert (await on_a.sio.call("burst", {"room": "r", "count": count}, timeout=15))["ok"]
     await on_b.wait(lambda: len(on_b.received("tick")) == count, timeout=15)
     await on_a.wait(lambda: len(on_a.received("tick")) == count, timeout=15)
     assert sorted(on_b.received("tick")) == list(range(count))  # each once
     assert on_b.received("tick") == on_a.received("tick")  # in the sender's order
     assert metric(node_a.admin_url, "iofleet_fanout_publish_failures_total") == 0
+    if recovery == "true":
+        assert on_b.received("tick") == list(range(count))  # in the order made
+        for client in (on_a, on_b):
+            offsets = [stream_id(offset) for event, offset in client.offsets if event == "tick"]
+            assert len(offsets) == count and offsets == sorted(offsets)
