@@ -47,6 +47,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from redis import asyncio as aioredis
 from redis.commands.core import AsyncScript
 from socketio import packet as sio_packet
@@ -65,6 +66,8 @@ log = logging.getLogger("iofleet.recovery")
 STREAM_SUFFIX = "#stream"
 SESSION_INFIX = "#session#"
 ROOM_FIELD = "room:"
+# The application's session (`save_session`), as JSON: what Node's `socket.data` is.
+DATA_FIELD = "data"
 REPLAY_BATCH = 500
 # How long a recovery waits for this node's subscription to cover the socket's rooms.
 SUBSCRIBE_WAIT_SECONDS = 2.0
@@ -105,6 +108,15 @@ def event_arguments(message: dict[str, Any]) -> list[Any]:
     return as_arguments(data)
 
 
+def data_of(fields: dict[str, str]) -> dict[str, Any]:
+    """The application's session kept in a session record ({} if none or unreadable)."""
+    try:
+        data = orjson.loads(fields.get(DATA_FIELD) or "{}")
+    except orjson.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def concerns(message: dict[str, Any], sid: str, namespace: str, rooms: set[str]) -> bool:
     """Whether an emit message reaches the socket `sid` in `rooms` (its own room aside)."""
     if message.get("method") != "emit" or (message.get("namespace") or "/") != namespace:
@@ -128,6 +140,7 @@ class Session:
     namespace: str
     user: str
     rooms: set[str] = field(default_factory=set)
+    data: dict[str, Any] = field(default_factory=dict)  # the application's session
 
 
 @dataclass
@@ -220,6 +233,7 @@ class RecoveringFanoutManager(FanoutManager):
         self._emit_script: AsyncScript | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._pongs: dict[bytes, asyncio.Future[None]] = {}
+        self._data_log = OncePerBurst(window=10.0)
 
     def session_key(self, pid: str) -> str:
         return f"{self.session_prefix}{pid}"
@@ -332,7 +346,14 @@ class RecoveringFanoutManager(FanoutManager):
 
     # --- sessions ---------------------------------------------------------------------
 
-    def start_session(self, sid: str, namespace: str, eio_sid: str, user: str) -> str:
+    def start_session(
+        self,
+        sid: str,
+        namespace: str,
+        eio_sid: str,
+        user: str,
+        data: dict[str, Any] | None = None,
+    ) -> str:
         """The socket connected: its pid (the recovered one, or a new one); the
         session record is (re)written with its current rooms."""
         handoff = self.handoffs.get(sid)
@@ -349,6 +370,9 @@ class RecoveringFanoutManager(FanoutManager):
         record.update(
             {f"{ROOM_FIELD}{room}": "1" for room in self.get_rooms(sid, namespace) if room != sid}
         )
+        encoded = self._encode_data(sid, data)
+        if encoded is not None:
+            record[DATA_FIELD] = encoded
         window, recovered = self.window_ms, handoff is not None
 
         def write(pipe: Any) -> None:
@@ -374,6 +398,34 @@ class RecoveringFanoutManager(FanoutManager):
             pipe.pexpire(key, window)
 
         self._writes.add(write)
+
+    def save_data(self, sid: str, data: dict[str, Any]) -> None:
+        """The application saved the socket's session: keep it with the record, so a
+        recovery restores it (pipelined, as every session write)."""
+        pid = self.pids.get(sid)
+        encoded = self._encode_data(sid, data) if pid is not None else None
+        if pid is None or encoded is None:
+            return
+        key = self.session_key(pid)
+        self._writes.add(lambda pipe: pipe.hset(key, DATA_FIELD, encoded))
+
+    def _encode_data(self, sid: str, data: dict[str, Any] | None) -> str | None:
+        """`data` as JSON; None (and one log line per burst) if JSON cannot hold it."""
+        if not data:
+            return None
+        try:
+            return orjson.dumps(data).decode()
+        except TypeError as error:
+            if self._data_log.should_log():
+                log.warning(
+                    "recovery: a session that JSON cannot hold is not kept for recovery",
+                    extra={
+                        "event": "recovery.session_not_kept",
+                        "reason": str(error)[:200],
+                        "suppressed": self._data_log.take_suppressed(),
+                    },
+                )
+            return None
 
     def pid_of(self, sid: str) -> str | None:
         return self.pids.get(sid)
@@ -447,7 +499,9 @@ class RecoveringFanoutManager(FanoutManager):
             return "in_use"  # the old connection is still open here
         assert isinstance(offset, str)
         rooms = {k[len(ROOM_FIELD) :] for k in fields if k.startswith(ROOM_FIELD)}
-        session = Session(pid=pid, sid=sid, namespace=namespace, user=user, rooms=rooms)
+        session = Session(
+            pid=pid, sid=sid, namespace=namespace, user=user, rooms=rooms, data=data_of(fields)
+        )
         handoff = Handoff(eio_sid=eio_sid, namespace=namespace, session=session, offset=offset)
         self._pinned[(eio_sid, namespace)] = handoff
         self.handoffs[sid] = handoff

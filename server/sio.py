@@ -314,9 +314,15 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
                 client = self._add_client(eio_sid, identity)
             client.sids[namespace] = sid
             self.ledger.add(sid, namespace, client.owner)
-            session: dict[str, Any] = {"user": identity.user, "guest": identity.guest}
+            session: dict[str, Any] = {}
             if self.recovery is not None:
+                # A recovered socket gets back what the application saved in its
+                # session (Node's `socket.data`); identity and `recovered` are fresh.
+                handoff = self.recovery.recovering(client.eio_sid, namespace)
+                if handoff is not None and handoff.session.sid == sid:
+                    session.update(handoff.session.data)
                 session["recovered"] = await self._restore_rooms(sid, namespace, client.eio_sid)
+            session.update(user=identity.user, guest=identity.guest)
             await self.save_session(sid, session, namespace=namespace)
         try:
             result = await super()._trigger_event("connect", namespace, sid, environ, *rest)
@@ -328,15 +334,21 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             return False
         self.metrics.connections_total.inc()
         if self.recovery is not None:
-            self._start_recovery_session(sid, namespace)
+            await self._start_recovery_session(sid, namespace)
         return None if result is self.not_handled else result
 
-    def _start_recovery_session(self, sid: str, namespace: str) -> None:
+    async def _start_recovery_session(self, sid: str, namespace: str) -> None:
         assert self.recovery is not None
         eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
         client = self.connections.get(eio_sid) if eio_sid is not None else None
         if client is not None:
-            self.recovery.start_session(sid, namespace, client.eio_sid, client.user)
+            data = await self.get_session(sid, namespace=namespace)
+            self.recovery.start_session(sid, namespace, client.eio_sid, client.user, data)
+
+    async def save_session(self, sid: str, session: Any, namespace: str | None = None) -> None:
+        await super().save_session(sid, session, namespace=namespace)
+        if self.recovery is not None and isinstance(session, dict):
+            self.recovery.save_data(sid, session)
 
     async def _restore_rooms(self, sid: str, namespace: str, eio_sid: str) -> bool:
         """A recovering socket gets its rooms back before the application's

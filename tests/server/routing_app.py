@@ -4,7 +4,9 @@ socket `to` (on any node) `question` and acks its answer (an emit with a callbac
 to a sid, `sio.call`); `tell` `{to, text}` emits `note` to the socket `to`;
 `announce` `{text}` emits `note` to every socket of the namespace; `burst`
 `{room, count}` emits `count` `tick` events to `room` at once (concurrently, as
-many handlers emitting together would); `who` `{room}` answers the sockets in
+many handlers emitting together would); `remember` `{key, value}` keeps a value
+in the socket's session and `recall` `{key}` answers it (and the session's
+user); `who` `{room}` answers the sockets in
 `room` (the whole namespace when absent) on every node, with
 `server.fleet_query.fetch_sockets`."""
 
@@ -36,6 +38,17 @@ def register(sio: socketio.AsyncServer) -> None:
     async def announce(sid: str, data: Any = None) -> Any:
         await sio.emit("note", data["text"])
         return {"ok": True}
+
+    @sio.on("remember")
+    async def remember(sid: str, data: Any = None) -> Any:
+        async with sio.session(sid) as session:
+            session[data["key"]] = data["value"]
+        return {"ok": True}
+
+    @sio.on("recall")
+    async def recall(sid: str, data: Any = None) -> Any:
+        session = await sio.get_session(sid)
+        return {"value": session.get(data["key"]), "user": session.get("user")}
 
     @sio.on("burst")
     async def burst(sid: str, data: Any = None) -> Any:

@@ -231,6 +231,32 @@ async def test_a_drain_moves_clients_without_losing_a_message(
     assert await asyncio.to_thread(node_a.wait_exit, 10) == 0
 
 
+async def test_a_recovered_socket_gets_its_session_data_back(
+    redis_server: RedisServer, start_server: Any, js: JsClients
+) -> None:
+    """What the application saved in the socket's session (`save_session`, or
+    `async with sio.session(sid)`) comes back with a recovery on another node,
+    as Node restores `socket.data`; the identity in it is the new token's."""
+    node_a, node_b = nodes(
+        start_server, redis_server, IOFLEET_HANDLERS="tests.server.routing_app:register"
+    )
+    sid = await open_in_room(js, "c", node_a)
+    assert (await js.call("c", "remember", {"key": "color", "value": "teal"}))["ok"]
+    assert (await js.call("c", "remember", {"key": "score", "value": [1, 2]}))["ok"]
+    await open_in_room(js, "sender", node_b)
+    mark = len(js.messages)
+
+    async def drop() -> None:
+        await js.drop("c", node_b.url)
+
+    sent = await send_while(js, "sender", drop, count=15)
+    await assert_recovered(js, "c", sid, sent, node_b, mark)
+    assert await js.call("c", "recall", {"key": "color"}) == {"value": "teal", "user": "c"}
+    assert (await js.call("c", "recall", {"key": "score"}))["value"] == [1, 2]
+    # A client that did not recover starts with an empty session.
+    assert (await js.call("sender", "recall", {"key": "color"}))["value"] is None
+
+
 # --- what does not recover gets a fresh session ------------------------------------------
 
 SLOW_RECONNECT = {"reconnectionDelay": 2500, "reconnectionDelayMax": 2500, "randomizationFactor": 0}

@@ -347,3 +347,24 @@ def test_bad_json_in_an_event_is_a_value_error() -> None:
 
     with pytest.raises(ValueError):
         decode_plain_event('2["e",')
+
+
+def test_plain_per_event_metrics_read_as_prometheus_clients_own() -> None:
+    """The lock-free per-event series (server/metrics.py) expose exactly what
+    prometheus-client's Counter and Histogram would: same names, labels, `le`
+    buckets, counts and sums."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from server.metrics import HANDLER_BUCKETS, PlainCounterFamily, PlainHistogram
+
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    counter = Counter("t_messages", "doc", ["event"], registry=theirs)
+    histogram = Histogram("t_seconds", "doc", ["event"], buckets=HANDLER_BUCKETS, registry=theirs)
+    plain_counter = PlainCounterFamily("t_messages", "doc", "event", registry=ours)
+    plain_histogram = PlainHistogram("t_seconds", "doc", "event", HANDLER_BUCKETS, registry=ours)
+    for event, seconds in [("a", 0.0001), ("a", 0.0005), ("b", 0.003), ("a", 0.7), ("b", 9.0)]:
+        counter.labels(event).inc()
+        plain_counter.labels(event).inc()
+        histogram.labels(event).observe(seconds)
+        plain_histogram.labels(event).observe(seconds)
+    assert generate_latest(ours) == generate_latest(theirs)
