@@ -6,7 +6,8 @@ to a sid, `sio.call`); `tell` `{to, text}` emits `note` to the socket `to`;
 `{room, count}` emits `count` `tick` events to `room` at once (concurrently, as
 many handlers emitting together would); `remember` `{key, value}` keeps a value
 in the socket's session and `recall` `{key}` answers it (and the session's
-user); `who` `{room}` answers the sockets in
+user); `count` on `/slow` (whose connect handler takes 0.3 s) acks its
+argument; `who` `{room}` answers the sockets in
 `room` (the whole namespace when absent) on every node, with
 `server.fleet_query.fetch_sockets`."""
 
@@ -38,6 +39,16 @@ def register(sio: socketio.AsyncServer) -> None:
     async def announce(sid: str, data: Any = None) -> Any:
         await sio.emit("note", data["text"])
         return {"ok": True}
+
+    # A namespace whose connect handler takes a while: what a client sends right
+    # behind its CONNECT must wait for it and keep its order.
+    @sio.on("connect", namespace="/slow")
+    async def slow_connect(sid: str, environ: Any, auth: Any = None) -> None:
+        await asyncio.sleep(0.3)
+
+    @sio.on("count", namespace="/slow")
+    async def count(sid: str, data: Any = None) -> Any:
+        return data
 
     @sio.on("remember")
     async def remember(sid: str, data: Any = None) -> Any:

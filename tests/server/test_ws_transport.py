@@ -114,3 +114,31 @@ async def test_a_broken_handshake_gets_a_400(start_server, key: str) -> None:
     head, _, writer = await open_websocket(server.port, key=key)
     writer.close()
     assert head.startswith("http/1.1 400"), head
+
+
+async def test_packets_behind_a_slow_connect_wait_for_it_in_order(start_server) -> None:
+    """300 events sent right behind a CONNECT whose handler takes 0.3 s: each is
+    handled after the connect, in order (past 256 waiting, the connection stops
+    reading until they are done, then reads on)."""
+    server = start_server(
+        "wsslow", IOFLEET_HANDLERS="tests.server.routing_app:register", IOFLEET_RATE_LIMIT="100000"
+    )
+    reader, writer = await connected(server.port, "slowpoke")
+    try:
+        burst = [
+            client_frame(
+                OP_TEXT, ("40/slow," + json.dumps({"token": make_token("slowpoke")})).encode()
+            )
+        ]
+        burst += [client_frame(OP_TEXT, f'42/slow,{n}["count",{n}]'.encode()) for n in range(300)]
+        writer.write(b"".join(burst))
+        await writer.drain()
+        _, _, answer = await asyncio.wait_for(read_frame(reader), 5)
+        assert answer.startswith(b"40/slow,{"), answer
+        acks = [(await asyncio.wait_for(read_frame(reader), 5))[2] for _ in range(300)]
+        assert acks == [f"43/slow,{n}[{n}]".encode() for n in range(300)]
+        # The connection reads again afterwards.
+        await send_text(writer, '42/slow,300["count",300]')
+        assert (await asyncio.wait_for(read_frame(reader), 5))[2] == b"43/slow,300[300]"
+    finally:
+        writer.close()
