@@ -67,7 +67,7 @@ log = logging.getLogger("iofleet.engine")
 # references, not copies.
 SLOW_CONSUMER_REASON = "slow consumer"
 # An Engine.IO PING as a final, unmasked WebSocket text frame ("2").
-PING_FRAME = b"\x81\x012"
+PING_FRAME = text_frame(b"2")
 # An Engine.IO MESSAGE packet as text starts with this type digit.
 MESSAGE_TYPE = str(eio_packet.MESSAGE)
 # A Socket.IO EVENT (any namespace) inside an Engine.IO MESSAGE, as text.
@@ -582,7 +582,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         # Connects, acks (their callbacks run inline), binary parts, Engine.IO
         # packets: in a task, and what arrives meanwhile waits for it.
         self._inbox = []
-        self._handle_in_task(self._handle_in_order(self._packet(data)))
+        self.server.handle_in_task(self._handle_in_order(self._packet(data)))
 
     def _run_eagerly(self, coro: Any) -> None:
         """Run `coro` here, outside any task. Most finish without waiting on
@@ -596,14 +596,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             log.exception("engine.io receive error", extra={"event": "engine.receive_error"})
             return
         self._inbox = []
-        self._handle_in_task(self._handle_in_order(_Resume(coro, pending)))
-
-    def _handle_in_task(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        # The loop keeps only weak references to tasks: hold it until it is done.
-        handling = self.server.handling
-        handling.add(task)
-        task.add_done_callback(handling.discard)
+        self.server.handle_in_task(self._handle_in_order(_Resume(coro, pending)))
 
     async def _handle_in_order(self, first: Any) -> None:
         """Await `first`, then handle what arrived meanwhile, in arrival order."""

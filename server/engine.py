@@ -12,7 +12,7 @@ import base64
 import logging
 import re
 import secrets
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
 from typing import Any
 
 import engineio
@@ -201,8 +201,8 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         # permessage-deflate for clients that offer it, on aiohttp's WebSocket.
         self.ws_compression = ws_compression
-        # Tasks handling packets that had to wait (`ReleasingSocket._handle_in_task`).
-        self.handling: set[asyncio.Task[None]] = set()
+        # Tasks handling client packets (`handle_in_task`).
+        self.handling: set[asyncio.Task[Any]] = set()
         # The outbound bounds every connection keeps to (server/eio_socket.py).
         self.send_buffer_bytes = send_buffer_bytes
         self.send_queue_packets = send_queue_packets
@@ -267,6 +267,14 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
             if socket is not None and socket.send_ready(pkt, frame):
                 sent += 1
         return sent
+
+    def handle_in_task(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` (handling a client's packet: an event handler, packets that
+        had to wait) in a task held until it is done: the loop keeps only weak
+        references to tasks."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.handling.add(task)
+        task.add_done_callback(self.handling.discard)
 
     def flush_soon(self, socket: Any) -> None:
         """Have `socket.flush_frames()` run when this loop pass ends (once per pass)."""

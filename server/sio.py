@@ -17,7 +17,6 @@ The server sends no packet the application did not ask for.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -137,7 +136,6 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         self.node_id = settings.node_id  # for applications (the chat app greets with it)
         self.user_buckets = KeyedBuckets(settings.rate_limit, settings.burst)
         self._series_by_label: dict[str, tuple[Any, Any]] = {}  # `_event_metrics`
-        self.handling: set[asyncio.Task[None]] = set()  # event handlers running
         # Asked at admission; the drain controller owns the flag (server/drain.py).
         self.is_draining: Callable[[], bool] = lambda: False
         # Connection state recovery (`server.recovery`), when the manager offers it.
@@ -442,10 +440,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         if not self.async_handlers:
             await handling
             return
-        task = asyncio.get_running_loop().create_task(handling)
-        # The loop keeps only weak references to tasks: hold it until it is done.
-        self.handling.add(task)
-        task.add_done_callback(self.handling.discard)
+        self.eio.handle_in_task(handling)
 
     async def _handle_event_internal(
         self, server: Any, sid: str, eio_sid: str, data: list[Any], namespace: str, id: int | None

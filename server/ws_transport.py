@@ -27,7 +27,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp._websocket.helpers import websocket_mask
@@ -154,7 +154,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._endpoint = endpoint
         self._max_message_bytes = max_message_bytes
         self._tail = b""  # bytes of a frame not complete yet
-        self._fragments: list[bytes] | None = None  # a fragmented message so far
+        self._fragments: bytearray | None = None  # a fragmented message so far
         self._fragment_opcode = 0
         self._closing = False  # our close frame went out (or the peer's came in)
         self._close_timer: asyncio.TimerHandle | None = None
@@ -261,7 +261,8 @@ class WebSocketConnection(asyncio.Protocol):
                     break
                 size = int.from_bytes(data[head : head + 8], "big")
                 head += 8
-            if size + self._fragmented_bytes() > self._max_message_bytes:
+            so_far = 0 if self._fragments is None else len(self._fragments)
+            if size + so_far > self._max_message_bytes:
                 detail = f"message over {self._max_message_bytes} bytes"
                 self.refuse(CLOSE_MESSAGE_TOO_BIG, "oversize", detail)
                 return
@@ -277,10 +278,6 @@ class WebSocketConnection(asyncio.Protocol):
 
     # --- frames ------------------------------------------------------------------
 
-    def _fragmented_bytes(self) -> int:
-        fragments = self._fragments
-        return 0 if fragments is None else sum(len(part) for part in fragments)
-
     def _frame(self, fin: int, opcode: int, payload: bytearray) -> None:
         if opcode >= OP_CLOSE:
             self._control(fin, opcode, payload)
@@ -291,18 +288,16 @@ class WebSocketConnection(asyncio.Protocol):
             if self._fragments is None:
                 self.refuse(CLOSE_PROTOCOL_ERROR, "malformed", "continuation of nothing")
                 return
-            self._fragments.append(bytes(payload))
+            self._fragments += payload
             if fin:
-                opcode = self._fragment_opcode
-                whole = b"".join(self._fragments)
-                self._fragments = None
-                self._message(opcode, whole)
+                whole, self._fragments = self._fragments, None
+                self._message(self._fragment_opcode, whole)
             return
         if opcode not in (OP_TEXT, OP_BINARY) or self._fragments is not None:
             self.refuse(CLOSE_PROTOCOL_ERROR, "malformed", f"unexpected opcode {opcode}")
             return
         if not fin:
-            self._fragments = [bytes(payload)]
+            self._fragments = payload
             self._fragment_opcode = opcode
             return
         self._message(opcode, payload)
@@ -350,9 +345,3 @@ class WebSocketConnection(asyncio.Protocol):
 
 def is_deflate_offered(request: web.Request) -> bool:
     return "permessage-deflate" in request.headers.get("Sec-WebSocket-Extensions", "")
-
-
-def accepts_lean(request: Any, compression: bool) -> bool:
-    """Whether `request`'s WebSocket is served by `WebSocketConnection`: always,
-    unless deflate is both enabled and offered."""
-    return not (compression and is_deflate_offered(request))
