@@ -465,9 +465,8 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
                 pass  # bytes or what orjson refuses: python-socketio's packet path
             else:
                 prefix = "3" if namespace == "/" else f"3{namespace},"
-                eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, f"{prefix}{id}{body}")
                 self.metrics.messages_sent.inc()
-                socket.send_one(eio_pkt, text_frame(eio_pkt.encode().encode()))
+                send_text(socket, f"{prefix}{id}{body}")
                 return
         await server._send_packet(
             eio_sid, self.packet_class(sio_packet.ACK, namespace=namespace, id=id, data=args)
@@ -594,9 +593,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         encoded = pkt.encode()
         socket = self.eio.sockets.get(eio_sid)
         if isinstance(encoded, str) and socket is not None and hasattr(socket, "send_one"):
-            eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
-            text: str = eio_pkt.encode()
-            socket.send_one(eio_pkt, text_frame(text.encode()))
+            send_text(socket, encoded)
             return
         await super()._send_packet(eio_sid, pkt)
 
@@ -646,6 +643,14 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         if eio_sid not in self.connections:
             return False
         return bool(await self.eio.close_transport(eio_sid))
+
+
+def send_text(socket: Any, encoded: str) -> None:
+    """An encoded Socket.IO packet to one client's `ReleasingSocket`: its Engine.IO
+    MESSAGE framed once (`send_one` queues the packet when it cannot write)."""
+    eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+    text: str = eio_pkt.encode()
+    socket.send_one(eio_pkt, text_frame(text.encode()))
 
 
 def peer(environ: dict[str, Any]) -> str | None:
