@@ -7,7 +7,8 @@ chat app plus `echo`) with Redis fan-out (python-socketio's `AsyncRedisManager`,
 pinned to one core, the generator and Redis to another. Per server and run:
 
 - connect rate: `--connections` clients (the 10,000-connection case by default)
-  connected `--concurrency` at a time;
+  connected `--concurrency` at a time, and the server's CPU time per connect
+  (which the generator's own speed cannot hold down);
 - RSS per idle connection: the server's RSS before and after, over the count;
 - broadcast: `--subscribers` of them join one room and one sender sends
   `--messages` `chat:message`s (acks, `--window` in flight); the primary figure
@@ -113,6 +114,7 @@ METRICS = (
     ("deliveries_per_s", "deliveries/s", "{:,.0f}", True),
     ("rss_kib_per_conn", "RSS / idle conn (KiB)", "{:.1f}", False),
     ("connects_per_s", "connects/s", "{:,.0f}", True),
+    ("cpu_us_per_connect", "server CPU µs / connect", "{:.0f}", False),
     ("echo_per_s", "echo round trips/s", "{:,.0f}", True),
     ("xnode_p99_ms", "cross-node p99 (ms)", "{:.1f}", False),
     ("xnode_p50_ms", "cross-node p50 (ms)", "{:.1f}", False),
@@ -192,10 +194,11 @@ async def measure(port: int, server: psutil.Process, args: argparse.Namespace) -
     await asyncio.sleep(0.5)
     rss_before = server.memory_info().rss
     generator = psutil.Process()
-    gen_before = cpu_seconds(generator)
+    gen_before, server_before = cpu_seconds(generator), cpu_seconds(server)
     started = time.perf_counter()
     idle = await open_many(port, tally, args.connections, args.concurrency)
     connect_s = time.perf_counter() - started
+    server_connect_s = cpu_seconds(server) - server_before
     gen_connect = (cpu_seconds(generator) - gen_before) / connect_s
     await asyncio.sleep(1.0)
     rss_after = server.memory_info().rss
@@ -256,6 +259,7 @@ async def measure(port: int, server: psutil.Process, args: argparse.Namespace) -
         "deliveries_per_s": deliveries / broadcast_s,
         "rss_kib_per_conn": (rss_after - rss_before) / args.connections / 1024,
         "connects_per_s": args.connections / connect_s,
+        "cpu_us_per_connect": server_connect_s / args.connections * 1e6,
         "echo_per_s": trips / echo_s,
         "generator_busy": gen_used / broadcast_s,
         "generator_busy_connect": gen_connect,

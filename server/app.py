@@ -17,12 +17,13 @@ from server.drain import DrainController
 from server.fanout import FanoutManager
 from server.metrics import Metrics
 from server.node import NODE_KEY, Node
-from server.public import create_public_app
+from server.public import SOCKETIO_PATH, create_public_app, websocket_connects
 from server.recovery import RecoveringFanoutManager
 from server.redis_topology import parse_redis_url
 from server.services import AppServices, attach
 from server.settings import Settings
 from server.sio import IofleetServer
+from server.ws_accept import PublicSite
 
 log = logging.getLogger("iofleet.app")
 
@@ -188,18 +189,29 @@ async def serve(app: web.Application, stop: asyncio.Event) -> None:
         app, access_log=None, shutdown_timeout=SHUTDOWN_STEP_TIMEOUT, handler_cancellation=True
     )
     runners = [public_runner]
-    sites = [(runners[0], settings.host, settings.port)]
+
+    def public_site(runner: web.AppRunner) -> web.BaseSite:
+        return PublicSite(
+            runner, settings.host, settings.port, SOCKETIO_PATH, websocket_connects(node)
+        )
+
+    sites: list[tuple[web.AppRunner, str, int, Callable[[web.AppRunner], web.BaseSite]]] = [
+        (public_runner, settings.host, settings.port, public_site)
+    ]
     if ADMIN_APP_KEY in app:
         admin_runner = web.AppRunner(app[ADMIN_APP_KEY], access_log=None, shutdown_timeout=1)
         runners.append(admin_runner)
-        sites.append((admin_runner, settings.admin_bind, settings.admin_port))
+        admin_host, admin_port = settings.admin_bind, settings.admin_port
+        sites.append(
+            (admin_runner, admin_host, admin_port, lambda r: web.TCPSite(r, admin_host, admin_port))
+        )
     waiters: set[asyncio.Task[object]] = set()
     started = time.monotonic()
     try:
-        for runner, host, port in sites:
+        for runner, host, port, make_site in sites:
             await runner.setup()
             try:
-                await web.TCPSite(runner, host, port).start()
+                await make_site(runner).start()
             except OSError as error:
                 raise ListenError(f"cannot listen on {host}:{port}: {error.strerror}") from error
         log.info(

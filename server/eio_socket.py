@@ -47,6 +47,7 @@ from engineio import packet as eio_packet
 from engineio import payload as eio_payload
 from engineio.async_socket import AsyncSocket
 
+from server.eager import step_eagerly
 from server.packet_queue import PacketQueue
 from server.ws_transport import (
     CLOSE_HANDSHAKE_SECONDS,
@@ -83,34 +84,6 @@ PROBE_PONG_FRAME = text_frame(b"3probe")  # the answer to the probe
 INBOX_PAUSE_AT = 256
 # Packets written per pass of the WebSocket drain before it checks the transport.
 DRAIN_BATCH = 64
-
-
-class _Resume:
-    """Awaiting this drives, to its end, a coroutine that was started outside a
-    task (`ReleasingSocket._run_eagerly`) and suspended on `pending`: what a Task
-    does for its coroutine, so the rest of it runs in the awaiting task."""
-
-    __slots__ = ("_coro", "_pending")
-
-    def __init__(self, coro: Any, pending: Any) -> None:
-        self._coro = coro
-        self._pending = pending
-
-    def __await__(self) -> Any:
-        coro, value = self._coro, self._pending
-        while True:
-            try:
-                sent = yield value
-            except BaseException as exc:  # thrown into the task: cancellation
-                try:
-                    value = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    value = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
 
 
 class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
@@ -558,6 +531,13 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         self._probe_timer = loop.call_later(self.server.ping_timeout, self._upgrade_failed)
 
+    def handshake_lost(self) -> None:
+        """The client left before its WebSocket could be taken: a new connection
+        closes now, not at its first missed ping (an upgrade from polling just
+        does not happen; the session goes on over polling)."""
+        if not self.connected:
+            self._close_soon(self.server.reason.TRANSPORT_CLOSE, abort=True)
+
     def ws_message(self, data: str | bytes) -> None:
         """One message from the client: an Engine.IO packet."""
         if self._probe:
@@ -589,14 +569,13 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         anything; one that waits goes on in a task, and this connection's later
         packets wait for it, so they are still handled in order."""
         try:
-            pending = coro.send(None)
-        except StopIteration:
-            return
+            rest = step_eagerly(coro)
         except Exception:
             log.exception("engine.io receive error", extra={"event": "engine.receive_error"})
             return
-        self._inbox = []
-        self.server.handle_in_task(self._handle_in_order(_Resume(coro, pending)))
+        if rest is not None:
+            self._inbox = []
+            self.server.handle_in_task(self._handle_in_order(rest))
 
     async def _handle_in_order(self, first: Any) -> None:
         """Await `first`, then handle what arrived meanwhile, in arrival order."""

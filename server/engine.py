@@ -14,6 +14,7 @@ import re
 import secrets
 from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping
 from typing import Any
+from urllib.parse import unquote_plus
 
 import engineio
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -22,9 +23,11 @@ from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as aiohttp_driver
 
 from server.contract import NODE_ID_RULE
+from server.eager import step_eagerly
 from server.eio_socket import ENGINEIO_PACKET_TYPES, ReleasingSockets
 from server.packet_queue import PacketQueue
 from server.settings import SEND_BUFFER_BYTES, SEND_QUEUE_PACKETS
+from server.ws_accept import remote_address
 from server.ws_transport import (
     DetachedResponse,
     WebSocketConnection,
@@ -49,6 +52,10 @@ UPGRADE_SETTLE_STEP_SECONDS = 0.001
 # sids from the same generator, so a room named like this is (likely) a sid's own room.
 SID_RANDOM_BYTES = 15
 SID_PATTERN = re.compile(rf"^{NODE_ID_RULE}\.[A-Za-z0-9_-]{{20}}$")
+
+# The environ key under which a connect taken before aiohttp (`IofleetEngine.open_websocket`)
+# carries its transport until `LimitedWebSocket` adopts it.
+WS_TRANSPORT_KEY = "iofleet.transport"
 
 RejectHook = Callable[[str, str | None, str], None]
 """Called with (reason, engine.io sid or None, detail) when a packet is refused."""
@@ -94,20 +101,32 @@ class LimitedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
 
     _deflate_bits: int = 0
 
-    async def __call__(self, environ: dict[str, Any]) -> web.StreamResponse:
-        request = environ["aiohttp.request"]
+    async def __call__(self, environ: dict[str, Any]) -> web.StreamResponse | None:
         socket = self.handler.__self__  # the engineio socket (a ReleasingSocket)
-        if not (self.server.ws_compression and is_deflate_offered(request)):
-            problem = handshake_problem(request)
+        max_bytes = self.server.max_http_buffer_size
+        response: web.StreamResponse | None
+        if WS_TRANSPORT_KEY in environ:  # a connect taken before aiohttp (`open_websocket`)
+            conn = WebSocketConnection.adopt(environ.pop(WS_TRANSPORT_KEY), socket, max_bytes)
+            response = None
+        elif not (self.server.ws_compression and is_deflate_offered(environ)):
+            problem = handshake_problem(environ)
             if problem is not None:
                 return web.Response(status=400, text=problem)
-            conn = WebSocketConnection.take_over(request, socket, self.server.max_http_buffer_size)
-            if conn is not None:
-                socket.attach_websocket(
-                    conn, switching_protocols(request.headers["Sec-WebSocket-Key"])
-                )
-            return DetachedResponse(status=101)
-        self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=True)
+            conn = WebSocketConnection.take_over(environ["aiohttp.request"], socket, max_bytes)
+            response = DetachedResponse(status=101)
+        else:
+            return await self._serve_with_deflate(environ)
+        if conn is None:
+            socket.handshake_lost()
+        else:
+            socket.attach_websocket(conn, switching_protocols(environ["HTTP_SEC_WEBSOCKET_KEY"]))
+        return response
+
+    async def _serve_with_deflate(self, environ: dict[str, Any]) -> web.StreamResponse:
+        """aiohttp's WebSocket, for a client that negotiates permessage-deflate."""
+        request = environ["aiohttp.request"]
+        max_bytes = self.server.max_http_buffer_size
+        self._sock = WebSocketResponse(max_msg_size=max_bytes, compress=True)
         await self._sock.prepare(request)
         negotiated = self._sock.compress
         writer = getattr(self._sock, "_writer", None)
@@ -188,6 +207,43 @@ async def refuse_websocket(request: web.Request, reason: str) -> WebSocketRespon
     return ws
 
 
+def translate_request(request: web.Request) -> dict[str, Any]:
+    """python-engineio's environ for an aiohttp request, as connects taken before
+    aiohttp (`server.ws_accept`) have it: the peer's real address in
+    `REMOTE_ADDR`/`REMOTE_PORT` (its driver puts 127.0.0.1 and 0 there) and
+    `QUERY_STRING` as sent, percent-encoded as WSGI has it (its driver decodes
+    it, so a value holding `&` or `=` could not be told apart)."""
+    environ: dict[str, Any] = aiohttp_driver.translate_request(request)
+    environ["QUERY_STRING"] = request.rel_url.raw_query_string
+    transport = request.transport
+    peername = transport.get_extra_info("peername") if transport is not None else None
+    environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = remote_address(peername)
+    return environ
+
+
+def query_fields(query_string: str) -> dict[str, str]:
+    """The first value of each field of a query string (percent-decoded where
+    it has to be): what an Engine.IO handshake reads of its query."""
+    fields: dict[str, str] = {}
+    for part in query_string.split("&"):
+        name, _, value = part.partition("=")
+        if "%" in part or "+" in part:
+            name, value = unquote_plus(name), unquote_plus(value)
+        fields.setdefault(name, value)
+    return fields
+
+
+def http_response(response: Mapping[str, Any]) -> bytes:
+    """python-engineio's response dict (`status`, `headers`, `response`) as an
+    HTTP/1.1 response that ends the connection."""
+    body = response["response"]
+    payload: bytes = body.encode() if isinstance(body, str) else body
+    lines = [f"HTTP/1.1 {response['status']}"]
+    lines += [f"{name}: {value}" for name, value in response["headers"]]
+    lines += [f"Content-Length: {len(payload)}", "Connection: close", "", ""]
+    return "\r\n".join(lines).encode("latin-1") + payload
+
+
 class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
     def __init__(
         self,
@@ -213,7 +269,11 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         self.reject_hook: RejectHook = _ignore_reject
         self.slow_consumer_hook: SlowConsumerHook = _ignore_slow
         self._to_flush: list[Any] = []  # sockets holding broadcast frames (`flush_soon`)
-        self._async = {**self._async, "websocket": LimitedWebSocket}  # type: ignore[has-type]
+        self._async = {
+            **self._async,  # type: ignore[has-type]
+            "websocket": LimitedWebSocket,
+            "translate_request": translate_request,
+        }
 
     def attach(self, app: web.Application, engineio_path: str = "engine.io") -> None:
         super().attach(app, engineio_path)
@@ -240,6 +300,56 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         # (server/eio_socket.py), the one owner of what a closed connection holds.
         response: web.StreamResponse = await super().handle_request(request)
         return response
+
+    def open_websocket(self, environ: dict[str, Any], transport: asyncio.Transport) -> bool:
+        """Take a WebSocket connect read before aiohttp (`server.ws_accept`): True
+        when it is one python-engineio's `handle_request` would hand straight to
+        `_handle_connect` (WebSocket allowed, `EIO=4`, no `sid` or JSONP, a valid
+        opening handshake, an allowed `Origin`, no deflate to negotiate), and
+        the connect has started on `transport`; False leaves it to aiohttp's path,
+        which answers everything else, refusals included."""
+        if "websocket" not in self.transports:
+            return False
+        fields = query_fields(environ["QUERY_STRING"])
+        if (
+            fields.get("transport") != "websocket"
+            or fields.get("EIO") != "4"
+            or "sid" in fields
+            or "j" in fields
+            or handshake_problem(environ) is not None
+            or (self.ws_compression and is_deflate_offered(environ))
+        ):
+            return False
+        origin = environ.get("HTTP_ORIGIN")
+        if origin and self.cors_allowed_origins != []:
+            allowed = self._cors_allowed_origins(environ)
+            if allowed is not None and origin not in allowed:
+                return False
+        environ[WS_TRANSPORT_KEY] = transport  # `LimitedWebSocket` adopts it
+        rest = step_eagerly(self._connect_websocket(environ, transport))
+        if rest is not None:
+            self.handle_in_task(rest)
+        return True
+
+    async def _connect_websocket(
+        self, environ: dict[str, Any], transport: asyncio.Transport
+    ) -> None:
+        """python-engineio's connect, then, if it ends before the upgrade (the
+        application refused it, or it failed), its answer written as HTTP."""
+        try:
+            response = await self._handle_connect(environ, "websocket")
+        except Exception:
+            log.exception("websocket connect failed", extra={"event": "engine.connect_error"})
+            response = {
+                "status": "500 Internal Server Error",
+                "headers": [("Content-Type", "text/plain")],
+                "response": b"internal server error",
+            }
+        if WS_TRANSPORT_KEY in environ and not transport.is_closing():  # never upgraded
+            environ.pop(WS_TRANSPORT_KEY)
+            if isinstance(response, dict):
+                transport.write(http_response(response))
+            transport.close()
 
     @staticmethod
     async def _settle_upgrade(socket: Any) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -11,6 +13,7 @@ from aiohttp.typedefs import Handler
 from server.auth import GuestTokenIssuer
 from server.node import NODE_KEY, Node
 from server.ratelimit import KeyedBuckets
+from server.ws_accept import WebSocketConnectHandler
 
 log = logging.getLogger("iofleet.public")
 
@@ -32,6 +35,17 @@ def create_public_app(node: Node) -> web.Application:
     app.router.add_get("/", demo_page)
     app.router.add_static("/static/", STATIC_DIR, show_index=False)
     return app
+
+
+def websocket_connects(node: Node) -> WebSocketConnectHandler:
+    """What the public listener does with a WebSocket connect read before aiohttp
+    (`server.ws_accept`): the Engine.IO server takes it, unless the node is
+    draining (then aiohttp's path answers 503, `handshake_gate`)."""
+
+    def on_websocket_connect(environ: dict[str, Any], transport: asyncio.Transport) -> bool:
+        return not node.drain.draining and node.sio.eio.open_websocket(environ, transport)
+
+    return on_websocket_connect
 
 
 def client_ip(request: web.Request, trust_proxy_headers: bool) -> str:

@@ -654,5 +654,5 @@ def send_text(socket: Any, encoded: str) -> None:
 
 
 def peer(environ: dict[str, Any]) -> str | None:
-    request = environ.get("aiohttp.request")
-    return getattr(request, "remote", None)
+    """The client's address, as the Engine.IO environ has it (`REMOTE_ADDR`)."""
+    return environ.get("REMOTE_ADDR") or None

@@ -27,7 +27,8 @@ import asyncio
 import base64
 import binascii
 import hashlib
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp._websocket.helpers import websocket_mask
@@ -74,19 +75,21 @@ def close_frame(code: int, reason: str = "") -> bytes:
     return frame(OP_CLOSE, code.to_bytes(2, "big") + reason.encode()[:123])
 
 
-def handshake_problem(request: web.Request) -> str | None:
-    """Why `request` is not a WebSocket opening handshake we accept, or None."""
-    headers = request.headers
-    if request.method != "GET":
+def handshake_problem(environ: Mapping[str, Any]) -> str | None:
+    """Why the request in `environ` (WSGI keys) is not a WebSocket opening
+    handshake we accept, or None."""
+    if environ.get("REQUEST_METHOD") != "GET":
         return "WebSocket handshake must be a GET"
-    if "websocket" not in headers.get("Upgrade", "").lower():
+    if "websocket" not in environ.get("HTTP_UPGRADE", "").lower():
         return "missing Upgrade: websocket"
-    if "upgrade" not in headers.get("Connection", "").lower():
+    # A token of the field, as python-engineio reads it too.
+    tokens = [token.strip() for token in environ.get("HTTP_CONNECTION", "").lower().split(",")]
+    if "upgrade" not in tokens:
         return "missing Connection: upgrade"
-    if headers.get("Sec-WebSocket-Version", "") != "13":
+    if environ.get("HTTP_SEC_WEBSOCKET_VERSION", "") != "13":
         return "unsupported Sec-WebSocket-Version"
     try:
-        key = base64.b64decode(headers.get("Sec-WebSocket-Key", ""), validate=True)
+        key = base64.b64decode(environ.get("HTTP_SEC_WEBSOCKET_KEY", ""), validate=True)
     except binascii.Error:
         return "malformed Sec-WebSocket-Key"
     if len(key) != 16:
@@ -161,24 +164,35 @@ class WebSocketConnection(asyncio.Protocol):
         self.write_paused = False  # the transport asked us to stop writing
 
     @classmethod
+    def adopt(
+        cls,
+        transport: asyncio.Transport | None,
+        endpoint: WebSocketEndpoint,
+        max_message_bytes: int,
+    ) -> WebSocketConnection | None:
+        """Serve WebSocket frames on `transport` from now on (the caller writes the
+        101, `switching_protocols`, before anything else); None when the client
+        is already gone."""
+        if transport is None or transport.is_closing():
+            return None
+        connection = cls(transport, endpoint, max_message_bytes)
+        transport.set_protocol(connection)
+        return connection
+
+    @classmethod
     def take_over(
         cls, request: web.Request, endpoint: WebSocketEndpoint, max_message_bytes: int
     ) -> WebSocketConnection | None:
-        """Take `request`'s transport from aiohttp (the caller writes the 101,
-        `switching_protocols`, before anything else).
+        """`adopt` `request`'s transport, taking it from aiohttp.
 
         None when the client is already gone. aiohttp's request handler then
         finds no transport (its response is never written) and ends.
         """
         http = request.protocol
-        transport = request.transport  # uvloop's: no asyncio.Transport subclass
-
-        if transport is None or transport.is_closing():
-            return None
-        connection = cls(transport, endpoint, max_message_bytes)
-        transport.set_protocol(connection)
-        http.transport = None  # aiohttp writes nothing more, and closes nothing
-        http.connection_lost(None)  # and its server forgets the connection
+        connection = cls.adopt(request.transport, endpoint, max_message_bytes)
+        if connection is not None:
+            http.transport = None  # aiohttp writes nothing more, and closes nothing
+            http.connection_lost(None)  # and its server forgets the connection
         return connection
 
     # --- writing ---------------------------------------------------------------
@@ -343,5 +357,5 @@ class WebSocketConnection(asyncio.Protocol):
         transport.close()  # what was read is dropped; the close frame still goes out
 
 
-def is_deflate_offered(request: web.Request) -> bool:
-    return "permessage-deflate" in request.headers.get("Sec-WebSocket-Extensions", "")
+def is_deflate_offered(environ: Mapping[str, Any]) -> bool:
+    return "permessage-deflate" in environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS", "")

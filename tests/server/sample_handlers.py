@@ -15,3 +15,15 @@ def register(sio: socketio.AsyncServer) -> None:
     @sio.on("boom")
     async def boom(sid: str, data: Any = None) -> Any:
         raise RuntimeError("kaboom with a secret-looking detail")
+
+    @sio.on("handshake")
+    async def handshake(sid: str, data: Any = None) -> Any:
+        """What the application sees of the connection's handshake (public API)."""
+        environ = sio.get_environ(sid)
+        return {
+            "remote_addr": environ.get("REMOTE_ADDR"),
+            "remote_port": environ.get("REMOTE_PORT"),
+            "query": environ.get("QUERY_STRING"),
+            "x_trace": environ.get("HTTP_X_TRACE"),
+            "via_aiohttp": "aiohttp.request" in environ,
+        }

@@ -22,6 +22,7 @@ from tests.support.procs import (
     http_status,
     make_token,
 )
+from tests.support.ws_frames import open_websocket
 
 DRAIN_DELAY = 2.0
 DRAIN_SECONDS = 4.0
@@ -94,6 +95,9 @@ async def _drain_scenario(
     assert http_status(f"{node_a.admin_url}/readyz") == 503
     assert http_status(f"{node_a.url}/socket.io/?EIO=4&transport=polling") == 503
     assert http_status(f"{node_a.url}/socket.io/?EIO=4&transport=polling") == 503
+    head, _, ws_writer = await open_websocket(node_a.port)  # a WebSocket connect too
+    ws_writer.close()
+    assert head.startswith("http/1.1 503"), head
     # New clients through the balancer land on node-b without a single failure.
     await js.open("late", url, auth={"token": make_token("late")})
     late = await js.wait_for(

@@ -55,6 +55,19 @@ def test_cors_allowlist(start_server) -> None:
     assert handshake_status(default, "https://evil.example.com") == 400  # same origin only
 
 
+async def websocket_status(server: ServerProcess, origin: str) -> str:
+    head, _, writer = await open_websocket(server.port, extra_headers=f"Origin: {origin}\r\n")
+    writer.close()
+    return head.split()[1]
+
+
+async def test_cors_allowlist_on_websocket_connects(start_server) -> None:
+    """Connects taken before aiohttp (server/ws_accept.py) keep to the allowlist too."""
+    server = start_server("cors-ws", IOFLEET_CORS_ORIGINS="https://app.example.com")
+    assert await websocket_status(server, "https://app.example.com") == "101"
+    assert await websocket_status(server, "https://evil.example.com") == "400"
+
+
 DEFLATE_OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
 
 

@@ -76,6 +76,7 @@ METHODS: list[tuple[Any, str, list[str]]] = [
     (engineio.AsyncServer, "handle_request", ["args", "kwargs"]),
     (engineio.AsyncServer, "attach", ["app", "engineio_path"]),
     (engineio.AsyncServer, "_handle_connect", ["environ", "transport", "jsonp_index"]),
+    (engineio.AsyncServer, "_cors_allowed_origins", ["environ"]),
     # the engine.io socket: called from server/engine.py
     (async_socket.AsyncSocket, "check_ping_timeout", []),
     (async_socket.AsyncSocket, "close", ["wait", "abort", "reason"]),
@@ -276,3 +277,30 @@ def test_websocket_takeover_surface() -> None:
     payload = bytearray(b"\x00\x01\x02\x03\xff")
     websocket_mask(b"\x01\x02\x03\x04", payload)
     assert payload == bytearray(b"\x01\x03\x01\x07\xfe")
+
+
+def test_websocket_accept_surface() -> None:
+    """What server/ws_accept.py and `IofleetEngine.open_websocket` rely on to take
+    a WebSocket connect before aiohttp: python-engineio's `handle_request` still
+    applies exactly the rules `open_websocket` checks before it calls
+    `_handle_connect` (a new rule there must be mirrored), gets its environ from
+    the driver's `translate_request` (which iofleet replaces), and
+    `_handle_connect` upgrades through `handle_get_request`; aiohttp's sites keep
+    the runner and the listening server in `_runner`/`_server`, register in
+    `BaseSite.start`, and its `web.Server` makes one `RequestHandler` per call."""
+    handle = inspect.getsource(engineio.AsyncServer.handle_request)
+    for rule in (
+        "self._async['translate_request']",
+        "self._cors_allowed_origins(environ)",
+        "query.get('EIO') != ['4']",
+        "'j' in query",
+        "transport == upgrade_header == 'websocket'",
+    ):
+        assert rule in handle, f"engineio AsyncServer.handle_request changed near {rule!r}"
+    connect = inspect.getsource(engineio.AsyncServer._handle_connect)
+    assert "s.handle_get_request(environ)" in connect, (
+        "engineio AsyncServer._handle_connect no longer upgrades through handle_get_request"
+    )
+    assert {"_runner", "_server"} <= set(web.BaseSite.__slots__), "aiohttp BaseSite slots changed"
+    assert "_reg_site(self)" in inspect.getsource(web.BaseSite.start)
+    assert "RequestHandler(" in inspect.getsource(web.Server.__call__)

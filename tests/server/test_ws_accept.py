@@ -1,0 +1,144 @@
+"""WebSocket connects taken before aiohttp (server/ws_accept.py): which heads are
+taken, and that the application sees the same handshake either way."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+
+import pytest
+
+from server.engine import http_response, query_fields
+from server.public import SOCKETIO_PATH
+from server.ws_accept import MAX_HEAD_BYTES, environ_of_head
+from tests.support.procs import make_token
+from tests.support.ws_frames import read_frame, send_text
+
+PEER = ("127.0.0.1", 40000)
+CONNECT_HEAD = (
+    "GET /socket.io/?EIO=4&transport=websocket&team=a%20b HTTP/1.1\r\n"
+    "Host: 127.0.0.1:8080\r\n"
+    "Upgrade: websocket\r\n"
+    "Connection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n"
+    "X-Trace: one\r\n"
+    "x-trace: two\r\n"
+    "\r\n"
+)
+
+
+def test_a_whole_connect_head_becomes_the_environ_engineio_reads() -> None:
+    environ = environ_of_head(CONNECT_HEAD.encode(), SOCKETIO_PATH, PEER)
+    assert environ is not None
+    assert environ["REQUEST_METHOD"] == "GET"
+    assert environ["PATH_INFO"] == SOCKETIO_PATH
+    assert environ["QUERY_STRING"] == "EIO=4&transport=websocket&team=a%20b"
+    assert environ["HTTP_UPGRADE"] == "websocket"
+    assert environ["HTTP_SEC_WEBSOCKET_KEY"] == "dGhlIHNhbXBsZSBub25jZQ=="
+    assert environ["HTTP_X_TRACE"] == "one,two"  # repeated fields joined, as engineio does
+    assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"]) == ("127.0.0.1", "40000")
+    assert environ["wsgi.url_scheme"] == "http"
+    assert "aiohttp.request" not in environ
+    six = environ_of_head(CONNECT_HEAD.encode(), SOCKETIO_PATH, ("::1", 5, 0, 0))
+    assert six is not None and (six["REMOTE_ADDR"], six["REMOTE_PORT"]) == ("::1", "5")
+
+
+DECLINED = {
+    "split-head": CONNECT_HEAD[:-2],
+    "bytes-after-the-head": CONNECT_HEAD + "x",
+    "http-1.0": CONNECT_HEAD.replace("HTTP/1.1", "HTTP/1.0", 1),
+    "post": CONNECT_HEAD.replace("GET", "POST", 1),
+    "other-path": CONNECT_HEAD.replace("/socket.io/", "/other/", 1),
+    "folded-line": CONNECT_HEAD.replace("X-Trace: one\r\n", "X-Trace: one\r\n  more\r\n"),
+    "bare-lf": CONNECT_HEAD.replace("X-Trace: one\r\n", "X-Trace: one\n"),
+    "bare-cr": CONNECT_HEAD.replace("X-Trace: one\r\n", "X-Trace: o\rne\r\n"),
+    "nul": CONNECT_HEAD.replace("one", "o\x00ne"),
+    "space-in-name": CONNECT_HEAD.replace("X-Trace:", "X Trace:", 1),
+    "no-colon": CONNECT_HEAD.replace("X-Trace: one", "X-Trace one"),
+    "a-body": CONNECT_HEAD.replace("X-Trace: one", "Content-Length: 0"),
+    "chunked": CONNECT_HEAD.replace("X-Trace: one", "Transfer-Encoding: chunked"),
+    "extra-space-in-request-line": CONNECT_HEAD.replace("GET ", "GET  ", 1),
+    "too-long": CONNECT_HEAD.replace("X-Trace: one", "X-Trace: " + "o" * MAX_HEAD_BYTES),
+}
+
+
+@pytest.mark.parametrize("head", DECLINED.values(), ids=DECLINED.keys())
+def test_anything_else_is_left_to_aiohttp(head: str) -> None:
+    assert environ_of_head(head.encode("latin-1"), SOCKETIO_PATH, PEER) is None
+
+
+def test_query_fields_first_value_percent_decoded() -> None:
+    assert query_fields("EIO=4&transport=websocket&EIO=3&t=a%20b+c&flag&") == {
+        "EIO": "4",
+        "transport": "websocket",
+        "t": "a b c",
+        "flag": "",
+        "": "",
+    }
+
+
+def test_an_engineio_refusal_is_written_as_a_closing_http_response() -> None:
+    raw = http_response(
+        {
+            "status": "401 UNAUTHORIZED",
+            "headers": [("Content-Type", "text/plain")],
+            "response": "no",
+        }
+    )
+    assert raw == (
+        b"HTTP/1.1 401 UNAUTHORIZED\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: 2\r\nConnection: close\r\n\r\nno"
+    )
+
+
+async def handshake_seen(port: int, chunks: list[bytes]) -> tuple[int, dict[str, object]]:
+    """Open a WebSocket with its head written as `chunks` (a pause between them),
+    connect to Socket.IO and ask the app (tests/server/sample_handlers.py) what
+    it sees of the handshake: (the client's own port, that answer)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for index, chunk in enumerate(chunks):
+            if index:
+                await asyncio.sleep(0.2)  # the server reads the first part alone
+            writer.write(chunk)
+            await writer.drain()
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode()
+        assert head.startswith("HTTP/1.1 101"), head
+        _, _, opening = await read_frame(reader)
+        assert opening.startswith(b"0{")
+        await send_text(writer, "40" + json.dumps({"token": make_token("sniffed")}))
+        _, _, answer = await read_frame(reader)
+        assert answer.startswith(b"40{"), answer
+        await send_text(writer, '421["handshake"]')
+        while True:  # past the greeting
+            _, _, payload = await asyncio.wait_for(read_frame(reader), 5)
+            if payload.startswith(b"431"):
+                return writer.get_extra_info("sockname")[1], json.loads(payload[3:])[0]
+    finally:
+        writer.close()
+
+
+def connect_head(port: int) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET /socket.io/?EIO=4&transport=websocket&team=a%20b HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nX-Trace: t1\r\n\r\n"
+    ).encode()
+
+
+async def test_the_app_sees_the_same_handshake_on_either_path(start_server) -> None:
+    server = start_server("sniff", IOFLEET_HANDLERS="tests.server.sample_handlers:register")
+    head = connect_head(server.port)
+    expected = {"remote_addr": "127.0.0.1", "query": "EIO=4&transport=websocket&team=a%20b"}
+    expected["x_trace"] = "t1"
+
+    # In one read: taken before aiohttp.
+    port, seen = await handshake_seen(server.port, [head])
+    assert seen == {**expected, "remote_port": str(port), "via_aiohttp": False}
+    # Split over two reads: aiohttp parses it, and the app sees the same.
+    port, seen = await handshake_seen(server.port, [head[:30], head[30:]])
+    assert seen == {**expected, "remote_port": str(port), "via_aiohttp": True}
