@@ -142,3 +142,20 @@ async def test_the_app_sees_the_same_handshake_on_either_path(start_server) -> N
     # Split over two reads: aiohttp parses it, and the app sees the same.
     port, seen = await handshake_seen(server.port, [head[:30], head[30:]])
     assert seen == {**expected, "remote_port": str(port), "via_aiohttp": True}
+
+
+async def test_what_is_not_http_is_answered_by_aiohttp_and_the_node_serves_on(
+    start_server,
+) -> None:
+    server = start_server("sniff-junk", IOFLEET_HANDLERS="tests.server.sample_handlers:register")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"\x16\x03\x01 not http at all\r\n\r\n")  # a TLS hello, say
+        answer = await asyncio.wait_for(reader.read(1024), 5)
+        status_line, _, _ = answer.partition(b"\r\n")
+        assert status_line.endswith(b" 400 Bad Request"), answer
+        assert answer.endswith(b"Received HTTPS traffic on an HTTP port"), answer  # aiohttp's
+    finally:
+        writer.close()
+    _, seen = await handshake_seen(server.port, [connect_head(server.port)])
+    assert seen["via_aiohttp"] is False
