@@ -191,29 +191,29 @@ async def serve(app: web.Application, stop: asyncio.Event) -> None:
     runners = [public_runner]
 
     def public_site(runner: web.AppRunner) -> web.BaseSite:
-        return PublicSite(
-            runner, settings.host, settings.port, SOCKETIO_PATH, websocket_connects(node)
-        )
+        connects = websocket_connects(node)
+        return PublicSite(runner, settings.host, settings.port, SOCKETIO_PATH, connects)
 
-    sites: list[tuple[web.AppRunner, str, int, Callable[[web.AppRunner], web.BaseSite]]] = [
-        (public_runner, settings.host, settings.port, public_site)
+    def admin_site(runner: web.AppRunner) -> web.BaseSite:
+        return web.TCPSite(runner, settings.admin_bind, settings.admin_port)
+
+    # (runner, its site once the runner is set up, the address for errors)
+    listeners: list[tuple[web.AppRunner, Callable[[web.AppRunner], web.BaseSite], str]] = [
+        (public_runner, public_site, f"{settings.host}:{settings.port}")
     ]
     if ADMIN_APP_KEY in app:
         admin_runner = web.AppRunner(app[ADMIN_APP_KEY], access_log=None, shutdown_timeout=1)
         runners.append(admin_runner)
-        admin_host, admin_port = settings.admin_bind, settings.admin_port
-        sites.append(
-            (admin_runner, admin_host, admin_port, lambda r: web.TCPSite(r, admin_host, admin_port))
-        )
+        listeners.append((admin_runner, admin_site, f"{settings.admin_bind}:{settings.admin_port}"))
     waiters: set[asyncio.Task[object]] = set()
     started = time.monotonic()
     try:
-        for runner, host, port, make_site in sites:
+        for runner, make_site, address in listeners:
             await runner.setup()
             try:
                 await make_site(runner).start()
             except OSError as error:
-                raise ListenError(f"cannot listen on {host}:{port}: {error.strerror}") from error
+                raise ListenError(f"cannot listen on {address}: {error.strerror}") from error
         log.info(
             "listening",
             extra={
