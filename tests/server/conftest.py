@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import socketio
 
-from tests.support.procs import RedisServer, ServerProcess, make_token
+from tests.support.procs import RedisServer, ServerProcess, make_token, two_nodes
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +22,8 @@ def cluster(shared_redis: RedisServer) -> Iterator[tuple[ServerProcess, ServerPr
         # A polling client's disconnect waits out the current long-poll.
         "IOFLEET_PING_INTERVAL": "5",
     }
-    nodes = (ServerProcess("node-a", env=dict(env)), ServerProcess("node-b", env=dict(env)))
-    try:  # stop what started even when a later start fails
-        for node in nodes:
-            node.start()
+    with two_nodes(env) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ from tests.support.procs import (
     ServerProcess,
     make_token,
     run_module,
+    two_nodes,
     wait_until,
 )
 from tests.support.redis_topologies import RedisClusterServers, SentinelRedis
@@ -181,14 +182,8 @@ def cluster_nodes(
     redis_cluster: tuple[RedisClusterServers, list[CountingRelay]],
 ) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     env = {"IOFLEET_REDIS_URL": redis_cluster[0].url, "IOFLEET_HANDLERS": ROUTING_APP, **FAST}
-    nodes = (ServerProcess("node-a", env=dict(env)), ServerProcess("node-b", env=dict(env)))
-    try:
-        for node in nodes:
-            node.start()
+    with two_nodes(env) as nodes:
         yield nodes
-    finally:
-        for node in nodes:
-            node.stop()
 
 
 def rooms_on_two_masters(cluster: RedisClusterServers) -> tuple[str, str]:

@@ -6,6 +6,7 @@ the product's own helpers (`iofleet.processes`, `iofleet.local_servers`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,3 +179,17 @@ class ServerProcess:
         self.process = None
         if self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def two_nodes(env: Mapping[str, str]) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """`node-a` and `node-b` with `env` each, started in turn and both stopped
+    afterwards (also when the second fails to start)."""
+    nodes = (ServerProcess("node-a", env=dict(env)), ServerProcess("node-b", env=dict(env)))
+    try:
+        for node in nodes:
+            node.start()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()

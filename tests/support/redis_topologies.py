@@ -105,10 +105,17 @@ class RedisClusterServers:
             bus_ports = [int(c.config_get("cluster-port")["cluster-port"]) for c in clients]
             for port, bus_port in zip(self.ports[1:], bus_ports[1:], strict=True):
                 clients[0].execute_command("CLUSTER MEET", "127.0.0.1", port, bus_port)
+        finally:
+            for client in clients:
+                client.close()
+        self._wait_settled("cluster_state:ok on every node")
+
+    def _wait_settled(self, what: str) -> None:
+        """Wait until every node says `cluster_state:ok` and knows every master."""
+        clients = [redis.Redis(port=port) for port in self.ports]
+        try:
             wait_until(
-                lambda: all(self._settled(client) for client in clients),
-                timeout=20,
-                what="cluster_state:ok on every node",
+                lambda: all(self._settled(client) for client in clients), timeout=20, what=what
             )
         finally:
             for client in clients:
@@ -132,16 +139,7 @@ class RedisClusterServers:
         self.processes[index] = _spawn(self.commands[index])
         port = self.ports[index]
         wait_until(lambda: redis_answers(port), timeout=10, what="cluster node")
-        clients = [redis.Redis(port=port) for port in self.ports]
-        try:
-            wait_until(
-                lambda: all(self._settled(client) for client in clients),
-                timeout=20,
-                what="cluster_state:ok after the restart",
-            )
-        finally:
-            for client in clients:
-                client.close()
+        self._wait_settled("cluster_state:ok after the restart")
 
     def shard_channels(self, pattern: str) -> dict[int, list[str]]:
         """Active shard channels matching `pattern`, by master port (PUBSUB SHARDCHANNELS)."""
