@@ -9,7 +9,17 @@ APT_PACKAGES := redis-server haproxy nginx chromium
 # Root needs no sudo; anyone else gets it for apt only.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: up down test setup system-packages lint typecheck test-py test-infra check-stack bench clean
+# Every environment installs from uv.lock, frozen (README, "Installs"). uv itself is
+# bootstrapped into .uv/ from requirements/uv.txt, pinned by hash.
+UV        := .uv/bin/uv
+UV_SYNC   := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --python $(PYTHON) --extra dev --extra infra
+LATEST    ?= .venv-latest
+# Files exported from uv.lock for the installs that are not uv's: the images (pip,
+# --require-hashes) and the policy pack (Pulumi's own pip step).
+EXPORTS   := requirements/runtime.txt infra/policy/requirements.txt
+EXPORT    := $(UV) export --frozen --quiet --format requirements-txt --no-header
+
+.PHONY: up down test setup system-packages lint typecheck test-py test-infra check-stack bench clean lock exports check-lock test-latest
 
 up: setup
 	$(VENV)/bin/iofleet up --max 6 --target-connections 100
@@ -17,7 +27,7 @@ up: setup
 down: setup
 	$(VENV)/bin/iofleet down
 
-test: setup lint typecheck test-py test-infra
+test: setup check-lock lint typecheck test-py test-infra
 
 setup: system-packages $(VENV)/.installed node_modules/.installed
 
@@ -33,11 +43,49 @@ system-packages:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -o DPkg::Lock::Timeout=120 install -y -q --no-install-recommends $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,infra]'
+$(UV): requirements/uv.txt
+	test -x .uv/bin/python || $(PYTHON) -m venv .uv
+	.uv/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements/uv.txt
 	touch $@
+
+# --frozen: install exactly what uv.lock says, never re-resolve (a stale lock fails
+# check-lock instead of being silently rewritten).
+$(VENV)/.installed: pyproject.toml uv.lock $(UV)
+	$(UV_SYNC)
+	touch $@
+
+# Re-resolve within pyproject's bounds and re-export; commit the results together.
+lock: $(UV)
+	$(UV) lock --upgrade
+	$(MAKE) --no-print-directory exports
+
+exports: $(UV)
+	$(EXPORT) --no-dev --no-emit-project --no-default-groups -o requirements/runtime.txt
+	$(EXPORT) --only-group policy --no-emit-project -o infra/policy/requirements.txt
+
+# The lock matches pyproject, and the exported files match the lock.
+check-lock: $(UV)
+	$(UV) lock --check
+	@for f in $(EXPORTS); do cp $$f $$f.committed; done; \
+	$(MAKE) --no-print-directory exports >/dev/null; status=0; \
+	for f in $(EXPORTS); do \
+	  cmp -s $$f $$f.committed || { echo "$$f is not what uv.lock exports: run make exports"; status=1; }; \
+	  mv $$f.committed $$f; \
+	done; exit $$status
+
+# The whole suite on the newest versions pyproject allows, in its own venv: an upstream
+# release shows up here as one command's result, not as a broken fresh clone.
+test-latest: system-packages node_modules/.installed $(UV)
+	rm -rf $(LATEST)
+	$(UV) venv --quiet --python $(PYTHON) $(LATEST)
+	VIRTUAL_ENV=$(LATEST) $(UV) pip install --quiet --upgrade -e '.[dev,infra]'
+	@echo "versions that differ from uv.lock:"
+	@VIRTUAL_ENV=$(LATEST) $(UV) pip freeze --exclude-editable | sort > $(LATEST)/freeze.txt
+	@$(EXPORT) --no-hashes --no-emit-project --extra dev --extra infra --no-default-groups \
+	  | grep -E '^[A-Za-z0-9_.-]+==' | sed 's/ *;.*//' | sort > $(LATEST)/locked.txt
+	@comm -13 $(LATEST)/locked.txt $(LATEST)/freeze.txt | sed 's/^/  /' || true
+	touch $(LATEST)/.installed
+	$(MAKE) --no-print-directory VENV=$(LATEST) lint typecheck test-py test-infra
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
@@ -70,4 +118,4 @@ bench: setup
 	$(PY) -m bench.fanout_bench --runs 3
 
 clean:
-	rm -rf $(VENV) node_modules $(STATE) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LATEST) .uv node_modules $(STATE) .mypy_cache .ruff_cache .pytest_cache

@@ -123,7 +123,7 @@ class RedisEndpoint:
             sentinel_options.update(
                 {k: v for k, v in options.items() if k.startswith("ssl_")}, ssl=True
             )
-        return Sentinel(  # type: ignore[no-untyped-call]
+        return Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             list(self.addresses), sentinel_kwargs=sentinel_options, **options
         )
 
@@ -268,7 +268,7 @@ class ChannelSubscriber:
 
     async def aclose(self) -> None:
         try:
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
         finally:
             await self._client.aclose()
 
@@ -426,7 +426,7 @@ class ShardedSubscriber:
             reader.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
         self._readers.clear()
-        closing = [link.aclose() for link in self._links.values()]  # type: ignore[no-untyped-call]
+        closing = [link.aclose() for link in self._links.values()]  # type: ignore[no-untyped-call,unused-ignore]
         closing += [client.aclose() for client in self._clients.values()]
         if self._map is not None:
             closing.append(self._map.aclose())
