@@ -130,8 +130,10 @@ def test_render_works_from_an_installed_wheel(tmp_path: Path) -> None:
             REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__")
         )
     dist = tmp_path / "dist"
+    # uv, the installer `make setup` bootstraps (the test venv, made by `uv sync`, has no pip).
+    uv = REPO / ".uv" / "bin" / "uv"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(source)],
+        [str(uv), "build", "--wheel", "--quiet", "--out-dir", str(dist), str(source)],
         capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
     )  # fmt: skip
     assert build.returncode == 0, build.stdout + build.stderr
