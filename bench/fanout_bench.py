@@ -116,6 +116,8 @@ METRICS = (
     ("connects_per_s", "connects/s", "{:,.0f}", True),
     ("cpu_us_per_connect", "server CPU µs / connect", "{:.0f}", False),
     ("echo_per_s", "echo round trips/s", "{:,.0f}", True),
+    ("cpu_us_per_echo", "server CPU µs / echo", "{:.1f}", False),
+    ("base_rss_mib", "base RSS (MiB)", "{:.0f}", False),
     ("xnode_p99_ms", "cross-node p99 (ms)", "{:.1f}", False),
     ("xnode_p50_ms", "cross-node p50 (ms)", "{:.1f}", False),
 )
@@ -242,7 +244,7 @@ async def measure(port: int, server: psutil.Process, args: argparse.Namespace) -
             await sock.call("echo", {"n": trips})
             trips += 1
 
-    gen_before = cpu_seconds(generator)
+    gen_before, server_before = cpu_seconds(generator), cpu_seconds(server)
     echo_started = time.perf_counter()
     # One bound for the whole phase: a timeout per call would cost the generator
     # a timer and a waiter per round trip.
@@ -250,6 +252,7 @@ async def measure(port: int, server: psutil.Process, args: argparse.Namespace) -
         await asyncio.gather(*(echo_loop(s) for s in echoers))
     echo_s = time.perf_counter() - echo_started
     gen_echo = (cpu_seconds(generator) - gen_before) / echo_s
+    server_echo_s = cpu_seconds(server) - server_before
 
     for sock in [*warm, *idle]:
         sock.close()
@@ -261,6 +264,11 @@ async def measure(port: int, server: psutil.Process, args: argparse.Namespace) -
         "connects_per_s": args.connections / connect_s,
         "cpu_us_per_connect": server_connect_s / args.connections * 1e6,
         "echo_per_s": trips / echo_s,
+        # Server CPU per round trip (an event in, its ack out): the per-event cost the
+        # planner's capacity profile uses, which the generator's speed cannot hold down.
+        "cpu_us_per_echo": server_echo_s / max(trips, 1) * 1e6,
+        # A server process with 20 connections: the planner's base memory.
+        "base_rss_mib": rss_before / 2**20,
         "generator_busy": gen_used / broadcast_s,
         "generator_busy_connect": gen_connect,
         "generator_busy_echo": gen_echo,

@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.table import Table
 
 from iofleet.plan import (
-    RULE_OF_THUMB,
     Load,
     Plan,
     PlanError,
@@ -20,6 +19,7 @@ from iofleet.plan import (
     compare_to_rule_of_thumb,
     load_capacity,
     load_catalog,
+    load_profile,
     plan,
 )
 from iofleet.stackfile import StackFileError, read_config, stack_path, write_config
@@ -36,7 +36,15 @@ def plan_command(
         str, typer.Option(help="Comma-separated AWS regions; the load splits evenly.")
     ] = "us-east-1",
     capacity: Annotated[
-        Path | None, typer.Option(help="Capacity file from `iofleet loadtest --find-capacity`.")
+        Path | None,
+        typer.Option(
+            help="Capacity file from `iofleet loadtest --find-capacity` on your hardware "
+            "(default: the project's measured profile)."
+        ),
+    ] = None,
+    profile: Annotated[
+        Path | None,
+        typer.Option(help="Capacity profile (default: iofleet/data/capacity_profile.yaml)."),
     ] = None,
     connections_per_server: Annotated[
         int | None, typer.Option(help="Measured connections one server holds (overrides file).")
@@ -45,7 +53,8 @@ def plan_command(
         float | None, typer.Option(help="Measured deliveries/s one server sends (overrides file).")
     ] = None,
     memory_per_connection_mb: Annotated[
-        float | None, typer.Option(help="Server memory per connection, MB (default 1).")
+        float | None,
+        typer.Option(help="Server memory per connection, MB (default: the profile's)."),
     ] = None,
     utilization: Annotated[
         float, typer.Option(help="Share of capacity a server runs at, at the HPA target.")
@@ -71,7 +80,8 @@ def plan_command(
     console = Console()
     try:
         catalog = load_catalog(instance_types)
-        measured = load_capacity(capacity) if capacity else replace(RULE_OF_THUMB, source="flags")
+        shipped = load_profile(profile)
+        measured = load_capacity(capacity, shipped.capacity) if capacity else shipped.capacity
         overrides: dict[str, object] = {}
         if connections_per_server is not None:
             overrides["connections_per_server"] = connections_per_server
@@ -80,8 +90,7 @@ def plan_command(
         if memory_per_connection_mb is not None:
             overrides["memory_per_connection_mb"] = memory_per_connection_mb
         if overrides:
-            source = f"{measured.source} + flags" if capacity else "flags"
-            measured = replace(measured, **overrides, source=source)  # type: ignore[arg-type]
+            measured = replace(measured, **overrides, source=f"flags + {measured.source}")  # type: ignore[arg-type]
         load = Load(
             connections=connections,
             messages_per_second=messages_per_second,
@@ -95,19 +104,23 @@ def plan_command(
             node_type=node_type,
             redis_type=redis_type,
         )
-        result = plan(load, measured, catalog, policy)
+        result = plan(load, measured, shipped.redis, catalog, policy)
         baseline = compare_to_rule_of_thumb(result, catalog)
         written = _write_stack(result, write_stack, stack_dir) if write_stack else None
     except (PlanError, StackFileError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
     if as_json:
-        out = {"plan": result.to_json(), "rule_of_thumb": baseline.to_json()}
+        out = {
+            "plan": result.to_json(),
+            "rule_of_thumb": baseline.to_json(),
+            "profile": shipped.provenance,
+        }
         if written is not None:
             out["written"] = written
         typer.echo(json.dumps(out, indent=2))
         return
-    print_plan(console, result, baseline)
+    print_plan(console, result, baseline, shipped.provenance)
     if written is not None:
         console.print(f"wrote {written['path']}: {', '.join(written['changed']) or 'no change'}")
 
@@ -121,17 +134,39 @@ def _write_stack(result: Plan, stack: str, directory: Path) -> dict[str, Any]:
             f"{path}: aws:region is {region!r}, not one of the planned regions "
             f"({', '.join(by_region)}); pass --regions with it"
         )
-    changed = write_config(path, by_region[region].stack_config())
+    planned = by_region[region]
+    if planned.redis_shards > 1:
+        # infra/ renders ElastiCache with cluster mode disabled (one primary) today;
+        # writing the servers' keys alone would deploy a Redis the plan says is short.
+        raise PlanError(
+            f"the plan needs {planned.redis_shards} Redis shards in {region} (cluster mode), "
+            "and the stack has no key for Redis shards: size Redis by hand "
+            "(--redis-type with a larger type) or split the load across more regions"
+        )
+    changed = write_config(path, planned.stack_config())
     return {"path": str(path), "region": region, "changed": changed}
 
 
-def print_plan(console: Console, result: Plan, baseline: Plan) -> None:
+def print_plan(console: Console, result: Plan, baseline: Plan, provenance: dict[str, Any]) -> None:
     cap = result.capacity
     deliveries = cap.deliveries_per_second_per_server
+    if deliveries:
+        delivery_text = f"{deliveries:g} deliveries/s/server"
+    elif cap.event_cpu_us and cap.delivery_cpu_us:
+        delivery_text = (
+            f"{cap.event_cpu_us:g} µs CPU/event + {cap.delivery_cpu_us:g} µs CPU/delivery"
+        )
+    else:
+        delivery_text = "deliveries not limiting"
     console.print(
         f"[bold]capacity[/bold] ({cap.source}): {cap.connections_per_server} connections/server, "
-        + (f"{deliveries:g} deliveries/s/server, " if deliveries else "deliveries not limiting, ")
-        + f"{cap.memory_per_connection_mb:g} MB/connection"
+        f"{delivery_text}, {cap.memory_per_connection_mb:g} MB/connection + "
+        f"{cap.base_memory_mb:g} MB base; Redis {result.redis.cpu_us_per_message:g} µs + "
+        f"{result.redis.cpu_us_per_subscriber:g} µs/subscribing node per message"
+    )
+    console.print(
+        f"[dim]profile measured {provenance.get('date')} at {provenance.get('commit')} on "
+        f"{provenance.get('machine')}[/dim]"
     )
     for region in result.regions:
         table = Table(title=f"{region.region}", title_justify="left")
@@ -152,6 +187,7 @@ def print_plan(console: Console, result: Plan, baseline: Plan) -> None:
         ("servers at peak", first.servers, base.servers),
         ("HPA max_replicas", first.max_replicas, base.max_replicas),
         ("nodes desired", first.node_desired, base.node_desired),
+        ("Redis shards", first.redis_shards, base.redis_shards),
         ("monthly cost, all regions", result.monthly_cost, baseline.monthly_cost),
     ]
     for name, mine, theirs in rows:

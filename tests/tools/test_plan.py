@@ -4,25 +4,42 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from iofleet.cli import app
-from iofleet.plan import Capacity, Load, PlanError, Policy, load_catalog, plan
+from iofleet.plan import (
+    RULE_OF_THUMB,
+    Capacity,
+    Load,
+    PlanError,
+    Policy,
+    RedisCapacity,
+    load_catalog,
+    load_profile,
+    plan,
+)
 from iofleet.stackfile import read_config
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog()
+# Round figures for cases worked by hand (the shipped profile's are tested separately).
+REDIS = RedisCapacity(
+    cpu_us_per_message=3.0, cpu_us_per_subscriber=0.3, delivery_bytes=300, source="test"
+)
 
 
 def test_connection_bound_case_by_hand() -> None:
     # One region, 30,000 connections, no messages; a server holds 5,000 (measured),
     # 0.1 MB per connection, 150 MB base; m7i.large nodes.
     load = Load(connections=30_000, regions=("us-east-1",))
-    capacity = Capacity(connections_per_server=5000, memory_per_connection_mb=0.1)
-    result = plan(load, capacity, CATALOG, Policy(node_type="m7i.large"))
+    capacity = Capacity(
+        connections_per_server=5000, memory_per_connection_mb=0.1, base_memory_mb=150
+    )
+    result = plan(load, capacity, REDIS, CATALOG, Policy(node_type="m7i.large"))
     region = result.regions[0]
     assert region.target_connections == 3500  # floor(5000 x 0.7)
     assert region.servers == 9  # ceil(30000 / 3500) = ceil(8.57)
@@ -50,8 +67,13 @@ def test_delivery_bound_case_by_hand() -> None:
         fanout=1000,
         regions=("us-east-1", "eu-west-1"),
     )
-    capacity = Capacity(connections_per_server=4000, deliveries_per_second_per_server=20_000)
-    result = plan(load, capacity, CATALOG)
+    capacity = Capacity(
+        connections_per_server=4000,
+        memory_per_connection_mb=0.01,
+        base_memory_mb=80,
+        deliveries_per_second_per_server=20_000,
+    )
+    result = plan(load, capacity, REDIS, CATALOG)
     us, eu = result.regions
     assert us.connections == 50_000  # 100000 / 2
     assert us.deliveries_per_second == 500_000  # 1000 x 1000 / 2
@@ -60,9 +82,10 @@ def test_delivery_bound_case_by_hand() -> None:
     assert us.servers == 36  # ceil(50000 / 1400) = ceil(35.7)
     assert us.max_replicas == 54  # ceil(36 x 1.5)
     assert us.min_replicas == 9  # ceil(36 x 0.25)
-    # Redis: 500 msg/s in x (1 + 54) = 27,500 msg/s; t4g.small 20000 x 0.7 = 14000 is
-    # short, t4g.medium 40000 x 0.7 = 28000 holds it.
-    assert us.redis_node_type == "cache.t4g.medium"
+    # Redis: 3 + 0.3 x min(1000, 54 servers) = 19.2 µs per message; 500 msg/s keep
+    # 500 x 19.2e-6 = 0.0096 of a core busy, within t4g.small's 0.7 x 0.2 = 0.14; egress
+    # 500 x 54 x 300 B x 8 = 0.0648 Gbit/s, within its 0.7 x 0.128 = 0.0896: one shard.
+    assert (us.redis_node_type, us.redis_shards) == ("cache.t4g.small", 1)
     assert eu.stack_config() == us.stack_config()  # same sizing, different prices
     assert eu.monthly_cost > us.monthly_cost
     assert result.monthly_cost == pytest.approx(us.monthly_cost + eu.monthly_cost)
@@ -70,13 +93,18 @@ def test_delivery_bound_case_by_hand() -> None:
 
 @pytest.mark.parametrize("bound", ["connections", "deliveries"])
 def test_servers_scale_linearly_with_load(bound: str) -> None:
-    capacity = Capacity(connections_per_server=4000, deliveries_per_second_per_server=10_000)
+    capacity = Capacity(
+        connections_per_server=4000,
+        memory_per_connection_mb=0.01,
+        base_memory_mb=80,
+        deliveries_per_second_per_server=10_000,
+    )
     base = 28_000  # 10 servers at 2,800 each
     fanout = 1.0 if bound == "connections" else 100.0
     servers = []
     for k in range(1, 6):
         load = Load(connections=base * k, messages_per_second=100.0 * k, fanout=fanout)
-        servers.append(plan(load, capacity, CATALOG).regions[0].servers)
+        servers.append(plan(load, capacity, REDIS, CATALOG).regions[0].servers)
     assert servers == [servers[0] * k for k in range(1, 6)], servers
     assert servers[0] > 2  # above the floor, so the scaling is the formula's, not the floor's
 
@@ -115,7 +143,7 @@ def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match="connections"):
         Load(connections=0)
     with pytest.raises(PlanError, match="no prices for region 'mars-1'"):
-        plan(Load(connections=1000, regions=("mars-1",)), Capacity(1000), CATALOG)
+        plan(Load(connections=1000, regions=("mars-1",)), RULE_OF_THUMB, REDIS, CATALOG)
 
 
 def test_write_stack_round_trips_and_keeps_comments(tmp_path: Path) -> None:
@@ -152,3 +180,89 @@ def test_write_stack_refuses_a_region_it_did_not_plan(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "us-west-2" in result.output
     assert (tmp_path / "Pulumi.dev.yaml").read_text() == before
+
+
+def test_defaults_are_the_shipped_profile_not_the_rule_of_thumb() -> None:
+    profile = load_profile()
+    for key in ("date", "commit", "machine", "server", "redis"):
+        assert profile.provenance.get(key), key  # every figure says where it came from
+    result = CliRunner().invoke(
+        app, ["plan", "--connections", "100000", "--messages-per-second", "50000", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    measured, seeds = data["plan"], data["rule_of_thumb"]
+    assert measured["capacity"]["source"].startswith("capacity profile")
+    assert measured["capacity"] == {
+        **profile.capacity.__dict__,
+        "deliveries_per_second_per_server": None,
+    }
+    assert data["profile"] == profile.provenance
+    # Pod memory from the measured MB per connection: far below the seeds' 1 MB each.
+    memory_mi = int(measured["regions"][0]["server_memory"].removesuffix("Mi"))
+    assert memory_mi < 1024
+    assert seeds["capacity"]["memory_per_connection_mb"] == 1.0
+    assert seeds["regions"][0]["server_memory"] == "12160Mi"
+
+
+def test_delivery_cost_model_by_hand() -> None:
+    # A server: 10,000 connections, 40 µs per event, 3 µs per delivery. Fanout 50:
+    # one server sends 1e6 x 50 / (40 + 50 x 3) = 263,157.9 deliveries/s.
+    capacity = Capacity(
+        connections_per_server=10_000,
+        memory_per_connection_mb=0.007,
+        base_memory_mb=80,
+        event_cpu_us=40,
+        delivery_cpu_us=3,
+    )
+    load = Load(connections=100_000, messages_per_second=20_000, fanout=50)
+    region = plan(load, capacity, REDIS, CATALOG).regions[0]
+    by_name = {f.name: f.value for f in region.figures}
+    assert by_name["deliveries/s one server sends"] == 263_158
+    # 1,000,000 deliveries/s: min(10000 x 0.7, 100000 x 263158 x 0.7 / 1e6 = 18421) = 7000
+    assert region.target_connections == 7000
+    # Fanout 2000: 1e6 x 2000 / (40 + 6000) = 331,126 per server; 20,000 msg/s x 2000 =
+    # 4e7 deliveries/s: 100000 x 331126 x 0.7 / 4e7 = 579.5 -> 579 connections per server.
+    heavy = plan(replace(load, fanout=2000), capacity, REDIS, CATALOG).regions[0]
+    assert heavy.target_connections == 579
+    assert heavy.servers == 173  # ceil(100000 / 579)
+
+
+def test_redis_shards_by_hand() -> None:
+    # 200,000 msg/s to rooms of 10 (one region, 20 servers at most): Redis CPU per
+    # message 3 + 0.3 x 10 = 6 µs, 1.2 cores busy; egress 200000 x 10 x 300 B x 8 =
+    # 4.8 Gbit/s. r7g.2xlarge: max(1.2 / 0.7, 4.8 / (0.7 x 3.75)) = max(1.71, 1.83) -> 2
+    # shards; m7g.large: max(1.71, 4.8 / (0.7 x 0.937) = 7.32) -> 8 shards.
+    capacity = replace(RULE_OF_THUMB, connections_per_server=1000)
+    load = Load(connections=13_000, messages_per_second=200_000, fanout=10)
+    forced = Policy(redis_type="cache.r7g.2xlarge")
+    assert plan(load, capacity, REDIS, CATALOG, forced).regions[0].redis_shards == 2
+    m7g = plan(load, capacity, REDIS, CATALOG, Policy(redis_type="cache.m7g.large"))
+    assert m7g.regions[0].redis_shards == 8
+    cheapest = plan(load, capacity, REDIS, CATALOG).regions[0]
+    # Per hour: r7g.2xlarge 2 x 0.874 = 1.748, r7g.xlarge 4 x 0.437 = 1.748, t4g.small
+    # ceil(4.8 / (0.7 x 0.128)) = 54 x 0.032 = 1.728; m7g.large 8 x 0.158 = 1.264 wins.
+    assert (cheapest.redis_node_type, cheapest.redis_shards) == ("cache.m7g.large", 8)
+    # The cost counts every shard's primary and replica.
+    shards_cost = 8 * 2 * 0.158 * CATALOG.hours_per_month
+    assert cheapest.monthly_cost > shards_cost
+
+
+def test_the_one_million_plan_completes_and_refuses_to_write_half_of_it(tmp_path: Path) -> None:
+    args = ["plan", "--connections", "1000000", "--messages-per-second", "20000"]
+    args += ["--fanout", "50", "--regions", "us-east-1,eu-west-1"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    regions = json.loads(result.output)["plan"]["regions"]
+    assert [r["region"] for r in regions] == ["us-east-1", "eu-west-1"]
+    assert all(r["servers"] >= 50 and r["redis_shards"] >= 1 for r in regions)
+    stack = tmp_path / "Pulumi.prod-us-east-1.yaml"
+    shutil.copy(REPO / "Pulumi.prod-us-east-1.yaml", stack)
+    before = stack.read_text()
+    # On t4g.small the 1M load needs many shards; cluster mode has no stack key yet, so
+    # nothing is half-written: one clear line, exit 2, the file untouched.
+    args += ["--redis-type", "cache.t4g.small", "--write-stack", "prod-us-east-1"]
+    written = CliRunner().invoke(app, [*args, "--stack-dir", str(tmp_path)])
+    assert written.exit_code == 2, written.output
+    assert "Redis shards" in written.output and "Traceback" not in written.output
+    assert stack.read_text() == before
