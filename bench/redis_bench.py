@@ -40,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import redis
@@ -126,9 +127,9 @@ def _form_cluster(nodes: list[RedisNode]) -> None:
     for index, node in enumerate(nodes):
         first = index * slots_each
         last = 16383 if index == len(nodes) - 1 else first + slots_each - 1
-        node.client().execute_command("CLUSTER ADDSLOTSRANGE", first, last)
+        node.client().execute_command("CLUSTER ADDSLOTSRANGE", first, last)  # type: ignore[no-untyped-call]
     for node in nodes[1:]:
-        node.client().execute_command("CLUSTER MEET", HOST, nodes[0].port)
+        node.client().execute_command("CLUSTER MEET", HOST, nodes[0].port)  # type: ignore[no-untyped-call]
 
     def settled() -> bool:
         return all(n.client().cluster("info").get("cluster_state") == "ok" for n in nodes)
@@ -216,7 +217,7 @@ async def one_case(
             mine = [c for c in channels if not sharded or owner_of(nodes, c) is node]
             if not mine:
                 continue
-            _, drain = await loop.create_connection(lambda m=mine: Drain(m), HOST, node.port)
+            _, drain = await loop.create_connection(partial(Drain, mine), HOST, node.port)
             # SSUBSCRIBE takes channels of one slot only: one command per channel.
             drain.transport.write(b"".join(resp(subscribe_word, c.encode()) for c in mine))
             drains.append(drain)

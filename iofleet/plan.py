@@ -20,7 +20,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 from ruamel.yaml import YAML
@@ -30,6 +30,8 @@ RULE_OF_THUMB_CONNECTIONS_PER_SERVER = 10_000
 RULE_OF_THUMB_MEMORY_PER_CONNECTION_MB = 1.0
 
 MIB_STEP = 64  # pod memory is rounded up to a multiple of 64 Mi
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 class PlanError(ValueError):
@@ -68,15 +70,18 @@ def default_catalog_path() -> Path:
     return Path(str(resources.files("iofleet") / "data" / "instance_types.yaml"))
 
 
-def load_catalog(path: Path | None = None) -> Catalog:
-    path = path or default_catalog_path()
+def _read_yaml(path: Path, model: type[_Model], what: str) -> _Model:
+    """A YAML file validated as `model`; an error names the file and the first bad key."""
     try:
-        raw = YAML(typ="safe").load(path.read_text())
-        return Catalog.model_validate(raw)
+        return model.model_validate(YAML(typ="safe").load(path.read_text()))
     except (OSError, ValueError) as error:
         first = error.errors()[0] if isinstance(error, ValidationError) else None
         where = ".".join(str(p) for p in first["loc"]) + ": " + first["msg"] if first else error
-        raise PlanError(f"instance-type table {path}: {where}") from None
+        raise PlanError(f"{what} {path}: {where}") from None
+
+
+def load_catalog(path: Path | None = None) -> Catalog:
+    return _read_yaml(path or default_catalog_path(), Catalog, "instance-type table")
 
 
 # --- measured capacity (written by `iofleet loadtest --find-capacity`) ------------
@@ -202,12 +207,7 @@ def default_profile_path() -> Path:
 
 def load_profile(path: Path | None = None) -> Profile:
     path = path or default_profile_path()
-    try:
-        raw = _ProfileFile.model_validate(YAML(typ="safe").load(path.read_text()))
-    except (OSError, ValueError) as error:
-        first = error.errors()[0] if isinstance(error, ValidationError) else None
-        where = ".".join(str(p) for p in first["loc"]) + ": " + first["msg"] if first else error
-        raise PlanError(f"capacity profile {path}: {where}") from None
+    raw = _read_yaml(path, _ProfileFile, "capacity profile")
     measured = f"capacity profile ({raw.provenance.get('date', '?')}, {path.name})"
     return Profile(
         capacity=Capacity(**raw.server.model_dump(), source=measured),
