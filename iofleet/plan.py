@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -32,6 +33,7 @@ RULE_OF_THUMB_MEMORY_PER_CONNECTION_MB = 1.0
 MIB_STEP = 64  # pod memory is rounded up to a multiple of 64 Mi
 
 _Model = TypeVar("_Model", bound=BaseModel)
+_Priced = TypeVar("_Priced", "NodeType", "RedisType")
 
 
 class PlanError(ValueError):
@@ -540,16 +542,8 @@ def _choose_node(
 ) -> tuple[str, int]:
     if not any(region in node.hourly for node in catalog.node_types.values()):
         raise PlanError(f"no prices for region {region!r} in the instance-type table: add them")
-    names = [policy.node_type] if policy.node_type else sorted(catalog.node_types)
     best: tuple[float, int, str] | None = None
-    for name in names:
-        node = catalog.node_types.get(name)
-        if node is None:
-            raise PlanError(f"node type {name!r} is not in the instance-type table")
-        if region not in node.hourly:
-            if policy.node_type:
-                raise PlanError(f"node type {name!r} has no price for region {region!r}")
-            continue
+    for name, node in _priced_types(catalog.node_types, policy.node_type, region, "node type"):
         fit = pods_per_node(node, policy, pod_memory_gib)
         if fit == 0:
             if policy.node_type:
@@ -582,6 +576,21 @@ def _choose_node(
     return name, fit
 
 
+def _priced_types(
+    table: Mapping[str, _Priced], chosen: str | None, region: str, what: str
+) -> Iterator[tuple[str, _Priced]]:
+    """The types to weigh: the one asked for (which must exist and have a price in the
+    region), else every type of the table priced there."""
+    for name in [chosen] if chosen else sorted(table):
+        kind = table.get(name)
+        if kind is None:
+            raise PlanError(f"{what} {name!r} is not in the instance-type table")
+        if region in kind.hourly:
+            yield name, kind
+        elif chosen:
+            raise PlanError(f"{what} {name!r} has no price for region {region!r}")
+
+
 def redis_shards(kind: RedisType, policy: Policy, busy_cores: float, egress_gbps: float) -> int:
     """Primaries of `kind` that carry the load at the planned utilization: each gives one
     command thread (its baseline share, for a burstable type) and its sustained bandwidth;
@@ -601,16 +610,9 @@ def _choose_redis(
     figures: list[Figure],
 ) -> tuple[str, int]:
     """The Redis node type and shard count that cost least for the load."""
-    names = [policy.redis_type] if policy.redis_type else sorted(catalog.redis_node_types)
     best: tuple[float, int, str] | None = None
-    for name in names:
-        kind = catalog.redis_node_types.get(name)
-        if kind is None:
-            raise PlanError(f"Redis node type {name!r} is not in the table")
-        if region not in kind.hourly:
-            if policy.redis_type:
-                raise PlanError(f"Redis node type {name!r} has no price for region {region!r}")
-            continue
+    types = _priced_types(catalog.redis_node_types, policy.redis_type, region, "Redis node type")
+    for name, kind in types:
         shards = redis_shards(kind, policy, busy_cores, egress_gbps)
         candidate = (round(shards * kind.hourly[region], 6), shards, name)
         if best is None or candidate < best:
