@@ -20,7 +20,7 @@ from autoscaler.kube.actuator import RefuseToStart
 from autoscaler.kube.backend import run
 from autoscaler.local.backend import run as local_run
 from autoscaler.settings import Settings, load_settings
-from server.jsonlog import configure_logging
+from server.core.jsonlog import configure_logging
 from server.settings import SettingsError
 
 

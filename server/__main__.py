@@ -9,9 +9,9 @@ import signal
 import sys
 from types import ModuleType
 
-from server.app import ListenError, create_app, serve
-from server.jsonlog import configure_logging
-from server.node import NODE_KEY
+from server.core.jsonlog import configure_logging
+from server.node.app import ListenError, create_app, serve
+from server.node.state import NODE_KEY
 from server.settings import Settings, SettingsError, load_settings
 
 uvloop: ModuleType | None
@@ -28,7 +28,7 @@ log = logging.getLogger("iofleet.main")
 # million at 10,000 connections); at the default threshold (10) they ran often
 # enough during connection bursts to take about a quarter of the server's time
 # (connects/s +35% in bench/fanout_bench.py's connect case). Connections that end
-# release what they hold without the collector (server/eio_socket.py), so little
+# release what they hold without the collector (server/eio/socket.py), so little
 # waits for it.
 GC_THRESHOLDS = (700, 10, 1000)
 

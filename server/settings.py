@@ -24,10 +24,10 @@ from server.contract import (
     PING_TIMEOUT_SECONDS,
     PUBLIC_PORT,
 )
-from server.redis_topology import parse_redis_url
+from server.net.redis_topology import parse_redis_url
 
 Transport = Literal["websocket", "polling"]
-# Slow-consumer limits (server/eio_socket.py), also the engine's defaults when it
+# Slow-consumer limits (server/eio/socket.py), also the engine's defaults when it
 # is built without settings. 64 KiB is asyncio's own write high-water mark.
 SEND_BUFFER_BYTES = 64 * 1024
 SEND_QUEUE_PACKETS = 1024

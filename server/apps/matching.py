@@ -23,7 +23,7 @@ from redis import asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from server.apps.payloads import fail
-from server.services import services_of
+from server.node.services import services_of
 
 log = logging.getLogger("iofleet.matching")
 

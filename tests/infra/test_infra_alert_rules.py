@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from infra.observability import Thresholds, alert_rules
-from server.metrics import Metrics
+from server.core.metrics import Metrics
 
 # Metrics the rules read from elsewhere (kubelet/cAdvisor, kube-state-metrics).
 EXTERNAL = re.compile(r"^(container_|kube_)")

@@ -9,7 +9,7 @@ import pulumi
 import pytest
 from pulumi_fleet import REGIONAL_STACKS, FleetMocks, after_deploy, run_stack
 
-from server.redis_topology import parse_redis_url
+from server.net.redis_topology import parse_redis_url
 from server.settings import Settings
 
 # Stand-ins for what Kubernetes fills in at run time (Secrets, the downward API);

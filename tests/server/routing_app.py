@@ -9,7 +9,7 @@ in the socket's session and `recall` `{key}` answers it (and the session's
 user); `count` on `/slow` (whose connect handler takes 0.3 s) acks its
 argument; `who` `{room}` answers the sockets in
 `room` (the whole namespace when absent) on every node, with
-`server.fleet_query.fetch_sockets`."""
+`server.sio.cluster.fleet_query.fetch_sockets`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 import socketio
 
 from server.apps import chat
-from server.fleet_query import fetch_sockets
+from server.sio.cluster.fleet_query import fetch_sockets
 
 
 def register(sio: socketio.AsyncServer) -> None:

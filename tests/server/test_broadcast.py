@@ -1,4 +1,4 @@
-"""Room broadcasts framed once (server/broadcast.py) reach every stock client, in
+"""Room broadcasts framed once (server/sio/broadcast.py) reach every stock client, in
 order, over every transport; the sent-messages metric stays exact; a client that
 stops reading is dropped with a reason and counted, never buffered without bound."""
 
@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiohttp._websocket.writer import WebSocketWriter
 
-from server.ws_transport import text_frame
+from server.net.ws_transport import text_frame
 from tests.support.jsclient import JsClients
 from tests.support.metrics import metric
 from tests.support.procs import ServerProcess, make_token, wait_until
@@ -50,7 +50,7 @@ async def test_every_stock_client_gets_every_broadcast_in_order(
 ) -> None:
     # Deflate on: the JS client over WebSocket negotiates it and is served by
     # aiohttp's WebSocket, where large messages take the queued path; the Python
-    # client offers no deflate and is served below aiohttp (server/ws_transport.py).
+    # client offers no deflate and is served below aiohttp (server/net/ws_transport.py).
     server = start_server("bcast", IOFLEET_WS_COMPRESSION="true", **FAST)
     # Both stock clients, over WebSocket and over long-polling.
     await js.open(

@@ -1,4 +1,4 @@
-"""The python-engineio surface `server.eio_socket` overrides or relies on.
+"""The python-engineio surface `server.eio.socket` overrides or relies on.
 
 `ReleasingSocket` overrides private methods of `engineio.async_socket.AsyncSocket`
 and `ReleasingSockets` relies on how `AsyncServer._handle_connect` registers a new
@@ -18,11 +18,11 @@ from engineio import packet as eio_packet
 from engineio.async_server import AsyncServer
 from engineio.async_socket import AsyncSocket
 
-from server.eio_socket import ReleasingSocket, ReleasingSockets
-from server.engine import IofleetEngine
-from server.metrics import Metrics
+from server.core.metrics import Metrics
+from server.eio.engine import IofleetEngine
+from server.eio.socket import ReleasingSocket, ReleasingSockets
 from server.settings import Settings
-from server.sio import IofleetServer
+from server.sio.server import IofleetServer
 
 OVERRIDDEN = {
     "schedule_ping": ["self"],
@@ -80,7 +80,7 @@ def test_socket_state_the_release_relies_on() -> None:
 
 
 def test_aiohttp_runner_takes_handler_cancellation() -> None:
-    # server.app.serve turns it on: a dropped long-poll must cancel its handler.
+    # server.node.app.serve turns it on: a dropped long-poll must cancel its handler.
     assert "handler_cancellation" in inspect.signature(web.AppRunner).parameters or (
         "handler_cancellation" in inspect.signature(web.Server).parameters
     ), "aiohttp no longer accepts handler_cancellation"

@@ -14,12 +14,12 @@ import socketio
 from redis import asyncio as aioredis
 
 from iofleet.processes import free_port
-from server.app import build_node, shutdown_step
 from server.apps.matching import Matcher
-from server.fanout import FanoutManager
-from server.metrics import Metrics
-from server.services import AppServices, attach, services_of
+from server.core.metrics import Metrics
+from server.node.app import build_node, shutdown_step
+from server.node.services import AppServices, attach, services_of
 from server.settings import Settings
+from server.sio.cluster.fanout import FanoutManager
 from tests.support.procs import RedisServer, ServerProcess
 
 SECRET = "x" * 40

@@ -1,4 +1,4 @@
-"""`server.fleet_query.fetch_sockets`: the sockets of a room on every node (Socket.IO's
+"""`server.sio.cluster.fleet_query.fetch_sockets`: the sockets of a room on every node (Socket.IO's
 `fetchSockets`), asked over Redis; this node's alone when Redis is away or unused."""
 
 from __future__ import annotations

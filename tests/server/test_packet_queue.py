@@ -1,4 +1,4 @@
-"""`server.packet_queue.PacketQueue`: the part of `asyncio.Queue` python-engineio
+"""`server.eio.packet_queue.PacketQueue`: the part of `asyncio.Queue` python-engineio
 uses, with what a connection's queue needs beside it (no timing here: the order,
 the wake-ups and the bookkeeping)."""
 
@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from engineio import packet as eio_packet
 
-from server.packet_queue import COMPACT_AFTER, PacketQueue
+from server.eio.packet_queue import COMPACT_AFTER, PacketQueue
 
 
 async def test_first_in_first_out_across_compaction() -> None:

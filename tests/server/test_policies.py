@@ -62,7 +62,7 @@ async def websocket_status(server: ServerProcess, origin: str) -> str:
 
 
 async def test_cors_allowlist_on_websocket_connects(start_server) -> None:
-    """Connects taken before aiohttp (server/ws_accept.py) keep to the allowlist too."""
+    """Connects taken before aiohttp (server/net/ws_accept.py) keep to the allowlist too."""
     server = start_server("cors-ws", IOFLEET_CORS_ORIGINS="https://app.example.com")
     assert await websocket_status(server, "https://app.example.com") == "101"
     assert await websocket_status(server, "https://evil.example.com") == "400"

@@ -1,4 +1,4 @@
-"""Connection state recovery end to end (`server/recovery.py`): real Redis, real
+"""Connection state recovery end to end (`server/sio/cluster/recovery.py`): real Redis, real
 server processes, the official JS client under Node (socket.io-client 4.8, which
 sends `pid`/`offset` on reconnect and sets `socket.recovered`).
 

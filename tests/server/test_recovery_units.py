@@ -1,4 +1,4 @@
-"""The pure parts of connection state recovery (`server/recovery.py`): stream ids,
+"""The pure parts of connection state recovery (`server/sio/cluster/recovery.py`): stream ids,
 which stream entries concern a socket, and an emit message's event arguments."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from server.recovery import concerns, event_arguments, stream_id
+from server.sio.cluster.recovery import concerns, event_arguments, stream_id
 
 SID = "node-a.AAAAAAAAAAAAAAAAAAAA"
 

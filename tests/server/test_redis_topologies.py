@@ -1,4 +1,4 @@
-"""The fan-out on every Redis topology `IOFLEET_REDIS_URL` can name (server/redis_topology.py):
+"""The fan-out on every Redis topology `IOFLEET_REDIS_URL` can name (server/net/redis_topology.py):
 a Redis Cluster of three masters through sharded pub/sub, a Sentinel-watched master that
 fails over, one Redis over TLS with a password, and URLs that are wrong."""
 
@@ -23,7 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from iofleet.local_servers import redis_command
 from iofleet.processes import free_port, stop_pid
-from server.redis_topology import RedisUrlError, parse_redis_url, redacted
+from server.net.redis_topology import RedisUrlError, parse_redis_url, redacted
 from server.settings import SettingsError, load_settings
 from tests.server.fanout_support import (
     cross_nodes,

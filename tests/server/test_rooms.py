@@ -6,7 +6,7 @@ from typing import Any
 
 import socketio
 
-from server.rooms import IndexedManager, RoomLedger
+from server.sio.rooms import IndexedManager, RoomLedger
 
 
 def test_join_leave_and_remove_keep_owner_counts() -> None:

@@ -1,4 +1,4 @@
-"""Per-room routing across nodes (server/fanout.py): a node subscribes to a room's
+"""Per-room routing across nodes (server/sio/cluster/fanout.py): a node subscribes to a room's
 channel only while it has a member there, and receives none of the bytes of a
 room it has no member in, measured on its Redis connections."""
 
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from server.recovery import stream_id
+from server.sio.cluster.recovery import stream_id
 from tests.server.fanout_support import sid_acks_and_namespace_emits_cross
 from tests.support.jsclient import JsClients
 from tests.support.metrics import metric

@@ -14,12 +14,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from server.auth import AuthError, TokenVerifier, token_from_handshake
-from server.drain import DrainController
-from server.drain_plan import plan_batches
-from server.jsonlog import JsonFormatter, OncePerBurst
-from server.ratelimit import KeyedBuckets, TokenBucket
+from server.core.jsonlog import JsonFormatter, OncePerBurst
+from server.core.ratelimit import KeyedBuckets, TokenBucket
+from server.node.drain import DrainController
+from server.node.drain_plan import plan_batches
 from server.settings import Settings, SettingsError, load_settings
+from server.sio.auth import AuthError, TokenVerifier, token_from_handshake
 from tests.support.procs import run_module
 
 LONG = "k" * 32  # an HS256 secret of the minimum length
@@ -326,7 +326,7 @@ def test_the_server_collects_the_whole_heap_less_often() -> None:
 def test_the_event_fast_path_reads_what_python_socketio_reads(text: str) -> None:
     from socketio import packet as sio_packet
 
-    from server.sio import decode_plain_event
+    from server.sio.server import decode_plain_event
 
     reference = sio_packet.Packet(encoded_packet=text)
     assert decode_plain_event(text) == (reference.id, reference.data)
@@ -337,25 +337,25 @@ def test_the_event_fast_path_reads_what_python_socketio_reads(text: str) -> None
     ['2/chat,["e"]', '2/chat,3["e"]', "2", '21234567890123456789["e"]', '2{"not":"a list"}'],
 )
 def test_other_event_shapes_take_python_socketios_path(text: str) -> None:
-    from server.sio import decode_plain_event
+    from server.sio.server import decode_plain_event
 
     assert decode_plain_event(text) is None
 
 
 def test_bad_json_in_an_event_is_a_value_error() -> None:
-    from server.sio import decode_plain_event
+    from server.sio.server import decode_plain_event
 
     with pytest.raises(ValueError):
         decode_plain_event('2["e",')
 
 
 def test_plain_per_event_metrics_read_as_prometheus_clients_own() -> None:
-    """The lock-free per-event series (server/metrics.py) expose exactly what
+    """The lock-free per-event series (server/core/metrics.py) expose exactly what
     prometheus-client's Counter and Histogram would: same names, labels, `le`
     buckets, counts and sums."""
     from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-    from server.metrics import HANDLER_BUCKETS, PlainCounterFamily, PlainHistogram
+    from server.core.metrics import HANDLER_BUCKETS, PlainCounterFamily, PlainHistogram
 
     theirs, ours = CollectorRegistry(), CollectorRegistry()
     counter = Counter("t_messages", "doc", ["event"], registry=theirs)

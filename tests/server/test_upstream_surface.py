@@ -1,6 +1,6 @@
 """The private upstream surface iofleet's server overrides, calls or reads.
 
-`server/sio.py`, `server/engine.py` and `server/fanout.py` extend
+`server/sio/server.py`, `server/eio/engine.py` and `server/sio/cluster/fanout.py` extend
 python-socketio, python-engineio and aiohttp at methods that are not public
 API. When an upgrade renames one or changes its parameters, these tests fail
 naming the method, instead of the server misbehaving at run time.
@@ -22,7 +22,7 @@ from engineio.async_drivers import aiohttp as engineio_aiohttp
 
 # (owner, method name, the parameters after `self` the server relies on)
 METHODS: list[tuple[Any, str, list[str]]] = [
-    # socketio.AsyncServer: overridden in server/sio.py
+    # socketio.AsyncServer: overridden in server/sio/server.py
     (socketio.AsyncServer, "_engineio_server_class", []),
     (socketio.AsyncServer, "_handle_connect", ["eio_sid", "namespace", "data"]),
     (socketio.AsyncServer, "_trigger_event", ["event", "namespace", "args"]),
@@ -45,18 +45,18 @@ METHODS: list[tuple[Any, str, list[str]]] = [
         "emit",
         ["event", "data", "to", "room", "skip_sid", "namespace", "callback", "ignore_queue"],
     ),
-    # the manager, read by server/sio.py
+    # the manager, read by server/sio/server.py
     (socketio.AsyncManager, "sid_from_eio_sid", ["eio_sid", "namespace"]),
     (socketio.AsyncManager, "eio_sid_from_sid", ["sid", "namespace"]),
     (socketio.AsyncManager, "get_participants", ["namespace", "room"]),
     (socketio.AsyncManager, "initialize", []),
-    # the manager's room bookkeeping, overridden by server.rooms.RoomIndex
+    # the manager's room bookkeeping, overridden by server.sio.rooms.RoomIndex
     (socketio.AsyncManager, "basic_enter_room", ["sid", "namespace", "room", "eio_sid"]),
     (socketio.AsyncManager, "basic_leave_room", ["sid", "namespace", "room"]),
     (socketio.AsyncManager, "basic_disconnect", ["sid", "namespace", "kwargs"]),
     (socketio.AsyncManager, "get_rooms", ["sid", "namespace"]),
     (socketio.AsyncManager, "pre_connect", ["eio_sid", "namespace"]),
-    # the manager's emit, overridden by server.broadcast.BroadcastEmit (and reached
+    # the manager's emit, overridden by server.sio.broadcast.BroadcastEmit (and reached
     # from the Redis listener's _handle_emit through super())
     (
         socketio.AsyncManager,
@@ -64,30 +64,31 @@ METHODS: list[tuple[Any, str, list[str]]] = [
         ["event", "data", "namespace", "room", "skip_sid", "callback", "to", "kwargs"],
     ),
     (socketio.AsyncRedisManager, "_handle_emit", ["message"]),
-    # the listener's channel filter, overridden for per-room channels in server/fanout.py
+    # the listener's channel filter, overridden for per-room channels in
+    # server/sio/cluster/fanout.py
     (socketio.AsyncRedisManager, "_listen", []),
-    # socketio.AsyncRedisManager: overridden in server/fanout.py
+    # socketio.AsyncRedisManager: overridden in server/sio/cluster/fanout.py
     (socketio.AsyncRedisManager, "_redis_connect", []),
     (socketio.AsyncRedisManager, "_publish", ["data"]),
     (socketio.AsyncRedisManager, "_redis_listen_with_retries", []),
-    # engineio.AsyncServer: overridden or called in server/engine.py
+    # engineio.AsyncServer: overridden or called in server/eio/engine.py
     (engineio.AsyncServer, "generate_id", []),
     (engineio.AsyncServer, "create_queue", ["args", "kwargs"]),
     (engineio.AsyncServer, "handle_request", ["args", "kwargs"]),
     (engineio.AsyncServer, "attach", ["app", "engineio_path"]),
     (engineio.AsyncServer, "_handle_connect", ["environ", "transport", "jsonp_index"]),
     (engineio.AsyncServer, "_cors_allowed_origins", ["environ"]),
-    # the engine.io socket: called from server/engine.py
+    # the engine.io socket: called from server/eio/engine.py
     (async_socket.AsyncSocket, "check_ping_timeout", []),
     (async_socket.AsyncSocket, "close", ["wait", "abort", "reason"]),
     (async_socket.AsyncSocket, "_websocket_handler", ["ws"]),
     (async_socket.AsyncSocket, "send", ["pkt"]),
-    # engineio's aiohttp WebSocket wrapper: subclassed in server/engine.py
+    # engineio's aiohttp WebSocket wrapper: subclassed in server/eio/engine.py
     (engineio_aiohttp.WebSocket, "__init__", ["handler", "server"]),
     (engineio_aiohttp.WebSocket, "__call__", ["environ"]),
     (engineio_aiohttp.WebSocket, "send", ["message"]),
     (engineio_aiohttp.WebSocket, "wait", []),
-    # aiohttp: per-frame compression in server/engine.py
+    # aiohttp: per-frame compression in server/eio/engine.py
     (web.WebSocketResponse, "send_str", ["data", "compress"]),
     (web.WebSocketResponse, "send_bytes", ["data", "compress"]),
 ]
@@ -124,12 +125,12 @@ def test_upstream_attributes_the_server_reads() -> None:
     ):
         assert hasattr(sio, name), f"socketio.AsyncServer.{name} is gone"
     assert isinstance(sio.manager.rooms, dict), "socketio manager.rooms is no longer a dict"
-    # server/sio.py's event fast path: binary packets in progress, and the
+    # server/sio/server.py's event fast path: binary packets in progress, and the
     # handlers-in-tasks switch it keeps to.
     assert isinstance(getattr(sio, "_binary_packet", None), dict), "sio._binary_packet changed"
     assert sio.async_handlers is True, "socketio async_handlers no longer defaults to True"
     for name in ("callbacks", "pending_connect", "pending_disconnect"):
-        # server.rooms.RoomIndex.basic_disconnect cleans these up as the library does
+        # server.sio.rooms.RoomIndex.basic_disconnect cleans these up as the library does
         assert isinstance(getattr(sio.manager, name, None), dict), f"manager.{name} changed"
     eio = sio.eio
     assert "websocket" in eio._async, "engineio AsyncServer._async['websocket'] is gone"
@@ -155,15 +156,15 @@ def test_upstream_attributes_the_server_reads() -> None:
 
 
 def test_broadcast_surface() -> None:
-    """What server/broadcast.py relies on: the Redis listener's local delivery reaches
+    """What server/sio/broadcast.py relies on: the Redis listener's local delivery reaches
     `BroadcastEmit.emit` (the MRO), an Engine.IO packet caches its encoding (one
     shared packet per broadcast), and aiohttp's WebSocket writer exposes the
     transport and closing flag a ready frame is written past."""
     from engineio import packet as eio_packet
     from socketio.async_pubsub_manager import AsyncPubSubManager
 
-    from server.broadcast import BroadcastEmit
-    from server.fanout import FanoutManager
+    from server.sio.broadcast import BroadcastEmit
+    from server.sio.cluster.fanout import FanoutManager
 
     mro = FanoutManager.__mro__
     assert (
@@ -183,7 +184,7 @@ def test_broadcast_surface() -> None:
 
 
 def test_recovery_surface() -> None:
-    """What server/recovery.py relies on. `RecoveringFanoutManager.pre_connect` repeats
+    """What server/sio/cluster/recovery.py relies on. `RecoveringFanoutManager.pre_connect` repeats
     python-socketio's `BaseManager.pre_connect` with a given sid (the library draws a
     new one from `server.eio.generate_id()`): that body must still be the one copied.
     Recoverable emits carry `host_id` "" so that the listener (`_thread`) hands them
@@ -216,7 +217,7 @@ def test_recovery_surface() -> None:
 
 
 def test_receive_and_queue_surface() -> None:
-    """What server/eio_socket.py's receive path and server/packet_queue.py rely on:
+    """What server/eio/socket.py's receive path and server/eio/packet_queue.py rely on:
     python-socketio registers its Engine.IO `message` handler as a coroutine
     function in `eio.handlers` (a text MESSAGE goes straight to it), an Engine.IO
     socket takes its queue from `server.create_queue()` and uses only the methods
@@ -224,7 +225,7 @@ def test_receive_and_queue_surface() -> None:
     `Payload.max_decode_packets`."""
     from engineio import payload as eio_payload
 
-    from server.packet_queue import PacketQueue
+    from server.eio.packet_queue import PacketQueue
 
     sio = socketio.AsyncServer(async_mode="aiohttp")
     handler = sio.eio.handlers.get("message")
@@ -245,7 +246,7 @@ def test_receive_and_queue_surface() -> None:
 
 
 def test_websocket_takeover_surface() -> None:
-    """What server/ws_transport.py relies on to serve a WebSocket below aiohttp:
+    """What server/net/ws_transport.py relies on to serve a WebSocket below aiohttp:
     python-engineio hands the WebSocket wrapper the socket's bound
     `_websocket_handler` (the wrapper reaches the socket through it); aiohttp's
     request exposes its protocol and transport; the protocol's `transport` can be
@@ -280,7 +281,7 @@ def test_websocket_takeover_surface() -> None:
 
 
 def test_websocket_accept_surface() -> None:
-    """What server/ws_accept.py and `IofleetEngine.open_websocket` rely on to take
+    """What server/net/ws_accept.py and `IofleetEngine.open_websocket` rely on to take
     a WebSocket connect before aiohttp: python-engineio's `handle_request` still
     applies exactly the rules `open_websocket` checks before it calls
     `_handle_connect` (a new rule there must be mirrored), gets its environ from

@@ -1,4 +1,4 @@
-"""WebSocket connects taken before aiohttp (server/ws_accept.py): which heads are
+"""WebSocket connects taken before aiohttp (server/net/ws_accept.py): which heads are
 taken, and that the application sees the same handshake either way."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import os
 
 import pytest
 
-from server.engine import http_response, query_fields
-from server.public import SOCKETIO_PATH
-from server.ws_accept import MAX_HEAD_BYTES, environ_of_head
+from server.eio.engine import http_response, query_fields
+from server.net.ws_accept import MAX_HEAD_BYTES, environ_of_head
+from server.node.public import SOCKETIO_PATH
 from tests.support.procs import make_token
 from tests.support.ws_frames import read_frame, send_text
 

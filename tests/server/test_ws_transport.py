@@ -1,4 +1,4 @@
-"""The WebSocket served below aiohttp (server/ws_transport.py), on the wire:
+"""The WebSocket served below aiohttp (server/net/ws_transport.py), on the wire:
 fragments and control frames, the close handshake both ways, and every protocol
 violation closing only its sender with the RFC 6455 code for it."""
 
@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from server.ws_transport import (
+from server.net.ws_transport import (
     CLOSE_INVALID_DATA,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_PROTOCOL_ERROR,

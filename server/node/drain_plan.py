@@ -1,6 +1,6 @@
 """When the drain closes how many connections: a pure plan, no I/O, no clock.
 
-`server.drain.DrainController` runs the plan; keeping it apart lets the import
+`server.node.drain.DrainController` runs the plan; keeping it apart lets the import
 contracts check that the arithmetic of the drain touches nothing outside.
 """
 

@@ -10,14 +10,14 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from server.auth import GuestTokenIssuer
-from server.node import NODE_KEY, Node
-from server.ratelimit import KeyedBuckets
-from server.ws_accept import WebSocketConnectHandler
+from server.core.ratelimit import KeyedBuckets
+from server.net.ws_accept import WebSocketConnectHandler
+from server.node.state import NODE_KEY, Node
+from server.sio.auth import GuestTokenIssuer
 
 log = logging.getLogger("iofleet.public")
 
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC_DIR = Path(__file__).parents[1] / "static"  # server/static
 SOCKETIO_PATH = "/socket.io/"
 GUEST_KEY = web.AppKey("iofleet_guest", GuestTokenIssuer)
 GUEST_BUCKETS_KEY = web.AppKey("iofleet_guest_buckets", KeyedBuckets)
@@ -39,7 +39,7 @@ def create_public_app(node: Node) -> web.Application:
 
 def websocket_connects(node: Node) -> WebSocketConnectHandler:
     """What the public listener does with a WebSocket connect read before aiohttp
-    (`server.ws_accept`): the Engine.IO server takes it, unless the node is
+    (`server.net.ws_accept`): the Engine.IO server takes it, unless the node is
     draining (then aiohttp's path answers 503, `handshake_gate`)."""
 
     def on_websocket_connect(environ: dict[str, Any], transport: asyncio.Transport) -> bool:

@@ -12,7 +12,7 @@ no task and no queue.
 
 Only connections that do not use permessage-deflate come here (the Node server's
 default too: `perMessageDeflate: false`); with `IOFLEET_WS_COMPRESSION` on, a
-client that offers deflate keeps aiohttp's WebSocket (`server.engine`).
+client that offers deflate keeps aiohttp's WebSocket (`server.eio.engine`).
 
 The aiohttp surface this relies on (pinned in tests/server/test_upstream_surface.py,
 tested with aiohttp 3.14): the request's `protocol`, whose `transport` is cleared so

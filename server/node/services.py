@@ -4,7 +4,7 @@ Applications (`IOFLEET_HANDLERS`, `module:function` called with the
 `socketio.AsyncServer`) register their events with the plain python-socketio API.
 When they need more from the node, they ask for it here, typed:
 
-    from server.services import services_of
+    from server.node.services import services_of
 
     def register(sio: socketio.AsyncServer) -> None:
         services = services_of(sio)

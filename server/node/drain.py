@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from server.drain_plan import plan_batches
+from server.node.drain_plan import plan_batches
 
 log = logging.getLogger("iofleet.drain")
 

@@ -8,12 +8,12 @@ from typing import Literal
 
 from aiohttp import web
 
-from server.drain import DrainController
-from server.fanout import FanoutManager
-from server.metrics import Metrics
-from server.services import AppServices
+from server.core.metrics import Metrics
+from server.node.drain import DrainController
+from server.node.services import AppServices
 from server.settings import Settings
-from server.sio import IofleetServer
+from server.sio.cluster.fanout import FanoutManager
+from server.sio.server import IofleetServer
 
 FanoutState = Literal["up", "down", "unused"]
 
@@ -48,7 +48,7 @@ class Node:
         every node shares the Redis, and readiness that hinged on it would take
         the whole fleet out of the balancer while each node still serves its rooms.
         A deaf listener is: Redis took this node's heartbeats and counts it
-        subscribed, yet it heard none (`server.fanout`), so its clients miss
+        subscribed, yet it heard none (`server.sio.cluster.fanout`), so its clients miss
         every other node's messages until it hears again.
         """
         reasons = []

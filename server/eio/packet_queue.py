@@ -4,7 +4,7 @@ python-engineio gives every connection an `asyncio.Queue` (`create_queue`), whic
 holds four deques (items, getters, putters, the `join` event's waiters) of about
 740 bytes each even when empty: some 3 KiB per idle connection, a tenth of what
 a connection cost in the fan-out benchmark. `PacketQueue` offers the part of the
-`asyncio.Queue` interface python-engineio and `server.eio_socket` use (`put`,
+`asyncio.Queue` interface python-engineio and `server.eio.socket` use (`put`,
 `put_nowait`, `get`, `get_nowait`, `task_done`, `join`, `qsize`, `empty`, and
 `wait_nonempty`), with
 a list and futures created only while someone waits.

@@ -20,7 +20,7 @@ every recipient gets the same bytes) and hands the recipients to
   one shared, pre-encoded packet on the connection's queue, so order is kept
   and its writer (or pending GET) sends it as any other packet.
 The outbound bound and slow-consumer eviction live on the socket
-(`server.eio_socket.ReleasingSocket.send_ready`).
+(`server.eio.socket.ReleasingSocket.send_ready`).
 
 What cannot be shared goes to the library unchanged: emits with a callback (one
 ack id per recipient) and packets with binary attachments. Mix it in after the
@@ -39,8 +39,8 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from server.rooms import RoomIndex
-from server.ws_transport import text_frame
+from server.eio.socket import message
+from server.sio.rooms import RoomIndex
 
 
 class Deliverer(Protocol):
@@ -94,9 +94,8 @@ class BroadcastEmit(socketio.AsyncManager):  # type: ignore[misc]
         ]
         if not recipients:
             return
-        shared = eio_packet.Packet(eio_packet.MESSAGE, encoded)
-        text: str = shared.encode()  # cached on the packet: every queue put reuses it
-        sent = deliverer.deliver(recipients, shared, text_frame(text.encode()))
+        shared, frame = message(encoded)  # text cached on the packet: queue puts reuse it
+        sent = deliverer.deliver(recipients, shared, frame)
         count_sent = getattr(self.server, "count_sent", None)
         if count_sent is not None:
             count_sent(sent)

@@ -12,7 +12,7 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.node import NODE_KEY, Node
+from server.node.state import NODE_KEY, Node
 
 
 def create_admin_app(node: Node) -> web.Application:

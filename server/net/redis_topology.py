@@ -15,7 +15,7 @@ The one place that knows Redis topologies. The URL names one:
 The password and user are those of the data nodes (the Redis AUTH token); query
 arguments are redis-py's (``ssl_ca_certs``, ``ssl_cert_reqs``, ``socket_timeout``...).
 
-Pub/sub differs by topology and the fan-out (`server.fanout`) sees one surface:
+Pub/sub differs by topology and the fan-out (`server.sio.cluster.fanout`) sees one surface:
 `RedisEndpoint.subscriber()` answers a `Subscriber` (subscribe, unsubscribe, listen,
 aclose) and `RedisEndpoint.publish` a PUBLISH or an SPUBLISH. On a Cluster a plain
 PUBLISH goes to every node of the cluster over its bus; SPUBLISH goes only to the
@@ -263,7 +263,7 @@ class ChannelSubscriber:
 
     async def ping(self, message: bytes) -> None:
         """PING on the subscriber link; `listen()` yields the answer as a "pong" after
-        every SUBSCRIBE sent before it (`server.recovery` waits on it)."""
+        every SUBSCRIBE sent before it (`server.sio.cluster.recovery` waits on it)."""
         await self._pubsub.ping(message)
 
     async def aclose(self) -> None:

@@ -47,9 +47,9 @@ from engineio import packet as eio_packet
 from engineio import payload as eio_payload
 from engineio.async_socket import AsyncSocket
 
-from server.eager import step_eagerly
-from server.packet_queue import PacketQueue
-from server.ws_transport import (
+from server.eio.eager import step_eagerly
+from server.eio.packet_queue import PacketQueue
+from server.net.ws_transport import (
     CLOSE_HANDSHAKE_SECONDS,
     CLOSE_POLICY_VIOLATION,
     OP_BINARY,
@@ -86,6 +86,15 @@ INBOX_PAUSE_AT = 256
 DRAIN_BATCH = 64
 
 
+def message(encoded: str) -> tuple[eio_packet.Packet, bytes]:
+    """A Socket.IO packet's text as an Engine.IO MESSAGE: the packet (for queues and
+    polling; its text is cached on it) and its WebSocket frame, each built once. The
+    Socket.IO layer hands text here and never frames bytes itself."""
+    pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+    text: str = pkt.encode()
+    return pkt, text_frame(text.encode())
+
+
 class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
     """One Engine.IO connection; `_release()` is the one owner of its resources."""
 
@@ -118,7 +127,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
     _websocket: Any = None  # the LimitedWebSocket once upgraded, for `_start_writer`
     _writer: asyncio.Task[None] | None = None  # runs only while packets are queued
     _evicted: bool = False  # dropped as a slow consumer (its close may still be pending)
-    # The WebSocket when served below aiohttp (`server.ws_transport`): packets in
+    # The WebSocket when served below aiohttp (`server.net.ws_transport`): packets in
     # arrive as calls (`ws_message`), packets out are written by `_drain_to_websocket`.
     _conn: WebSocketConnection | None = None
     _probe: int = 0  # upgrading from polling over `_conn`: PROBE_PING, PROBE_UPGRADE
@@ -291,7 +300,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         Task and a timer per wait): a live client gets a PING every `ping_interval`,
         and `_release()` wakes the waiter with `None`. A long-poll request cancelled
         because its client dropped the connection (aiohttp `handler_cancellation`,
-        set by `server.app.serve`) closes the socket and the cancellation propagates.
+        set by `server.node.app.serve`) closes the socket and the cancellation propagates.
         """
         try:
             await self.queue.wait_nonempty()
@@ -510,7 +519,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             async with asyncio.timeout(CLOSE_HANDSHAKE_SECONDS):
                 await ws.close()
 
-    # --- the WebSocket below aiohttp (`server.ws_transport`) ---------------------
+    # --- the WebSocket below aiohttp (`server.net.ws_transport`) ---------------------
 
     def attach_websocket(self, conn: WebSocketConnection, handshake: bytes) -> None:
         """`conn` took this socket's WebSocket request from aiohttp; `handshake`

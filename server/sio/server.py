@@ -11,7 +11,7 @@ an event or a raw packet, so every application gets all of them:
   for handler errors (the client gets an error ack);
 - per-packet: malformed packets close only the sender's transport;
 - rooms: at most `MAX_ROOMS_PER_USER` rooms per user on this node, tracked as
-  they change (`server.rooms`) so joins cost O(rooms of that client).
+  they change (`server.sio.rooms`) so joins cost O(rooms of that client).
 The server sends no packet the application did not ask for.
 """
 
@@ -26,18 +26,17 @@ from typing import Any
 
 import orjson
 import socketio
-from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from server.auth import AuthError, Identity, TokenVerifier, token_from_handshake
-from server.broadcast import LocalBroadcastManager
-from server.engine import IofleetEngine
-from server.metrics import Metrics
-from server.ratelimit import KeyedBuckets, TokenBucket
-from server.recovery import Handoff, RecoveringFanoutManager
-from server.rooms import RoomIndex, RoomLedger
+from server.core.metrics import Metrics
+from server.core.ratelimit import KeyedBuckets, TokenBucket
+from server.eio.engine import IofleetEngine
+from server.eio.socket import message
 from server.settings import Settings
-from server.ws_transport import text_frame
+from server.sio.auth import AuthError, Identity, TokenVerifier, token_from_handshake
+from server.sio.broadcast import LocalBroadcastManager
+from server.sio.cluster.recovery import Handoff, RecoveringFanoutManager
+from server.sio.rooms import RoomIndex, RoomLedger
 
 log = logging.getLogger("iofleet.sio")
 # The libraries' own loggers: passed in as loggers (not `False`) so that the
@@ -136,9 +135,9 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         self.node_id = settings.node_id  # for applications (the chat app greets with it)
         self.user_buckets = KeyedBuckets(settings.rate_limit, settings.burst)
         self._series_by_label: dict[str, tuple[Any, Any]] = {}  # `_event_metrics`
-        # Asked at admission; the drain controller owns the flag (server/drain.py).
+        # Asked at admission; the drain controller owns the flag (server/node/drain.py).
         self.is_draining: Callable[[], bool] = lambda: False
-        # Connection state recovery (`server.recovery`), when the manager offers it.
+        # Connection state recovery (`server.sio.cluster.recovery`), when the manager offers it.
         self.recovery: RecoveringFanoutManager | None = (
             client_manager if isinstance(client_manager, RecoveringFanoutManager) else None
         )
@@ -574,12 +573,12 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         )
 
     def count_sent(self, count: int) -> None:
-        """Packets a broadcast gave to clients (`server.broadcast`), for the metric."""
+        """Packets a broadcast gave to clients (`server.sio.broadcast`), for the metric."""
         self.metrics.messages_sent.inc(count)
 
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
         """One packet to one client (acks, connects, direct emits): encoded and
-        framed once and handed over as a broadcast to one is (`server.broadcast`),
+        framed once and handed over as a broadcast to one is (`server.sio.broadcast`),
         so an idle WebSocket gets it without waking its writer task."""
         self.metrics.messages_sent.inc()
         if (
@@ -648,9 +647,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
 def send_text(socket: Any, encoded: str) -> None:
     """An encoded Socket.IO packet to one client's `ReleasingSocket`: its Engine.IO
     MESSAGE framed once (`send_one` queues the packet when it cannot write)."""
-    eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, encoded)
-    text: str = eio_pkt.encode()
-    socket.send_one(eio_pkt, text_frame(text.encode()))
+    socket.send_one(*message(encoded))
 
 
 def peer(environ: dict[str, Any]) -> str | None:

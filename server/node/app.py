@@ -12,18 +12,18 @@ from typing import Any
 import socketio
 from aiohttp import web
 
-from server.admin import create_admin_app
-from server.drain import DrainController
-from server.fanout import FanoutManager
-from server.metrics import Metrics
-from server.node import NODE_KEY, Node
-from server.public import SOCKETIO_PATH, create_public_app, websocket_connects
-from server.recovery import RecoveringFanoutManager
-from server.redis_topology import parse_redis_url
-from server.services import AppServices, attach
+from server.core.metrics import Metrics
+from server.net.redis_topology import parse_redis_url
+from server.net.ws_accept import PublicSite
+from server.node.admin import create_admin_app
+from server.node.drain import DrainController
+from server.node.public import SOCKETIO_PATH, create_public_app, websocket_connects
+from server.node.services import AppServices, attach
+from server.node.state import NODE_KEY, Node
 from server.settings import Settings
-from server.sio import IofleetServer
-from server.ws_accept import PublicSite
+from server.sio.cluster.fanout import FanoutManager
+from server.sio.cluster.recovery import RecoveringFanoutManager
+from server.sio.server import IofleetServer
 
 log = logging.getLogger("iofleet.app")
 
@@ -183,7 +183,7 @@ async def serve(app: web.Application, stop: asyncio.Event) -> None:
     node = app[NODE_KEY]
     settings = node.settings
     # handler_cancellation: a long-poll whose client dropped the connection is
-    # cancelled at once, so its Engine.IO socket closes then (server/eio_socket.py)
+    # cancelled at once, so its Engine.IO socket closes then (server/eio/socket.py)
     # instead of waiting out its timeout.
     public_runner = web.AppRunner(
         app, access_log=None, shutdown_timeout=SHUTDOWN_STEP_TIMEOUT, handler_cancellation=True

@@ -5,14 +5,14 @@ straight away: one `GET /socket.io/?EIO=4&transport=websocket` with the upgrade
 headers, in one TCP segment. Through aiohttp, such a request costs a request
 handler and its task, the HTTP parser, a `Request`, routing, middleware, the
 WSGI environ python-engineio builds from the `Request`, and a response that is
-never written (`server.ws_transport.DetachedResponse`), for a connection that
+never written (`server.net.ws_transport.DetachedResponse`), for a connection that
 leaves aiohttp at once. Taking such connects here halved a connect's server CPU
 time (`bench/fanout_bench.py`: about 310 to 143 µs).
 
 So every public TCP connection starts with a `HandshakeSniffer`. Its first
 bytes go to `environ_of_head`; when they are a complete, well-formed
 WebSocket connect (and nothing else), the Engine.IO server takes the connection
-itself (`server.engine.IofleetEngine.open_websocket`). Anything else (polling,
+itself (`server.eio.engine.IofleetEngine.open_websocket`). Anything else (polling,
 a session's upgrade, a head split over two reads, a request to be refused, a
 malformed or unusual request) goes to aiohttp with the bytes read, exactly as
 if aiohttp had read them: aiohttp stays the one place where an HTTP request is

@@ -23,18 +23,18 @@ from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as aiohttp_driver
 
 from server.contract import NODE_ID_RULE
-from server.eager import step_eagerly
-from server.eio_socket import ENGINEIO_PACKET_TYPES, ReleasingSockets
-from server.packet_queue import PacketQueue
-from server.settings import SEND_BUFFER_BYTES, SEND_QUEUE_PACKETS
-from server.ws_accept import remote_address
-from server.ws_transport import (
+from server.eio.eager import step_eagerly
+from server.eio.packet_queue import PacketQueue
+from server.eio.socket import ENGINEIO_PACKET_TYPES, ReleasingSockets
+from server.net.ws_accept import remote_address
+from server.net.ws_transport import (
     DetachedResponse,
     WebSocketConnection,
     handshake_problem,
     is_deflate_offered,
     switching_protocols,
 )
+from server.settings import SEND_BUFFER_BYTES, SEND_QUEUE_PACKETS
 
 log = logging.getLogger("iofleet.engine")
 
@@ -94,7 +94,7 @@ def _ignore_slow(sid: str, queued: int) -> None:
 
 
 class LimitedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
-    """How python-engineio opens a WebSocket: below aiohttp (`server.ws_transport`),
+    """How python-engineio opens a WebSocket: below aiohttp (`server.net.ws_transport`),
     or, for a client that uses permessage-deflate (`IOFLEET_WS_COMPRESSION`),
     engineio's aiohttp WebSocket wrapper plus size/format checks and selective
     deflate."""
@@ -162,7 +162,7 @@ class LimitedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
             return msg.data
         raise OSError("websocket closed")
 
-    # Ready-made broadcast frames (`server.broadcast`) go past aiohttp's writer to
+    # Ready-made broadcast frames (`server.sio.broadcast`) go past aiohttp's writer to
     # the transport: the frames are final and unmasked, as aiohttp would build them.
 
     def raw_transport(self) -> asyncio.Transport | None:
@@ -209,7 +209,7 @@ async def refuse_websocket(request: web.Request, reason: str) -> WebSocketRespon
 
 def translate_request(request: web.Request) -> dict[str, Any]:
     """python-engineio's environ for an aiohttp request, as connects taken before
-    aiohttp (`server.ws_accept`) have it: the peer's real address in
+    aiohttp (`server.net.ws_accept`) have it: the peer's real address in
     `REMOTE_ADDR`/`REMOTE_PORT` (its driver puts 127.0.0.1 and 0 there) and
     `QUERY_STRING` as sent, percent-encoded as WSGI has it (its driver decodes
     it, so a value holding `&` or `=` could not be told apart)."""
@@ -259,10 +259,10 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         self.ws_compression = ws_compression
         # Tasks handling client packets (`handle_in_task`).
         self.handling: set[asyncio.Task[Any]] = set()
-        # The outbound bounds every connection keeps to (server/eio_socket.py).
+        # The outbound bounds every connection keeps to (server/eio/socket.py).
         self.send_buffer_bytes = send_buffer_bytes
         self.send_queue_packets = send_queue_packets
-        # Closed connections release their tasks and timers at once (server/eio_socket.py).
+        # Closed connections release their tasks and timers at once (server/eio/socket.py).
         self.sockets: ReleasingSockets = ReleasingSockets()
         self.node_id = node_id
         self._random_ids = RandomIds()
@@ -297,12 +297,12 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
                     return await refuse_websocket(request, "session already upgraded")
                 await self._settle_upgrade(socket)
         # A polling client's CLOSE: the socket's release answers its pending GET
-        # (server/eio_socket.py), the one owner of what a closed connection holds.
+        # (server/eio/socket.py), the one owner of what a closed connection holds.
         response: web.StreamResponse = await super().handle_request(request)
         return response
 
     def open_websocket(self, environ: dict[str, Any], transport: asyncio.Transport) -> bool:
-        """Take a WebSocket connect read before aiohttp (`server.ws_accept`): True
+        """Take a WebSocket connect read before aiohttp (`server.net.ws_accept`): True
         when it is one python-engineio's `handle_request` would hand straight to
         `_handle_connect` (WebSocket allowed, `EIO=4`, no `sid` or JSONP, a valid
         opening handshake, an allowed `Origin`, no deflate to negotiate), and
@@ -398,7 +398,7 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
             socket.flush_frames()
 
     def create_queue(self, *args: Any, **kwargs: Any) -> Any:
-        """A socket's packet queue (`server.packet_queue`: small, and it corrects
+        """A socket's packet queue (`server.eio.packet_queue`: small, and it corrects
         the handshake's `pingInterval`)."""
         if args or kwargs:  # not a socket's packet queue
             return super().create_queue(*args, **kwargs)

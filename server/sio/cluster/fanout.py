@@ -12,7 +12,7 @@ channel only while it has a member in it (kept as rooms change, through the
 manager's `basic_enter_room`/`basic_leave_room`), so a node with no member in a
 room receives none of its bytes. Everything else stays on the shared channel
 every node hears: emits to a whole namespace, to several rooms at once, to a
-sid's own room (a name of the sid form, `server.engine.SID_PATTERN`: an app room
+sid's own room (a name of the sid form, `server.eio.engine.SID_PATTERN`: an app room
 named like one is routed the same way, still correctly), acks returning to
 their node, and remote joins, leaves and disconnects.
 
@@ -46,18 +46,18 @@ from typing import Any, NamedTuple
 import socketio
 from redis import asyncio as aioredis
 
-from server.broadcast import BroadcastEmit
-from server.engine import SID_PATTERN
-from server.fleet_query import (
+from server.core.jsonlog import OncePerBurst
+from server.core.metrics import Metrics
+from server.eio.engine import SID_PATTERN
+from server.net.redis_topology import RedisClient, Subscriber, parse_redis_url
+from server.sio.broadcast import BroadcastEmit
+from server.sio.cluster.fleet_query import (
     QUERY_TIMEOUT_SECONDS,
     PendingQuery,
     SocketInfo,
     local_sockets,
 )
-from server.jsonlog import OncePerBurst
-from server.metrics import Metrics
-from server.redis_topology import RedisClient, Subscriber, parse_redis_url
-from server.rooms import RoomIndex
+from server.sio.rooms import RoomIndex
 
 log = logging.getLogger("iofleet.fanout")
 
@@ -78,11 +78,11 @@ ROOM_CHANNEL_INFIX = "#room#"
 # node's fault alone: the node reports not-ready (`deaf_since`) until it hears its
 # heartbeat again. Redis dropping the subscription (0 receivers) is not: it happens
 # to every node at once after a Redis restart, and readiness must not empty the
-# balancer then (a Redis outage leaves nodes ready, `server.node.Node`).
+# balancer then (a Redis outage leaves nodes ready, `server.node.state.Node`).
 HEARTBEAT_SECONDS = 1.0
 DEAF_AFTER_HEARTBEATS = 3
 HEARTBEAT_INFIX = "#heartbeat#"
-# Fleet queries (`server.fleet_query`): requests every node hears, replies to the asker.
+# Fleet queries (`server.sio.cluster.fleet_query`): requests every node hears, replies to the asker.
 QUERY_SUFFIX = "#query"
 REPLY_INFIX = "#reply#"
 CANCEL_REPEAT_SECONDS = 0.1
@@ -106,7 +106,7 @@ class QueuedPublish(NamedTuple):
     channel: str
     message: str
     sent: asyncio.Future[int | None]  # the receivers Redis counted; None: outboxed
-    streamed: bool = False  # through `server.recovery`'s emit script
+    streamed: bool = False  # through `server.sio.cluster.recovery`'s emit script
     outbox_message: str | None = None  # what the outbox sends instead, if not `message`
 
 
@@ -157,7 +157,7 @@ class Outbox:
 
 class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # type: ignore[misc]
     """Redis fan-out; what the listener (and this node's own emit) delivers locally
-    goes through `BroadcastEmit` (framed once per room, `server.broadcast`)."""
+    goes through `BroadcastEmit` (framed once per room, `server.sio.broadcast`)."""
 
     name = "iofleet-redis"
 
@@ -171,7 +171,7 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         node_id: str = "node",
     ) -> None:
         super().__init__(url, channel=channel, logger=log)
-        # One Redis, Sentinel or a Cluster (sharded pub/sub): server.redis_topology.
+        # One Redis, Sentinel or a Cluster (sharded pub/sub): server.net.redis_topology.
         self.endpoint = parse_redis_url(url)
         self.client_name = f"iofleet-{node_id}"  # CLIENT LIST shows which node is which
         self.metrics = metrics
@@ -259,7 +259,7 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         outbox_message: str | None = None,
     ) -> asyncio.Future[int | None]:
         """Queue one publish behind the others; its future answers the receivers
-        Redis counted (0 for a `streamed` one: `server.recovery`'s emit script), or
+        Redis counted (0 for a `streamed` one: `server.sio.cluster.recovery`'s emit script), or
         None if it went to the outbox (as `outbox_message`, when given)."""
         loop = asyncio.get_running_loop()
         sent: asyncio.Future[int | None] = loop.create_future()
@@ -308,7 +308,7 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         """Send one batch, in order: the receivers Redis counted for each."""
         return await self.endpoint.publish_many(redis, [(q.channel, q.message) for q in batch])
 
-    # --- fleet queries (server.fleet_query) --------------------------------------
+    # --- fleet queries (server.sio.cluster.fleet_query) --------------------------------------
 
     async def fetch_sockets(self, namespace: str, room: str | None) -> list[SocketInfo]:
         """The sockets of `namespace` in `room` on every node: this node's at once,
@@ -543,7 +543,7 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
                     self.deaf_since = None
 
     def heard_pong(self, data: object) -> None:
-        """A PING sent on the subscriber connection came back (`server.recovery`
+        """A PING sent on the subscriber connection came back (`server.sio.cluster.recovery`
         uses it to know a SUBSCRIBE took effect); nothing to do here."""
 
     # --- the listener's self-check ----------------------------------------------------

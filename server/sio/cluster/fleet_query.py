@@ -3,20 +3,20 @@
 python-socketio answers `get_participants` for this node only ("there is
 currently no functionality to assemble a complete list of users across multiple
 servers"). With the Redis fan-out, `fetch_sockets` asks every node over Redis
-and gathers their answers (`server.fanout.FanoutManager.fetch_sockets`): a
+and gathers their answers (`server.sio.cluster.fanout.FanoutManager.fetch_sockets`): a
 request on `<channel>#query`, which every node subscribes, and one reply per node
 on the asking node's own `<channel>#reply#<host id>`. The number of nodes to wait
 for is what Redis answered to the request's PUBLISH; a node that has not replied
 within `QUERY_TIMEOUT_SECONDS` is left out and the log says how many answered.
 Without Redis (one node), or on plain python-socketio, it answers this node's.
 
-    from server.fleet_query import fetch_sockets
+    from server.sio.cluster.fleet_query import fetch_sockets
 
     @sio.on("who")
     async def who(sid, data):
         return [s.sid for s in await fetch_sockets(sio, room=data["room"])]
 
-Apps import this module (a seam, like `server.services`), never the fan-out.
+Apps import this module (a seam, like `server.node.services`), never the fan-out.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ is iofleet's own, at the manager's hooks (STYLE.md #5).
   The stream is trimmed by length (`IOFLEET_RECOVERY_MAX_MESSAGES`, approximate)
   and by age (the window). The offset travels as the last argument of the event,
   as the Node server sends it, added once for every recipient (the broadcast is
-  still encoded and framed once, `server.broadcast`).
+  still encoded and framed once, `server.sio.broadcast`).
 - A node delivers its own recoverable emits when they come back from Redis, as
   every other node does: all nodes deliver in the stream's one order, so what a
   client got is a prefix of the stream (filtered by its rooms) and "the entries
@@ -27,7 +27,7 @@ is iofleet's own, at the manager's hooks (STYLE.md #5).
   one window after the last refresh: a node killed with SIGKILL leaves usable
   sessions. A clean disconnect (a drain too) stamps the hash with its time.
 - Reconnect: a CONNECT with `pid` and `offset` is authenticated as usual first
-  (`server.sio`); the session must exist, belong to the same user and namespace,
+  (`server.sio.server`); the session must exist, belong to the same user and namespace,
   and its offset must still be in the stream. Then the socket gets its old sid
   (`RecoveringFanoutManager.pre_connect`) and rooms before the application's
   `connect` handler runs (Node emits `connection` on a recovery too; the handler
@@ -55,11 +55,11 @@ from socketio import packet as sio_packet
 # The exception python-socketio's own pre_connect catches (from bidict, its dependency).
 from socketio.base_manager import ValueDuplicationError
 
-from server.broadcast import as_arguments
-from server.fanout import PUBLISH_TIMEOUT_SECONDS, FanoutManager, QueuedPublish
-from server.jsonlog import OncePerBurst
-from server.metrics import Metrics
-from server.redis_topology import ChannelSubscriber
+from server.core.jsonlog import OncePerBurst
+from server.core.metrics import Metrics
+from server.net.redis_topology import ChannelSubscriber
+from server.sio.broadcast import as_arguments
+from server.sio.cluster.fanout import PUBLISH_TIMEOUT_SECONDS, FanoutManager, QueuedPublish
 
 log = logging.getLogger("iofleet.recovery")
 
