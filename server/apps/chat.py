@@ -1,7 +1,7 @@
 """The bundled chat app (the default IOFLEET_HANDLERS).
 
 Events (DESIGN.md): `room:join` `{room}` -> ack `{ok, room, members}` (the users
-of at most 1,000 of the room's connections on this node);
+of at most 100 of the room's connections on this node);
 `room:leave` `{room}`; `chat:message` `{room, text}` -> everyone in the room on
 every node gets `chat:message` `{room, text, from, ts}`; `typing:start` /
 `typing:stop` `{room}` -> `typing:update` `{room, user, typing}` to the others,
@@ -28,7 +28,7 @@ HELLO_EVENT = "server:hello"
 # A join's `members` names the users of at most this many of the room's connections on
 # this node: a join costs the same in a room of 100,000 as in a room of ten (a full list
 # made every join of a big room quadratic, and no screen shows 100,000 names).
-MEMBERS_SCANNED = 1000
+MEMBERS_SCANNED = 100
 
 
 async def user_of(sio: socketio.AsyncServer, sid: str) -> str:

@@ -1,0 +1,346 @@
+"""100,000 connections on one machine: several server processes, as pods on one node.
+
+A process here may open at most 20,000 files, so the connections are spread over
+`--servers` processes (6 by default, about 16,700 each) sharing one Redis, with one
+generator process per server (`bench.raw_ws` protocols, the official Engine.IO v4 /
+Socket.IO v5 wire, each generator from its own 127.0.0.x source address). iofleet and
+Node socket.io 4.8 (`bench/node_server.mjs`) run the same app, one after the other.
+
+Per target it prints:
+- RSS per connection over all servers (RSS at rest minus each process's base RSS,
+  over the connections it holds), and per process;
+- idle CPU from heartbeats: every server's CPU over `--idle-seconds` (longer than the
+  25 s ping interval, so every connection pings at least once), as % of one core;
+- a broadcast to one room holding every connection (all servers, through Redis):
+  `--broadcasts` messages from one sender, each carrying its send time (the wall
+  clock, the same on every process here); time to the last delivery and the p99
+  delivery latency over all deliveries.
+- the connect p99 while filling (the generators connect `--concurrency` at a time).
+
+`python -m bench.hundred_k` (both targets, 100,000 connections). `--servers 1
+--connections 19000` is the one-process case. Results: `bench/results/hundred_k.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from bench.fanout_bench import IOFLEET_ENV, REPO, ROOM, running
+from bench.raw_ws import RawSocket, Tally, connect
+from iofleet.processes import free_port
+
+HOST = "127.0.0.1"
+EVENT = b"chat:message"
+RESULTS = REPO / "bench" / "results" / "hundred_k.json"
+console = Console()
+
+
+# --- the generator process -----------------------------------------------------------
+
+
+class WallLatencyTally(Tally):
+    """Counts deliveries and their latency: the sender puts `time.time_ns()` (another
+    process: the wall clock, shared on one machine) in the message's text."""
+
+    TEXT = b'"text":"'
+
+    def __init__(self) -> None:
+        super().__init__(EVENT)
+        self.latencies_ms: list[float] = []
+
+    def hit(self, packet: bytes) -> None:
+        now = time.time_ns()
+        start = packet.find(self.TEXT)
+        if start >= 0:
+            start += len(self.TEXT)
+            sent = packet[start : packet.index(b'"', start)]
+            if sent.isdigit():
+                self.latencies_ms.append((now - int(sent)) / 1e6)
+        super().hit(packet)
+
+
+async def open_from(
+    source: str, port: int, tally: Tally, count: int, concurrency: int
+) -> tuple[list[RawSocket], list[float]]:
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(concurrency)
+    sockets: list[RawSocket] = []
+    connect_ms: list[float] = []
+
+    async def one() -> None:
+        async with gate:
+            started = time.perf_counter()
+            _, sock = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: RawSocket(tally, HOST, port), HOST, port, local_addr=(source, 0)
+                ),
+                60,
+            )
+            await asyncio.wait_for(sock.ready, 60)
+            connect_ms.append((time.perf_counter() - started) * 1000)
+            reply = await asyncio.wait_for(sock.call("room:join", {"room": ROOM}), 60)
+            if not reply[0].get("ok"):
+                raise RuntimeError(f"join refused: {reply}")
+            sockets.append(sock)
+
+    await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), 900)
+    return sockets, connect_ms
+
+
+async def generator(args: argparse.Namespace) -> None:
+    """Connect and join, say `ready`, then count `--broadcasts` deliveries to each."""
+    tally = WallLatencyTally()
+    sockets, connect_ms = await open_from(
+        args.source, args.port, tally, args.count, args.concurrency
+    )
+    connect_ms.sort()
+    print(json.dumps({"ready": len(sockets), "connect_ms": connect_ms[::10]}), flush=True)
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await reader.readline()  # "go": the broadcasts start
+    tally.expect(args.broadcasts * len(sockets))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(tally.reached.wait(), args.timeout)
+    lost = [s for s in sockets if s.closed.done()]
+    print(
+        json.dumps(
+            {"delivered": tally.count, "lost_connections": len(lost),
+             "latencies_ms": [round(x, 2) for x in tally.latencies_ms]}
+        ),
+        flush=True,
+    )  # fmt: skip
+    await reader.readline()  # "stop"
+    for sock in sockets:
+        sock.close()
+
+
+# --- the orchestrator ----------------------------------------------------------------
+
+
+def server_command(target: str, port: int, redis_url: str) -> tuple[list[str], dict[str, str]]:
+    if target == "node":
+        node = ["node", str(REPO / "bench" / "node_server.mjs"), str(port), redis_url]
+        return node, dict(os.environ)
+    fill = {"port": str(port), "redis": redis_url}
+    env = {**os.environ, **{k: v.format(**fill) for k, v in IOFLEET_ENV.items()}}
+    return [sys.executable, "-m", "server"], env
+
+
+@contextlib.contextmanager
+def fleet(
+    target: str, servers: int, workdir: Path
+) -> Iterator[tuple[list[int], list[psutil.Process]]]:
+    redis_port = free_port()
+    redis_url = f"redis://{HOST}:{redis_port}/0"
+    redis_argv = ["redis-server", "--port", str(redis_port), "--bind", HOST, "--save", ""]
+    redis_argv += ["--appendonly", "no", "--client-output-buffer-limit", "pubsub 256mb 128mb 60"]
+    all_cores = set(range(psutil.cpu_count() or 1))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(
+            running(redis_argv, {}, workdir / "redis.log", all_cores, "redis", redis_port)
+        )
+        ports, processes = [], []
+        for index in range(servers):
+            port = free_port()
+            argv, env = server_command(target, port, redis_url)
+            process = stack.enter_context(
+                running(argv, env, workdir / f"{target}-{index}.log", all_cores, "tcp", port)
+            )
+            ports.append(port)
+            processes.append(psutil.Process(process.pid))
+        yield ports, processes
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    return float(sum(p.cpu_times().user + p.cpu_times().system for p in processes))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
+
+
+async def measure(target: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    per_server = [args.connections // args.servers] * args.servers
+    per_server[0] += args.connections - sum(per_server)
+    with fleet(target, args.servers, workdir) as (ports, servers):
+        await asyncio.sleep(1.0)
+        base_rss = [p.memory_info().rss for p in servers]
+        generators = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.hundred_k",
+                "generator",
+                "--port",
+                str(port),
+                "--count",
+                str(count),
+                "--source",
+                f"127.0.0.{2 + i}",
+                "--concurrency",
+                str(args.concurrency),
+                "--broadcasts",
+                str(args.broadcasts),
+                "--timeout",
+                str(args.timeout),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                cwd=REPO,
+            )
+            for i, (port, count) in enumerate(zip(ports, per_server, strict=True))
+        ]
+        try:
+            return await _run(target, args, ports, servers, base_rss, generators, per_server)
+        finally:
+            for gen in generators:
+                if gen.returncode is None:
+                    gen.kill()
+                    await gen.wait()
+
+
+async def _run(
+    target: str,
+    args: argparse.Namespace,
+    ports: list[int],
+    servers: list[psutil.Process],
+    base_rss: list[int],
+    generators: list[asyncio.subprocess.Process],
+    per_server: list[int],
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    ready = [json.loads(await _line(g, args.timeout * 10)) for g in generators]
+    fill_s = time.perf_counter() - started
+    held = sum(r["ready"] for r in ready)
+    console.print(f"{target}: {held:,} connections joined in {fill_s:.0f} s")
+    await asyncio.sleep(2.0)
+    rss = [p.memory_info().rss for p in servers]
+    idle_before = cpu_seconds(servers)
+    await asyncio.sleep(args.idle_seconds)
+    idle_cpu = (cpu_seconds(servers) - idle_before) / args.idle_seconds
+    sender = await connect(HOST, ports[0], Tally(EVENT))
+    reply = await asyncio.wait_for(sender.call("room:join", {"room": ROOM}), 30)
+    assert reply[0].get("ok"), reply
+    for gen in generators:
+        assert gen.stdin is not None
+        gen.stdin.write(b"go\n")
+        await gen.stdin.drain()
+    await asyncio.sleep(0.5)
+    for _ in range(args.broadcasts):
+        ack = await asyncio.wait_for(
+            sender.call("chat:message", {"room": ROOM, "text": str(time.time_ns())}), 60
+        )
+        assert ack[0].get("ok"), ack
+        await asyncio.sleep(args.broadcast_gap)
+    results = [json.loads(await _line(g, args.timeout + 30)) for g in generators]
+    for gen in generators:
+        assert gen.stdin is not None
+        gen.stdin.write(b"stop\n")
+        await gen.stdin.drain()
+    sender.close()
+    latencies = [x for r in results for x in r["latencies_ms"]]
+    connect_ms = [x for r in ready for x in r["connect_ms"]]
+    deliveries = sum(r["delivered"] for r in results)
+    return {
+        "connections": held,
+        "servers": len(servers),
+        "rss_kib_per_conn": (sum(rss) - sum(base_rss)) / held / 1024,
+        "rss_kib_per_conn_by_server": [
+            (r - b) / n / 1024 for r, b, n in zip(rss, base_rss, per_server, strict=True)
+        ],
+        "base_rss_mib": statistics.fmean(base_rss) / 2**20,
+        "idle_cpu_percent_of_core": idle_cpu * 100,
+        "fill_seconds": fill_s,
+        "connect_p99_ms": percentile(connect_ms, 0.99),
+        "broadcast_deliveries": deliveries,
+        "broadcast_expected": args.broadcasts * held,
+        "time_to_last_delivery_ms": max(latencies) if latencies else float("nan"),
+        "delivery_p50_ms": percentile(latencies, 0.5),
+        "delivery_p99_ms": percentile(latencies, 0.99),
+        "lost_connections": sum(r["lost_connections"] for r in results),
+    }
+
+
+async def _line(process: asyncio.subprocess.Process, timeout: float) -> bytes:
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), timeout)
+    if not line:
+        raise RuntimeError(f"a generator exited ({await process.wait()})")
+    return line
+
+
+ROWS = (
+    ("connections", "connections held", "{:,}"),
+    ("rss_kib_per_conn", "RSS / connection (KiB)", "{:.2f}"),
+    ("base_rss_mib", "base RSS / process (MiB)", "{:.0f}"),
+    ("idle_cpu_percent_of_core", "idle CPU, heartbeats (% of a core)", "{:.1f}"),
+    ("fill_seconds", "connect + join all (s)", "{:.0f}"),
+    ("connect_p99_ms", "connect p99 while filling (ms)", "{:.0f}"),
+    ("time_to_last_delivery_ms", "broadcast: time to last delivery (ms)", "{:.0f}"),
+    ("delivery_p50_ms", "broadcast: delivery p50 (ms)", "{:.0f}"),
+    ("delivery_p99_ms", "broadcast: delivery p99 (ms)", "{:.0f}"),
+    ("broadcast_deliveries", "broadcast deliveries", "{:,}"),
+    ("broadcast_expected", "broadcast deliveries expected", "{:,}"),
+    ("lost_connections", "connections lost", "{:,}"),
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode")
+    gen = sub.add_parser("generator")
+    gen.add_argument("--port", type=int, required=True)
+    gen.add_argument("--count", type=int, required=True)
+    gen.add_argument("--source", default=HOST)
+    gen.add_argument("--concurrency", type=int, default=100)
+    gen.add_argument("--broadcasts", type=int, default=3)
+    gen.add_argument("--timeout", type=float, default=60)
+    parser.add_argument("--connections", type=int, default=100_000)
+    parser.add_argument("--servers", type=int, default=6)
+    parser.add_argument("--concurrency", type=int, default=100, help="connects in flight, each")
+    parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument("--broadcasts", type=int, default=3)
+    parser.add_argument("--broadcast-gap", type=float, default=3.0)
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--only", action="append", choices=["iofleet", "node"])
+    args = parser.parse_args()
+    if args.mode == "generator":
+        asyncio.run(generator(args))
+        return
+    if args.connections / args.servers > 19_000:
+        parser.error("at most 19,000 connections per server process (20,000 open files)")
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="hundred-k-") as tmp:
+        for target in args.only or ["iofleet", "node"]:
+            results[target] = asyncio.run(measure(target, args, Path(tmp)))
+    table = Table(title=f"{args.connections:,} connections on {args.servers} processes")
+    table.add_column("figure")
+    for target in results:
+        table.add_column(target, justify="right")
+    for key, title, fmt in ROWS:
+        table.add_row(title, *(fmt.format(results[t][key]) for t in results))
+    console.print(table)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    console.print(f"raw figures: {RESULTS}")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
