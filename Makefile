@@ -5,7 +5,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STATE  ?= .iofleet
-APT_PACKAGES := redis-server haproxy nginx chromium
+# podman and friends build and run the images in tests/images (make images); mmdebstrap
+# makes their base from the Debian archive when no registry is reachable.
+APT_PACKAGES := redis-server haproxy nginx chromium \
+  podman buildah runc uidmap slirp4netns fuse-overlayfs mmdebstrap
+# Podman's settings for this kind of VM, without editing /etc (infra/docker/containers.conf).
+export CONTAINERS_CONF ?= $(CURDIR)/infra/docker/containers.conf
 # Root needs no sudo; anyone else gets it for apt only.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -15,14 +20,21 @@ UV        := .uv/bin/uv
 UV_SYNC   := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --python $(PYTHON) --extra dev --extra infra
 LATEST    ?= .venv-latest
 # Files exported from uv.lock for the installs that are not uv's: the images (pip,
-# --require-hashes) and the policy pack (Pulumi's own pip step).
-EXPORTS   := requirements/runtime.txt infra/policy/requirements.txt
+# --require-hashes: runtime.txt into the image, build.txt for the wheel build) and the
+# policy pack (Pulumi's own pip step).
+EXPORTS   := requirements/runtime.txt requirements/build.txt infra/policy/requirements.txt
 EXPORT    := $(UV) export --frozen --quiet --format requirements-txt --no-header
 
-.PHONY: up down test setup system-packages lint typecheck test-py test-infra check-stack bench clean lock exports check-lock test-latest
+.PHONY: up down test setup system-packages lint typecheck test-py test-infra check-stack bench clean lock exports check-lock test-latest images
 
-up: setup
-	$(VENV)/bin/iofleet up --max 6 --target-connections 100
+# IMAGES=1: the fleet's servers run from the server image (built first, from the lock).
+up: setup $(if $(IMAGES),images)
+	$(if $(IMAGES),IOFLEET_SERVER_IMAGE=localhost/iofleet-server:local) \
+	  $(VENV)/bin/iofleet up --max 6 --target-connections 100
+
+# Both images from the lock with podman; the base comes from Debian (cached by its inputs).
+images: system-packages
+	infra/docker/build-images
 
 down: setup
 	$(VENV)/bin/iofleet down
@@ -62,6 +74,7 @@ lock: $(UV)
 exports: $(UV)
 	$(EXPORT) --no-dev --no-emit-project --no-default-groups -o requirements/runtime.txt
 	$(EXPORT) --only-group policy --no-emit-project -o infra/policy/requirements.txt
+	$(EXPORT) --only-group build --no-emit-project -o requirements/build.txt
 
 # The lock matches pyproject, and the exported files match the lock.
 check-lock: $(UV)

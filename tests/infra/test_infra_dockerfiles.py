@@ -1,5 +1,6 @@
-"""The Dockerfiles (not built here: no Docker engine) are linted with hadolint and
-checked for the bundle's invariants: multi-stage, pinned base, non-root user."""
+"""The Dockerfiles are linted with hadolint and checked for the bundle's invariants:
+multi-stage, pinned base, non-root user, installs from the lock only. (tests/images
+builds and runs them with podman.)"""
 
 from __future__ import annotations
 
@@ -27,12 +28,19 @@ def hadolint() -> str:
 
 
 def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments), with `${ARG}` in FROM lines replaced by the default the
+    file gives it (the base a plain `docker build` uses)."""
     text = re.sub(r"\\\n", " ", path.read_text())
     lines = [line.strip() for line in text.splitlines()]
-    return [
+    steps = [
         (line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "")
         for line in lines
         if line and not line.startswith("#")
+    ]
+    defaults = dict(args.split("=", 1) for op, args in steps if op == "ARG" and "=" in args)
+    return [
+        (op, re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], args) if op == "FROM" else args)
+        for op, args in steps
     ]
 
 
@@ -66,6 +74,30 @@ def test_multi_stage_pinned_and_non_root(path: Path) -> None:
     assert users, "the runtime stage must set USER"
     assert users[-1].split(":")[0] not in ("root", "0"), users[-1]
     assert any(op == "COPY" and "--from=" in args for op, args in final_stage)
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+@pulumi.runtime.test
+def test_installs_only_what_the_lock_exports(path: Path) -> None:
+    """Every pip install is frozen: hashed requirements exported from uv.lock, or the
+    wheel built from this checkout, and never a resolver run (--no-deps)."""
+    runs = [args for op, args in instructions(path) if op == "RUN"]
+    installs = [
+        part.strip()
+        for run in runs
+        for part in run.split("&&")
+        if re.search(r"pip (install|wheel)", part)
+    ]
+    assert installs, "no pip install found"
+    for install in installs:
+        assert "--no-deps" in install, install
+        requirements = re.findall(r"-r (\S+)", install)
+        if requirements:
+            assert "--require-hashes" in install, install
+            assert all(r.startswith("requirements/") for r in requirements), install
+        else:
+            assert re.search(r"(/tmp/wheel/\*\.whl| \.)$", install), install
+            assert "pip install" not in install or install.endswith(".whl"), install
 
 
 @pytest.mark.parametrize(
