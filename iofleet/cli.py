@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from iofleet.fleet import FleetConfig
+from iofleet.fleet_state import DEFAULT_STATE_DIR
 from iofleet.loadtest.command import loadtest_command
 from iofleet.node_ids import resolve_backends
 from iofleet.plan_cli import plan_command
@@ -203,7 +204,7 @@ def up_command(
     stickiness: Annotated[
         str, typer.Option(help="Balancer stickiness; default cookie (haproxy) / sid (nginx).")
     ] = "",
-    state_dir: StateDirOpt = Path(".iofleet"),
+    state_dir: StateDirOpt = DEFAULT_STATE_DIR,
     detach: Annotated[bool, typer.Option(help="Return once everything answers.")] = False,
     max_servers: Annotated[
         int,
@@ -264,7 +265,7 @@ def up_command(
 
 
 @app.command("down")
-def down_command(state_dir: StateDirOpt = Path(".iofleet")) -> None:
+def down_command(state_dir: StateDirOpt = DEFAULT_STATE_DIR) -> None:
     """Stop the fleet `iofleet up` started from this state directory."""
     raise typer.Exit(run_down(state_dir, Console()))
 
@@ -272,7 +273,7 @@ def down_command(state_dir: StateDirOpt = Path(".iofleet")) -> None:
 @app.command("drain")
 def drain_command(
     node_id: Annotated[str, typer.Argument(help="The server to drain, e.g. node2.")],
-    state_dir: StateDirOpt = Path(".iofleet"),
+    state_dir: StateDirOpt = DEFAULT_STATE_DIR,
     within: Annotated[float, typer.Option(help="Longest wait for its sessions, seconds.")] = 120,
 ) -> None:
     """Drain one server of the local fleet: out of the balancer, its clients moved."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from iofleet.balancers import BalancerKind, LocalBalancer, start_balancer
 from iofleet.fleet_secrets import SECRETS_FILE, load_secrets
-from iofleet.fleet_state import FleetState
+from iofleet.fleet_state import DEFAULT_STATE_DIR, FleetState
 from iofleet.local_servers import (
     HOST,
     LocalRedis,
@@ -39,7 +39,7 @@ class FleetConfig:
     balancer: BalancerKind = "haproxy"
     port: int = 8080
     """Public port of the balancer on 127.0.0.1."""
-    state_dir: Path = Path(".iofleet")
+    state_dir: Path = DEFAULT_STATE_DIR
     stickiness: str | None = None
     """Balancer stickiness; None = the template default (cookie / sid)."""
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))

@@ -22,5 +22,15 @@ def load_secrets(state_dir: Path) -> dict[str, str]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.writelines(f"{key}={value}\n" for key, value in values.items())
-    lines = path.read_text().splitlines()
+    found = read_secrets(state_dir)
+    assert found is not None  # made above
+    return found
+
+
+def read_secrets(state_dir: Path) -> dict[str, str] | None:
+    """The secrets a fleet made in `state_dir`; None when it has none (nothing is made)."""
+    try:
+        lines = (state_dir / SECRETS_FILE).read_text().splitlines()
+    except FileNotFoundError:
+        return None
     return dict(line.split("=", 1) for line in lines if "=" in line)

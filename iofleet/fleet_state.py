@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+DEFAULT_STATE_DIR = Path(".iofleet")
+"""Where `iofleet up` keeps a fleet unless told otherwise (--state-dir)."""
 FLEET_FILE = "fleet.json"
 LOCK_FILE = "fleet.lock"
 

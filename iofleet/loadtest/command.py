@@ -7,18 +7,20 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from iofleet.fleet_state import DEFAULT_STATE_DIR
 from iofleet.loadtest.capacity import CapacityResult, Level, Ramp, find_capacity
 from iofleet.loadtest.engine import Auth
 from iofleet.loadtest.report import html_report, live_panel, summary_table
 from iofleet.loadtest.run import RunOptions, event_loop_runner, run_scenario
 from iofleet.loadtest.scenario import ScenarioError, load_scenario
+from iofleet.loadtest.signing import SigningError, signing_secret
 from iofleet.loadtest.stats import Tick, Totals
 
 
@@ -34,6 +36,13 @@ def loadtest_command(
     jwt_secret_env: Annotated[
         str, typer.Option(help="Environment variable holding the HS256 secret for auth: signed.")
     ] = "IOFLEET_JWT_SECRET",
+    fleet: Annotated[
+        Path | None,
+        typer.Option(
+            help="A local fleet's state directory: sign with its secret (default: the one in"
+            f" {DEFAULT_STATE_DIR}/ when --target is that fleet)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     html: Annotated[
         Path | None, typer.Option(help="Write an HTML page with charts over time.")
@@ -78,12 +87,14 @@ def loadtest_command(
     try:
         scenario = load_scenario(scenario_file)
     except ScenarioError as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
+        _fail(str(error))
     url = target or scenario.config.target
     if not url:
-        console.print("[red]error:[/red] no target: pass --target or set config.target")
-        raise typer.Exit(2)
+        _fail("no target: pass --target or set config.target")
+    try:
+        secret = signing_secret(scenario.auth_modes(), url, jwt_secret_env, os.environ, fleet)
+    except SigningError as error:
+        _fail(str(error))
     overrides = {
         k: v
         for k, v in (
@@ -95,7 +106,7 @@ def loadtest_command(
     }
     if overrides:
         scenario.config.slo = scenario.config.slo.model_copy(update=overrides)
-    auth = Auth(jwt_secret=os.environ.get(jwt_secret_env) or None)
+    auth = Auth(jwt_secret=secret)
     if find_capacity_:
         ramp = Ramp(start, step, max_users, step_seconds, ramp_rate)
         code = _capacity(
@@ -128,6 +139,12 @@ def loadtest_command(
         console.print(summary_table(summary))
         if html:
             console.print(f"charts: {html}")
+
+
+def _fail(message: str) -> NoReturn:
+    """A configuration problem, known before the first connect: one line, exit 2."""
+    typer.echo(f"iofleet loadtest: {message}", err=True)
+    raise typer.Exit(2)
 
 
 @contextmanager

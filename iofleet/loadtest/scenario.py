@@ -155,6 +155,31 @@ class Scenario(_Model):
     def duration(self) -> float:
         return sum(p.duration for p in self.config.phases)
 
+    def auth_modes(self) -> set[str]:
+        """Every `connect.auth` a virtual user may use, including the default one of the
+        connect an `emit` or `join` makes when its user is not connected (the engine's
+        rule): what a run needs is known before the first connect."""
+        modes: set[str] = set()
+
+        def walk(steps: list[Step], connected: bool) -> bool:
+            for step in steps:
+                if step.connect is not None:
+                    modes.add(step.connect.auth)
+                    connected = True
+                elif step.disconnect:
+                    connected = False
+                elif (step.emit is not None or step.join is not None) and not connected:
+                    modes.add(Connect().auth)
+                    connected = True
+                elif step.loop is not None:
+                    # Twice: the second round starts in the state the first one left.
+                    connected = walk(step.loop, walk(step.loop, connected))
+            return connected
+
+        for flow in self.scenarios:
+            walk(flow.flow, connected=False)
+        return modes
+
 
 def load_scenario(path: Path) -> Scenario:
     try:
