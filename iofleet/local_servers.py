@@ -19,6 +19,9 @@ from iofleet.processes import free_port, http_status, redis_answers, spawn, stop
 from iofleet.render import Backend
 
 HOST = "127.0.0.1"
+SERVER_IMAGE_ENV = "IOFLEET_SERVER_IMAGE"
+"""Set (`make up IMAGES=1`): each server runs from this image under podman instead of
+`python -m server` (the autoscaler's local backend inherits it with the environment)."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,28 @@ class LocalServer:
 def start_server(spec: ServerSpec, base_env: Mapping[str, str], log_dir: Path) -> LocalServer:
     """Start `python -m server` for `spec`; returns at once (call `wait_ready`)."""
     log_path = log_dir / f"{spec.node_id}.log"
-    process = spawn([sys.executable, "-m", "server"], log_path, env=spec.env(base_env))
+    env = spec.env(base_env)
+    image = env.get(SERVER_IMAGE_ENV)
+    argv = container_command(spec, env, image) if image else [sys.executable, "-m", "server"]
+    process = spawn(argv, log_path, env=env)
     return LocalServer(spec, process, log_path)
+
+
+def container_command(spec: ServerSpec, env: Mapping[str, str], image: str) -> list[str]:
+    """`podman run` in the foreground: its PID stands for the server's (podman passes
+    SIGINT/SIGTERM on to it, and --rm removes the container once it exits). The host's
+    network, so ports and the balancer are as for a process; a read-only root, no
+    capabilities, the image's non-root user, like the Deployment."""
+    settings = sorted(k for k in env if k.startswith("IOFLEET_") and k != SERVER_IMAGE_ENV)
+    return [
+        "podman", "run", "--rm", "--name", f"iofleet-{spec.node_id}-{spec.port}",
+        "--network", "host", "--read-only", "--read-only-tmpfs=false",
+        "--tmpfs", "/tmp:rw,size=64m,mode=1777", "--cap-drop", "ALL",
+        "--security-opt", "no-new-privileges", "--health-interval", "disable",
+        # `-e NAME`: the value comes from podman's environment, never the command line.
+        *[arg for name in settings for arg in ("-e", name)],
+        image,
+    ]  # fmt: skip
 
 
 @dataclass
