@@ -33,15 +33,23 @@ LISTEN_PORTS = range(20000, 32768)
 def free_port(host: str = "127.0.0.1") -> int:
     """A port on `host` that nothing listens on now, outside the ephemeral range."""
     for port in random.sample(LISTEN_PORTS, 64):
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
+        if port_free(port, host):
             return port
     with socket.socket() as sock:  # the range is crowded: let the kernel choose
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a listener could bind `host:port` now. SO_REUSEADDR, as servers and
+    HAProxy set it: old connections in TIME_WAIT do not count, a listener does."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def spawn(

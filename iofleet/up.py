@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from iofleet.drain import drain_haproxy_node, drain_server
@@ -19,7 +20,15 @@ from iofleet.fleet import Fleet, FleetConfig
 from iofleet.fleet_secrets import load_secrets
 from iofleet.fleet_state import FleetState
 from iofleet.haproxy_runtime import HaproxyRuntime
-from iofleet.processes import StartError, free_port, pid_alive, spawn, stop_pid, wait_until
+from iofleet.processes import (
+    StartError,
+    free_port,
+    pid_alive,
+    port_free,
+    spawn,
+    stop_pid,
+    wait_until,
+)
 from iofleet.readiness import watch_nginx_readiness
 from iofleet.render import Backend
 from iofleet.teardown import down
@@ -100,12 +109,23 @@ def _refuse_second_fleet(config: FleetConfig, console: Console) -> bool:
     return False
 
 
+def _taken_port(config: FleetConfig, console: Console) -> bool:
+    """The public port, checked before Redis and the servers start (not after, when the
+    balancer fails to bind): one line."""
+    if port_free(config.port):
+        return False
+    console.print(f"iofleet up: 127.0.0.1:{config.port} is in use; pick another --port")
+    return True
+
+
 def run_foreground(
     config: FleetConfig, console: Console, autoscale: AutoscaleConfig | None = None
 ) -> int:
     """Start the fleet (and its autoscaler), print its URLs, stop it all on Ctrl-C/SIGTERM."""
     if _refuse_second_fleet(config, console):
         return 1
+    if _taken_port(config, console):
+        return 2
     fleet = Fleet(config)
 
     def interrupt(signum: int, frame: object) -> None:
@@ -123,7 +143,7 @@ def run_foreground(
         print_fleet(console, FleetState.load(fleet.state_dir) or fleet.state, foreground=True)
         asyncio.run(_supervise(fleet, console, autoscaler))
     except (StartError, SettingsError) as error:
-        console.print(f"[red]iofleet up failed:[/red] {error}")
+        console.print(f"[red]iofleet up failed:[/red] {escape(str(error))}")
         code = 1
     except KeyboardInterrupt:
         code = 0 if fleet.state.status == "running" else 130
@@ -193,6 +213,8 @@ def run_detached(
     """Start `iofleet up` in the background and return once everything answers."""
     if _refuse_second_fleet(config, console):
         return 1
+    if _taken_port(config, console):
+        return 2
     state_dir = config.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / FLEET_LOG
@@ -213,7 +235,10 @@ def run_detached(
             print_fleet(console, state, foreground=False)
             return 0
         if owner.poll() is not None:
-            console.print(f"[red]iofleet up failed[/red]; {log_path}:\n{log_path.read_text()}")
+            # The log is text, not markup (an HAProxy error has `[file:line]` in it).
+            console.print(
+                f"[red]iofleet up failed[/red]; {log_path}:\n{escape(log_path.read_text())}"
+            )
             return 1
         time.sleep(0.2)
     console.print(f"[red]the fleet did not answer within {within:.0f}s[/red]; see {log_path}")

@@ -9,14 +9,10 @@ from pathlib import Path
 
 from iofleet.fleet_secrets import load_secrets
 from iofleet.local_servers import SERVER_IMAGE_ENV
-from iofleet.processes import free_port, http_status, pid_alive
+from iofleet.processes import free_port, http_status, pid_alive, pid_command
 from tests.images.podman import Built, podman, podman_env
 from tests.support.jsclient import JsClients
 from tests.support.procs import make_token, run_iofleet
-
-
-def cmdline(pid: int) -> list[bytes]:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
 
 
 async def test_up_runs_the_servers_from_the_image(
@@ -34,8 +30,8 @@ async def test_up_runs_the_servers_from_the_image(
         assert len(state["servers"]) == 2
         for server in state["servers"]:
             # The recorded PID is `podman run` for this node's container.
-            argv = cmdline(server["pid"])
-            assert argv[0].endswith(b"podman") and built.server.encode() in argv, argv
+            argv = pid_command(server["pid"])
+            assert argv[0].endswith("podman") and built.server in argv, argv
             assert http_status(f"http://127.0.0.1:{server['admin_port']}/readyz") == 200
         running = podman("ps", "--format", "{{.Image}} {{.Names}}").stdout
         names = [f"iofleet-{s['node_id']}-{s['port']}" for s in state["servers"]]
