@@ -108,7 +108,7 @@ def plan_command(
         baseline = compare_to_rule_of_thumb(result, catalog)
         written = _write_stack(result, write_stack, stack_dir) if write_stack else None
     except (PlanError, StackFileError) as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)  # one line
         raise typer.Exit(2) from None
     if as_json:
         out = {

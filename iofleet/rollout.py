@@ -371,6 +371,13 @@ class RolloutReport:
 Sleep = Callable[[float], Awaitable[None]]
 
 
+def check_from_wave(config: RolloutConfig, from_wave: str | None) -> None:
+    """RolloutError unless `from_wave` (when given) names one of the config's waves."""
+    names = [w.name for w in config.waves]
+    if from_wave is not None and from_wave not in names:
+        raise RolloutError(f"--from-wave {from_wave!r} is not one of {', '.join(names)}")
+
+
 class Rollout:
     def __init__(
         self,
@@ -402,9 +409,7 @@ class Rollout:
         self.on_change(self.report)
 
     async def run(self, from_wave: str | None = None) -> RolloutReport:
-        names = [w.name for w in self.config.waves]
-        if from_wave is not None and from_wave not in names:
-            raise RolloutError(f"--from-wave {from_wave!r} is not one of {', '.join(names)}")
+        check_from_wave(self.config, from_wave)
         started = from_wave is None
         for wave in self.config.waves:
             started = started or wave.name == from_wave

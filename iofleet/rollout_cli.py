@@ -18,6 +18,7 @@ from iofleet.rollout import (
     RolloutError,
     RolloutReport,
     StackOpsError,
+    check_from_wave,
     load_rollout,
     plan_lines,
     run_rollout,
@@ -61,8 +62,10 @@ def rollout_command(
     console = Console(stderr=as_json)
     try:
         rollout_config = load_rollout(config)
+        # Before the Pulumi CLI is looked for: the whole file is checked first.
+        check_from_wave(rollout_config, from_wave)
     except RolloutError as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)  # one line
         raise typer.Exit(2) from None
     if plan:
         if as_json:
@@ -74,7 +77,7 @@ def rollout_command(
     try:
         stacks = PulumiStacks(work_dir)
     except StackOpsError as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)  # one line
         raise typer.Exit(2) from None
     with Live(Table(), console=console, refresh_per_second=4, transient=as_json) as live:
         rollout = Rollout(
@@ -86,7 +89,7 @@ def rollout_command(
         try:
             report = run_rollout(rollout, from_wave)
         except RolloutError as error:
-            console.print(f"[red]error:[/red] {error}")
+            console.print(f"[red]error:[/red] {error}", soft_wrap=True)  # one line
             raise typer.Exit(2) from None
     print_report(console, report, as_json)
     raise typer.Exit(0 if report.ok else 1)
