@@ -16,6 +16,7 @@ from rich.table import Table
 
 from iofleet.drain import drain_haproxy_node, drain_server
 from iofleet.fleet import Fleet, FleetConfig
+from iofleet.fleet_env import save_server_env
 from iofleet.fleet_secrets import load_secrets
 from iofleet.fleet_state import FleetState
 from iofleet.haproxy_runtime import HaproxyRuntime
@@ -106,6 +107,8 @@ def run_foreground(
     """Start the fleet (and its autoscaler), print its URLs, stop it all on Ctrl-C/SIGTERM."""
     if _refuse_second_fleet(config, console):
         return 1
+    # What `iofleet restart` starts replacements with.
+    save_server_env(config.state_dir.resolve(), config.env)
     fleet = Fleet(config)
 
     def interrupt(signum: int, frame: object) -> None:
@@ -202,6 +205,8 @@ def run_detached(
     argv += ["--port", str(config.port)]
     if config.stickiness:
         argv += ["--stickiness", config.stickiness]
+    recovery = config.env.get("IOFLEET_RECOVERY", "true").lower() == "true"
+    argv += ["--recovery" if recovery else "--no-recovery"]
     if autoscale is not None:
         argv += autoscale.argv()
     owner = spawn(argv, log_path, env=config.env)
