@@ -126,11 +126,16 @@ def fleet_env(load: Load) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def local_fleet(state_dir: Path, env: dict[str, str], recovery: bool) -> Iterator[FleetState]:
+def local_fleet(
+    state_dir: Path, env: dict[str, str], recovery: bool, balancer: str = "haproxy"
+) -> Iterator[FleetState]:
     """`iofleet up --detach` ... `iofleet down`, whatever happens in between."""
     flag = "--recovery" if recovery else "--no-recovery"
     port = str(free_port())
-    up = iofleet("up", "--detach", "--state-dir", str(state_dir), "--port", port, flag, env=env)
+    up = iofleet(
+        "up", "--detach", "--state-dir", str(state_dir), "--port", port, flag,
+        "--balancer", balancer, env=env,
+    )  # fmt: skip
     try:
         if up.returncode != 0:
             raise RuntimeError(f"iofleet up failed:\n{up.stdout}{up.stderr}")

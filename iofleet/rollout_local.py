@@ -105,6 +105,7 @@ async def rolling_restart(
 ) -> RestartReport:
     """Replace every server of the fleet in `state_dir` (absolute), one at a time."""
     started = time.monotonic()
+    _running_fleet(state_dir)  # before the lock file: no state directory, nothing made
     with one_restart_at_a_time(state_dir):
         state = _running_fleet(state_dir)
         try:

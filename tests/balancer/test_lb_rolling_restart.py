@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.rolling_deploy import rolling_deploy
-from iofleet.processes import pid_alive
+import pytest
+
+from bench.rolling_deploy import Load, fleet_env, iofleet, local_fleet, rolling_deploy
+from iofleet.processes import free_port, pid_alive
 
 
 async def test_a_rolling_restart_loses_no_acked_message(tmp_path: Path) -> None:
@@ -35,13 +37,13 @@ async def test_a_rolling_restart_loses_no_acked_message(tmp_path: Path) -> None:
     assert outcome.received == outcome.expected > 300 * outcome.acked / 10
 
 
-async def test_restart_replaces_every_server_and_records_it(tmp_path: Path) -> None:
-    """The restart as fleet.json sees it: new processes only, the old ones gone."""
-    from bench.rolling_deploy import Load, fleet_env, iofleet, local_fleet
-
+@pytest.mark.parametrize("balancer", ["haproxy", "nginx"])
+def test_restart_replaces_every_server_and_records_it(tmp_path: Path, balancer: str) -> None:
+    """The restart as fleet.json sees it, behind either balancer: new processes only,
+    the old ones gone."""
     env = fleet_env(Load())
     state_dir = tmp_path / "state"
-    with local_fleet(state_dir, env, recovery=True) as before:
+    with local_fleet(state_dir, env, recovery=True, balancer=balancer) as before:
         restart = iofleet("restart", "--state-dir", str(state_dir), env=env)
         assert restart.returncode == 0, restart.stdout + restart.stderr
         after = json.loads((state_dir / "fleet.json").read_text())
@@ -52,3 +54,22 @@ async def test_restart_replaces_every_server_and_records_it(tmp_path: Path) -> N
         # A second restart takes the slot the first one freed: it can go on forever.
         again = iofleet("restart", "--state-dir", str(state_dir), env=env)
         assert again.returncode == 0, again.stdout + again.stderr
+
+
+def test_restart_refuses_what_it_cannot_roll_in_one_line(tmp_path: Path) -> None:
+    env = fleet_env(Load())
+    state_dir = tmp_path / "state"
+    nothing = iofleet("restart", "--state-dir", str(state_dir), env=env)
+    assert nothing.returncode == 1 and "no running fleet" in nothing.stdout, nothing.stdout
+    port = str(free_port())
+    up = iofleet(
+        "up", "--detach", "--state-dir", str(state_dir), "--port", port, "--max", "4", env=env
+    )
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        before = json.loads((state_dir / "fleet.json").read_text())["servers"]
+        refused = iofleet("restart", "--state-dir", str(state_dir), env=env)
+        assert refused.returncode == 1 and "autoscaler" in refused.stdout, refused.stdout
+        assert json.loads((state_dir / "fleet.json").read_text())["servers"] == before
+    finally:
+        iofleet("down", "--state-dir", str(state_dir), env=env)
