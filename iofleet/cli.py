@@ -25,7 +25,6 @@ from iofleet.render import (
     render_nginx,
 )
 from iofleet.rollout_cli import rollout_command
-from iofleet.rollout_local import run_restart
 from iofleet.up import AutoscaleConfig, run_detached, run_down, run_drain, run_foreground
 from server.contract import ADMIN_PORT, PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS, PUBLIC_PORT
 
@@ -299,6 +298,10 @@ def restart_command(state_dir: StateDirOpt = Path(".iofleet")) -> None:
     A new server starts, is ready and in the balancer's rotation, then the old one
     drains; its clients reconnect (and, with recovery, get what they missed).
     """
+    # Imported here: the restart moves servers with the autoscaler's local levers, and
+    # the rest of the command (render, plan, ...) must run without the autoscaler package.
+    from iofleet.rollout_local import run_restart  # noqa: PLC0415 (see above)
+
     raise typer.Exit(run_restart(state_dir, Console()))
 
 

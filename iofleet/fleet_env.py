@@ -13,18 +13,19 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from autoscaler.settings import AUTOSCALER_ENV_PREFIX
 from server.contract import ENV_PREFIX
+from server.settings import Settings
 
 SERVERS_ENV_FILE = "servers.json"
 
 
 def server_settings(env: Mapping[str, str]) -> dict[str, str]:
-    """The `IOFLEET_` variables of `env` a server reads (not the autoscaler's)."""
+    """The variables of `env` a server reads: the server's own settings model says which."""
+    fields = Settings.model_fields
     return {
         key: value
         for key, value in env.items()
-        if key.startswith(ENV_PREFIX) and not key.startswith(AUTOSCALER_ENV_PREFIX)
+        if key.startswith(ENV_PREFIX) and key.removeprefix(ENV_PREFIX).lower() in fields
     }
 
 
