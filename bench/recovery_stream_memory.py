@@ -9,6 +9,11 @@ the growth of `used_memory` (INFO memory) give the bytes per stream entry, for e
 text size. The planner (`iofleet.plan.recovery_stream`) uses the per-entry figure:
 fixed bytes + a slope times the text's bytes, from two text sizes.
 
+It also prints the Redis command time of the emit script (`INFO commandstats`,
+EVALSHA) beside a plain PUBLISH in the same run (recovery off): command time only,
+without the I/O the capacity profile's per-message CPU includes, so it shows what
+recovery adds to Redis's work but is not fed to the planner.
+
     python -m bench.recovery_stream_memory [--messages 120000] [--text 64 512]
 """
 
@@ -31,12 +36,12 @@ STREAM = f"{CHANNEL}#stream"
 ROOM = "r"
 
 
-def server_env(messages: int) -> dict[str, str]:
+def server_env(messages: int, recovery: bool = True) -> dict[str, str]:
     return {
         **os.environ,
         "IOFLEET_AUTH": "none",
         "IOFLEET_JWT_SECRET": "stream-memory-bench-only-0123456789abcdef",
-        "IOFLEET_RECOVERY": "true",
+        "IOFLEET_RECOVERY": "true" if recovery else "false",
         # Hold every message the run sends: the figure is per entry kept.
         "IOFLEET_RECOVERY_MAX_MESSAGES": str(messages * 2),
         "IOFLEET_RATE_LIMIT": "1000000",
@@ -74,6 +79,8 @@ def measure(work: Path, messages: int, text_bytes: int) -> dict[str, float]:
         entries = int(db.xlen(STREAM))
         usage = int(db.memory_usage(STREAM, samples=0) or 0)
         grown = int(db.info("memory")["used_memory"]) - before
+        # Redis CPU of the emit script (XADD + XTRIM + PUBLISH, one EVALSHA per emit).
+        script = db.info("commandstats").get("cmdstat_evalsha", {})
         db.close()
         return {
             "text_bytes": text_bytes,
@@ -82,7 +89,31 @@ def measure(work: Path, messages: int, text_bytes: int) -> dict[str, float]:
             "bytes_per_entry": usage / entries,
             "used_memory_growth_per_entry": grown / entries,
             "send_rate": messages / took,
+            "script_us_per_call": float(script.get("usec_per_call", 0.0)),
         }
+    finally:
+        server.stop()
+        redis_server.stop()
+
+
+def publish_cpu_us(work: Path, messages: int, text_bytes: int) -> float:
+    """The baseline in the same run: Redis CPU of a plain PUBLISH per emit (recovery off)."""
+    redis_server = start_redis(work / "redis-off.log")
+    spec = ServerSpec.on_free_ports("memory-off", redis_server.url)
+    server = start_server(spec, server_env(messages, recovery=False), work)
+    try:
+        server.wait_ready(30)
+        asyncio.run(send(f"http://{spec.host}:{spec.port}", messages, "x" * text_bytes))
+        db = redis.Redis(port=redis_server.port)
+        deadline = time.monotonic() + 30
+        stats: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            stats = db.info("commandstats").get("cmdstat_publish", {})
+            if int(stats.get("calls", 0)) >= messages:
+                break
+            time.sleep(0.1)
+        db.close()
+        return float(stats.get("usec_per_call", 0.0))
     finally:
         server.stop()
         redis_server.stop()
@@ -95,13 +126,15 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="iofleet-stream-") as work:
         rows = [measure(Path(work), args.messages, size) for size in args.text]
+        publish_us = publish_cpu_us(Path(work), args.messages, args.text[0])
     for row in rows:
         per_1k = row["bytes_per_entry"] * 1000 * 120 / 2**20
         print(
             f"text {row['text_bytes']:.0f} B: {row['entries']:.0f} entries, stream "
             f"{row['stream_bytes'] / 2**20:.1f} MiB = {row['bytes_per_entry']:.0f} B/entry "
             f"(used_memory +{row['used_memory_growth_per_entry']:.0f} B/entry; sent at "
-            f"{row['send_rate']:.0f} msg/s) -> 1k msg/s over 120 s: {per_1k:.1f} MiB"
+            f"{row['send_rate']:.0f} msg/s) -> 1k msg/s over 120 s: {per_1k:.1f} MiB;"
+            f" emit script {row['script_us_per_call']:.2f} us of Redis CPU per call"
         )
     if len(rows) >= 2:
         low, high = rows[0], rows[-1]
@@ -110,6 +143,12 @@ def main() -> None:
         )
         fixed = low["bytes_per_entry"] - slope * low["text_bytes"]
         print(f"per entry: {fixed:.0f} B + {slope:.2f} x text bytes")
+    script_us = rows[0]["script_us_per_call"]
+    print(
+        f"Redis CPU per emit: script {script_us:.2f} us with recovery, PUBLISH "
+        f"{publish_us:.2f} us without ({args.text[0]} B text, one subscribing node):"
+        f" recovery adds {script_us - publish_us:.2f} us"
+    )
 
 
 if __name__ == "__main__":
