@@ -152,6 +152,26 @@ class Settings(BaseModel):
         1048576, "Largest accepted message, bytes.", ge=1, le=100 * 1024 * 1024
     )
     rate_limit: int = _key(20, "Events per second per connection and per user.", ge=1, le=100_000)
+    # On by default: a client that reconnects (a drain, a rollout, a lost link) gets what
+    # it missed. The server's own default is off (python-socketio client handlers get
+    # the offset as an extra argument); a stack whose clients cannot take it sets false.
+    recovery: bool = _key(
+        True,
+        "Connection state recovery (IOFLEET_RECOVERY); off only if clients cannot take it.",
+        strict=True,
+    )
+    recovery_window_seconds: int = _key(
+        120,
+        "How long after a drop a client can recover (IOFLEET_RECOVERY_WINDOW_SECONDS).",
+        ge=1,
+        le=86400,
+    )
+    recovery_max_messages: int = _key(
+        100_000,
+        "Events the recovery stream keeps at most (IOFLEET_RECOVERY_MAX_MESSAGES).",
+        ge=100,
+        le=100_000_000,
+    )
     transports: tuple[Literal["websocket", "polling"], ...] = _key(
         ("websocket", "polling"), "Engine.IO transports offered."
     )

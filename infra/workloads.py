@@ -179,7 +179,11 @@ class SocketService(pulumi.ComponentResource):
             "IOFLEET_RATE_LIMIT": s.rate_limit,
             "IOFLEET_DRAIN_SECONDS": s.drain_seconds,
             "IOFLEET_DRAIN_DELAY": s.drain_delay,
+            "IOFLEET_RECOVERY": str(s.recovery).lower(),
         }
+        if s.recovery:
+            plain["IOFLEET_RECOVERY_WINDOW_SECONDS"] = s.recovery_window_seconds
+            plain["IOFLEET_RECOVERY_MAX_MESSAGES"] = s.recovery_max_messages
         if s.handlers:
             plain["IOFLEET_HANDLERS"] = s.handlers
         if s.jwt_public_key:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, NoReturn, get_args
 
@@ -227,6 +228,16 @@ def up_command(
     status_port: Annotated[
         int, typer.Option(min=0, max=65535, help="Autoscaler status page port; 0 = a free one.")
     ] = 0,
+    recovery: Annotated[
+        bool,
+        typer.Option(
+            "--recovery/--no-recovery",
+            envvar="IOFLEET_RECOVERY",
+            help="Connection state recovery on the servers (IOFLEET_RECOVERY): a client"
+            " that reconnects gets what it missed. --no-recovery for python-socketio"
+            " client handlers that cannot take the extra offset argument.",
+        ),
+    ] = True,
 ) -> None:
     """Run Redis, N servers and a sticky balancer on this machine (Ctrl-C stops all).
 
@@ -255,6 +266,7 @@ def up_command(
         state_dir=state_dir,
         stickiness=stickiness or None,
         max_servers=max_servers or None,
+        env={**os.environ, "IOFLEET_RECOVERY": "true" if recovery else "false"},
     )
     console = Console()
     if detach:
@@ -278,6 +290,20 @@ def drain_command(
 ) -> None:
     """Drain one server of the local fleet: out of the balancer, its clients moved."""
     raise typer.Exit(run_drain(state_dir, node_id, within, Console()))
+
+
+@app.command("restart")
+def restart_command(state_dir: StateDirOpt = Path(".iofleet")) -> None:
+    """Rolling restart of the local fleet: each server replaced in turn, none lost.
+
+    A new server starts, is ready and in the balancer's rotation, then the old one
+    drains; its clients reconnect (and, with recovery, get what they missed).
+    """
+    # Imported here: the restart moves servers with the autoscaler's local levers, and
+    # the rest of the command (render, plan, ...) must run without the autoscaler package.
+    from iofleet.rollout_local import run_restart  # noqa: PLC0415 (see above)
+
+    raise typer.Exit(run_restart(state_dir, Console()))
 
 
 app.command("plan")(plan_command)

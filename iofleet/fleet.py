@@ -48,10 +48,15 @@ class FleetConfig:
     """Most servers the fleet may grow to (the autoscaler's `--max`): HAProxy gets a
     spare slot for each of `node<servers+1>..node<max>`, filled without a reload."""
 
+    surge_slots: int = 1
+    """HAProxy slots beyond the most servers: `iofleet restart` starts each replacement
+    there before the server it replaces drains (HAProxy cannot add a slot with a cookie
+    and a sid rule at runtime)."""
+
     @property
     def spare_slots(self) -> tuple[str, ...]:
         """Node ids of the servers that may start later, in the order they should."""
-        top = max(self.max_servers or 0, self.servers)
+        top = max(self.max_servers or 0, self.servers) + self.surge_slots
         return tuple(f"node{index}" for index in range(self.servers + 1, top + 1))
 
 
@@ -83,10 +88,10 @@ class Fleet:
     def start(self) -> None:
         """Start everything, recording each process as it starts; stop all on failure."""
         self.logs.mkdir(parents=True, exist_ok=True)
-        # The servers' own settings model checks the environment before anything starts.
-        settings = settings_from_env(
-            ServerSpec("node1", None, PUBLIC_PORT, 0).env(self.server_env())
-        )
+        # The servers' own settings model checks the environment before anything starts
+        # (with a stand-in for the Redis URL the fleet's own Redis gets: recovery needs one).
+        check = ServerSpec("node1", "redis://127.0.0.1:6379/0", PUBLIC_PORT, 0)
+        settings = settings_from_env(check.env(self.server_env()))
         try:
             self.redis = start_redis(self.logs / "redis.log")
             self.state.redis = self.redis.record

@@ -51,6 +51,10 @@ class RedisRecord:
     pid: int
     port: int
 
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
 
 @dataclass(frozen=True)
 class AutoscalerRecord:

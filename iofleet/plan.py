@@ -221,6 +221,31 @@ def load_profile(path: Path | None = None) -> Profile:
 # --- inputs and results ------------------------------------------------------------
 
 
+# Redis memory of one recovery stream entry (the emit's JSON message in the stream's
+# listpack nodes): fixed bytes (the envelope and the chat app's room/from/ts) + bytes per
+# byte of message text. Measured by `python -m bench.recovery_stream_memory` (120,000
+# real chat messages through a server with IOFLEET_RECOVERY=true, MEMORY USAGE of the
+# stream, SAMPLES 0): 318 B/entry at 64 B of text, 881 B at 512 B (README "Planning").
+STREAM_ENTRY_FIXED_BYTES = 237.0
+STREAM_ENTRY_BYTES_PER_MESSAGE_BYTE = 1.26
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """Connection state recovery as the stacks deploy it (`iofleet:recovery*` keys)."""
+
+    enabled: bool = True
+    window_seconds: float = 120.0
+    max_messages: int = 100_000
+    message_bytes: float = 100.0
+    """Average bytes of one message's own content (a chat line's text); an application's
+    fields beyond the chat app's room/from/ts count here too."""
+
+    def __post_init__(self) -> None:
+        if self.window_seconds <= 0 or self.max_messages < 1 or self.message_bytes < 0:
+            raise PlanError("recovery window, max messages and message bytes must be positive")
+
+
 @dataclass(frozen=True)
 class Load:
     connections: int
@@ -230,6 +255,8 @@ class Load:
     fanout: float = 1.0
     """Average recipients of one message (room size that hears it)."""
     regions: tuple[str, ...] = ("us-east-1",)
+    recovery: Recovery = Recovery()
+    """Every message sent to a room is recoverable: one stream entry each."""
 
     def __post_init__(self) -> None:
         if self.connections < 1:
@@ -469,6 +496,7 @@ def _plan_region(
     # to the rooms they serve).
     subscribers = min(load.fanout, max_replicas)
     cost_us = redis.cost_us(subscribers)
+    stream_gib = recovery_stream(messages, load.recovery, figures)
     note(
         "Redis CPU per message",
         f"{cost_us:.2f} µs",
@@ -482,7 +510,7 @@ def _plan_region(
         f"{messages:g} msg/s x {subscribers:g} subscribing nodes x {redis.delivery_bytes} B x 8",
     )
     redis_type, shards = _choose_redis(
-        region, catalog, policy, messages * cost_us / 1e6, egress_gbps, figures
+        region, catalog, policy, messages * cost_us / 1e6, egress_gbps, figures, stream_gib
     )
     node_price = catalog.node_types[node_type].hourly[region]
     redis_price = catalog.redis_node_types[redis_type].hourly[region]
@@ -601,6 +629,54 @@ def redis_shards(kind: RedisType, policy: Policy, busy_cores: float, egress_gbps
     return max(1, math.ceil(max(by_cpu, by_network)))
 
 
+def recovery_stream(messages: float, recovery: Recovery, figures: list[Figure]) -> float:
+    """The recovery stream of one region: its Redis memory (GiB, returned) and write
+    load, as figures. Each recoverable emit is one script (XADD + XTRIM + PUBLISH) and
+    one entry, kept for the window or until `max_messages` newer ones, whichever first."""
+    if not recovery.enabled or messages <= 0:
+        return 0.0
+    window, most = recovery.window_seconds, recovery.max_messages
+    entries = min(window * messages, most)
+    figures.append(
+        Figure(
+            "recovery stream entries",
+            math.ceil(entries),
+            f"min(window {window:g} s x {messages:g} msg/s, max_messages {most})",
+        )
+    )
+    kept = min(window, most / messages)
+    if kept < window:
+        figures.append(
+            Figure(
+                "recovery window kept (s)",
+                round(kept, 1),
+                f"{most} / {messages:g} msg/s < window {window:g} s: set recovery_max_messages"
+                f" >= {math.ceil(window * messages)} to keep the whole window",
+            )
+        )
+    per_entry = STREAM_ENTRY_FIXED_BYTES + STREAM_ENTRY_BYTES_PER_MESSAGE_BYTE * (
+        recovery.message_bytes
+    )
+    gib = entries * per_entry / 2**30
+    figures.append(
+        Figure(
+            "recovery stream memory (MiB)",
+            round(gib * 1024, 1),
+            f"{math.ceil(entries)} entries x ({STREAM_ENTRY_FIXED_BYTES:g} B + "
+            f"{STREAM_ENTRY_BYTES_PER_MESSAGE_BYTE:g} x {recovery.message_bytes:g} B message),"
+            " measured (bench/recovery_stream_memory.py)",
+        )
+    )
+    figures.append(
+        Figure(
+            "Redis recovery writes/s",
+            round(messages, 1),
+            f"{messages:g} recoverable msg/s, one EVALSHA each (XADD + XTRIM + PUBLISH)",
+        )
+    )
+    return gib
+
+
 def _choose_redis(
     region: str,
     catalog: Catalog,
@@ -608,15 +684,26 @@ def _choose_redis(
     busy_cores: float,
     egress_gbps: float,
     figures: list[Figure],
+    stream_gib: float = 0.0,
 ) -> tuple[str, int]:
-    """The Redis node type and shard count that cost least for the load."""
+    """The Redis node type and shard count that cost least for the load; a node must
+    also hold the recovery stream (`stream_gib`, one stream on one primary) at the
+    planned utilization."""
     best: tuple[float, int, str] | None = None
     types = _priced_types(catalog.redis_node_types, policy.redis_type, region, "Redis node type")
     for name, kind in types:
+        if kind.memory_gib * policy.utilization < stream_gib:
+            continue
         shards = redis_shards(kind, policy, busy_cores, egress_gbps)
         candidate = (round(shards * kind.hourly[region], 6), shards, name)
         if best is None or candidate < best:
             best = candidate
+    if best is None and stream_gib:
+        raise PlanError(
+            f"no Redis node type in the table holds a {stream_gib:.2f} GiB recovery stream"
+            f" in {region} at the planned utilization: shorten the recovery window, lower"
+            " recovery_max_messages, or split the load across more regions"
+        )
     if best is None:
         raise PlanError(f"no Redis node type in the table has a price for region {region!r}")
     _, shards, name = best
@@ -638,6 +725,20 @@ def _choose_redis(
             + ("; more than one: cluster mode with sharded pub/sub" if shards > 1 else ""),
         )
     )
+    if stream_gib:
+        figures.append(
+            Figure(
+                "Redis memory for recovery",
+                f"{stream_gib * 1024:.1f} MiB of {kind.memory_gib:g} GiB",
+                f"stream <= {kind.memory_gib:g} GiB x utilization {u}"
+                + (
+                    "; recovery needs one primary (the server refuses it on a Redis"
+                    " Cluster): at this load run it with recovery off, or split regions"
+                    if shards > 1
+                    else ""
+                ),
+            )
+        )
     return name, shards
 
 

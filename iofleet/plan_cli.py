@@ -16,6 +16,7 @@ from iofleet.plan import (
     Plan,
     PlanError,
     Policy,
+    Recovery,
     compare_to_rule_of_thumb,
     load_capacity,
     load_catalog,
@@ -75,6 +76,21 @@ def plan_command(
     ] = None,
     stack_dir: Annotated[Path, typer.Option(help="Where the Pulumi.*.yaml files are.")] = Path(),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    recovery: Annotated[
+        bool,
+        typer.Option(
+            "--recovery/--no-recovery", help="Size Redis for the recovery stream (stack default)."
+        ),
+    ] = True,
+    recovery_window: Annotated[
+        float, typer.Option(help="iofleet:recovery_window_seconds, seconds.")
+    ] = Recovery.window_seconds,
+    recovery_max_messages: Annotated[
+        int, typer.Option(help="iofleet:recovery_max_messages.")
+    ] = Recovery.max_messages,
+    message_bytes: Annotated[
+        float, typer.Option(help="Average bytes of one message's content (a chat line).")
+    ] = Recovery.message_bytes,
 ) -> None:
     """Size a fleet: servers per region, pods, nodes, Redis, HPA and monthly cost."""
     console = Console()
@@ -96,6 +112,7 @@ def plan_command(
             messages_per_second=messages_per_second,
             fanout=fanout,
             regions=tuple(r.strip() for r in regions.split(",") if r.strip()),
+            recovery=Recovery(recovery, recovery_window, recovery_max_messages, message_bytes),
         )
         policy = Policy(
             utilization=utilization,

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from iofleet.drain import drain_haproxy_node, drain_server
 from iofleet.fleet import Fleet, FleetConfig
+from iofleet.fleet_env import save_server_env
 from iofleet.fleet_secrets import load_secrets
 from iofleet.fleet_state import FleetState
 from iofleet.haproxy_runtime import HaproxyRuntime
@@ -126,6 +127,8 @@ def run_foreground(
         return 1
     if _taken_port(config, console):
         return 2
+    # What `iofleet restart` starts replacements with.
+    save_server_env(config.state_dir.resolve(), config.env)
     fleet = Fleet(config)
 
     def interrupt(signum: int, frame: object) -> None:
@@ -224,6 +227,8 @@ def run_detached(
     argv += ["--port", str(config.port)]
     if config.stickiness:
         argv += ["--stickiness", config.stickiness]
+    recovery = config.env.get("IOFLEET_RECOVERY", "true").lower() == "true"
+    argv += ["--recovery" if recovery else "--no-recovery"]
     if autoscale is not None:
         argv += autoscale.argv()
     owner = spawn(argv, log_path, env=config.env)

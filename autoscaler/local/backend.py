@@ -56,7 +56,9 @@ async def run(settings: Settings, state_dir: Path) -> None:
             "the local backend needs a status port (IOFLEET_AUTOSCALER_STATUS_PORT)"
         )
     lever = lever_for(state, settings.max)
-    fleet_env = {**os.environ, **load_secrets(state_dir)}
+    # The fleet's Redis too: the servers' settings (recovery on) need its URL to validate.
+    redis = {"IOFLEET_REDIS_URL": state.redis.url} if state.redis else {}
+    fleet_env = {**os.environ, **load_secrets(state_dir), **redis}
     actuator = LocalActuator(state_dir, lever, drain_within=drain_budget(fleet_env))
     source = LocalSource(
         state_dir,

@@ -348,6 +348,86 @@ def _ingress_backends(props: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return backends
 
 
+PDB = "kubernetes:policy/v1:PodDisruptionBudget"
+
+
+def _count_or_share(value: Any) -> tuple[float, bool]:
+    """A rollingUpdate/PDB field, 1 or "25%", as (number, is a percentage)."""
+    text = str(value).strip()
+    try:
+        return (float(text[:-1]), True) if text.endswith("%") else (float(text), False)
+    except ValueError:
+        return (-1.0, False)
+
+
+def _calls_drain(handler: Any) -> bool:
+    """A lifecycle handler that asks the server to drain (POST /admin/drain)."""
+    return "/admin/drain" in " ".join(
+        [str(c) for c in _dig(handler, "exec", "command") or []]
+        + [str(_dig(handler, "httpGet", "path") or "")]
+    )
+
+
+def _pdb_limits(props: Mapping[str, Any], labels: Mapping[str, Any]) -> bool:
+    """The PDB selects pods with `labels` and lets evictions through one at a time at
+    most (maxUnavailable 1, or any minAvailable)."""
+    selector = _dig(props, "spec", "selector", "matchLabels") or {}
+    if not selector or any(labels.get(k) != v for k, v in selector.items()):
+        return False
+    most = _dig(props, "spec", "maxUnavailable")
+    if most is None:
+        return _dig(props, "spec", "minAvailable") is not None
+    number, share = _count_or_share(most)
+    return not share and 0 < number <= 1
+
+
+def check_rolling_update(resources: Sequence[Resource]) -> list[str]:
+    """A server Deployment replaces pods so that no client is left without a server and
+    no message is lost: surge first (maxSurge >= 1, maxUnavailable 0: the new pod is
+    ready before an old one goes), an old pod drains in its preStop hook (POST
+    /admin/drain, so its clients reconnect while every other pod serves), readiness is
+    /readyz (ready means taking sessions; a drain turns it 503), and a PDB lets node
+    drains evict one pod at a time. The grace period is `termination-grace-covers-drain`'s."""
+    problems = []
+    pdbs = [props for typ, props in resources if typ == PDB]
+    for typ, props in resources:
+        if typ != DEPLOYMENT:
+            continue
+        servers = [c for c in _containers(_dig(props, *WORKLOADS[DEPLOYMENT])) if _is_server(c)]
+        if not servers:
+            continue
+        name = _dig(props, "metadata", "name")
+        strategy = _dig(props, "spec", "strategy") or {}
+        rolling = strategy.get("rollingUpdate") or {}
+        # Kubernetes' defaults are 25% and 25%: an old pod may go before its successor.
+        surge, _ = _count_or_share(rolling.get("maxSurge", "25%"))
+        unavailable, _ = _count_or_share(rolling.get("maxUnavailable", "25%"))
+        if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+            problems.append(f"Deployment {name}: strategy {strategy.get('type')} drops every pod")
+        elif surge <= 0:
+            problems.append(f"Deployment {name}: maxSurge must be >= 1 (a new pod first)")
+        elif unavailable != 0:
+            problems.append(
+                f"Deployment {name}: maxUnavailable must be 0 (no old pod goes before a new"
+                " one is ready)"
+            )
+        for container in servers:
+            if not _calls_drain(_dig(container, "lifecycle", "preStop")):
+                problems.append(
+                    f"Deployment {name}: the server's preStop hook must drain it"
+                    " (POST /admin/drain?wait=true)"
+                )
+            if _dig(container, "readinessProbe", "httpGet", "path") != "/readyz":
+                problems.append(f"Deployment {name}: the server's readinessProbe must be /readyz")
+        labels = _dig(props, "spec", "template", "metadata", "labels") or {}
+        if not any(_pdb_limits(pdb, labels) for pdb in pdbs):
+            problems.append(
+                f"Deployment {name}: no PodDisruptionBudget (maxUnavailable 1) selects its"
+                " pods: a node drain could evict them all at once"
+            )
+    return problems
+
+
 # --- pulumi-policy wrappers ----------------------------------------------------------
 
 
@@ -420,6 +500,12 @@ POLICIES = [
         "connection-hpa-needs-autoscaler",
         "An HPA on iofleet_connections comes with the autoscaler and its metrics APIServices.",
         check_hpa_has_metrics_source,
+    ),
+    _stack_policy(
+        "rolling-update-loses-nothing",
+        "Server Deployments: maxSurge >= 1, maxUnavailable 0, a draining preStop, /readyz"
+        " readiness and a PDB of one pod at a time.",
+        check_rolling_update,
     ),
     _stack_policy(
         "admin-port-not-public",

@@ -95,8 +95,10 @@ def test_the_fleet_reads_the_servers_settings_model() -> None:
 
 
 def test_spare_slots_name_the_nodes_to_come() -> None:
-    assert FleetConfig(servers=2, max_servers=4).spare_slots == ("node3", "node4")
-    assert FleetConfig(servers=3).spare_slots == ()
+    # One surge slot beyond the most servers, for `iofleet restart`.
+    assert FleetConfig(servers=2, max_servers=4).spare_slots == ("node3", "node4", "node5")
+    assert FleetConfig(servers=3).spare_slots == ("node4",)
+    assert FleetConfig(servers=3, surge_slots=0).spare_slots == ()
 
 
 def test_up_refuses_a_bad_setting_before_starting_anything(tmp_path: Path) -> None:

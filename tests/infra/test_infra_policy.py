@@ -98,6 +98,7 @@ def test_the_pack_has_every_invariant() -> None:
         "connection-hpa-needs-autoscaler",
         "admin-port-not-public",
         "non-root-containers",
+        "rolling-update-loses-nothing",
     }
 
 
