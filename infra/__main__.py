@@ -114,6 +114,7 @@ def regional(cfg: RegionalConfig) -> None:
             prometheus_namespace=cfg.prometheus_namespace,
             prometheus_operator=cfg.prometheus_operator,
             selector_label=cfg.prometheus_selector_label,
+            install_prometheus_stack=cfg.prometheus_stack_install,
             admin_service_labels=service.admin_service_labels,
             redis_member_ids=redis.member_cluster_ids,
             lb_type=balancer.lb_type,

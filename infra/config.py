@@ -196,6 +196,12 @@ class Settings(BaseModel):
         "release=prometheus",
         "label=value the Prometheus operator selects rules and monitors by, or none.",
     )
+    prometheus_stack_install: bool = _key(
+        True,
+        "With prometheus_operator: install kube-prometheus-stack (operator, CRDs, Prometheus, "
+        "Grafana) in prometheus_namespace; false = the cluster already runs one.",
+        strict=True,
+    )
     alarm_email: str = _key("", "Email subscribed to the CloudWatch alarm topic.")
     # --- global
     regional_stacks: tuple[str, ...] = _key((), "Regional stacks to route over (global stack).")

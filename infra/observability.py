@@ -16,6 +16,15 @@ import yaml
 from infra.workloads import SERVER, SERVER_LABELS
 
 DASHBOARD = Path(__file__).parent / "dashboards" / "iofleet.json"
+# prometheus-community/helm-charts charts/kube-prometheus-stack 88.5.3 (operator v0.93.1,
+# kubeVersion >=1.25): the operator with its CRDs (the chart's crds/ folder, which Helm
+# applies before any template), Prometheus, Alertmanager, Grafana with its dashboard
+# sidecar, kube-state-metrics (the HPA and Pending-pod rules read it) and node-exporter.
+PROMETHEUS_STACK_CHART = (
+    "kube-prometheus-stack",
+    "88.5.3",
+    "https://prometheus-community.github.io/helm-charts",
+)
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,9 @@ class ObservabilityArgs:
     name_prefix: str
     tags: dict[str, str]
     depends_on: list[pulumi.Resource]
+    install_prometheus_stack: bool = False
+    """With prometheus_operator: install kube-prometheus-stack here (its CRDs and
+    namespace), so a first `up` on a new cluster finds them."""
     thresholds: Thresholds = field(default_factory=Thresholds)
 
 
@@ -186,9 +198,11 @@ class Observability(pulumi.ComponentResource):
     ) -> None:
         super().__init__("iofleet:observability:Observability", name, None, opts)
         self._args = args
-        self._k8s = pulumi.ResourceOptions(
-            parent=self, provider=args.provider, depends_on=args.depends_on
-        )
+        after = list(args.depends_on)
+        if args.prometheus_operator and args.install_prometheus_stack:
+            # The CRs and the dashboard need the CRDs and the namespace this release makes.
+            after.append(self._create_prometheus_stack(name))
+        self._k8s = pulumi.ResourceOptions(parent=self, provider=args.provider, depends_on=after)
         self._create_prometheus(name)
         self._create_dashboard(name)
         topic = aws.sns.Topic(
@@ -209,6 +223,37 @@ class Observability(pulumi.ComponentResource):
         self._create_redis_alarms(name)
         self._create_balancer_alarms(name)
         self.register_outputs({"alarm_topic_arn": self.alarm_topic_arn})
+
+    def _create_prometheus_stack(self, name: str) -> k8s.helm.v3.Release:
+        a = self._args
+        label = _label(a.selector_label)
+        chart, version, repo = PROMETHEUS_STACK_CHART
+        # Prometheus selects monitors and rules by the configured label (none: all). The
+        # chart labels its own monitors release=<release name>, so with a `release=` label
+        # the release is named after it and Prometheus keeps scraping the cluster too.
+        selector = {"matchLabels": label}
+        spec = {
+            "serviceMonitorSelectorNilUsesHelmValues": False,
+            "serviceMonitorSelector": selector,
+            "ruleSelectorNilUsesHelmValues": False,
+            "ruleSelector": selector,
+        }
+        return k8s.helm.v3.Release(
+            f"{name}-prometheus-stack",
+            name=label.get("release", "prometheus"),
+            chart=chart,
+            version=version,
+            repository_opts={"repo": repo},
+            namespace=a.prometheus_namespace,
+            create_namespace=True,
+            # Grafana's admin password: the chart generates one into a Secret
+            # (<release>-grafana), nothing is written here.
+            values={"prometheus": {"prometheusSpec": spec}},
+            # Rolled back if its pods do not come up; ten minutes for a fresh cluster.
+            atomic=True,
+            timeout=600,
+            opts=pulumi.ResourceOptions(parent=self, provider=a.provider, depends_on=a.depends_on),
+        )
 
     def _create_prometheus(self, name: str) -> None:
         a = self._args
@@ -247,9 +292,10 @@ class Observability(pulumi.ComponentResource):
 
     def _create_dashboard(self, name: str) -> None:
         a = self._args
-        # With the operator, its namespace exists (a documented prerequisite) and holds
-        # Grafana; without it nothing guarantees that namespace, so the dashboard stays
-        # in ours (point the Grafana sidecar's searchNamespace at it, or import the JSON).
+        # With the operator, its namespace holds Grafana (made by the release above, or a
+        # documented prerequisite with prometheus_stack_install: false); without it
+        # nothing guarantees that namespace, so the dashboard stays in ours (point the
+        # Grafana sidecar's searchNamespace at it, or import the JSON).
         namespace = a.prometheus_namespace if a.prometheus_operator else a.namespace
         k8s.core.v1.ConfigMap(
             f"{name}-dashboard",

@@ -200,11 +200,10 @@ def test_make_has_the_check_stack_target() -> None:
 @pulumi.runtime.test
 def test_every_namespaced_object_lands_in_a_namespace_that_exists(stack: str) -> Any:
     """The dev stack (no Prometheus operator) used to write the dashboard into
-    `prometheus_namespace`, which nothing creates there."""
-    from pulumi_fleet import stack_config
-
+    `prometheus_namespace`, which nothing creates there; the prod stacks wrote theirs and
+    their ServiceMonitor into `monitoring` on a cluster the same `up` creates (issue 24).
+    A new cluster has kube-system and what this program makes, nothing else."""
     fleet = run_stack(stack)
-    config = stack_config(stack)
 
     def check() -> None:
         created = {r.inputs["metadata"]["name"] for r in fleet.kubernetes("Namespace")}
@@ -214,15 +213,70 @@ def test_every_namespaced_object_lands_in_a_namespace_that_exists(stack: str) ->
             for r in fleet.of_type("kubernetes:helm.sh/v3:Release")
             if r.inputs.get("createNamespace")
         }
-        if config["iofleet:prometheus_operator"] == "true":
-            # A documented prerequisite: the operator's namespace.
-            created.add(config["iofleet:prometheus_namespace"])
         used = {
             r.inputs["metadata"].get("namespace")
             for r in fleet.resources
             if r.is_kubernetes and r.inputs["metadata"].get("namespace")
         }
         assert used <= created, used - created
+
+    return after_deploy(check)
+
+
+# --- the Prometheus operator on a new cluster ----------------------------------------------
+
+OPERATOR_GROUP = "monitoring.coreos.com/"
+
+
+@pytest.mark.parametrize("stack", ["prod-us-east-1", "prod-eu-west-1"])
+@pulumi.runtime.test
+def test_operator_objects_wait_for_the_release_that_installs_their_crds(stack: str) -> Any:
+    """No CRD for ServiceMonitor/PrometheusRule exists on a cluster the same `up` makes
+    ("no matches for kind ServiceMonitor"): the pinned kube-prometheus-stack release
+    installs them and the namespace, and everything that needs either waits for it."""
+    from pulumi_fleet import stack_config
+
+    fleet = run_stack(stack)
+    namespace = stack_config(stack)["iofleet:prometheus_namespace"]
+
+    def check() -> None:
+        (release,) = [
+            r
+            for r in fleet.of_type("kubernetes:helm.sh/v3:Release")
+            if r.inputs["chart"] == "kube-prometheus-stack"
+        ]
+        assert Version(release.inputs["version"]) >= Version("88.5.3")
+        assert release.inputs["namespace"] == namespace and release.inputs["createNamespace"]
+        needing = [
+            r
+            for r in fleet.resources
+            if r.is_kubernetes
+            and (
+                r.inputs["apiVersion"].startswith(OPERATOR_GROUP)
+                or r.inputs["metadata"].get("namespace") == namespace
+            )
+        ]
+        assert {r.inputs["kind"] for r in needing} >= {"ServiceMonitor", "PrometheusRule"}
+        for r in needing:
+            assert release.name in fleet.dependencies[r.name], r.name
+        # Prometheus selects our objects by the label they carry.
+        spec = release.inputs["values"]["prometheus"]["prometheusSpec"]
+        (monitor,) = fleet.kubernetes("ServiceMonitor")
+        for key, value in spec["serviceMonitorSelector"]["matchLabels"].items():
+            assert monitor.inputs["metadata"]["labels"][key] == value
+        assert release.inputs["name"] == "prometheus"  # release=prometheus selects its own
+
+    return after_deploy(check)
+
+
+@pulumi.runtime.test
+def test_an_existing_operator_is_used_as_it_is() -> Any:
+    fleet = run_stack("prod-us-east-1", {"iofleet:prometheus_stack_install": False})
+
+    def check() -> None:
+        charts = [r.inputs["chart"] for r in fleet.of_type("kubernetes:helm.sh/v3:Release")]
+        assert "kube-prometheus-stack" not in charts
+        assert fleet.kubernetes("ServiceMonitor") and fleet.kubernetes("PrometheusRule")
 
     return after_deploy(check)
 
