@@ -105,8 +105,10 @@ class Settings(BaseModel):
     node_instance_types: tuple[str, ...] = _key(
         ("m7i.large",), "Managed node group instance types (x86_64)."
     )
-    node_min: int = _key(3, "Node group minimum size.", ge=1, le=1000)
-    node_desired: int = _key(3, "Node group initial size.", ge=1, le=1000)
+    # 4, not 3: min_replicas 1-CPU servers on m7i.large plus a rollout's surge pod
+    # (policy rollout-surge-fits-nodes).
+    node_min: int = _key(4, "Node group minimum size.", ge=1, le=1000)
+    node_desired: int = _key(4, "Node group initial size.", ge=1, le=1000)
     node_max: int = _key(12, "Node group maximum size.", ge=1, le=1000)
     # --- regional: Redis
     redis_node_type: str = _key("cache.r7g.large", "ElastiCache node type.")

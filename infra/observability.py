@@ -151,6 +151,16 @@ def alert_rules(namespace: str, t: Thresholds) -> list[dict[str, Any]]:
             "warning",
             "the HPA is pinned at max_replicas; raise it or the target",
         ),
+        rule(
+            # Pods no node has room for (a rollout's surge pod, HPA scale-out beyond the
+            # nodes): the rollout hangs and the fleet caps below what the HPA asked for,
+            # while the HPA itself looks healthy (issue 24).
+            "IofleetServerPodsPending",
+            f'sum(kube_pod_status_phase{{{scoped}, phase="Pending", pod=~"{SERVER}-.+"}}) > 0',
+            "10m",
+            "warning",
+            "server pods Pending for 10 min: no node has room (add nodes or lower server_cpu)",
+        ),
     ]
     return [{"name": "iofleet.rules", "rules": rules}]
 

@@ -513,3 +513,146 @@ POLICIES = [
         check_admin_private,
     ),
 ]
+
+
+# --- surge room (issue 24) -------------------------------------------------------------
+
+NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+# (vCPUs, memory MiB, max pods) per instance type: EC2 instance specs and the EKS AMI's
+# eni-max-pods.txt (awslabs/amazon-eks-ami). Add the types your node group uses.
+INSTANCE_TYPES: dict[str, tuple[int, int, int]] = {
+    "t3.large": (2, 8192, 35),
+    "t3.xlarge": (4, 16384, 58),
+    "m6i.large": (2, 8192, 29),
+    "m6i.xlarge": (4, 16384, 58),
+    "m6i.2xlarge": (8, 32768, 58),
+    "m7i.large": (2, 8192, 29),
+    "m7i.xlarge": (4, 16384, 58),
+    "m7i.2xlarge": (8, 32768, 58),
+    "c6i.large": (2, 4096, 29),
+    "c6i.xlarge": (4, 8192, 58),
+    "c7i.large": (2, 4096, 29),
+    "c7i.xlarge": (4, 8192, 58),
+    "r6i.large": (2, 16384, 29),
+    "r7i.large": (2, 16384, 29),
+}
+# Per-node DaemonSet requests of the EKS add-ons the program installs: vpc-cni (aws-node)
+# 25m, kube-proxy 100m (EKS add-on defaults); neither requests memory.
+DAEMONSET_CPU_M = 125.0
+DAEMONSET_MEMORY_MI = 0.0
+# Cluster add-on pods outside the stack's own Deployments: CoreDNS, 2 x (100m, 70Mi)
+# (EKS add-on default).
+ADDON_PODS: tuple[tuple[float, float], ...] = ((100.0, 70.0), (100.0, 70.0))
+
+
+def allocatable(instance_type: str) -> tuple[float, float] | None:
+    """(CPU millicores, memory MiB) a node of this type offers pods: capacity minus the
+    EKS AMI's kube-reserved (CPU: 6% of the first core, 1% of the second, 0.5% of the
+    next two, 0.25% of the rest; memory: 11 MiB per max pod + 255 MiB) and the 100 MiB
+    hard-eviction threshold (awslabs/amazon-eks-ami, nodeadm kubelet config)."""
+    spec = INSTANCE_TYPES.get(instance_type)
+    if spec is None:
+        return None
+    cores, memory, max_pods = spec
+    shares = [0.06, 0.01, 0.005, 0.005] + [0.0025] * max(cores - 4, 0)
+    reserved_cpu = sum(shares[:cores]) * 1000
+    reserved_memory = 11 * max_pods + 255 + 100
+    return cores * 1000 - reserved_cpu, memory - reserved_memory
+
+
+def _cpu_m(text: Any) -> float:
+    value = str(text or "0")
+    return float(value[:-1]) if value.endswith("m") else float(value) * 1000
+
+
+def _memory_mi(text: Any) -> float:
+    value = str(text or "0")
+    units = {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0, "Ti": 1024.0**2, "M": 0.95367, "G": 953.67}
+    for suffix, factor in units.items():
+        if value.endswith(suffix):
+            return float(value[: -len(suffix)]) * factor
+    return float(value) / 1024**2
+
+
+def _pod_request(pod_spec: Any) -> tuple[float, float]:
+    cpu = memory = 0.0
+    for container in _dig(pod_spec, "containers") or []:
+        requests = _dig(container, "resources", "requests") or {}
+        cpu += _cpu_m(requests.get("cpu"))
+        memory += _memory_mi(requests.get("memory"))
+    return cpu, memory
+
+
+def _surge(replicas: int, strategy: Any) -> int:
+    """Extra pods a rolling update creates: maxSurge (default 25%), rounded up."""
+    value = _dig(strategy, "rollingUpdate", "maxSurge")
+    text = "25%" if value is None else str(value)
+    if text.endswith("%"):
+        return -(-replicas * int(float(text[:-1])) // 100)
+    return int(float(text))
+
+
+def _fits(nodes: list[list[float]], pods: list[tuple[float, float]]) -> int:
+    """First-fit decreasing: how many of `pods` (CPU m, memory Mi) find a node."""
+    placed = 0
+    for cpu, memory in sorted(pods, reverse=True):
+        for node in nodes:
+            if node[0] >= cpu and node[1] >= memory:
+                node[0] -= cpu
+                node[1] -= memory
+                placed += 1
+                break
+    return placed
+
+
+def check_surge_room(resources: Sequence[Resource]) -> list[str]:
+    """The node group at its minimum size holds every pod of the stack plus the server
+    Deployment's rolling-update surge; otherwise the surge pod stays Pending and the
+    rollout (and Pulumi's await on it) hangs until its deadline."""
+    groups = [props for typ, props in resources if typ == NODE_GROUP]
+    servers = {name for name, _ in _server_containers(resources)}
+    if not groups or not servers:
+        return []
+    nodes: list[list[float]] = []
+    for props in groups:
+        types = [str(t) for t in props.get("instanceTypes") or []]
+        sizes = [a for a in map(allocatable, types) if a is not None]
+        if not sizes:
+            return [
+                f"node group instance types {types} are not in INSTANCE_TYPES "
+                "(infra/policy/rules.py): add them so surge room can be checked"
+            ]
+        cpu, memory = min(sizes)  # the managed group may launch any of its types
+        count = int(float(_dig(props, "scalingConfig", "minSize") or 1))
+        nodes += [[cpu - DAEMONSET_CPU_M, memory - DAEMONSET_MEMORY_MI] for _ in range(count)]
+    pods = list(ADDON_PODS)
+    needed: dict[str, int] = {}
+    for typ, props in resources:
+        if typ != DEPLOYMENT:
+            continue
+        name = str(_dig(props, "metadata", "name"))
+        replicas = int(float(_dig(props, "spec", "replicas") or 1))
+        request = _pod_request(_dig(props, *WORKLOADS[DEPLOYMENT]))
+        if name in servers:
+            surge = _surge(replicas, _dig(props, "spec", "strategy"))
+            needed[name] = replicas + surge
+            pods += [request] * (replicas + surge)
+        else:
+            pods += [request] * replicas
+    placed = _fits(nodes, pods)
+    if placed >= len(pods):
+        return []
+    return [
+        f"{len(nodes)} node(s) at node_min fit {placed} of the {len(pods)} pods a rollout "
+        f"of {', '.join(f'{n} ({k} pods with surge)' for n, k in sorted(needed.items()))} "
+        "needs: raise node_min/node_desired, use larger nodes or lower server_cpu"
+    ]
+
+
+POLICIES.append(
+    _stack_policy(
+        "rollout-surge-fits-nodes",
+        "The node group at its minimum size holds the stack's pods plus the server surge.",
+        check_surge_room,
+    )
+)

@@ -46,3 +46,13 @@ def test_messages_the_outbox_dropped_are_alerted() -> None:
     (rule,) = [r for r in rules() if r["alert"] == "IofleetFanoutMessagesDropped"]
     assert "iofleet_fanout_dropped_total{" in str(rule["expr"])
     assert rule["labels"] == {"severity": "critical", "service": "iofleet"}
+
+
+def test_pending_server_pods_are_alerted() -> None:
+    """A surge pod or an HPA scale-out with no node to go to stays Pending: alert on it
+    (issue 24), scoped to the fleet's namespace and its server pods."""
+    (rule,) = [r for r in rules() if r["alert"] == "IofleetServerPodsPending"]
+    expr = str(rule["expr"])
+    assert "kube_pod_status_phase{" in expr and 'phase="Pending"' in expr
+    assert 'namespace="iofleet"' in expr and 'pod=~"iofleet-server-.+"' in expr
+    assert rule["for"] == "10m"

@@ -99,6 +99,7 @@ def test_the_pack_has_every_invariant() -> None:
         "admin-port-not-public",
         "non-root-containers",
         "rolling-update-loses-nothing",
+        "rollout-surge-fits-nodes",
     }
 
 
@@ -362,3 +363,50 @@ def test_the_pack_imports_only_what_its_own_virtualenv_has() -> None:
 
     assert rules.SERVER_DEFAULTS["IOFLEET_PING_TIMEOUT"] == contract.PING_TIMEOUT_SECONDS
     assert rules.SERVER_DEFAULTS["IOFLEET_DRAIN_SECONDS"] == contract.DRAIN_SECONDS
+
+
+def _node_group(resources: list[Recorded]) -> dict[str, Any]:
+    return next(r.inputs for r in resources if r.type == "aws:eks/nodeGroup:NodeGroup")
+
+
+@pulumi.runtime.test
+def test_surge_policy_fails_when_the_surge_pod_has_no_node() -> Any:
+    """3 x m7i.large (1.93 CPU allocatable, 1.8 after the DaemonSets) hold one 1-CPU
+    server each: the rollout's surge pod (25% of 3, rounded up) stays Pending (issue 24)."""
+    fleet = run_stack("prod-us-east-1")
+
+    def three_nodes(resources: list[Recorded]) -> None:
+        _node_group(resources)["scalingConfig"]["minSize"] = 3.0
+
+    def unknown_type(resources: list[Recorded]) -> None:
+        _node_group(resources)["instanceTypes"] = ["x9.huge"]
+
+    def check() -> None:
+        name = "rollout-surge-fits-nodes"
+        assert violations(name, fleet.resources) == []
+        (found,) = violations(name, broken(fleet, three_nodes))
+        assert "3 node(s)" in found and "iofleet-server (4 pods with surge)" in found, found
+        (found,) = violations(name, broken(fleet, unknown_type))
+        assert "x9.huge" in found and "INSTANCE_TYPES" in found
+
+    return after_deploy(check)
+
+
+@pulumi.runtime.test
+def test_surge_policy_counts_every_pod_of_the_stack() -> Any:
+    """dev: 2 x t3.large hold HAProxy (2 x 500m), the autoscaler, CoreDNS and 2 + 1
+    servers of 250m; four 1-CPU servers with their surge do not fit beside them."""
+    fleet = run_stack("dev")
+
+    def big_servers(resources: list[Recorded]) -> None:
+        deployment = find(resources, "Deployment", "iofleet-server")
+        deployment["spec"]["replicas"] = 4.0
+        server_container(resources)["resources"]["requests"]["cpu"] = "1"
+
+    def check() -> None:
+        name = "rollout-surge-fits-nodes"
+        assert violations(name, fleet.resources) == []
+        (found,) = violations(name, broken(fleet, big_servers))
+        assert "2 node(s)" in found and "(5 pods with surge)" in found, found
+
+    return after_deploy(check)
