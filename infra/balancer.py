@@ -29,8 +29,15 @@ from infra.workloads import HAPROXY_LABELS, RESTRICTED_CONTAINER, RESTRICTED_POD
 from iofleet.render import DnsDiscovery, HaproxyOptions, Timeouts, render_haproxy
 from server.contract import ADMIN_PORT, PUBLIC_PORT
 
-LB_CONTROLLER_CHART = ("aws-load-balancer-controller", "1.9.2", "https://aws.github.io/eks-charts")
-INGRESS_NGINX_CHART = ("ingress-nginx", "4.11.3", "https://kubernetes.github.io/ingress-nginx")
+# aws/eks-charts stable/aws-load-balancer-controller 3.5.0 (controller v3.5.0, 2026-08;
+# "v2.5.0+ requires Kubernetes 1.22+", no upper bound). Its IAM policy is the one in
+# infra/iam (docs/install/iam_policy.json at v3.5.0: the same actions).
+LB_CONTROLLER_CHART = ("aws-load-balancer-controller", "3.5.0", "https://aws.github.io/eks-charts")
+# kubernetes/ingress-nginx helm-chart-4.15.1 (controller v1.15.1, the last release before
+# the project's retirement in March 2026): carries the CVE-2025-1974 fix (v1.11.5 /
+# v1.12.1) and is e2e-tested on Kubernetes 1.31-1.35 (README, "Supported Versions").
+INGRESS_NGINX_CHART = ("ingress-nginx", "4.15.1", "https://kubernetes.github.io/ingress-nginx")
+INGRESS_NGINX_KUBERNETES = ("1.31", "1.32", "1.33", "1.34", "1.35")
 LB_CONTROLLER_SA = "aws-load-balancer-controller"
 HAPROXY = "iofleet-haproxy"
 HAPROXY_PORT = 8080
@@ -74,6 +81,9 @@ class BalancerController(pulumi.ComponentResource):
                 "region": args.region,
                 "vpcId": args.vpc_id,
                 "replicaCount": 2,
+                # Its Service webhook fails closed (failurePolicy Fail): with both
+                # replicas evicted at once no LoadBalancer Service could be written.
+                "podDisruptionBudget": {"maxUnavailable": 1},
                 "serviceAccount": {
                     "create": True,
                     "name": LB_CONTROLLER_SA,
@@ -112,6 +122,13 @@ class BalancerController(pulumi.ComponentResource):
                 "controller": {
                     "replicaCount": 2,
                     "ingressClassResource": {"name": "nginx", "default": False},
+                    # The admission webhook is what CVE-2025-1974 reached (unauthenticated,
+                    # from any pod). It only validates Ingress objects, and the one Ingress
+                    # here is the program's own (validated offline by the tests): off.
+                    "admissionWebhooks": {"enabled": False},
+                    # No configuration snippets from Ingress annotations (the CVE's other
+                    # half); the chart's default, stated so an upgrade cannot flip it.
+                    "allowSnippetAnnotations": False,
                     "config": {
                         # Above ping interval + ping timeout: see idle_timeout_seconds.
                         "proxy-read-timeout": idle,
@@ -122,6 +139,9 @@ class BalancerController(pulumi.ComponentResource):
                     },
                     "service": {
                         "annotations": nlb_annotations(s),
+                        # TLS ends at the NLB; without a certificate there is no TLS
+                        # listener, so no 443 at all (not 443 as plain TCP).
+                        "enableHttps": bool(s.certificate_arn),
                         "targetPorts": {"http": "http", "https": "http"},
                     },
                 },

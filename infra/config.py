@@ -557,7 +557,13 @@ def _warnings(config: Settings) -> list[str]:
     if config.kind != "regional":
         return []
     warning = support_warning(config.cluster_version, datetime.date.today())
-    return [warning] if warning else []
+    warnings = [warning] if warning else []
+    if config.balancer == "nginx":
+        warnings.append(
+            f"{full('balancer')}: nginx: ingress-nginx was retired in March 2026 and gets no "
+            "more security fixes; prefer haproxy or alb (docs/balancers.md, 'ingress-nginx')"
+        )
+    return warnings
 
 
 def validate(
