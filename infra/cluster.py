@@ -54,6 +54,13 @@ def _assume_role(service: str) -> str:
     )
 
 
+def _running_principal() -> str:
+    """The IAM role or user this `up` runs as: for an assumed role, the role's ARN (what
+    an access entry names), not the sts session's."""
+    caller = aws.get_caller_identity()
+    return str(aws.iam.get_session_context(arn=caller.arn).issuer_arn)
+
+
 class Cluster(pulumi.ComponentResource):
     """EKS with secrets envelope encryption, control-plane logs, a managed node group in
     the private subnets and an IAM OIDC provider so service accounts can assume roles."""
@@ -156,8 +163,14 @@ class Cluster(pulumi.ComponentResource):
 
     def _create_access_entries(self) -> None:
         """Cluster admin for each configured principal, so teammates and CI (other roles
-        than whoever ran the first `up`) can use kubectl and run later updates."""
+        than whoever ran the first `up`) can use kubectl and run later updates. Not for
+        the principal running this `up`: EKS bootstraps its entry
+        (bootstrap_cluster_creator_admin_permissions), and a second one for the same
+        principal fails with 409 ResourceInUseException."""
+        running = _running_principal()
         for index, arn in enumerate(self._args.admin_arns):
+            if arn == running:
+                continue
             entry = aws.eks.AccessEntry(
                 f"{self._name}-admin-{index}",
                 cluster_name=self._eks.name,

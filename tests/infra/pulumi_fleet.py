@@ -119,10 +119,15 @@ REGIONAL_OUTPUTS = {
 }
 
 
+CALLER_ROLE = "arn:aws:iam::444455556666:role/ci-deployer"
+"""Who the mocked AWS says runs `up` (an assumed-role session of this role)."""
+
+
 class FleetMocks(pulumi.runtime.Mocks):
     """Echo inputs back as outputs, plus the computed outputs the program reads."""
 
-    def __init__(self) -> None:
+    def __init__(self, caller_role: str = CALLER_ROLE) -> None:
+        self.caller_role = caller_role
         self.resources: list[Recorded] = []
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.ignore_changes: dict[str, list[str]] = {}
@@ -178,6 +183,28 @@ class FleetMocks(pulumi.runtime.Mocks):
         self.calls.append((args.token, dict(args.args)))
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {"names": ["az-a", "az-b", "az-c", "az-d"], "zoneIds": ["1", "2", "3", "4"]}
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            account, role = self.caller_role.split(":")[4], self.caller_role.split("/")[-1]
+            return {
+                "accountId": account,
+                "arn": f"arn:aws:sts::{account}:assumed-role/{role}/pulumi-up",
+                "userId": f"AROAEXAMPLE:{role}",
+                "id": account,
+            }
+        if args.token == "aws:iam/getSessionContext:getSessionContext":
+            # STS: an assumed-role session's issuer is its role; an IAM user is itself.
+            arn = str(args.args["arn"])
+            if ":assumed-role/" not in arn:
+                return {"arn": arn, "issuerArn": arn, "id": arn}
+            account = arn.split(":")[4]
+            role = arn.split("/")[1]
+            return {
+                "arn": arn,
+                "issuerArn": f"arn:aws:iam::{account}:role/{role}",
+                "issuerName": role,
+                "sessionName": arn.split("/")[2],
+                "id": arn,
+            }
         if args.token == "aws:lb/getLoadBalancer:getLoadBalancer":
             return _lb_outputs(str(args.args.get("name", "lb")))
         if args.token == "aws:lb/getTargetGroup:getTargetGroup" and "arn" not in args.args:

@@ -332,13 +332,26 @@ CI_ROLE = "arn:aws:iam::444455556666:role/ci-deployer"
 
 @pulumi.runtime.test
 def test_admin_principals_get_access_entries_with_the_cluster_admin_policy() -> Any:
+    """CI (the mocked caller) runs the first `up` and is listed, as the docs advise: EKS
+    bootstraps its entry, so the program makes one for the other principal only (a
+    second entry for the creator fails with 409 ResourceInUseException, issue 24)."""
     fleet = run_stack("dev", {"iofleet:cluster_admin_arns": [ROLE, CI_ROLE]})
+    other = run_stack(
+        "dev",
+        {"iofleet:cluster_admin_arns": [ROLE, CI_ROLE]},
+        mocks=FleetMocks(caller_role="arn:aws:iam::444455556666:role/someone-else"),
+    )
 
     def check() -> None:
         entries = fleet.of_type("aws:eks/accessEntry:AccessEntry")
-        assert sorted(e.inputs["principalArn"] for e in entries) == sorted([ROLE, CI_ROLE])
+        assert [e.inputs["principalArn"] for e in entries] == [ROLE]
         policies = fleet.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
-        assert sorted(p.inputs["principalArn"] for p in policies) == sorted([ROLE, CI_ROLE])
+        assert [p.inputs["principalArn"] for p in policies] == [ROLE]
+        (eks,) = fleet.of_type("aws:eks/cluster:Cluster")
+        assert eks.inputs["accessConfig"]["bootstrapClusterCreatorAdminPermissions"] is True
+        # Run by a principal not listed: both listed ones get entries.
+        entries = other.of_type("aws:eks/accessEntry:AccessEntry")
+        assert sorted(e.inputs["principalArn"] for e in entries) == sorted([ROLE, CI_ROLE])
         for policy in policies:
             assert policy.inputs["policyArn"].endswith("AmazonEKSClusterAdminPolicy")
             assert policy.inputs["accessScope"] == {"type": "cluster"}
