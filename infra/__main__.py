@@ -152,6 +152,7 @@ def global_(cfg: GlobalConfig) -> None:
                 lb_arn=ref.require_output("balancer_arn"),
                 lb_zone_id=ref.require_output("balancer_zone_id"),
                 scheme=ref.require_output("public_scheme"),
+                balancer=ref.require_output("balancer"),
                 key=name.rsplit("/", 1)[-1],
             )
         )

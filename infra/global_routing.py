@@ -28,6 +28,8 @@ class Region:
     lb_zone_id: pulumi.Output[str]
     scheme: pulumi.Output[str]
     """"https" when the regional balancer terminates TLS, else "http"."""
+    balancer: pulumi.Output[str]
+    """The regional stack's `balancer`: alb (an ALB) or nginx/haproxy (an NLB)."""
     key: str
     """Short stack name: names resources and the record's set identifier."""
 
@@ -140,13 +142,23 @@ class GlobalRouting(pulumi.ComponentResource):
                             "endpoint_id": region.lb_arn,
                             # 443 only to regions that serve TLS (weight 0 sends nothing).
                             "weight": region.scheme.apply(_weight(port)),
-                            "client_ip_preservation_enabled": True,
+                            "client_ip_preservation_enabled": pulumi.Output.all(
+                                region.balancer, region.scheme
+                            ).apply(lambda v: client_ip_preservation(v[0], v[1])),
                         }
                     ],
                     opts=opts,
                 )
         dns_name: pulumi.Output[str] = accelerator.dns_name
         return dns_name
+
+
+def client_ip_preservation(balancer: str, scheme: str) -> bool:
+    """Global Accelerator keeps the client's address for ALB endpoints, and for NLB
+    endpoints only without TLS listeners: AWS refuses ClientIPPreservationEnabled for an
+    NLB with a TLS listener (Global Accelerator API, EndpointConfiguration). The
+    regional NLB (nginx, haproxy) has a TLS listener exactly when it serves https."""
+    return balancer == "alb" or scheme != "https"
 
 
 def _weight(port: int) -> Callable[[str], int]:

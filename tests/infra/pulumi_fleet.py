@@ -116,6 +116,7 @@ REGIONAL_OUTPUTS = {
     "balancer_arn": "arn:aws:elasticloadbalancing:us-east-1:111122223333:loadbalancer/app/x/1",
     "balancer_zone_id": "Z35SXDOTRQ7X7K",
     "public_scheme": "https",
+    "balancer": "alb",
 }
 
 
@@ -126,8 +127,12 @@ CALLER_ROLE = "arn:aws:iam::444455556666:role/ci-deployer"
 class FleetMocks(pulumi.runtime.Mocks):
     """Echo inputs back as outputs, plus the computed outputs the program reads."""
 
-    def __init__(self, caller_role: str = CALLER_ROLE) -> None:
+    def __init__(
+        self, caller_role: str = CALLER_ROLE, balancers: dict[str, str] | None = None
+    ) -> None:
         self.caller_role = caller_role
+        self.balancers = balancers or {}
+        """Region -> the `balancer` its mocked regional stack reports (default alb)."""
         self.resources: list[Recorded] = []
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.ignore_changes: dict[str, list[str]] = {}
@@ -169,6 +174,7 @@ class FleetMocks(pulumi.runtime.Mocks):
                 "outputs": {
                     **REGIONAL_OUTPUTS,
                     "region": _region_of(inputs.get("name", name)),
+                    "balancer": self.balancers.get(_region_of(inputs.get("name", name)), "alb"),
                     # One region without a certificate, to show what differs for it.
                     "public_scheme": (
                         "http" if _region_of(inputs.get("name", name)) == HTTP_REGION else "https"

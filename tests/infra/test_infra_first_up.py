@@ -417,6 +417,33 @@ def test_accelerator_provider_acts_as_the_stack_and_443_goes_only_to_tls_regions
     return after_deploy(check)
 
 
+@pulumi.runtime.test
+def test_accelerator_preserves_client_ips_only_where_aws_allows_it() -> Any:
+    """AWS refuses client IP preservation for an NLB endpoint with a TLS listener (issue
+    24): us-east-1 serves TLS on an NLB (nginx), the HTTP region runs HAProxy's NLB
+    without TLS; with ALBs (the default mock) every endpoint keeps client addresses."""
+    nlb = run_stack(
+        "global",
+        {"iofleet:global_routing": "accelerator"},
+        mocks=FleetMocks(balancers={"us-east-1": "nginx", HTTP_REGION: "haproxy"}),
+    )
+    alb = run_stack("global", {"iofleet:global_routing": "accelerator"})
+
+    def preserved(fleet: FleetMocks) -> dict[str, bool]:
+        return {
+            g.inputs["endpointGroupRegion"]: g.inputs["endpointConfigurations"][0][
+                "clientIpPreservationEnabled"
+            ]
+            for g in fleet.of_type("aws:globalaccelerator/endpointGroup:EndpointGroup")
+        }
+
+    def check() -> None:
+        assert preserved(nlb) == {"us-east-1": False, HTTP_REGION: True}
+        assert preserved(alb) == {"us-east-1": True, HTTP_REGION: True}
+
+    return after_deploy(check)
+
+
 # --- Prometheus selector --------------------------------------------------------------------
 
 
