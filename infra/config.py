@@ -62,6 +62,7 @@ DOC_NETWORKS = tuple(
     ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 )
 DOC_DOMAIN = re.compile(r"(^|\.)example\.(com|org|net)$")
+RESERVED_TLDS = (".example", ".invalid", ".test", ".localhost")
 
 
 class ConfigError(ValueError):
@@ -343,6 +344,13 @@ class Settings(BaseModel):
     def _email(cls, value: str) -> str:
         if value and "@" not in value:
             raise ValueError(f"{value!r} is not an email address")
+        domain = value.rpartition("@")[2].lower()
+        # RFC 2606 names: documentation domains and reserved TLDs never receive mail.
+        if value and (DOC_DOMAIN.search(domain) or domain.endswith(RESERVED_TLDS)):
+            raise ValueError(
+                f"{value!r} is a placeholder; put the address of your on-call list (or "
+                "remove the key and subscribe the alarm topic yourself)"
+            )
         return value
 
     @field_validator("regional_stacks")

@@ -52,6 +52,7 @@ for _region in ("us-east-1", "eu-west-1"):
         "iofleet:certificate_arn": (
             f"arn:aws:acm:{_region}:444455556666:certificate/6f1c2b9e-1d2a-4c5b-8e7f-0a1b2c3d4e5f"
         ),
+        "iofleet:alarm_email": "oncall@acme.io",
     }
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"

@@ -86,6 +86,9 @@ def test_every_stack_file_loads_with_the_operators_values(stack: str) -> None:
         ({"iofleet:server_memory": "1GB"}, ["iofleet:server_memory", "quantity"]),
         ({"iofleet:certificate_arn": "cert-123"}, ["iofleet:certificate_arn", "ACM"]),
         ({"iofleet:alarm_email": "oncall"}, ["iofleet:alarm_email", "email"]),
+        # Issue 24: both prod stacks shipped oncall@example.com and passed.
+        ({"iofleet:alarm_email": "oncall@example.com"}, ["iofleet:alarm_email", "placeholder"]),
+        ({"iofleet:alarm_email": "ops@pager.example"}, ["iofleet:alarm_email", "placeholder"]),
         ({"iofleet:kind": "regionl"}, ["iofleet:kind", "regional", "global"]),
         ({"aws:region": ""}, ["aws:region is required"]),
         (

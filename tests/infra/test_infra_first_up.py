@@ -114,6 +114,7 @@ SHIPPED_PLACEHOLDERS = {
         "iofleet:autoscaler_image",
         "iofleet:cors_origins",
         "iofleet:certificate_arn",
+        "iofleet:alarm_email",
     ],
     "global": ["iofleet:domain", "iofleet:hosted_zone_id"],
 }
