@@ -99,12 +99,16 @@ def regional(cfg: RegionalConfig) -> None:
         ),
     )
     service.create_deployment(after=balancer.route)
+    # Observability waits for the autoscaler too: it scrapes the cert-manager it installs.
+    scaled: list[pulumi.Resource] = []
     if cfg.has_autoscaler:
-        Autoscaler(
-            "autoscaler",
-            AutoscalerArgs(
-                cfg, cluster.provider, service.deployment_name, cfg.namespace, [service]
-            ),
+        scaled.append(
+            Autoscaler(
+                "autoscaler",
+                AutoscalerArgs(
+                    cfg, cluster.provider, service.deployment_name, cfg.namespace, [service]
+                ),
+            )
         )
     Observability(
         "observability",
@@ -115,6 +119,7 @@ def regional(cfg: RegionalConfig) -> None:
             prometheus_operator=cfg.prometheus_operator,
             selector_label=cfg.prometheus_selector_label,
             install_prometheus_stack=cfg.prometheus_stack_install,
+            cert_manager=cfg.has_autoscaler,
             admin_service_labels=service.admin_service_labels,
             redis_member_ids=redis.member_cluster_ids,
             lb_type=balancer.lb_type,
@@ -123,7 +128,7 @@ def regional(cfg: RegionalConfig) -> None:
             alarm_email=cfg.alarm_email,
             name_prefix=cfg.name,
             tags=tags,
-            depends_on=[service],
+            depends_on=[service, *scaled],
         ),
     )
     pulumi.export("region", cfg.region)

@@ -13,7 +13,13 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import yaml
 
-from infra.workloads import SERVER, SERVER_LABELS
+from infra.workloads import (
+    AUTOSCALER,
+    CERT_MANAGER_NAMESPACE,
+    CUSTOM_METRICS_GROUP,
+    SERVER,
+    SERVER_LABELS,
+)
 
 DASHBOARD = Path(__file__).parent / "dashboards" / "iofleet.json"
 # prometheus-community/helm-charts charts/kube-prometheus-stack 88.5.3 (operator v0.93.1,
@@ -161,6 +167,27 @@ def alert_rules(namespace: str, t: Thresholds) -> list[dict[str, Any]]:
             "warning",
             "server pods Pending for 10 min: no node has room (add nodes or lower server_cpu)",
         ),
+        rule(
+            # kube-apiserver's view of the aggregated API: an expired or unknown serving
+            # cert, or no ready autoscaler, and the HPA is blind.
+            "IofleetMetricsApiUnavailable",
+            "max(aggregator_unavailable_apiservice"
+            f'{{name=~"v1beta[12].{CUSTOM_METRICS_GROUP}"}}) > 0',
+            "5m",
+            "critical",
+            "custom.metrics.k8s.io unavailable: the HPA cannot read iofleet_connections",
+        ),
+        rule(
+            # cert-manager renews 30 days before expiry (infra/workloads.py); 14 days
+            # left means renewal has been failing for two weeks.
+            "IofleetServingCertExpiring",
+            "min(certmanager_certificate_expiration_timestamp_seconds"
+            f'{{name="{AUTOSCALER}"}}) - time() < {14 * 86400}',
+            "1h",
+            "warning",
+            "the autoscaler's serving certificate expires within 14 days (cert-manager "
+            "renewal failing?)",
+        ),
     ]
     return [{"name": "iofleet.rules", "rules": rules}]
 
@@ -183,6 +210,8 @@ class ObservabilityArgs:
     name_prefix: str
     tags: dict[str, str]
     depends_on: list[pulumi.Resource]
+    cert_manager: bool = False
+    """cert-manager runs (the autoscaler's certificate): scrape it for the expiry alert."""
     install_prometheus_stack: bool = False
     """With prometheus_operator: install kube-prometheus-stack here (its CRDs and
     namespace), so a first `up` on a new cluster finds them."""
@@ -291,6 +320,29 @@ class Observability(pulumi.ComponentResource):
             },
             opts=self._k8s,
         )
+        if a.cert_manager:
+            # cert-manager's metrics Service (chart default prometheus.enabled): the
+            # serving-cert expiry alert reads certmanager_certificate_* from it.
+            k8s.apiextensions.CustomResource(
+                f"{name}-cert-manager-monitor",
+                api_version="monitoring.coreos.com/v1",
+                kind="ServiceMonitor",
+                metadata={
+                    "name": "cert-manager",
+                    "namespace": CERT_MANAGER_NAMESPACE,
+                    "labels": labels,
+                },
+                spec={
+                    "selector": {
+                        "matchLabels": {
+                            "app.kubernetes.io/name": "cert-manager",
+                            "app.kubernetes.io/component": "controller",
+                        }
+                    },
+                    "endpoints": [{"port": "tcp-prometheus-servicemonitor", "interval": "60s"}],
+                },
+                opts=self._k8s,
+            )
         k8s.apiextensions.CustomResource(
             f"{name}-rules",
             api_version="monitoring.coreos.com/v1",

@@ -4,14 +4,12 @@ platform team would review with kubectl."""
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
-import pulumi_tls as tls
 
 from infra.config import RegionalConfig
 from server.contract import ADMIN_PORT, CONNECTIONS_METRIC, PUBLIC_PORT
@@ -19,6 +17,7 @@ from server.contract import ADMIN_PORT, CONNECTIONS_METRIC, PUBLIC_PORT
 SERVER = "iofleet-server"
 AUTOSCALER = "iofleet-autoscaler"
 METRICS_API_PORT = 6443
+CUSTOM_METRICS_GROUP = "custom.metrics.k8s.io"
 # Services made before their pods exist: Pulumi's Service await would wait for ready
 # endpoints that only the later Deployment brings (pulumi-kubernetes Service docs).
 NO_AWAIT = {"pulumi.com/skipAwait": "true"}
@@ -29,6 +28,25 @@ HAPROXY_LABELS = {
     "app.kubernetes.io/part-of": "iofleet",
 }
 UID = 10001
+# cert-manager/cert-manager v1.21.1 (chart cert-manager v1.21.1, charts.jetstack.io):
+# issues and renews the autoscaler's serving certificate in the cluster, and its
+# cainjector writes the CA into the APIServices' caBundle.
+CERT_MANAGER_CHART = ("cert-manager", "v1.21.1", "https://charts.jetstack.io")
+CERT_MANAGER_NAMESPACE = "cert-manager"
+TLS_DIR = "/etc/iofleet/tls"
+# The autoscaler reads its certificate once at start; cert-manager renews it 30 days
+# before expiry and the kubelet updates the mounted file. The liveness check restarts
+# the container when the certificate it serves is no longer the mounted one (and when
+# /healthz fails), so a renewal takes effect within a few probe periods.
+AUTOSCALER_LIVENESS = (
+    "import ssl, sys, urllib.request as r; "
+    "c = ssl.create_default_context(); c.check_hostname = False; c.verify_mode = ssl.CERT_NONE; "
+    "r.urlopen('https://127.0.0.1:{port}/healthz', context=c, timeout=2); "
+    "served = ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(('127.0.0.1', {port}))); "
+    "end = '-----END CERTIFICATE-----'; "
+    "mounted = open('{tls_dir}/tls.crt').read().split(end)[0] + end + chr(10); "
+    "sys.exit(served != ssl.PEM_cert_to_DER_cert(mounted))"
+)
 
 # The preStop hook: ask the server to drain and block until it is done, so Kubernetes
 # sends SIGTERM only to an empty process. Plain python (the image has no curl). If the
@@ -489,11 +507,13 @@ class Autoscaler(pulumi.ComponentResource):
             parent=self, provider=args.provider, depends_on=args.depends_on
         )
         self._create_rbac(name)
-        ca_pem = self._create_tls(name)
-        self._create_deployment(name)
+        certificate = self._create_tls(name)
+        deployment = self._create_deployment(name, certificate)
         self._create_service(name)
         if args.settings.autoscaling == "hpa":
-            self._create_api_services(name, ca_pem)
+            # After the autoscaler is ready: an APIService without a live backend makes
+            # every discovery call (kubectl, Helm) warn and the HPA go blind.
+            self._create_api_services(name, [deployment, certificate])
         self.register_outputs({})
 
     def _create_rbac(self, name: str) -> None:
@@ -593,52 +613,88 @@ class Autoscaler(pulumi.ComponentResource):
             opts=self._opts,
         )
 
-    def _create_tls(self, name: str) -> pulumi.Output[str]:
-        """A private CA (its cert goes in the APIService caBundle) and a serving cert for
-        the Service DNS names. `pulumi up` renews the cert in its last 30 days."""
-        child = pulumi.ResourceOptions(parent=self)
-        ca_key = tls.PrivateKey(f"{name}-ca-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
-        ca = tls.SelfSignedCert(
-            f"{name}-ca",
-            private_key_pem=ca_key.private_key_pem,
-            subject={"common_name": "iofleet-autoscaler-ca", "organization": "iofleet"},
-            is_ca_certificate=True,
-            validity_period_hours=10 * 365 * 24,
-            allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
-            opts=child,
+    def _cert_manager_object(
+        self, name: str, kind: str, object_name: str, spec: dict[str, Any], after: list[Any]
+    ) -> k8s.apiextensions.CustomResource:
+        return k8s.apiextensions.CustomResource(
+            name,
+            api_version="cert-manager.io/v1",
+            kind=kind,
+            metadata=meta(object_name, self._ns, AUTOSCALER_LABELS),
+            spec=spec,
+            opts=pulumi.ResourceOptions.merge(self._opts, pulumi.ResourceOptions(depends_on=after)),
         )
-        key = tls.PrivateKey(f"{name}-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child)
-        dns = [
-            f"{AUTOSCALER}.{self._ns}.svc",
-            f"{AUTOSCALER}.{self._ns}.svc.cluster.local",
-        ]
-        csr = tls.CertRequest(
-            f"{name}-csr",
-            private_key_pem=key.private_key_pem,
-            subject={"common_name": dns[0]},
-            dns_names=dns,
-            opts=child,
-        )
-        cert = tls.LocallySignedCert(
-            f"{name}-cert",
-            cert_request_pem=csr.cert_request_pem,
-            ca_private_key_pem=ca_key.private_key_pem,
-            ca_cert_pem=ca.cert_pem,
-            validity_period_hours=365 * 24,
-            early_renewal_hours=30 * 24,
-            allowed_uses=["digital_signature", "key_encipherment", "server_auth"],
-            opts=child,
-        )
-        k8s.core.v1.Secret(
-            f"{name}-tls",
-            metadata=meta(f"{AUTOSCALER}-tls", self._ns, AUTOSCALER_LABELS),
-            type="kubernetes.io/tls",
-            string_data={"tls.crt": cert.cert_pem, "tls.key": key.private_key_pem},
+
+    def _create_tls(self, name: str) -> k8s.apiextensions.CustomResource:
+        """cert-manager (a pinned release with its CRDs), a private CA issued in the
+        cluster and the serving certificate signed by it: 90 days, renewed 30 days
+        before expiry without a `pulumi up`."""
+        release = k8s.helm.v3.Release(
+            f"{name}-cert-manager",
+            chart=CERT_MANAGER_CHART[0],
+            version=CERT_MANAGER_CHART[1],
+            repository_opts={"repo": CERT_MANAGER_CHART[2]},
+            namespace=CERT_MANAGER_NAMESPACE,
+            create_namespace=True,
+            # The CRDs come with the release (none exist on a new cluster); kept if the
+            # release is ever uninstalled, so certificates are not deleted with it.
+            values={"crds": {"enabled": True, "keep": True}},
+            atomic=True,
+            timeout=600,
             opts=self._opts,
         )
-        return ca.cert_pem
+        key = {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"}
+        self_signed = self._cert_manager_object(
+            f"{name}-selfsigned",
+            "Issuer",
+            f"{AUTOSCALER}-selfsigned",
+            {"selfSigned": {}},
+            [release],
+        )
+        ca = self._cert_manager_object(
+            f"{name}-ca",
+            "Certificate",
+            f"{AUTOSCALER}-ca",
+            {
+                "isCA": True,
+                "commonName": f"{AUTOSCALER}-ca",
+                "secretName": f"{AUTOSCALER}-ca",
+                "duration": "87600h",  # 10 years; renewed (and re-injected) 30 days early
+                "renewBefore": "720h",
+                "privateKey": key,
+                "issuerRef": {"name": f"{AUTOSCALER}-selfsigned", "kind": "Issuer"},
+            },
+            [self_signed],
+        )
+        issuer = self._cert_manager_object(
+            f"{name}-ca-issuer",
+            "Issuer",
+            f"{AUTOSCALER}-ca",
+            {"ca": {"secretName": f"{AUTOSCALER}-ca"}},
+            [ca],
+        )
+        return self._cert_manager_object(
+            f"{name}-cert",
+            "Certificate",
+            AUTOSCALER,
+            {
+                "secretName": f"{AUTOSCALER}-tls",
+                "duration": "2160h",  # 90 days
+                "renewBefore": "720h",  # 30 days: the expiry alert fires at 14
+                "dnsNames": [
+                    f"{AUTOSCALER}.{self._ns}.svc",
+                    f"{AUTOSCALER}.{self._ns}.svc.cluster.local",
+                ],
+                "privateKey": key,
+                "usages": ["digital signature", "key encipherment", "server auth"],
+                "issuerRef": {"name": f"{AUTOSCALER}-ca", "kind": "Issuer"},
+            },
+            [issuer],
+        )
 
-    def _create_deployment(self, name: str) -> None:
+    def _create_deployment(
+        self, name: str, certificate: k8s.apiextensions.CustomResource
+    ) -> k8s.apps.v1.Deployment:
         s = self._args.settings
         env = {
             "IOFLEET_AUTOSCALER_NAMESPACE": self._ns,
@@ -648,8 +704,8 @@ class Autoscaler(pulumi.ComponentResource):
             ),
             "IOFLEET_AUTOSCALER_ADMIN_PORT": str(ADMIN_PORT),
             "IOFLEET_AUTOSCALER_METRICS_PORT": str(METRICS_API_PORT),
-            "IOFLEET_AUTOSCALER_TLS_CERT_FILE": "/etc/iofleet/tls/tls.crt",
-            "IOFLEET_AUTOSCALER_TLS_KEY_FILE": "/etc/iofleet/tls/tls.key",
+            "IOFLEET_AUTOSCALER_TLS_CERT_FILE": f"{TLS_DIR}/tls.crt",
+            "IOFLEET_AUTOSCALER_TLS_KEY_FILE": f"{TLS_DIR}/tls.key",
             "IOFLEET_AUTOSCALER_TARGET_CONNECTIONS": str(s.target_connections),
             "IOFLEET_AUTOSCALER_MIN": str(s.min_replicas),
             "IOFLEET_AUTOSCALER_MAX": str(s.max_replicas),
@@ -674,16 +730,23 @@ class Autoscaler(pulumi.ComponentResource):
                 "periodSeconds": 10,
             },
             "livenessProbe": {
-                "httpGet": {"path": "/healthz", "port": "https", "scheme": "HTTPS"},
+                "exec": {
+                    "command": [
+                        "python",
+                        "-c",
+                        AUTOSCALER_LIVENESS.format(port=METRICS_API_PORT, tls_dir=TLS_DIR),
+                    ]
+                },
                 "periodSeconds": 20,
+                "timeoutSeconds": 5,
             },
             "securityContext": RESTRICTED_CONTAINER,
             "volumeMounts": [
-                {"name": "tls", "mountPath": "/etc/iofleet/tls", "readOnly": True},
+                {"name": "tls", "mountPath": TLS_DIR, "readOnly": True},
                 {"name": "tmp", "mountPath": "/tmp"},
             ],
         }
-        k8s.apps.v1.Deployment(
+        deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=meta(AUTOSCALER, self._ns, AUTOSCALER_LABELS),
             spec={
@@ -704,7 +767,10 @@ class Autoscaler(pulumi.ComponentResource):
                     },
                 },
             },
-            opts=self._opts,
+            # The Secret its pods mount is written by cert-manager for this Certificate.
+            opts=pulumi.ResourceOptions.merge(
+                self._opts, pulumi.ResourceOptions(depends_on=[certificate])
+            ),
         )
         k8s.networking.v1.NetworkPolicy(
             f"{name}-netpol",
@@ -717,6 +783,7 @@ class Autoscaler(pulumi.ComponentResource):
             },
             opts=self._opts,
         )
+        return deployment
 
     def _create_service(self, name: str) -> None:
         k8s.core.v1.Service(
@@ -730,24 +797,27 @@ class Autoscaler(pulumi.ComponentResource):
             opts=self._opts,
         )
 
-    def _create_api_services(self, name: str, ca_pem: pulumi.Output[str]) -> None:
-        bundle = ca_pem.apply(lambda pem: base64.b64encode(pem.encode()).decode())
+    def _create_api_services(self, name: str, after: list[pulumi.Resource]) -> None:
         for version, priority in (("v1beta1", 100), ("v1beta2", 200)):
             k8s.apiregistration.v1.APIService(
                 f"{name}-{version}",
                 metadata={
                     "name": f"{version}.custom.metrics.k8s.io",
                     "labels": AUTOSCALER_LABELS,
+                    # cert-manager's cainjector keeps caBundle equal to the CA that signs
+                    # the serving certificate (the field is left to it: not set here).
+                    "annotations": {"cert-manager.io/inject-ca-from": f"{self._ns}/{AUTOSCALER}"},
                 },
                 spec={
                     "group": "custom.metrics.k8s.io",
                     "version": version,
                     "service": {"name": AUTOSCALER, "namespace": self._ns, "port": 443},
-                    "caBundle": bundle,
                     "insecureSkipTLSVerify": False,
                     "groupPriorityMinimum": 100,
                     # v1beta2 preferred where both are served.
                     "versionPriority": priority,
                 },
-                opts=self._opts,
+                opts=pulumi.ResourceOptions.merge(
+                    self._opts, pulumi.ResourceOptions(depends_on=after)
+                ),
             )

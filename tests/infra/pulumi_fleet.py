@@ -162,10 +162,6 @@ class FleetMocks(pulumi.runtime.Mocks):
                 "primaryEndpointAddress": "master.iofleet.cache.amazonaws.com",
             },
             "random:index/randomPassword:RandomPassword": {"result": f"pw-{name}"},
-            "tls:index/privateKey:PrivateKey": {"privateKeyPem": f"KEY {name}"},
-            "tls:index/selfSignedCert:SelfSignedCert": {"certPem": f"CERT {name}"},
-            "tls:index/certRequest:CertRequest": {"certRequestPem": f"CSR {name}"},
-            "tls:index/locallySignedCert:LocallySignedCert": {"certPem": f"CERT {name}"},
             "kubernetes:networking.k8s.io/v1:Ingress": {"status": hostname},
             "kubernetes:core/v1:Service": {"status": hostname},
             "aws:globalaccelerator/accelerator:Accelerator": {
@@ -317,6 +313,17 @@ def run_stack(
     use_config(stack_config(stack, overrides))
     runpy.run_path(str(PROGRAM), run_name="__main__")
     return mocks
+
+
+async def deployed(
+    stack: str, overrides: dict[str, Any] | None = None, *, mocks: FleetMocks | None = None
+) -> FleetMocks:
+    """run_stack, then wait until every registration it queued has completed. A test that
+    runs two stacks must let the first settle before the second replaces the mocks, or
+    the first one's later registrations land in the second's recorder."""
+    fleet = run_stack(stack, overrides, mocks=mocks)
+    await wait_for_rpcs(await_all_outstanding_tasks=False)
+    return fleet
 
 
 def after_deploy(check: Callable[[], None]) -> Coroutine[Any, Any, None]:

@@ -8,8 +8,9 @@ import re
 from infra.observability import Thresholds, alert_rules
 from server.core.metrics import Metrics
 
-# Metrics the rules read from elsewhere (kubelet/cAdvisor, kube-state-metrics).
-EXTERNAL = re.compile(r"^(container_|kube_)")
+# Metrics the rules read from elsewhere (kubelet/cAdvisor, kube-state-metrics,
+# kube-apiserver's aggregator, cert-manager).
+EXTERNAL = re.compile(r"^(container_|kube_|aggregator_|certmanager_)")
 
 
 def exported() -> set[str]:
@@ -56,3 +57,16 @@ def test_pending_server_pods_are_alerted() -> None:
     assert "kube_pod_status_phase{" in expr and 'phase="Pending"' in expr
     assert 'namespace="iofleet"' in expr and 'pod=~"iofleet-server-.+"' in expr
     assert rule["for"] == "10m"
+
+
+def test_the_metrics_api_and_its_certificate_are_alerted() -> None:
+    """The aggregated API's serving cert used to renew only on `pulumi up` (issue 24):
+    alert when the APIService is unavailable and when renewal has been failing."""
+    by_name = {r["alert"]: r for r in rules()}
+    down = str(by_name["IofleetMetricsApiUnavailable"]["expr"])
+    assert "aggregator_unavailable_apiservice{" in down and "custom.metrics.k8s.io" in down
+    expiring = str(by_name["IofleetServingCertExpiring"]["expr"])
+    assert 'certmanager_certificate_expiration_timestamp_seconds{name="iofleet-autoscaler"}' in (
+        expiring
+    )
+    assert f"< {14 * 86400}" in expiring

@@ -27,6 +27,7 @@ from pulumi_fleet import (
     STACKS,
     FleetMocks,
     after_deploy,
+    deployed,
     run_stack,
 )
 
@@ -262,7 +263,7 @@ def test_operator_objects_wait_for_the_release_that_installs_their_crds(stack: s
             assert release.name in fleet.dependencies[r.name], r.name
         # Prometheus selects our objects by the label they carry.
         spec = release.inputs["values"]["prometheus"]["prometheusSpec"]
-        (monitor,) = fleet.kubernetes("ServiceMonitor")
+        (monitor,) = fleet.kubernetes("ServiceMonitor", "iofleet-server")
         for key, value in spec["serviceMonitorSelector"]["matchLabels"].items():
             assert monitor.inputs["metadata"]["labels"][key] == value
         assert release.inputs["name"] == "prometheus"  # release=prometheus selects its own
@@ -336,28 +337,32 @@ def test_admin_principals_get_access_entries_with_the_cluster_admin_policy() -> 
     """CI (the mocked caller) runs the first `up` and is listed, as the docs advise: EKS
     bootstraps its entry, so the program makes one for the other principal only (a
     second entry for the creator fails with 409 ResourceInUseException, issue 24)."""
-    fleet = run_stack("dev", {"iofleet:cluster_admin_arns": [ROLE, CI_ROLE]})
-    other = run_stack(
-        "dev",
-        {"iofleet:cluster_admin_arns": [ROLE, CI_ROLE]},
-        mocks=FleetMocks(caller_role="arn:aws:iam::444455556666:role/someone-else"),
-    )
 
-    def check() -> None:
-        entries = fleet.of_type("aws:eks/accessEntry:AccessEntry")
-        assert [e.inputs["principalArn"] for e in entries] == [ROLE]
-        policies = fleet.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
-        assert [p.inputs["principalArn"] for p in policies] == [ROLE]
-        (eks,) = fleet.of_type("aws:eks/cluster:Cluster")
-        assert eks.inputs["accessConfig"]["bootstrapClusterCreatorAdminPermissions"] is True
-        # Run by a principal not listed: both listed ones get entries.
-        entries = other.of_type("aws:eks/accessEntry:AccessEntry")
-        assert sorted(e.inputs["principalArn"] for e in entries) == sorted([ROLE, CI_ROLE])
-        for policy in policies:
-            assert policy.inputs["policyArn"].endswith("AmazonEKSClusterAdminPolicy")
-            assert policy.inputs["accessScope"] == {"type": "cluster"}
+    async def run() -> None:
+        fleet = await deployed("dev", {"iofleet:cluster_admin_arns": [ROLE, CI_ROLE]})
+        other = await deployed(
+            "dev",
+            {"iofleet:cluster_admin_arns": [ROLE, CI_ROLE]},
+            mocks=FleetMocks(caller_role="arn:aws:iam::444455556666:role/someone-else"),
+        )
 
-    return after_deploy(check)
+        def check() -> None:
+            entries = fleet.of_type("aws:eks/accessEntry:AccessEntry")
+            assert [e.inputs["principalArn"] for e in entries] == [ROLE]
+            policies = fleet.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
+            assert [p.inputs["principalArn"] for p in policies] == [ROLE]
+            (eks,) = fleet.of_type("aws:eks/cluster:Cluster")
+            assert eks.inputs["accessConfig"]["bootstrapClusterCreatorAdminPermissions"] is True
+            # Run by a principal not listed: both listed ones get entries.
+            entries = other.of_type("aws:eks/accessEntry:AccessEntry")
+            assert sorted(e.inputs["principalArn"] for e in entries) == sorted([ROLE, CI_ROLE])
+            for policy in policies:
+                assert policy.inputs["policyArn"].endswith("AmazonEKSClusterAdminPolicy")
+                assert policy.inputs["accessScope"] == {"type": "cluster"}
+
+        check()
+
+    return run()
 
 
 def _kubeconfig_user(fleet: FleetMocks) -> dict[str, Any]:
@@ -368,20 +373,23 @@ def _kubeconfig_user(fleet: FleetMocks) -> dict[str, Any]:
 
 @pulumi.runtime.test
 def test_kubeconfig_asks_for_tokens_as_the_stacks_own_aws_identity() -> Any:
-    fleet = run_stack(
-        "dev",
-        {"aws:profile": "acme-prod", "aws:assumeRoles": [{"roleArn": CI_ROLE}]},
-    )
-    plain = run_stack("prod-us-east-1")
+    async def run() -> None:
+        fleet = await deployed(
+            "dev",
+            {"aws:profile": "acme-prod", "aws:assumeRoles": [{"roleArn": CI_ROLE}]},
+        )
+        plain = await deployed("prod-us-east-1")
 
-    def check() -> None:
-        user = _kubeconfig_user(fleet)
-        assert user["args"][-2:] == ["--role-arn", CI_ROLE]
-        assert user["env"] == [{"name": "AWS_PROFILE", "value": "acme-prod"}]
-        user = _kubeconfig_user(plain)
-        assert "--role-arn" not in user["args"] and "env" not in user
+        def check() -> None:
+            user = _kubeconfig_user(fleet)
+            assert user["args"][-2:] == ["--role-arn", CI_ROLE]
+            assert user["env"] == [{"name": "AWS_PROFILE", "value": "acme-prod"}]
+            user = _kubeconfig_user(plain)
+            assert "--role-arn" not in user["args"] and "env" not in user
 
-    return after_deploy(check)
+        check()
+
+    return run()
 
 
 # --- global routing ------------------------------------------------------------------------
@@ -418,29 +426,33 @@ def test_accelerator_provider_acts_as_the_stack_and_443_goes_only_to_tls_regions
     return after_deploy(check)
 
 
+@pytest.mark.parametrize(
+    ("balancers", "expected"),
+    [
+        ({"us-east-1": "nginx", HTTP_REGION: "haproxy"}, {"us-east-1": False, HTTP_REGION: True}),
+        ({}, {"us-east-1": True, HTTP_REGION: True}),
+    ],
+    ids=["nlb", "alb"],
+)
 @pulumi.runtime.test
-def test_accelerator_preserves_client_ips_only_where_aws_allows_it() -> Any:
+def test_accelerator_preserves_client_ips_only_where_aws_allows_it(
+    balancers: dict[str, str], expected: dict[str, bool]
+) -> Any:
     """AWS refuses client IP preservation for an NLB endpoint with a TLS listener (issue
     24): us-east-1 serves TLS on an NLB (nginx), the HTTP region runs HAProxy's NLB
     without TLS; with ALBs (the default mock) every endpoint keeps client addresses."""
-    nlb = run_stack(
-        "global",
-        {"iofleet:global_routing": "accelerator"},
-        mocks=FleetMocks(balancers={"us-east-1": "nginx", HTTP_REGION: "haproxy"}),
+    fleet = run_stack(
+        "global", {"iofleet:global_routing": "accelerator"}, mocks=FleetMocks(balancers=balancers)
     )
-    alb = run_stack("global", {"iofleet:global_routing": "accelerator"})
 
-    def preserved(fleet: FleetMocks) -> dict[str, bool]:
-        return {
+    def check() -> None:
+        preserved = {
             g.inputs["endpointGroupRegion"]: g.inputs["endpointConfigurations"][0][
                 "clientIpPreservationEnabled"
             ]
             for g in fleet.of_type("aws:globalaccelerator/endpointGroup:EndpointGroup")
         }
-
-    def check() -> None:
-        assert preserved(nlb) == {"us-east-1": False, HTTP_REGION: True}
-        assert preserved(alb) == {"us-east-1": True, HTTP_REGION: True}
+        assert preserved == expected
 
     return after_deploy(check)
 
@@ -450,17 +462,22 @@ def test_accelerator_preserves_client_ips_only_where_aws_allows_it() -> Any:
 
 @pulumi.runtime.test
 def test_prometheus_selector_label_is_configurable() -> Any:
-    fleet = run_stack("prod-us-east-1", {"iofleet:prometheus_selector_label": "release=kps"})
-    unlabelled = run_stack("prod-us-east-1", {"iofleet:prometheus_selector_label": "none"})
+    async def run() -> None:
+        fleet = await deployed(
+            "prod-us-east-1", {"iofleet:prometheus_selector_label": "release=kps"}
+        )
+        unlabelled = await deployed("prod-us-east-1", {"iofleet:prometheus_selector_label": "none"})
 
-    def check() -> None:
-        for kind in ("ServiceMonitor", "PrometheusRule"):
-            (found,) = [r for r in fleet.resources if r.inputs.get("kind") == kind]
-            assert found.inputs["metadata"]["labels"]["release"] == "kps"
-            (found,) = [r for r in unlabelled.resources if r.inputs.get("kind") == kind]
-            assert "release" not in found.inputs["metadata"]["labels"]
+        def check() -> None:
+            for kind in ("ServiceMonitor", "PrometheusRule"):
+                (found,) = fleet.kubernetes(kind, "iofleet-server")
+                assert found.inputs["metadata"]["labels"]["release"] == "kps"
+                (found,) = unlabelled.kubernetes(kind, "iofleet-server")
+                assert "release" not in found.inputs["metadata"]["labels"]
 
-    return after_deploy(check)
+        check()
+
+    return run()
 
 
 # --- provider versions ----------------------------------------------------------------------

@@ -14,9 +14,10 @@ from pulumi_fleet import REGIONAL_STACKS, FleetMocks, after_deploy, run_stack
 from infra.config import DEFAULT_CLUSTER_VERSION
 
 K8S_VERSION = DEFAULT_CLUSTER_VERSION
-# Custom resources of the Prometheus operator: kubernetes-validate ships schemas for
-# built-in kinds only, so these are checked structurally in test_infra_stacks instead.
-CRD_KINDS = {"PrometheusRule", "ServiceMonitor"}
+# Custom resources of the Prometheus operator and cert-manager: kubernetes-validate ships
+# schemas for built-in kinds only, so these are checked structurally in test_infra_stacks
+# and test_infra_autoscaler_tls instead.
+CRD_KINDS = {"PrometheusRule", "ServiceMonitor", "Certificate", "Issuer"}
 
 
 def validate_all(fleet: FleetMocks) -> list[str]:

@@ -12,7 +12,15 @@ from typing import Any
 import pulumi
 import pytest
 import yaml
-from pulumi_fleet import REGIONAL_STACKS, ROOT, FleetMocks, Recorded, after_deploy, run_stack
+from pulumi_fleet import (
+    REGIONAL_STACKS,
+    ROOT,
+    FleetMocks,
+    Recorded,
+    after_deploy,
+    deployed,
+    run_stack,
+)
 from pulumi_policy import (
     PolicyCustomTimeouts,
     PolicyResource,
@@ -267,29 +275,32 @@ def test_autoscaling_policy_needs_an_hpa_or_the_autoscaler() -> Any:
 
 @pulumi.runtime.test
 def test_admin_port_policy_fails_public_exposure() -> Any:
-    fleet = run_stack("dev")
-    alb = run_stack("dev", {"iofleet:balancer": "alb"})
+    async def run() -> None:
+        fleet = await deployed("dev")
+        alb = await deployed("dev", {"iofleet:balancer": "alb"})
 
-    def public_admin_service(resources: list[Recorded]) -> None:
-        find(resources, "Service", "iofleet-server-admin")["spec"]["type"] = "LoadBalancer"
+        def public_admin_service(resources: list[Recorded]) -> None:
+            find(resources, "Service", "iofleet-server-admin")["spec"]["type"] = "LoadBalancer"
 
-    def lb_to_admin(resources: list[Recorded]) -> None:
-        find(resources, "Service", "iofleet-haproxy")["spec"]["ports"][0]["targetPort"] = 9000.0
+        def lb_to_admin(resources: list[Recorded]) -> None:
+            find(resources, "Service", "iofleet-haproxy")["spec"]["ports"][0]["targetPort"] = 9000.0
 
-    def ingress_to_admin(resources: list[Recorded]) -> None:
-        spec = find(resources, "Ingress", "iofleet")["spec"]
-        spec["defaultBackend"]["service"] = {
-            "name": "iofleet-server-admin",
-            "port": {"name": "admin"},
-        }
+        def ingress_to_admin(resources: list[Recorded]) -> None:
+            spec = find(resources, "Ingress", "iofleet")["spec"]
+            spec["defaultBackend"]["service"] = {
+                "name": "iofleet-server-admin",
+                "port": {"name": "admin"},
+            }
 
-    def check() -> None:
-        name = "admin-port-not-public"
-        assert len(violations(name, broken(fleet, public_admin_service))) == 1
-        assert len(violations(name, broken(fleet, lb_to_admin))) == 1
-        assert len(violations(name, broken(alb, ingress_to_admin))) == 1
+        def check() -> None:
+            name = "admin-port-not-public"
+            assert len(violations(name, broken(fleet, public_admin_service))) == 1
+            assert len(violations(name, broken(fleet, lb_to_admin))) == 1
+            assert len(violations(name, broken(alb, ingress_to_admin))) == 1
 
-    return after_deploy(check)
+        check()
+
+    return run()
 
 
 @pulumi.runtime.test
@@ -314,32 +325,35 @@ def test_only_the_pack_entry_point_constructs_the_policy_pack() -> None:
 
 @pulumi.runtime.test
 def test_a_connection_hpa_needs_the_autoscaler_and_its_api_services() -> Any:
-    fleet = run_stack("dev")
-    fixed = run_stack("dev", {"iofleet:autoscaling": "none"})
+    async def run() -> None:
+        fleet = await deployed("dev")
+        fixed = await deployed("dev", {"iofleet:autoscaling": "none"})
 
-    def drop_autoscaler(resources: list[Recorded]) -> None:
-        resources[:] = [
-            r
-            for r in resources
-            if not (r.inputs.get("kind") == "Deployment" and "autoscaler" in r.name)
-        ]
+        def drop_autoscaler(resources: list[Recorded]) -> None:
+            resources[:] = [
+                r
+                for r in resources
+                if not (r.inputs.get("kind") == "Deployment" and "autoscaler" in r.name)
+            ]
 
-    def drop_v1beta2(resources: list[Recorded]) -> None:
-        resources[:] = [r for r in resources if not r.name.endswith("-v1beta2")]
+        def drop_v1beta2(resources: list[Recorded]) -> None:
+            resources[:] = [r for r in resources if not r.name.endswith("-v1beta2")]
 
-    def check() -> None:
-        name = "connection-hpa-needs-autoscaler"
-        assert violations(name, fleet.resources) == []
-        (found,) = violations(name, broken(fleet, drop_autoscaler))
-        assert "HPA iofleet-server" in found and "autoscaler Deployment" in found
-        (found,) = violations(name, broken(fleet, drop_v1beta2))
-        assert "v1beta2.custom.metrics.k8s.io" in found
-        # No HPA, no autoscaler: nothing is blind; the advisory policy says it is unscaled.
-        assert violations(name, fixed.resources) == []
-        assert len(violations("connection-count-autoscaling", fixed.resources)) == 1
-        assert BY_NAME["connection-count-autoscaling"].enforcement_level.value == "advisory"
+        def check() -> None:
+            name = "connection-hpa-needs-autoscaler"
+            assert violations(name, fleet.resources) == []
+            (found,) = violations(name, broken(fleet, drop_autoscaler))
+            assert "HPA iofleet-server" in found and "autoscaler Deployment" in found
+            (found,) = violations(name, broken(fleet, drop_v1beta2))
+            assert "v1beta2.custom.metrics.k8s.io" in found
+            # No HPA, no autoscaler: nothing is blind; the advisory policy says it is unscaled.
+            assert violations(name, fixed.resources) == []
+            assert len(violations("connection-count-autoscaling", fixed.resources)) == 1
+            assert BY_NAME["connection-count-autoscaling"].enforcement_level.value == "advisory"
 
-    return after_deploy(check)
+        check()
+
+    return run()
 
 
 @pulumi.runtime.test

@@ -294,16 +294,20 @@ def test_autoscaler_rbac_api_services_and_cert(stack: str) -> Any:
         for spec in services.values():
             assert spec["group"] == "custom.metrics.k8s.io"
             assert spec["insecureSkipTLSVerify"] is False
-            assert spec["caBundle"]  # base64 of the CA that signed the serving cert
+            assert "caBundle" not in spec  # cert-manager's cainjector writes it
             assert spec["service"] == {
                 "name": "iofleet-autoscaler",
                 "namespace": "iofleet",
                 "port": 443,
             }
-        (tls,) = fleet.kubernetes("Secret", "iofleet-autoscaler-tls")
-        assert tls.inputs["type"] == "kubernetes.io/tls"
-        csr = fleet.one("tls:index/certRequest:CertRequest").inputs
-        assert "iofleet-autoscaler.iofleet.svc" in csr["dnsNames"]
+        # The serving cert's Secret is cert-manager's (test_infra_autoscaler_tls).
+        (cert,) = [
+            r
+            for r in fleet.resources
+            if r.inputs.get("kind") == "Certificate"
+            and r.inputs["metadata"]["name"] == "iofleet-autoscaler"
+        ]
+        assert cert.inputs["spec"]["secretName"] == "iofleet-autoscaler-tls"
 
     return after_deploy(check)
 
@@ -353,7 +357,7 @@ def test_nginx_balancer_uses_cookie_affinity() -> Any:
         assert notes["nginx.ingress.kubernetes.io/affinity"] == "cookie"
         assert int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > 45
         charts = {r.inputs["chart"] for r in fleet.of_type("kubernetes:helm.sh/v3:Release")}
-        assert charts == {"aws-load-balancer-controller", "ingress-nginx"}
+        assert charts == {"aws-load-balancer-controller", "ingress-nginx", "cert-manager"}
 
     return after_deploy(check)
 
