@@ -41,6 +41,9 @@ INGRESS_NGINX_KUBERNETES = ("1.31", "1.32", "1.33", "1.34", "1.35")
 LB_CONTROLLER_SA = "aws-load-balancer-controller"
 HAPROXY = "iofleet-haproxy"
 HAPROXY_PORT = 8080
+HAPROXY_EXIT_MARGIN_SECONDS = 10
+"""Grace beyond preStop + hard-stop-after, for the master to exit once its old workers
+are stopped; with no margin the kubelet's SIGKILL races hard-stop-after."""
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 IAM_POLICY = Path(__file__).parent / "iam" / "aws_load_balancer_controller.json"
 
@@ -321,9 +324,15 @@ class Balancer(pulumi.ComponentResource):
             data={"haproxy.cfg": config},
             opts=self._opts,
         )
+        # Keep serving while the NLB deregisters this pod, then stop.
+        prestop = max(s.drain_delay, 5)
         pod_spec: dict[str, Any] = {
             "securityContext": {**RESTRICTED_POD, "runAsUser": 99, "runAsGroup": 99, "fsGroup": 99},
-            "terminationGracePeriodSeconds": s.termination_grace_seconds,
+            # preStop, then SIGUSR1 (soft stop) lets WebSockets finish until
+            # hard-stop-after (the drain window), then a margin to exit.
+            "terminationGracePeriodSeconds": prestop
+            + s.deregistration_delay_seconds
+            + HAPROXY_EXIT_MARGIN_SECONDS,
             "topologySpreadConstraints": [
                 {
                     "maxSkew": 1,
@@ -338,8 +347,7 @@ class Balancer(pulumi.ComponentResource):
                     "image": s.haproxy_image,
                     "args": ["-f", "/usr/local/etc/haproxy/haproxy.cfg"],
                     "ports": [{"name": "http", "containerPort": HAPROXY_PORT}],
-                    # Keep serving while the NLB deregisters this pod, then stop.
-                    "lifecycle": {"preStop": {"sleep": {"seconds": max(s.drain_delay, 5)}}},
+                    "lifecycle": {"preStop": {"sleep": {"seconds": prestop}}},
                     "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 5},
                     "livenessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 10},
                     "resources": {

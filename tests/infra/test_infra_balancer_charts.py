@@ -1,11 +1,14 @@
-"""The Helm charts the balancers install (issue 24): a patched ingress-nginx with its
-admission webhook off, and a current AWS Load Balancer Controller with a PDB."""
+"""The balancers' parts (issue 24): a patched ingress-nginx with its admission webhook
+off, a current AWS Load Balancer Controller with a PDB, and HAProxy's shutdown inside
+its grace period."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pulumi
+import pytest
 from packaging.version import Version
 from pulumi_fleet import OPERATOR_VALUES, FleetMocks, after_deploy, run_stack, stack_config
 
@@ -88,5 +91,24 @@ def test_lb_controller_is_current_and_keeps_a_replica_through_disruptions() -> A
         values = release["values"]
         assert values["replicaCount"] == 2
         assert values["podDisruptionBudget"] == {"maxUnavailable": 1}
+
+    return after_deploy(check)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod-us-east-1"])
+@pulumi.runtime.test
+def test_haproxy_stops_within_its_grace_period_with_a_margin(stack: str) -> Any:
+    """preStop (15 s) + hard-stop-after (75 s) used to equal the 90 s grace, so the
+    kubelet's SIGKILL raced HAProxy's own hard stop."""
+    fleet = run_stack(stack, {"iofleet:balancer": "haproxy"})
+
+    def check() -> None:
+        (deployment,) = fleet.kubernetes("Deployment", "iofleet-haproxy")
+        pod = deployment.manifest()["spec"]["template"]["spec"]
+        prestop = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+        (config,) = fleet.kubernetes("ConfigMap", "iofleet-haproxy")
+        found = re.search(r"hard-stop-after (\d+)s", config.inputs["data"]["haproxy.cfg"])
+        assert found is not None
+        assert pod["terminationGracePeriodSeconds"] >= prestop + int(found.group(1)) + 10
 
     return after_deploy(check)
