@@ -62,6 +62,7 @@ def regional(cfg: RegionalConfig) -> None:
             node_type=cfg.redis_node_type,
             replicas=cfg.redis_replicas,
             engine_version=cfg.redis_engine_version,
+            engine=cfg.redis_engine,
             snapshot_retention_days=cfg.redis_snapshot_retention_days,
             tags=tags,
         ),

@@ -115,6 +115,9 @@ class Settings(BaseModel):
     redis_node_type: str = _key("cache.r7g.large", "ElastiCache node type.")
     redis_replicas: int = _key(1, "Read replicas besides the primary, 1 to 5.", ge=1, le=5)
     redis_engine_version: str = _key("7.1", "ElastiCache Redis OSS engine version.")
+    redis_engine: Literal["redis", "valkey"] = _key(
+        "redis", "ElastiCache engine: redis (Redis OSS) or valkey (7.2+, same protocol)."
+    )
     redis_snapshot_retention_days: int = _key(1, "Daily snapshots kept, 0 to 35.", ge=0, le=35)
     # --- regional: workloads
     namespace: str = _key("iofleet", "Kubernetes namespace of the server and autoscaler.")

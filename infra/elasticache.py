@@ -36,6 +36,17 @@ class RedisCacheArgs:
     engine_version: str
     snapshot_retention_days: int
     tags: dict[str, str]
+    engine: str = "redis"
+    """redis (Redis OSS) or valkey."""
+
+
+def parameter_group_family(engine: str, version: str) -> str:
+    """ElastiCache's family names: redis6.x for every Redis OSS 6 version, redis7, and
+    valkey7 / valkey8 (ElastiCache user guide, "Parameter groups")."""
+    major = version.split(".", maxsplit=1)[0]
+    if engine == "redis" and major == "6":
+        return "redis6.x"
+    return f"{engine}{major}"
 
 
 class RedisCache(pulumi.ComponentResource):
@@ -64,10 +75,9 @@ class RedisCache(pulumi.ComponentResource):
             tags=args.tags,
             opts=child,
         )
-        family = f"redis{args.engine_version.split('.')[0]}"
         params = aws.elasticache.ParameterGroup(
             f"{name}-params",
-            family=family,
+            family=parameter_group_family(args.engine, args.engine_version),
             description="iofleet pub/sub tuning",
             parameters=[{"name": k, "value": v} for k, v in PARAMETERS.items()],
             tags=args.tags,
@@ -77,7 +87,7 @@ class RedisCache(pulumi.ComponentResource):
             f"{name}-group",
             replication_group_id=args.replication_group_id,
             description="iofleet Socket.IO fan-out (pub/sub)",
-            engine="redis",
+            engine=args.engine,
             engine_version=args.engine_version,
             node_type=args.node_type,
             port=PORT,
