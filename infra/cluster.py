@@ -13,6 +13,8 @@ import pulumi_kubernetes as k8s
 from infra.config import AwsAccess
 
 ADMIN_POLICY = "arn:aws:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+CONTROL_PLANE_LOG_DAYS = 90
+"""api/audit/authenticator logs kept for 90 days (a quarter of audit history)."""
 NODE_POLICIES = (
     "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
     "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
@@ -101,6 +103,15 @@ class Cluster(pulumi.ComponentResource):
             tags=args.tags,
             opts=child,
         )
+        # EKS writes control-plane logs to this group; made first, so they expire
+        # instead of accumulating forever (EKS would create it without retention).
+        logs = aws.cloudwatch.LogGroup(
+            f"{name}-logs",
+            name=f"/aws/eks/{args.cluster_name}/cluster",
+            retention_in_days=CONTROL_PLANE_LOG_DAYS,
+            tags=args.tags,
+            opts=child,
+        )
         self._eks = aws.eks.Cluster(
             f"{name}-eks",
             name=args.cluster_name,
@@ -119,7 +130,7 @@ class Cluster(pulumi.ComponentResource):
             encryption_config={"provider": {"key_arn": key.arn}, "resources": ["secrets"]},
             enabled_cluster_log_types=["api", "audit", "authenticator"],
             tags=args.tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[attach]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[attach, logs]),
         )
         self.name = self._eks.name
         # Managed node groups without a launch template use the EKS-created cluster

@@ -34,6 +34,7 @@ REGIONAL_STACKS = ("dev", "prod-us-east-1", "prod-eu-west-1")
 # refuses: tests/infra/test_infra_first_up.py). 444455556666 is just another account id.
 OPERATOR_VALUES: dict[str, dict[str, Any]] = {
     "dev": {
+        "iofleet:cluster_public_access_cidrs": ["18.204.10.0/24"],
         "iofleet:image": "444455556666.dkr.ecr.us-west-2.amazonaws.com/iofleet-server:0.1.0",
         "iofleet:autoscaler_image": (
             "444455556666.dkr.ecr.us-west-2.amazonaws.com/iofleet-autoscaler:0.1.0"

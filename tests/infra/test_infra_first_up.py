@@ -108,7 +108,12 @@ def test_a_version_past_standard_support_is_a_warning_that_says_what_to_do() -> 
 # --- placeholders in the shipped stack files -------------------------------------------
 
 SHIPPED_PLACEHOLDERS = {
-    "dev": ["iofleet:image", "iofleet:autoscaler_image", "iofleet:cors_origins"],
+    "dev": [
+        "iofleet:cluster_public_access_cidrs",
+        "iofleet:image",
+        "iofleet:autoscaler_image",
+        "iofleet:cors_origins",
+    ],
     "prod-us-east-1": [
         "iofleet:cluster_public_access_cidrs",
         "iofleet:image",
@@ -363,6 +368,22 @@ def test_admin_principals_get_access_entries_with_the_cluster_admin_policy() -> 
         check()
 
     return run()
+
+
+@pulumi.runtime.test
+def test_control_plane_logs_expire() -> Any:
+    """EKS creates /aws/eks/<name>/cluster without retention when it does not exist: the
+    audit log (every API call) would be kept and billed forever (issue 24)."""
+    fleet = run_stack("prod-us-east-1")
+
+    def check() -> None:
+        (eks,) = fleet.of_type("aws:eks/cluster:Cluster")
+        group = fleet.one("aws:cloudwatch/logGroup:LogGroup")
+        assert group.inputs["name"] == f"/aws/eks/{eks.inputs['name']}/cluster"
+        assert 1 <= group.inputs["retentionInDays"] <= 365
+        assert group.name in fleet.dependencies[eks.name]
+
+    return after_deploy(check)
 
 
 def _kubeconfig_user(fleet: FleetMocks) -> dict[str, Any]:
