@@ -12,7 +12,6 @@ readiness-gate webhook sees them); ``Balancer`` creates the route once the Servi
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,13 @@ import pulumi_kubernetes as k8s
 from infra.cluster import Cluster
 from infra.config import Balancer as BalancerKind
 from infra.config import RegionalConfig
-from infra.workloads import HAPROXY_LABELS, RESTRICTED_CONTAINER, RESTRICTED_POD, meta
+from infra.workloads import (
+    HAPROXY_LABELS,
+    RESTRICTED_CONTAINER,
+    RESTRICTED_POD,
+    content_sha,
+    meta,
+)
 from iofleet.render import DnsDiscovery, HaproxyOptions, Timeouts, render_haproxy
 from server.contract import ADMIN_PORT, PUBLIC_PORT
 
@@ -383,7 +388,7 @@ class Balancer(pulumi.ComponentResource):
                     # A config change rolls the pods (the ConfigMap name is stable).
                     "metadata": {
                         "labels": HAPROXY_LABELS,
-                        "annotations": {"iofleet.io/config-sha": _sha(config)},
+                        "annotations": {"iofleet.io/config-sha": content_sha(config)},
                     },
                     "spec": pod_spec,
                 },
@@ -479,7 +484,3 @@ def _target_group_suffix(listener: Any) -> str:
         if arn:
             return str(arn).split(":", 5)[5]
     raise ValueError(f"listener {listener.arn} does not forward to a target group")
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -4,6 +4,7 @@ platform team would review with kubectl."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,12 @@ RESTRICTED_POD: dict[str, Any] = {
     "fsGroup": UID,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
+
+
+def content_sha(text: str) -> str:
+    """A short digest for a pod-template annotation: a change of what it digests rolls
+    the pods (ConfigMap and Secret names stay stable)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def meta(name: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -167,6 +174,15 @@ class SocketService(pulumi.ComponentResource):
         }
         if self._args.jwt_secret is not None:
             data["jwt-secret"] = self._args.jwt_secret
+        # Pods read these as environment variables at start: a rotated value (a new
+        # admin token, JWT secret or Redis AUTH token) reaches them only through a
+        # rollout, which this digest of the Secret's data triggers.
+        keys = sorted(data)
+        self.secret_sha = pulumi.Output.all(*(data[k] for k in keys)).apply(
+            lambda values: content_sha(
+                "\n".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
+            )
+        )
         self.secret = k8s.core.v1.Secret(
             f"{name}-secret",
             metadata=meta(SERVER, self.namespace, SERVER_LABELS),
@@ -285,7 +301,10 @@ class SocketService(pulumi.ComponentResource):
                     "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
                 },
                 "template": {
-                    "metadata": {"labels": SERVER_LABELS},
+                    "metadata": {
+                        "labels": SERVER_LABELS,
+                        "annotations": {"iofleet.io/secret-sha": self.secret_sha},
+                    },
                     "spec": {
                         "serviceAccountName": SERVER,
                         "automountServiceAccountToken": False,
