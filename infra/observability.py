@@ -321,7 +321,8 @@ class Observability(pulumi.ComponentResource):
             opts=self._k8s,
         )
         if a.cert_manager:
-            # cert-manager's metrics Service (chart default prometheus.enabled): the
+            # cert-manager's metrics Service (chart v1.21.1 templates/service.yaml, port
+            # http-metrics, made while prometheus.enabled, the default): the
             # serving-cert expiry alert reads certmanager_certificate_* from it.
             k8s.apiextensions.CustomResource(
                 f"{name}-cert-manager-monitor",
@@ -339,7 +340,7 @@ class Observability(pulumi.ComponentResource):
                             "app.kubernetes.io/component": "controller",
                         }
                     },
-                    "endpoints": [{"port": "tcp-prometheus-servicemonitor", "interval": "60s"}],
+                    "endpoints": [{"port": "http-metrics", "interval": "60s"}],
                 },
                 opts=self._k8s,
             )

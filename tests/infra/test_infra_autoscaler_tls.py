@@ -112,5 +112,11 @@ def test_serving_cert_is_issued_and_renewed_in_the_cluster() -> Any:
         (deployment,) = fleet.kubernetes("Deployment", "iofleet-autoscaler")
         (container,) = deployment.inputs["spec"]["template"]["spec"]["containers"]
         assert "get_server_certificate" in container["livenessProbe"]["exec"]["command"][-1]
+        # The expiry alert's metrics: cert-manager's Service (chart v1.21.1: port
+        # http-metrics), scraped once the namespace the release makes exists.
+        (monitor,) = fleet.kubernetes("ServiceMonitor", "cert-manager")
+        assert monitor.inputs["metadata"]["namespace"] == "cert-manager"
+        assert monitor.inputs["spec"]["endpoints"][0]["port"] == "http-metrics"
+        assert "autoscaler-cert-manager" in fleet.dependencies[monitor.name]
 
     return after_deploy(check)
