@@ -1,0 +1,200 @@
+"""The public edge against hostile bytes (issue 22), tried on a real `python -m server`:
+every head gets an HTTP answer (never a bare close), the same answer whichever way
+its bytes are split over reads, and a refused one leaves no Engine.IO session;
+what a client makes the server write or buffer stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from server.net.ws_transport import OP_PING, OP_TEXT
+from tests.support.metrics import metric
+from tests.support.procs import ServerProcess
+from tests.support.ws_frames import client_frame, open_websocket, read_frame
+
+SOCKETS = "iofleet_engineio_sockets"  # Engine.IO sessions the node holds
+MAX_MESSAGE = 4_000_000
+
+
+@pytest.fixture(scope="module")
+def edge() -> Iterator[ServerProcess]:
+    # Large messages allowed, so that reassembling one in pieces shows its cost.
+    server = ServerProcess("edge", env={"IOFLEET_MAX_MESSAGE_BYTES": str(MAX_MESSAGE)}).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def head(upgrade: str = "Upgrade: websocket\r\n", key: str = "", version: str = "13") -> bytes:
+    key = key or base64.b64encode(os.urandom(16)).decode()
+    return (
+        "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"{upgrade}Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: {version}\r\n\r\n"
+    ).encode()
+
+
+async def answer_to(port: int, chunks: list[bytes]) -> bytes:
+    """What the server answers `chunks` written with a pause between them (so each
+    is a read of its own), up to the end of its head or its close: b"" is a bare close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for index, chunk in enumerate(chunks):
+            if index:
+                await asyncio.sleep(0.2)
+            writer.write(chunk)
+            await writer.drain()
+        try:
+            return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        except asyncio.IncompleteReadError as error:
+            return error.partial
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def settle_sessions(server: ServerProcess, expected: float, within: float = 3.0) -> float:
+    """The node's Engine.IO session count once it is `expected` (or after `within` s)."""
+    deadline = time.monotonic() + within
+    while True:
+        held = metric(server.admin_url, SOCKETS)
+        if held == expected or time.monotonic() >= deadline:
+            return held
+        await asyncio.sleep(0.05)
+
+
+REFUSED = {
+    # engineio's own rule is `Upgrade` equal to "websocket" (any case), one field.
+    "upgrade-list": (head("Upgrade: websocket, h2c\r\n"), 400),
+    "two-upgrade-lines": (head("Upgrade: websocket\r\nUpgrade: h2c\r\n"), 400),
+    "upgrade-h2c": (head("Upgrade: h2c\r\n"), 400),
+    "no-upgrade": (head(""), 400),
+    "bad-key": (head(key="not base64!"), 400),
+    "short-key": (head(key="c2hvcnQ="), 400),
+    # RFC 6455 4.4: a version the server does not speak gets 426 and the one it does.
+    "version-8": (head(version="8"), 426),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED.keys())
+async def test_a_refused_handshake_gets_one_answer_on_either_read_split(
+    edge: ServerProcess, case: str
+) -> None:
+    raw, status = REFUSED[case]
+    before = metric(edge.admin_url, SOCKETS)
+    whole = await answer_to(edge.port, [raw])
+    split = await answer_to(edge.port, [raw[:20], raw[20:]])
+    assert whole.startswith(f"HTTP/1.1 {status} ".encode()), whole  # never a bare close
+    assert split.startswith(f"HTTP/1.1 {status} ".encode()), split
+    if status == 426:
+        assert b"\r\nsec-websocket-version: 13\r\n" in whole.lower(), whole
+    assert await settle_sessions(edge, before) == before, "a refused handshake left a session"
+
+
+async def test_a_websocket_upgrade_in_any_case_is_taken(edge: ServerProcess) -> None:
+    before = metric(edge.admin_url, SOCKETS)
+    for chunks in ([head("Upgrade: WebSocket\r\n")], [head()[:20], head()[20:]]):
+        answer = await answer_to(edge.port, chunks)
+        assert answer.startswith(b"HTTP/1.1 101 "), answer
+    assert await settle_sessions(edge, before) == before  # and closed with its client
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_client_that_pings_and_never_reads_cannot_grow_the_servers_memory(
+    edge: ServerProcess,
+) -> None:
+    """Each ping asks for a pong; a client that never reads its pongs must be
+    stopped (not read, or dropped) once the server's output to it is full."""
+    assert edge.process is not None
+    answer, reader, writer = await open_websocket(edge.port)
+    assert answer.startswith("http/1.1 101"), answer
+    assert (await read_frame(reader))[1] == OP_TEXT  # OPEN
+    ping = client_frame(OP_PING, b"p" * 125)
+    burst = ping * 2000  # 262 KB
+    before = rss_bytes(edge.process.pid)
+    sent = 0
+    deadline = time.monotonic() + 8
+    try:
+        while sent < 40_000_000 and time.monotonic() < deadline:
+            writer.write(burst)
+            try:
+                await asyncio.wait_for(writer.drain(), 1)
+            except (TimeoutError, ConnectionError):
+                break  # the server stopped reading us, or dropped us: both bound it
+            sent += len(burst)
+        grown = rss_bytes(edge.process.pid) - before
+    finally:
+        writer.transport.abort()
+    assert grown < 16_000_000, f"server RSS grew {grown} bytes for {sent} bytes of pings"
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu_for_frame(server: ServerProcess, piece: int) -> float:
+    """Server CPU seconds to read one ~4 MB text frame written `piece` bytes at a time."""
+    assert server.process is not None
+    answer, reader, writer = await open_websocket(server.port)
+    assert answer.startswith("http/1.1 101"), answer
+    await read_frame(reader)  # OPEN
+    data = client_frame(OP_TEXT, b"4" + b"x" * (MAX_MESSAGE - 10_000))
+    before = cpu_seconds(server.process.pid)
+    try:
+        for at in range(0, len(data), piece):
+            writer.write(data[at : at + piece])
+            await writer.drain()
+            if piece < len(data):
+                await asyncio.sleep(0.001)  # the server reads each piece on its own
+        # Not a Socket.IO packet: once read whole, the server closes the connection.
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(5):
+                while await reader.read(65536):
+                    pass
+        return cpu_seconds(server.process.pid) - before
+    finally:
+        writer.transport.abort()
+
+
+async def test_a_frame_split_into_small_pieces_costs_about_what_it_costs_whole(
+    edge: ServerProcess,
+) -> None:
+    """Reassembly is linear: 2,700 reads of 1,500 bytes must not each copy what
+    came before (quadratic: about 0.6 s of CPU here; linear: the reads' own cost)."""
+    whole = await cpu_for_frame(edge, 1 << 30)
+    pieces = await cpu_for_frame(edge, 1500)
+    print("cpu", pieces, whole)
+    assert pieces < whole + 0.25, (pieces, whole)
+
+
+async def test_a_long_control_frame_is_refused_on_its_header(edge: ServerProcess) -> None:
+    """A ping announcing 1,000 bytes is a protocol error (RFC 6455 5.5: at most
+    125) as soon as its header arrives, not after its payload was buffered."""
+    answer, reader, writer = await open_websocket(edge.port)
+    assert answer.startswith("http/1.1 101"), answer
+    await read_frame(reader)  # OPEN
+    try:
+        writer.write(client_frame(OP_PING, b"x" * 1000)[:8])  # the header and mask only
+        await writer.drain()
+        _, opcode, payload = await asyncio.wait_for(read_frame(reader), 3)
+        assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1002, payload
+    finally:
+        writer.transport.abort()
