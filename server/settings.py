@@ -32,6 +32,14 @@ Transport = Literal["websocket", "polling"]
 SEND_BUFFER_BYTES = 64 * 1024
 SEND_QUEUE_PACKETS = 1024
 DEFAULT_TRANSPORTS: tuple[Transport, ...] = ("websocket", "polling")
+# The public edge. A head gets as long as HAProxy's `timeout http-request` (10 s,
+# iofleet/templates/haproxy); an idle keep-alive connection outlives the balancers'
+# own idle upstream connections (nginx `keepalive_timeout` 60 s by default), so they
+# never reuse one the node is closing (aiohttp's default, 3630 s, held idle
+# connections for an hour); the backlog is Node's and nginx's default (511).
+HEAD_TIMEOUT_SECONDS = 10.0
+KEEPALIVE_TIMEOUT_SECONDS = 75.0
+LISTEN_BACKLOG = 511
 
 
 def _default_node_id() -> str:
@@ -112,6 +120,21 @@ class Settings(BaseSettings):
         PING_TIMEOUT_SECONDS, gt=0, le=300, description="Engine.IO ping timeout (s)."
     )
     max_connections: int = Field(10000, ge=1, description="Connections this node accepts.")
+    head_timeout: float = Field(
+        HEAD_TIMEOUT_SECONDS,
+        gt=0,
+        le=300,
+        description="Seconds a new connection has to send its request head (then 408).",
+    )
+    keepalive_timeout: float = Field(
+        KEEPALIVE_TIMEOUT_SECONDS,
+        gt=0,
+        le=3600,
+        description="Seconds an idle HTTP keep-alive connection is kept open.",
+    )
+    listen_backlog: int = Field(
+        LISTEN_BACKLOG, ge=1, le=65535, description="Connects the public listener queues."
+    )
     max_message_bytes: int = Field(
         1_000_000, ge=1024, description="Largest packet accepted; larger closes the sender."
     )

@@ -186,13 +186,25 @@ async def serve(app: web.Application, stop: asyncio.Event) -> None:
     # cancelled at once, so its Engine.IO socket closes then (server/eio/socket.py)
     # instead of waiting out its timeout.
     public_runner = web.AppRunner(
-        app, access_log=None, shutdown_timeout=SHUTDOWN_STEP_TIMEOUT, handler_cancellation=True
+        app,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_STEP_TIMEOUT,
+        handler_cancellation=True,
+        keepalive_timeout=settings.keepalive_timeout,
     )
     runners = [public_runner]
 
     def public_site(runner: web.AppRunner) -> web.BaseSite:
         connects = websocket_connects(node)
-        return PublicSite(runner, settings.host, settings.port, SOCKETIO_PATH, connects)
+        return PublicSite(
+            runner,
+            settings.host,
+            settings.port,
+            SOCKETIO_PATH,
+            connects,
+            head_timeout=settings.head_timeout,
+            backlog=settings.listen_backlog,
+        )
 
     def admin_site(runner: web.AppRunner) -> web.BaseSite:
         return web.TCPSite(runner, settings.admin_bind, settings.admin_port)
