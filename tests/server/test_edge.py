@@ -303,3 +303,20 @@ def test_the_client_ip_is_the_last_forwarded_hop_across_header_lines(start_serve
             connection.close()
     assert 429 in statuses, statuses
     assert set(statuses) <= {200, 429}, statuses
+
+
+async def test_a_flood_of_malformed_requests_is_one_log_line(edge: ServerProcess) -> None:
+    """Each is answered 400, and the log says so once per burst (with how many it
+    folded), not one ERROR per request a client chose to send."""
+    for attempt in range(40):
+        reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+        try:
+            writer.write(f"GET /x HTTP/1.1\r\nHost: a\r\nX: {attempt}\x01\r\n\r\n".encode())
+            answer = await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.0 400 "), answer
+    await asyncio.sleep(0.2)  # the log line is written
+    lines = [entry for entry in edge.log_entries() if entry["logger"] == "aiohttp.server"]
+    assert len(lines) == 1, lines
+    assert lines[0]["level"] == "warning" and lines[0]["event"] == "http.malformed_request"
