@@ -151,11 +151,13 @@ class WebSocketEndpoint(Protocol):
         """The client broke the rules (`reason`: oversize or malformed); the
         connection is being closed."""
 
-    def ws_writable(self) -> None:
-        """The transport's buffer drained below its low-water mark."""
+    def ws_writable(self, conn: WebSocketConnection) -> None:
+        """`conn`'s transport buffer drained below its low-water mark."""
 
-    def ws_lost(self) -> None:
-        """The TCP connection is gone (after a close handshake or not)."""
+    def ws_lost(self, conn: WebSocketConnection) -> None:
+        """`conn`'s TCP connection is gone (after a close handshake or not). Named,
+        because an endpoint may have tried one connection (a failed upgrade) before
+        the one it uses: the old one's end must not end the new one."""
 
 
 class WebSocketConnection(asyncio.Protocol):
@@ -266,7 +268,7 @@ class WebSocketConnection(asyncio.Protocol):
         pong, self._pong = self._pong, None
         if pong is not None:
             self.write(frame(OP_PONG, pong))
-        self._endpoint.ws_writable()
+        self._endpoint.ws_writable(self)
 
     def eof_received(self) -> bool:
         return False  # the transport closes; `connection_lost` follows
@@ -279,7 +281,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._tail = bytearray()
         self._fragments = None
         self._pong = None
-        self._endpoint.ws_lost()
+        self._endpoint.ws_lost(self)
 
     def data_received(self, data: bytes) -> None:
         """Parse every whole frame in what was kept from before plus `data`.

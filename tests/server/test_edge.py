@@ -9,16 +9,18 @@ import asyncio
 import base64
 import contextlib
 import http.client
+import json
 import os
 import re
 import subprocess
 import time
 from collections.abc import Iterator
 
+import aiohttp
 import pytest
 
 from server.net.ws_transport import OP_PING, OP_TEXT
-from tests.support.metrics import metric
+from tests.support.metrics import metric, metric_or_zero
 from tests.support.procs import ServerProcess
 from tests.support.ws_frames import client_frame, open_websocket, read_frame
 
@@ -320,3 +322,41 @@ async def test_a_flood_of_malformed_requests_is_one_log_line(edge: ServerProcess
     lines = [entry for entry in edge.log_entries() if entry["logger"] == "aiohttp.server"]
     assert len(lines) == 1, lines
     assert lines[0]["level"] == "warning" and lines[0]["event"] == "http.malformed_request"
+
+
+async def test_a_failed_upgrade_ending_late_leaves_the_next_upgrade_alone(
+    edge: ServerProcess,
+) -> None:
+    """A first upgrade fails on a malformed probe (counted as malformed: it used to
+    be swallowed); its WebSocket is closed, and its TCP connection ends only after
+    a second upgrade of the same session succeeded: that end must not close the
+    session the second one now carries."""
+    malformed = {"reason": "malformed"}
+    refused = metric_or_zero(edge.admin_url, "iofleet_events_rejected_total", malformed)
+    base = f"127.0.0.1:{edge.port}/socket.io/?EIO=4"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://{base}&transport=polling") as response:
+            sid = json.loads((await response.text())[1:])["sid"]
+        query = f"&transport=websocket&sid={sid}"
+        # The first try: a probe that is no Engine.IO packet. Its close frame goes
+        # unanswered, so the server drops its TCP connection a second later.
+        first = await http.ws_connect(f"ws://{base}{query}", autoping=False, autoclose=False)
+        await first.send_str("xprobe")
+        assert (await first.receive(timeout=3)).type is aiohttp.WSMsgType.CLOSE
+        second = await http.ws_connect(f"ws://{base}{query}", autoping=False)
+        await second.send_str("2probe")
+        assert (await second.receive_str(timeout=3)) == "3probe"
+        await second.send_str("5")
+        await asyncio.sleep(1.5)  # the first connection is dropped meanwhile
+        await second.send_str("6")  # a NOOP: the session is alive, so no close
+        messages = []
+        with contextlib.suppress(TimeoutError):
+            for _ in range(10):  # at most a ping or two within the second
+                messages.append(await second.receive(timeout=1))
+                if messages[-1].type is not aiohttp.WSMsgType.TEXT:
+                    break
+        assert not second.closed and all(m.type is aiohttp.WSMsgType.TEXT for m in messages)
+        await first.close()
+        await second.close()
+    after = metric_or_zero(edge.admin_url, "iofleet_events_rejected_total", malformed)
+    assert after == refused + 1
