@@ -38,6 +38,10 @@ DEFAULT_TRANSPORTS: tuple[Transport, ...] = ("websocket", "polling")
 # never reuse one the node is closing (aiohttp's default, 3630 s, held idle
 # connections for an hour); the backlog is Node's and nginx's default (511).
 HEAD_TIMEOUT_SECONDS = 10.0
+# Engine.IO sessions allowed beyond MAX_CONNECTIONS, for handshakes whose Socket.IO
+# CONNECT is still to come (one round trip): at the measured connect rate (about
+# 7,000/s, 143 us each, bench/fanout_bench.py) 1,000 is over 100 ms of connects.
+MAX_UNCONNECTED_SESSIONS = 1000
 KEEPALIVE_TIMEOUT_SECONDS = 75.0
 LISTEN_BACKLOG = 511
 
@@ -120,6 +124,11 @@ class Settings(BaseSettings):
         PING_TIMEOUT_SECONDS, gt=0, le=300, description="Engine.IO ping timeout (s)."
     )
     max_connections: int = Field(10000, ge=1, description="Connections this node accepts.")
+    max_unconnected_sessions: int = Field(
+        MAX_UNCONNECTED_SESSIONS,
+        ge=1,
+        description="Engine.IO sessions beyond MAX_CONNECTIONS (handshakes not connected yet).",
+    )
     head_timeout: float = Field(
         HEAD_TIMEOUT_SECONDS,
         gt=0,

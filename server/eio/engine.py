@@ -268,9 +268,14 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         ws_compression: bool = False,
         send_buffer_bytes: int = SEND_BUFFER_BYTES,
         send_queue_packets: int = SEND_QUEUE_PACKETS,
+        max_sessions: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        # Engine.IO sessions this node holds at most, whatever the layer above does
+        # with them (a session that never sends a Socket.IO CONNECT holds memory
+        # too): a handshake beyond it gets 503, which stock clients retry.
+        self.max_sessions = max_sessions
         # permessage-deflate for clients that offer it, on aiohttp's WebSocket.
         self.ws_compression = ws_compression
         # Tasks handling client packets (`handle_in_task`).
@@ -300,6 +305,8 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         problem = request_problem(request.method, request.query, self.transports)
         if problem is not None:
             return web.Response(status=400, text=problem)
+        if "sid" not in request.query and self._full():
+            return web.Response(status=503, text="server at capacity")
         if request.method == "GET" and request.query.get("transport") == "websocket":
             # Refused here, before python-engineio registers a session for it.
             refusal = handshake_refusal(translate_request(request))
@@ -329,7 +336,7 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         opening handshake, an allowed `Origin`, no deflate to negotiate), and
         the connect has started on `transport`; False leaves it to aiohttp's path,
         which answers everything else, refusals included."""
-        if "websocket" not in self.transports:
+        if "websocket" not in self.transports or self._full():
             return False
         fields = query_fields(environ["QUERY_STRING"])
         if (
@@ -376,6 +383,9 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
                 response = BAD_HANDSHAKE
             transport.write(http_response(response))
             transport.close()
+
+    def _full(self) -> bool:
+        return self.max_sessions is not None and len(self.sockets) >= self.max_sessions
 
     async def _drop_opened_session(self, packets: Any) -> None:
         for pkt in packets if isinstance(packets, list) else ():

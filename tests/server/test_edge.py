@@ -360,3 +360,21 @@ async def test_a_failed_upgrade_ending_late_leaves_the_next_upgrade_alone(
         await second.close()
     after = metric_or_zero(edge.admin_url, "iofleet_events_rejected_total", malformed)
     assert after == refused + 1
+
+
+async def test_sessions_that_never_connect_are_capped(start_server) -> None:
+    """Engine.IO handshakes without a Socket.IO CONNECT each hold a session: past
+    MAX_CONNECTIONS + MAX_UNCONNECTED_SESSIONS a handshake gets 503 (retried by
+    stock clients), on the polling and the WebSocket path alike."""
+    server = start_server(
+        "capped", IOFLEET_MAX_CONNECTIONS="2", IOFLEET_MAX_UNCONNECTED_SESSIONS="3"
+    )
+    polling = f"{server.url}/socket.io/?EIO=4&transport=polling"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(5):
+            async with http.get(polling) as response:
+                assert response.status == 200
+        async with http.get(polling) as response:
+            assert response.status == 503, await response.text()
+    assert (await answer_to(server.port, [head()])).startswith(b"HTTP/1.1 503 ")
+    assert metric(server.admin_url, SOCKETS) == 5
