@@ -130,6 +130,7 @@ class LimitedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
             socket.handshake_lost()
         else:
             socket.attach_websocket(conn, switching_protocols(environ["HTTP_SEC_WEBSOCKET_KEY"]))
+            conn.start_reading()
         return response
 
     async def _serve_with_deflate(self, environ: dict[str, Any]) -> web.StreamResponse:
@@ -356,6 +357,10 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         environ[WS_TRANSPORT_KEY] = transport  # `LimitedWebSocket` adopts it
         rest = step_eagerly(self._connect_websocket(environ, transport))
         if rest is not None:
+            if WS_TRANSPORT_KEY in environ:
+                # Not adopted yet: what the client sends meanwhile waits in the
+                # socket (`WebSocketConnection.start_reading` resumes).
+                transport.pause_reading()
             self.handle_in_task(rest)
         return True
 

@@ -166,6 +166,7 @@ class WebSocketConnection(asyncio.Protocol):
     __slots__ = (
         "_close_timer",
         "_closing",
+        "_early",
         "_endpoint",
         "_fragment_opcode",
         "_fragments",
@@ -184,6 +185,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._endpoint = endpoint
         self._max_message_bytes = max_message_bytes
         self._tail = bytearray()  # bytes of a frame not complete yet
+        self._early = b""  # bytes that came with the handshake (`start_reading`)
         self._tail_need = 2  # bytes `_tail` must hold before parsing is worth trying
         self._pong: bytes | None = None  # the newest ping's answer, while writes wait
         self._fragments: bytearray | None = None  # a fragmented message so far
@@ -220,9 +222,25 @@ class WebSocketConnection(asyncio.Protocol):
         http = request.protocol
         connection = cls.adopt(request.transport, endpoint, max_message_bytes)
         if connection is not None:
+            # Frames the client sent right behind its head, which aiohttp read and
+            # kept: read once the owner is ready for them (`start_reading`).
+            connection._early = bytes(getattr(http, "_message_tail", b""))
+            http._message_tail = b""
             http.transport = None  # aiohttp writes nothing more, and closes nothing
             http.connection_lost(None)  # and its server forgets the connection
         return connection
+
+    def start_reading(self) -> None:
+        """The owner is ready for frames (it has the 101 on its way): read what
+        came with the handshake, then whatever the transport holds (a connect set
+        up in a task is paused meanwhile, `IofleetEngine.open_websocket`)."""
+        transport = self.transport
+        if transport is None:
+            return
+        transport.resume_reading()
+        early, self._early = self._early, b""
+        if early:
+            self.data_received(early)
 
     # --- writing ---------------------------------------------------------------
 

@@ -21,7 +21,7 @@ import pytest
 
 from server.net.ws_transport import OP_PING, OP_TEXT
 from tests.support.metrics import metric, metric_or_zero
-from tests.support.procs import ServerProcess
+from tests.support.procs import ServerProcess, make_token
 from tests.support.ws_frames import client_frame, open_websocket, read_frame
 
 SOCKETS = "iofleet_engineio_sockets"  # Engine.IO sessions the node holds
@@ -379,3 +379,20 @@ async def test_sessions_that_never_connect_are_capped(start_server) -> None:
             assert response.status == 503, await response.text()
     assert (await answer_to(server.port, [head()])).startswith(b"HTTP/1.1 503 ")
     assert metric(server.admin_url, SOCKETS) == 5
+
+
+async def test_frames_sent_right_behind_the_handshake_are_read(edge: ServerProcess) -> None:
+    """A client that writes its Socket.IO CONNECT in the same segment as its head
+    (not waiting for the 101) gets it read, not silently dropped."""
+    connect = client_frame(OP_TEXT, ("40" + json.dumps({"token": make_token("eager")})).encode())
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+    try:
+        writer.write(head() + connect)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert answer.startswith(b"HTTP/1.1 101 "), answer
+        assert (await asyncio.wait_for(read_frame(reader), 5))[2].startswith(b"0{")  # OPEN
+        _, _, connected = await asyncio.wait_for(read_frame(reader), 5)
+        assert connected.startswith(b"40{"), connected
+    finally:
+        writer.transport.abort()
