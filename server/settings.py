@@ -31,6 +31,10 @@ Transport = Literal["websocket", "polling"]
 # is built without settings. 64 KiB is asyncio's own write high-water mark.
 SEND_BUFFER_BYTES = 64 * 1024
 SEND_QUEUE_PACKETS = 1024
+# And the bytes those packets may hold: four at the 1 MB message limit (1,024
+# chat-sized packets of about 100 bytes are 100 KB, so for small packets the
+# packet bound comes first).
+SEND_QUEUE_BYTES = 4 * 1024 * 1024
 DEFAULT_TRANSPORTS: tuple[Transport, ...] = ("websocket", "polling")
 # The public edge. A head gets as long as HAProxy's `timeout http-request` (10 s,
 # iofleet/templates/haproxy); an idle keep-alive connection outlives the balancers'
@@ -158,6 +162,11 @@ class Settings(BaseSettings):
     )
     send_queue_packets: int = Field(
         SEND_QUEUE_PACKETS, ge=16, description="Packets queued for one client: more = evicted."
+    )
+    send_queue_bytes: int = Field(
+        SEND_QUEUE_BYTES,
+        ge=64 * 1024,
+        description="Payload bytes queued for one client: more = evicted.",
     )
     rate_limit: float = Field(20, gt=0, description="Events/s per connection and per user.")
     rate_limit_burst: float | None = Field(None, gt=0, description="Bucket size (2 x rate).")

@@ -36,7 +36,7 @@ from server.net.ws_transport import (
     is_deflate_offered,
     switching_protocols,
 )
-from server.settings import SEND_BUFFER_BYTES, SEND_QUEUE_PACKETS
+from server.settings import SEND_BUFFER_BYTES, SEND_QUEUE_BYTES, SEND_QUEUE_PACKETS
 
 log = logging.getLogger("iofleet.engine")
 
@@ -269,6 +269,7 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         ws_compression: bool = False,
         send_buffer_bytes: int = SEND_BUFFER_BYTES,
         send_queue_packets: int = SEND_QUEUE_PACKETS,
+        send_queue_bytes: int = SEND_QUEUE_BYTES,
         max_sessions: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -284,6 +285,7 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         # The outbound bounds every connection keeps to (server/eio/socket.py).
         self.send_buffer_bytes = send_buffer_bytes
         self.send_queue_packets = send_queue_packets
+        self.send_queue_bytes = send_queue_bytes
         # Closed connections release their tasks and timers at once (server/eio/socket.py).
         self.sockets: ReleasingSockets = ReleasingSockets()
         self.node_id = node_id

@@ -82,7 +82,8 @@ PROBE_PONG_FRAME = text_frame(b"3probe")  # the answer to the probe
 # Packets waiting behind one that is still being handled; past this many the
 # connection stops reading until they are done.
 INBOX_PAUSE_AT = 256
-# Packets written per pass of the WebSocket drain before it checks the transport.
+# Packets written per pass of the WebSocket drain (one write) before it checks
+# whether the transport is full.
 DRAIN_BATCH = 64
 
 
@@ -268,7 +269,9 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         await super().send(pkt)
 
     def _room_for_one_more(self) -> bool:
-        if self.queue.qsize() < self.server.send_queue_packets:
+        queue = self.queue
+        server = self.server
+        if queue.qsize() < server.send_queue_packets and queue.nbytes < server.send_queue_bytes:
             return True
         self._evict_slow_consumer()
         return False
@@ -712,6 +715,9 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
                         self._send_raw(text_frame(encoded.encode()))
                     else:
                         self._send_raw(frame(OP_BINARY, encoded))
+                # Written per batch, so the transport can say it is full
+                # (`write_paused`) before the whole queue is turned into frames.
+                self.flush_frames()
         finally:
             self._draining = False
 

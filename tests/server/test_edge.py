@@ -396,3 +396,29 @@ async def test_frames_sent_right_behind_the_handshake_are_read(edge: ServerProce
         assert connected.startswith(b"40{"), connected
     finally:
         writer.transport.abort()
+
+
+async def test_a_client_that_never_reads_large_answers_is_bounded_in_bytes(
+    start_server,
+) -> None:
+    """Forty 400 KB echoes to a client that reads none: far under the packet bound
+    (1,024), far over the byte bound (4 MiB) once the kernel's buffers are full:
+    it is dropped as a slow consumer, not buffered whole."""
+    server = start_server("bytes", IOFLEET_HANDLERS="tests.server.sample_handlers:register")
+    answer, reader, writer = await open_websocket(server.port)
+    assert answer.startswith("http/1.1 101"), answer
+    await read_frame(reader)  # OPEN
+    writer.write(client_frame(OP_TEXT, b"40" + json.dumps({"token": make_token("hog")}).encode()))
+    assert (await read_frame(reader))[2].startswith(b"40{")
+    event = b'42%d["echo","' + b"e" * 400_000 + b'"]'
+    try:
+        for ack in range(40):
+            writer.write(client_frame(OP_TEXT, event % ack))
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                await asyncio.wait_for(writer.drain(), 1)
+        deadline = time.monotonic() + 10
+        while metric(server.admin_url, "iofleet_slow_consumers_total") < 1:
+            assert time.monotonic() < deadline, "never dropped"
+            await asyncio.sleep(0.1)
+    finally:
+        writer.transport.abort()
