@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import re
 import subprocess
 import time
@@ -54,20 +55,22 @@ def head(
     ).encode("latin-1")
 
 
-async def answer_to(port: int, chunks: list[bytes]) -> bytes:
-    """What the server answers `chunks` written with a pause between them (so each
-    is a read of its own), up to the end of its head or its close: b"" is a bare close."""
+async def answer_to(port: int, chunks: list[bytes], pause: float = 0.2) -> bytes:
+    """What the server answers `chunks` written `pause` seconds apart (so each is
+    a read of its own), up to the end of its head or its close: b"" is a bare close."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for index, chunk in enumerate(chunks):
             if index:
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(pause)
             writer.write(chunk)
             await writer.drain()
         try:
             return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         except asyncio.IncompleteReadError as error:
             return error.partial
+        except ConnectionError:
+            return b""
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
@@ -422,3 +425,54 @@ async def test_a_client_that_never_reads_large_answers_is_bounded_in_bytes(
             await asyncio.sleep(0.1)
     finally:
         writer.transport.abort()
+
+
+# Bytes a mutation inserts: the ones parsers disagree on most.
+AWKWARD = [b"\x00", b"\x01", b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b",", b"\x7f", b"\xff", b"a"]
+
+
+def mutated(rng: random.Random, raw: bytes) -> bytes:
+    """`raw` with one to three random edits: a byte dropped, an awkward byte put
+    in, a line repeated, a case flipped, or the end cut off."""
+    data = bytearray(raw)
+    for _ in range(rng.randint(1, 3)):
+        if not data:
+            break
+        at = rng.randrange(len(data))
+        edit = rng.randrange(5)
+        if edit == 0:
+            del data[at]
+        elif edit == 1:
+            data[at:at] = rng.choice(AWKWARD)
+        elif edit == 2:
+            lines = bytes(data).split(b"\r\n")
+            line = rng.randrange(len(lines))
+            lines.insert(line, lines[line])
+            data = bytearray(b"\r\n".join(lines))
+        elif edit == 3:
+            data[at : at + 1] = bytes(data[at : at + 1]).swapcase()
+        else:
+            del data[at:]
+    return bytes(data) or b"G"
+
+
+async def test_mutated_heads_get_the_same_verdict_however_they_are_split(
+    impatient: ServerProcess,
+) -> None:
+    """A fuzz run, seeded and bounded: mutated WebSocket connects, each written
+    whole and split at a random point; the same status line both ways, the node
+    up, and no session left behind (IOFLEET_FUZZ_CASES for a longer run)."""
+    edge = impatient  # a head cut short is answered within a second
+    seed = int(os.environ.get("IOFLEET_FUZZ_SEED", "22"))
+    cases = int(os.environ.get("IOFLEET_FUZZ_CASES", "40"))
+    rng = random.Random(seed)
+    before = metric(edge.admin_url, SOCKETS)
+    for case in range(cases):
+        raw = mutated(rng, head())
+        cut = rng.randrange(1, len(raw)) if len(raw) > 1 else 1
+        # The status line, or b"" for a close without one (a head cut short gets 408).
+        whole = (await answer_to(edge.port, [raw], 0.02)).partition(b"\r\n")[0]
+        split = (await answer_to(edge.port, [raw[:cut], raw[cut:]], 0.02)).partition(b"\r\n")[0]
+        assert whole == split, (case, raw, cut, whole, split)
+    assert await settle_sessions(edge, before) == before
+    assert (await answer_to(edge.port, [head()])).startswith(b"HTTP/1.1 101 ")
