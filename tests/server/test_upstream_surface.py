@@ -303,6 +303,11 @@ def test_websocket_accept_surface() -> None:
         "transport == upgrade_header == 'websocket'",
     ):
         assert rule in handle, f"engineio AsyncServer.handle_request changed near {rule!r}"
+    # `ws_transport.handshake_refusal` owns the Upgrade rule and asks it before
+    # python-engineio does: the two must stay the same test (exactly "websocket").
+    get = inspect.getsource(async_socket.AsyncSocket.handle_get_request)
+    for rule in ("environ.get('HTTP_UPGRADE', '').lower()", "transport in self.upgrade_protocols"):
+        assert rule in get, f"engineio AsyncSocket.handle_get_request changed near {rule!r}"
     connect = inspect.getsource(engineio.AsyncServer._handle_connect)
     assert "s.handle_get_request(environ)" in connect, (
         "engineio AsyncServer._handle_connect no longer upgrades through handle_get_request"
