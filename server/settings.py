@@ -31,7 +31,23 @@ Transport = Literal["websocket", "polling"]
 # is built without settings. 64 KiB is asyncio's own write high-water mark.
 SEND_BUFFER_BYTES = 64 * 1024
 SEND_QUEUE_PACKETS = 1024
+# And the bytes those packets may hold: four at the 1 MB message limit (1,024
+# chat-sized packets of about 100 bytes are 100 KB, so for small packets the
+# packet bound comes first).
+SEND_QUEUE_BYTES = 4 * 1024 * 1024
 DEFAULT_TRANSPORTS: tuple[Transport, ...] = ("websocket", "polling")
+# The public edge. A head gets as long as HAProxy's `timeout http-request` (10 s,
+# iofleet/templates/haproxy); an idle keep-alive connection outlives the balancers'
+# own idle upstream connections (nginx `keepalive_timeout` 60 s by default), so they
+# never reuse one the node is closing (aiohttp's default, 3630 s, held idle
+# connections for an hour); the backlog is Node's and nginx's default (511).
+HEAD_TIMEOUT_SECONDS = 10.0
+# Engine.IO sessions allowed beyond MAX_CONNECTIONS, for handshakes whose Socket.IO
+# CONNECT is still to come (one round trip): at the measured connect rate (about
+# 7,000/s, 143 us each, bench/fanout_bench.py) 1,000 is over 100 ms of connects.
+MAX_UNCONNECTED_SESSIONS = 1000
+KEEPALIVE_TIMEOUT_SECONDS = 75.0
+LISTEN_BACKLOG = 511
 
 
 def _default_node_id() -> str:
@@ -112,6 +128,26 @@ class Settings(BaseSettings):
         PING_TIMEOUT_SECONDS, gt=0, le=300, description="Engine.IO ping timeout (s)."
     )
     max_connections: int = Field(10000, ge=1, description="Connections this node accepts.")
+    max_unconnected_sessions: int = Field(
+        MAX_UNCONNECTED_SESSIONS,
+        ge=1,
+        description="Engine.IO sessions beyond MAX_CONNECTIONS (handshakes not connected yet).",
+    )
+    head_timeout: float = Field(
+        HEAD_TIMEOUT_SECONDS,
+        gt=0,
+        le=300,
+        description="Seconds a new connection has to send its request head (then 408).",
+    )
+    keepalive_timeout: float = Field(
+        KEEPALIVE_TIMEOUT_SECONDS,
+        gt=0,
+        le=3600,
+        description="Seconds an idle HTTP keep-alive connection is kept open.",
+    )
+    listen_backlog: int = Field(
+        LISTEN_BACKLOG, ge=1, le=65535, description="Connects the public listener queues."
+    )
     max_message_bytes: int = Field(
         1_000_000, ge=1024, description="Largest packet accepted; larger closes the sender."
     )
@@ -126,6 +162,11 @@ class Settings(BaseSettings):
     )
     send_queue_packets: int = Field(
         SEND_QUEUE_PACKETS, ge=16, description="Packets queued for one client: more = evicted."
+    )
+    send_queue_bytes: int = Field(
+        SEND_QUEUE_BYTES,
+        ge=64 * 1024,
+        description="Payload bytes queued for one client: more = evicted.",
     )
     rate_limit: float = Field(20, gt=0, description="Events/s per connection and per user.")
     rate_limit_burst: float | None = Field(None, gt=0, description="Bucket size (2 x rate).")

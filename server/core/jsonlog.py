@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 import orjson
 
@@ -77,3 +78,30 @@ class OncePerBurst:
     def reset(self) -> None:
         self._last = None
         self.suppressed = 0
+
+
+class OncePerBurstFilter(logging.Filter):
+    """A logging filter that folds the records `matches` picks into one WARNING
+    line per `window` seconds, as `event`, with how many it folded (`suppressed`).
+    Other records pass untouched.
+
+    For failures a client can cause at will: aiohttp logs each malformed request at
+    ERROR, so without this anyone could flood the node's logs unauthenticated."""
+
+    def __init__(
+        self, event: str, matches: Callable[[logging.LogRecord], bool], window: float = 10.0
+    ) -> None:
+        super().__init__()
+        self.event = event
+        self._matches = matches
+        self._burst = OncePerBurst(window)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self._matches(record):
+            return True
+        if not self._burst.should_log():
+            return False
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.event = self.event
+        record.suppressed = self._burst.take_suppressed()
+        return True

@@ -28,13 +28,15 @@ from server.eio.packet_queue import PacketQueue
 from server.eio.socket import ENGINEIO_PACKET_TYPES, ReleasingSockets
 from server.net.ws_accept import remote_address
 from server.net.ws_transport import (
+    WEBSOCKET_VERSION,
     DetachedResponse,
+    HandshakeRefusal,
     WebSocketConnection,
-    handshake_problem,
+    handshake_refusal,
     is_deflate_offered,
     switching_protocols,
 )
-from server.settings import SEND_BUFFER_BYTES, SEND_QUEUE_PACKETS
+from server.settings import SEND_BUFFER_BYTES, SEND_QUEUE_BYTES, SEND_QUEUE_PACKETS
 
 log = logging.getLogger("iofleet.engine")
 
@@ -56,6 +58,13 @@ SID_PATTERN = re.compile(rf"^{NODE_ID_RULE}\.[A-Za-z0-9_-]{{20}}$")
 # The environ key under which a connect taken before aiohttp (`IofleetEngine.open_websocket`)
 # carries its transport until `LimitedWebSocket` adopts it.
 WS_TRANSPORT_KEY = "iofleet.transport"
+
+# The answer to a WebSocket connect python-engineio did not upgrade or refuse.
+BAD_HANDSHAKE = {
+    "status": "400 BAD REQUEST",
+    "headers": [("Content-Type", "text/plain")],
+    "response": b"Invalid websocket upgrade",
+}
 
 RejectHook = Callable[[str, str | None, str], None]
 """Called with (reason, engine.io sid or None, detail) when a packet is refused."""
@@ -109,9 +118,10 @@ class LimitedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
             conn = WebSocketConnection.adopt(environ.pop(WS_TRANSPORT_KEY), socket, max_bytes)
             response = None
         elif not (self.server.ws_compression and is_deflate_offered(environ)):
-            problem = handshake_problem(environ)
-            if problem is not None:
-                return web.Response(status=400, text=problem)
+            refusal = handshake_refusal(environ)
+            if refusal is not None:  # `handle_request` asked first: only a guard
+                socket.handshake_lost()
+                return refusal_response(refusal)
             conn = WebSocketConnection.take_over(environ["aiohttp.request"], socket, max_bytes)
             response = DetachedResponse(status=101)
         else:
@@ -120,6 +130,7 @@ class LimitedWebSocket(aiohttp_driver.WebSocket):  # type: ignore[misc]
             socket.handshake_lost()
         else:
             socket.attach_websocket(conn, switching_protocols(environ["HTTP_SEC_WEBSOCKET_KEY"]))
+            conn.start_reading()
         return response
 
     async def _serve_with_deflate(self, environ: dict[str, Any]) -> web.StreamResponse:
@@ -200,6 +211,12 @@ def request_problem(
     return None
 
 
+def refusal_response(refusal: HandshakeRefusal) -> web.Response:
+    """The HTTP answer to a refused opening handshake (426 names our version)."""
+    headers = {"Sec-WebSocket-Version": WEBSOCKET_VERSION} if refusal.status == 426 else None
+    return web.Response(status=refusal.status, text=refusal.reason, headers=headers)
+
+
 async def refuse_websocket(request: web.Request, reason: str) -> WebSocketResponse:
     ws = WebSocketResponse()
     await ws.prepare(request)
@@ -252,9 +269,15 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         ws_compression: bool = False,
         send_buffer_bytes: int = SEND_BUFFER_BYTES,
         send_queue_packets: int = SEND_QUEUE_PACKETS,
+        send_queue_bytes: int = SEND_QUEUE_BYTES,
+        max_sessions: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        # Engine.IO sessions this node holds at most, whatever the layer above does
+        # with them (a session that never sends a Socket.IO CONNECT holds memory
+        # too): a handshake beyond it gets 503, which stock clients retry.
+        self.max_sessions = max_sessions
         # permessage-deflate for clients that offer it, on aiohttp's WebSocket.
         self.ws_compression = ws_compression
         # Tasks handling client packets (`handle_in_task`).
@@ -262,6 +285,7 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         # The outbound bounds every connection keeps to (server/eio/socket.py).
         self.send_buffer_bytes = send_buffer_bytes
         self.send_queue_packets = send_queue_packets
+        self.send_queue_bytes = send_queue_bytes
         # Closed connections release their tasks and timers at once (server/eio/socket.py).
         self.sockets: ReleasingSockets = ReleasingSockets()
         self.node_id = node_id
@@ -284,6 +308,13 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         problem = request_problem(request.method, request.query, self.transports)
         if problem is not None:
             return web.Response(status=400, text=problem)
+        if "sid" not in request.query and self._full():
+            return web.Response(status=503, text="server at capacity")
+        if request.method == "GET" and request.query.get("transport") == "websocket":
+            # Refused here, before python-engineio registers a session for it.
+            refusal = handshake_refusal(translate_request(request))
+            if refusal is not None:
+                return refusal_response(refusal)
         socket = self.sockets.get(request.query.get("sid", ""))
         if socket is not None and not socket.closed:
             # python-engineio notices a missed pong only when it next sends or
@@ -308,7 +339,7 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         opening handshake, an allowed `Origin`, no deflate to negotiate), and
         the connect has started on `transport`; False leaves it to aiohttp's path,
         which answers everything else, refusals included."""
-        if "websocket" not in self.transports:
+        if "websocket" not in self.transports or self._full():
             return False
         fields = query_fields(environ["QUERY_STRING"])
         if (
@@ -316,7 +347,7 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
             or fields.get("EIO") != "4"
             or "sid" in fields
             or "j" in fields
-            or handshake_problem(environ) is not None
+            or handshake_refusal(environ) is not None
             or (self.ws_compression and is_deflate_offered(environ))
         ):
             return False
@@ -328,6 +359,10 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
         environ[WS_TRANSPORT_KEY] = transport  # `LimitedWebSocket` adopts it
         rest = step_eagerly(self._connect_websocket(environ, transport))
         if rest is not None:
+            if WS_TRANSPORT_KEY in environ:
+                # Not adopted yet: what the client sends meanwhile waits in the
+                # socket (`WebSocketConnection.start_reading` resumes).
+                transport.pause_reading()
             self.handle_in_task(rest)
         return True
 
@@ -347,9 +382,24 @@ class IofleetEngine(engineio.AsyncServer):  # type: ignore[misc]
             }
         if WS_TRANSPORT_KEY in environ and not transport.is_closing():  # never upgraded
             environ.pop(WS_TRANSPORT_KEY)
-            if isinstance(response, dict):
-                transport.write(http_response(response))
+            if not isinstance(response, dict):
+                # python-engineio served it as a poll (its own upgrade test failed,
+                # which `handshake_refusal` rules out): never a bare close, and the
+                # session it opened for the OPEN packet goes too.
+                await self._drop_opened_session(response)
+                response = BAD_HANDSHAKE
+            transport.write(http_response(response))
             transport.close()
+
+    def _full(self) -> bool:
+        return self.max_sessions is not None and len(self.sockets) >= self.max_sessions
+
+    async def _drop_opened_session(self, packets: Any) -> None:
+        for pkt in packets if isinstance(packets, list) else ():
+            if getattr(pkt, "packet_type", None) == eio_packet.OPEN:
+                socket = self.sockets.get(pkt.data.get("sid", ""))
+                if socket is not None:
+                    await socket.close(wait=False, abort=True)
 
     @staticmethod
     async def _settle_upgrade(socket: Any) -> None:

@@ -31,8 +31,15 @@ from engineio import packet as eio_packet
 COMPACT_AFTER = 64
 
 
+def payload_bytes(item: Any) -> int:
+    """The size of a packet's payload, read without encoding it (O(1))."""
+    data = getattr(item, "data", None)
+    return len(data) if isinstance(data, str | bytes) else 0
+
+
 class PacketQueue:
     __slots__ = (
+        "_bytes",
         "_getters",
         "_head",
         "_items",
@@ -48,12 +55,19 @@ class PacketQueue:
         self._getters: list[asyncio.Future[None]] | None = None
         self._joiners: list[asyncio.Future[None]] | None = None
         self._unfinished = 0  # put and not yet `task_done`
+        self._bytes = 0  # payload bytes of the packets queued (`nbytes`)
         self._ping_interval_ms = ping_interval_ms
         # Called after a put that no `get` was waiting for.
         self.on_idle_put: Callable[[], None] | None = None
 
     def qsize(self) -> int:
         return len(self._items) - self._head
+
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes of the packets queued now (their text or bytes; an OPEN or
+        a PING counts none): what bounds a queue of large packets."""
+        return self._bytes
 
     def empty(self) -> bool:
         return self._head == len(self._items)
@@ -66,6 +80,7 @@ class PacketQueue:
                 item.data["pingInterval"] = self._ping_interval_ms
             self._ping_interval_ms = None  # only the first packet can be the OPEN
         self._items.append(item)
+        self._bytes += payload_bytes(item)
         self._unfinished += 1
         if not self._wake_getter() and self.on_idle_put is not None:
             self.on_idle_put()
@@ -123,6 +138,7 @@ class PacketQueue:
         head = self._head
         item = items[head]
         items[head] = None
+        self._bytes -= payload_bytes(item)
         head += 1
         if head == len(items):
             items.clear()

@@ -82,7 +82,8 @@ PROBE_PONG_FRAME = text_frame(b"3probe")  # the answer to the probe
 # Packets waiting behind one that is still being handled; past this many the
 # connection stops reading until they are done.
 INBOX_PAUSE_AT = 256
-# Packets written per pass of the WebSocket drain before it checks the transport.
+# Packets written per pass of the WebSocket drain (one write) before it checks
+# whether the transport is full.
 DRAIN_BATCH = 64
 
 
@@ -268,7 +269,9 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         await super().send(pkt)
 
     def _room_for_one_more(self) -> bool:
-        if self.queue.qsize() < self.server.send_queue_packets:
+        queue = self.queue
+        server = self.server
+        if queue.qsize() < server.send_queue_packets and queue.nbytes < server.send_queue_bytes:
             return True
         self._evict_slow_consumer()
         return False
@@ -461,7 +464,10 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         while not self.closed:
             try:
                 data = await self._receive(ws)
-            except (OSError, ValueError):
+            except ValueError as error:  # over the size limit: counted and logged
+                self.ws_refused("oversize", str(error))
+                return
+            except OSError:
                 return  # closed, refused or broken: the caller closes the socket
             if data is None:
                 return
@@ -513,8 +519,13 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             else:
                 self._writer = None  # all sent: the next put starts a writer again
                 return
-        except (OSError, RuntimeError, ConnectionError):
+        except (OSError, ConnectionError):
             pass  # the peer went away mid-send; the reader sees it too
+        except RuntimeError as error:  # aiohttp refusing a send: not expected, so said
+            log.warning(
+                "websocket send failed",
+                extra={"event": "engine.send_error", "eio_sid": self.sid, "error": str(error)},
+            )
         with contextlib.suppress(OSError, RuntimeError, TimeoutError):
             async with asyncio.timeout(CLOSE_HANDSHAKE_SECONDS):
                 await ws.close()
@@ -616,7 +627,9 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         assert conn is not None
         try:
             pkt = eio_packet.Packet(encoded_packet=data)
-        except Exception:
+        except Exception as error:  # ValueError, mostly: not an Engine.IO packet
+            # Counted and logged as any malformed packet; the session goes on over polling.
+            self.ws_refused("malformed", f"upgrade probe: {type(error).__name__}: {error}")
             self._upgrade_failed()
             return
         if self._probe == PROBE_PING:
@@ -658,13 +671,16 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         if hook is not None:
             hook(reason, self.sid, detail)
 
-    def ws_writable(self) -> None:
-        if self._websocket is self._conn and self._conn is not None:
+    def ws_writable(self, conn: WebSocketConnection) -> None:
+        if conn is self._conn and self._websocket is conn:
             self._drain_to_websocket()
 
-    def ws_lost(self) -> None:
-        """The WebSocket's TCP connection is gone: close the socket (unless it
-        was an upgrade that never finished: the session goes on over polling)."""
+    def ws_lost(self, conn: WebSocketConnection) -> None:
+        """A WebSocket's TCP connection is gone: close the socket if it was the one
+        the socket uses (an upgrade that never finished just ends: the session goes
+        on over polling; a connection given up before is no longer the socket's)."""
+        if conn is not self._conn:
+            return
         if not self.upgraded:
             self._end_probe()
             self._conn = None
@@ -699,6 +715,9 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
                         self._send_raw(text_frame(encoded.encode()))
                     else:
                         self._send_raw(frame(OP_BINARY, encoded))
+                # Written per batch, so the transport can say it is full
+                # (`write_paused`) before the whole queue is turned into frames.
+                self.flush_frames()
         finally:
             self._draining = False
 

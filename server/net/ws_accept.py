@@ -10,13 +10,14 @@ leaves aiohttp at once. Taking such connects here halved a connect's server CPU
 time (`bench/fanout_bench.py`: about 310 to 143 µs).
 
 So every public TCP connection starts with a `HandshakeSniffer`. Its first
-bytes go to `environ_of_head`; when they are a complete, well-formed
+request head, read whole (however it is split over reads, within the head
+timeout), goes to `environ_of_head`; when it is a complete, well-formed
 WebSocket connect (and nothing else), the Engine.IO server takes the connection
 itself (`server.eio.engine.IofleetEngine.open_websocket`). Anything else (polling,
-a session's upgrade, a head split over two reads, a request to be refused, a
-malformed or unusual request) goes to aiohttp with the bytes read, exactly as
-if aiohttp had read them: aiohttp stays the one place where an HTTP request is
-refused, and this module only ever says "mine" or "not mine".
+a session's upgrade, a request to be refused, a malformed or unusual request)
+goes to aiohttp with the bytes read, exactly as if aiohttp had read them:
+aiohttp stays the one place where an HTTP request is refused, and this module
+only ever says "mine" or "not mine".
 
 The environ of a connect taken here has the keys python-engineio's aiohttp
 driver sets (`HTTP_*` headers, `QUERY_STRING`, `PATH_INFO`, ...), with the
@@ -44,6 +45,18 @@ MAX_HEAD_BYTES = 8192
 FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Fields that announce a body: a request with one is not a handshake.
 BODY_FIELDS = frozenset({"CONTENT_LENGTH", "CONTENT_TYPE", "TRANSFER_ENCODING"})
+# More header lines than this are left to aiohttp (which refuses over 128); stock
+# clients send about ten.
+MAX_HEADER_LINES = 64
+# Bytes no head taken here holds: controls other than the CRLF line ends and the
+# tab, DEL, and anything outside ASCII (aiohttp's parser refuses most of them;
+# whatever is declined, aiohttp answers, whichever way the bytes were split).
+NOT_TAKEN_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]")
+# What a request head starts with: a method, a token of capital letters. Bytes that
+# cannot start one (a TLS hello, say) go to aiohttp at once, which answers them.
+METHOD_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# The answer to a head that did not arrive whole within the head timeout.
+REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 def remote_address(peername: Any) -> tuple[str, str]:
@@ -64,7 +77,7 @@ def environ_of_head(data: bytes, path: str, peer: Any) -> dict[str, Any] | None:
     if len(data) > MAX_HEAD_BYTES or not data.startswith(b"GET "):
         return None
     head, blank, rest = data.partition(b"\r\n\r\n")
-    if not blank or rest or b"\x00" in head:
+    if not blank or rest or NOT_TAKEN_BYTES.search(head) is not None:
         return None
     # Lines end in CRLF only: a bare CR or LF is not taken here.
     crlf = head.count(b"\r\n")
@@ -76,7 +89,7 @@ def environ_of_head(data: bytes, path: str, peer: Any) -> dict[str, Any] | None:
         return None
     target = request_line[1]
     route, _, query = target.partition("?")
-    if route != path:
+    if route != path or "\t" in target or len(lines) - 1 > MAX_HEADER_LINES:
         return None
     host, port = remote_address(peer)
     environ: dict[str, Any] = {
@@ -109,28 +122,63 @@ def environ_of_head(data: bytes, path: str, peer: Any) -> dict[str, Any] | None:
         value = value.strip(" \t")
         # As python-engineio's drivers do: a repeated field is one comma-joined value.
         environ[key] = f"{environ[key]},{value}" if key in environ else value
+    host_field = environ.get("HTTP_HOST")
+    if not host_field or "," in host_field:
+        return None  # HTTP/1.1 asks for exactly one Host (RFC 9112 3.2): aiohttp decides
     environ["wsgi.url_scheme"] = environ.get("HTTP_X_FORWARDED_PROTO", "http")
     return environ
 
 
 class HandshakeSniffer(asyncio.Protocol):
-    """The first protocol of a public connection: hands its first bytes to
-    `on_websocket_connect`, or else gives the connection to aiohttp's
-    `RequestHandler` (made by `http`, the runner's `web.Server`) with those bytes."""
+    """The first protocol of a public connection: reads its first request head
+    whole (within `head_timeout` seconds, at most `MAX_HEAD_BYTES`), then hands it
+    to `on_websocket_connect`, or else gives the connection to aiohttp's
+    `RequestHandler` (made by `http`, the runner's `web.Server`) with those bytes.
 
-    __slots__ = ("_http", "_on_websocket_connect", "_path", "_taken", "_transport")
+    Reading the head whole before deciding makes the verdict the same however
+    the bytes were split over reads, and bounds how long a connection may hold a
+    slot without sending a request (aiohttp has no such timeout)."""
+
+    __slots__ = (
+        "_head",
+        "_head_timeout",
+        "_http",
+        "_on_websocket_connect",
+        "_path",
+        "_taken",
+        "_timer",
+        "_transport",
+    )
 
     def __init__(
-        self, http: web.Server, path: str, on_websocket_connect: WebSocketConnectHandler
+        self,
+        http: web.Server,
+        path: str,
+        on_websocket_connect: WebSocketConnectHandler,
+        head_timeout: float,
     ) -> None:
         self._http = http
         self._path = path
         self._on_websocket_connect = on_websocket_connect
+        self._head_timeout = head_timeout
         self._transport: asyncio.Transport | None = None
         self._taken = False
+        self._head = b""  # a head not complete yet (at most MAX_HEAD_BYTES)
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._head_timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._head:
+            transport.write(REQUEST_TIMEOUT)  # a partial head gets an answer; silence none
+        transport.close()
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
@@ -140,23 +188,42 @@ class HandshakeSniffer(asyncio.Protocol):
             # our 101: RFC 6455 4.1 forbids that.
             transport.close()
             return
-        environ = environ_of_head(data, self._path, transport.get_extra_info("peername"))
+        head = self._head + data if self._head else data
+        if (
+            len(head) <= MAX_HEAD_BYTES
+            and head[0] in METHOD_START
+            and b"\r\n\r\n" not in head
+            and b"\n\n" not in head
+        ):
+            self._head = head  # the rest of the head is still to come
+            return
+        self._head = b""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        environ = environ_of_head(head, self._path, transport.get_extra_info("peername"))
         if environ is not None and self._on_websocket_connect(environ, transport):
             self._taken = True
             return
         handler = self._http()
         transport.set_protocol(handler)
         handler.connection_made(transport)
-        handler.data_received(data)
+        handler.data_received(head)
 
     def eof_received(self) -> bool:
-        return False  # the client left before sending a request: close
+        return False  # the client left before sending a whole request: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._transport = None
 
 
 class PublicSite(web.BaseSite):
     """A TCP listener whose connections start with a `HandshakeSniffer`."""
 
-    __slots__ = ("_host", "_on_websocket_connect", "_path", "_port")
+    __slots__ = ("_backlog", "_head_timeout", "_host", "_on_websocket_connect", "_path", "_port")
 
     def __init__(
         self,
@@ -165,12 +232,16 @@ class PublicSite(web.BaseSite):
         port: int,
         path: str,
         on_websocket_connect: WebSocketConnectHandler,
+        head_timeout: float,
+        backlog: int,
     ) -> None:
         super().__init__(runner)
         self._host = host
         self._port = port
         self._path = path
         self._on_websocket_connect = on_websocket_connect
+        self._head_timeout = head_timeout
+        self._backlog = backlog
 
     @property
     def name(self) -> str:
@@ -182,7 +253,11 @@ class PublicSite(web.BaseSite):
         assert http is not None  # the runner is set up
 
         def sniffer() -> HandshakeSniffer:
-            return HandshakeSniffer(http, self._path, self._on_websocket_connect)
+            return HandshakeSniffer(
+                http, self._path, self._on_websocket_connect, self._head_timeout
+            )
 
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(sniffer, self._host, self._port)
+        self._server = await loop.create_server(
+            sniffer, self._host, self._port, backlog=self._backlog
+        )

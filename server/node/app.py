@@ -11,7 +11,9 @@ from typing import Any
 
 import socketio
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
+from server.core.jsonlog import OncePerBurstFilter
 from server.core.metrics import Metrics
 from server.net.redis_topology import parse_redis_url
 from server.net.ws_accept import PublicSite
@@ -26,6 +28,14 @@ from server.sio.cluster.recovery import RecoveringFanoutManager
 from server.sio.server import IofleetServer
 
 log = logging.getLogger("iofleet.app")
+# aiohttp's server logger: one ERROR per malformed request, unless folded.
+AIOHTTP_SERVER_LOG = logging.getLogger("aiohttp.server")
+
+
+def is_malformed_request(record: logging.LogRecord) -> bool:
+    """aiohttp's record for a request its parser refused (the client's doing)."""
+    return bool(record.exc_info) and isinstance(record.exc_info[1], HttpProcessingError)  # type: ignore[index]
+
 
 LAG_SAMPLE_SECONDS = 0.5
 SHUTDOWN_STEP_TIMEOUT = 5.0
@@ -186,13 +196,25 @@ async def serve(app: web.Application, stop: asyncio.Event) -> None:
     # cancelled at once, so its Engine.IO socket closes then (server/eio/socket.py)
     # instead of waiting out its timeout.
     public_runner = web.AppRunner(
-        app, access_log=None, shutdown_timeout=SHUTDOWN_STEP_TIMEOUT, handler_cancellation=True
+        app,
+        access_log=None,
+        shutdown_timeout=SHUTDOWN_STEP_TIMEOUT,
+        handler_cancellation=True,
+        keepalive_timeout=settings.keepalive_timeout,
     )
     runners = [public_runner]
 
     def public_site(runner: web.AppRunner) -> web.BaseSite:
         connects = websocket_connects(node)
-        return PublicSite(runner, settings.host, settings.port, SOCKETIO_PATH, connects)
+        return PublicSite(
+            runner,
+            settings.host,
+            settings.port,
+            SOCKETIO_PATH,
+            connects,
+            head_timeout=settings.head_timeout,
+            backlog=settings.listen_backlog,
+        )
 
     def admin_site(runner: web.AppRunner) -> web.BaseSite:
         return web.TCPSite(runner, settings.admin_bind, settings.admin_port)
@@ -207,6 +229,8 @@ async def serve(app: web.Application, stop: asyncio.Event) -> None:
         listeners.append((admin_runner, admin_site, f"{settings.admin_bind}:{settings.admin_port}"))
     waiters: set[asyncio.Task[object]] = set()
     started = time.monotonic()
+    malformed = OncePerBurstFilter("http.malformed_request", is_malformed_request)
+    AIOHTTP_SERVER_LOG.addFilter(malformed)
     try:
         for runner, make_site, address in listeners:
             await runner.setup()
@@ -233,6 +257,7 @@ async def serve(app: web.Application, stop: asyncio.Event) -> None:
         # Also after a failed start: the fan-out listener already runs and must stop.
         for runner in runners:
             await runner.cleanup()
+        AIOHTTP_SERVER_LOG.removeFilter(malformed)
         log.info(
             "stopped",
             extra={"event": "server.stop", "uptime_s": round(time.monotonic() - started, 1)},

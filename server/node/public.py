@@ -51,7 +51,9 @@ def websocket_connects(node: Node) -> WebSocketConnectHandler:
 def client_ip(request: web.Request, trust_proxy_headers: bool) -> str:
     if trust_proxy_headers:
         # Our balancer appends the address it saw; earlier entries are client-supplied.
-        forwarded = request.headers.get("X-Forwarded-For", "")
+        # HAProxy adds its own X-Forwarded-For line after any the client sent, so
+        # every line counts, in order (one `get` would read the client's line).
+        forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
         hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
         if hops:
             return hops[-1]

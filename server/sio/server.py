@@ -165,6 +165,9 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             ws_compression=settings.ws_compression,
             send_buffer_bytes=settings.send_buffer_bytes,
             send_queue_packets=settings.send_queue_packets,
+            send_queue_bytes=settings.send_queue_bytes,
+            # Room for handshakes whose Socket.IO CONNECT is still to come.
+            max_sessions=settings.max_connections + settings.max_unconnected_sessions,
         )
         self.eio.reject_hook = self._on_packet_rejected
         self.eio.slow_consumer_hook = self._on_slow_consumer

@@ -73,3 +73,16 @@ async def test_the_open_packet_gets_exact_milliseconds() -> None:
     later = eio_packet.Packet(eio_packet.OPEN, {"pingInterval": 0})
     queue.put_nowait(later)  # only the first packet can be the handshake
     assert later.data["pingInterval"] == 0
+
+
+def test_the_queue_counts_the_payload_bytes_it_holds() -> None:
+    queue = PacketQueue()
+    queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, "x" * 1000))
+    queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, b"y" * 24))
+    queue.put_nowait(eio_packet.Packet(eio_packet.PING))
+    assert queue.nbytes == 1024
+    queue.get_nowait()
+    assert queue.nbytes == 24
+    queue.get_nowait()
+    queue.get_nowait()
+    assert queue.nbytes == 0 and queue.empty()

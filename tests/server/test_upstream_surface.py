@@ -251,8 +251,9 @@ def test_websocket_takeover_surface() -> None:
     `_websocket_handler` (the wrapper reaches the socket through it); aiohttp's
     request exposes its protocol and transport; the protocol's `transport` can be
     cleared (every write aiohttp makes goes through it) and it has
-    `connection_lost` (which unregisters it from aiohttp's server); and
-    `websocket_mask` unmasks a payload in place."""
+    `connection_lost` (which unregisters it from aiohttp's server); bytes read
+    behind an upgrade's head wait in its `_message_tail`; and `websocket_mask`
+    unmasks a payload in place."""
     from aiohttp._websocket.helpers import websocket_mask
     from aiohttp.base_protocol import BaseProtocol
     from aiohttp.http_writer import StreamWriter
@@ -267,6 +268,10 @@ def test_websocket_takeover_surface() -> None:
             f"aiohttp BaseRequest.{name} is gone"
         )
     assert "transport" in BaseProtocol.__slots__, "aiohttp BaseProtocol.transport is gone"
+    received = inspect.getsource(RequestHandler.data_received)
+    assert "self._message_tail = tail" in received, (
+        "aiohttp RequestHandler no longer keeps the bytes behind an upgrade in _message_tail"
+    )
     lost = inspect.getsource(RequestHandler.connection_lost)
     assert "self._manager.connection_lost(self, exc)" in lost, (
         "aiohttp RequestHandler.connection_lost no longer unregisters from its server"
@@ -298,6 +303,11 @@ def test_websocket_accept_surface() -> None:
         "transport == upgrade_header == 'websocket'",
     ):
         assert rule in handle, f"engineio AsyncServer.handle_request changed near {rule!r}"
+    # `ws_transport.handshake_refusal` owns the Upgrade rule and asks it before
+    # python-engineio does: the two must stay the same test (exactly "websocket").
+    get = inspect.getsource(async_socket.AsyncSocket.handle_get_request)
+    for rule in ("environ.get('HTTP_UPGRADE', '').lower()", "transport in self.upgrade_protocols"):
+        assert rule in get, f"engineio AsyncSocket.handle_get_request changed near {rule!r}"
     connect = inspect.getsource(engineio.AsyncServer._handle_connect)
     assert "s.handle_get_request(environ)" in connect, (
         "engineio AsyncServer._handle_connect no longer upgrades through handle_get_request"

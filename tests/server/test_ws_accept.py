@@ -136,11 +136,14 @@ async def test_the_app_sees_the_same_handshake_on_either_path(start_server) -> N
     expected = {"remote_addr": "127.0.0.1", "query": "EIO=4&transport=websocket&team=a%20b"}
     expected["x_trace"] = "t1"
 
-    # In one read: taken before aiohttp.
+    # In one read, or split over two: read whole and taken before aiohttp.
     port, seen = await handshake_seen(server.port, [head])
     assert seen == {**expected, "remote_port": str(port), "via_aiohttp": False}
-    # Split over two reads: aiohttp parses it, and the app sees the same.
     port, seen = await handshake_seen(server.port, [head[:30], head[30:]])
+    assert seen == {**expected, "remote_port": str(port), "via_aiohttp": False}
+    # A head the sniffer leaves to aiohttp (one announcing a body): the app sees the same.
+    unusual = head.replace(b"X-Trace: t1\r\n", b"X-Trace: t1\r\nContent-Length: 0\r\n")
+    port, seen = await handshake_seen(server.port, [unusual])
     assert seen == {**expected, "remote_port": str(port), "via_aiohttp": True}
 
 

@@ -75,6 +75,18 @@ VIOLATIONS = {
     "oversize": (client_frame(OP_TEXT, b"4" * (MAX_BYTES + 1)), CLOSE_MESSAGE_TOO_BIG),
     "stray-continuation": (client_frame(OP_CONTINUATION, b"4"), CLOSE_PROTOCOL_ERROR),
     "fragmented-ping": (client_frame(OP_PING, b"x", fin=False), CLOSE_PROTOCOL_ERROR),
+    # RFC 6455 5.2: a length in the fewest bytes; 5.5.1 and 7.4: what a close may carry.
+    "non-minimal-length": (
+        bytes([0x81, 0x80 | 126]) + (4).to_bytes(2, "big") + bytes(4) + b'42["x"]'[:4],
+        CLOSE_PROTOCOL_ERROR,
+    ),
+    "close-code-1005": (client_frame(OP_CLOSE, (1005).to_bytes(2, "big")), CLOSE_PROTOCOL_ERROR),
+    "close-code-0": (client_frame(OP_CLOSE, bytes(2)), CLOSE_PROTOCOL_ERROR),
+    "close-one-byte": (client_frame(OP_CLOSE, b"\x03"), CLOSE_PROTOCOL_ERROR),
+    "close-reason-not-utf8": (
+        client_frame(OP_CLOSE, (1000).to_bytes(2, "big") + b"\xff"),
+        CLOSE_PROTOCOL_ERROR,
+    ),
 }
 
 
