@@ -1,9 +1,9 @@
 """iofleet's Pulumi program: reads the stack config, wires the components, exports.
 
-A regional stack builds Network -> Cluster -> RedisCache -> BalancerController ->
-SocketService (namespace, Services) -> Balancer (the route) -> the server Deployment ->
-Autoscaler -> Observability; the global stack reads the regional stacks' outputs and
-builds GlobalRouting.
+A regional stack builds Network -> Cluster -> NodeAutoscaler (Karpenter) -> RedisCache ->
+BalancerController -> SocketService (namespace, Services) -> Balancer (the route) -> the
+server Deployment -> Headroom -> Autoscaler -> Observability; the global stack reads the
+regional stacks' outputs and builds GlobalRouting.
 """
 
 # `infra` is a package of the project (pyproject.toml), installed into `.venv` by `make
@@ -18,6 +18,7 @@ from infra.elasticache import RedisCache, RedisCacheArgs
 from infra.global_routing import GlobalRouting, GlobalRoutingArgs, Region
 from infra.jwt_secret import jwt_secret
 from infra.network import Network, NetworkArgs
+from infra.node_autoscaling import Headroom, HeadroomArgs, NodeAutoscaler, NodeAutoscalerArgs
 from infra.observability import Observability, ObservabilityArgs
 from infra.workloads import (
     HAPROXY_LABELS,
@@ -52,6 +53,11 @@ def regional(cfg: RegionalConfig) -> None:
             tags=tags,
         ),
     )
+    if cfg.node_autoscaler == "karpenter":
+        NodeAutoscaler(
+            "node-autoscaler",
+            NodeAutoscalerArgs(cfg, cluster, network.private_subnet_ids, tags),
+        )
     redis = RedisCache(
         "redis",
         RedisCacheArgs(
@@ -100,6 +106,11 @@ def regional(cfg: RegionalConfig) -> None:
         ),
     )
     service.create_deployment(after=balancer.route)
+    if cfg.headroom_pods:
+        Headroom(
+            "headroom",
+            HeadroomArgs(cfg, cluster.provider, cfg.namespace, list(service.route_needs)),
+        )
     # Observability waits for the autoscaler too: it scrapes the cert-manager it installs.
     scaled: list[pulumi.Resource] = []
     if cfg.has_autoscaler:

@@ -292,7 +292,7 @@ class Cluster(pulumi.ComponentResource):
         ).apply(build)
 
     def irsa_role(
-        self, name: str, namespace: str, service_account: str, policy: str
+        self, name: str, namespace: str, service_account: str, policy: pulumi.Input[str]
     ) -> aws.iam.Role:
         """An IAM role only the given service account can assume (IRSA)."""
 

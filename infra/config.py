@@ -37,6 +37,7 @@ Kind = Literal["regional", "global"]
 Balancer = Literal["alb", "nginx", "haproxy"]
 Routing = Literal["route53", "accelerator"]
 Autoscaling = Literal["hpa", "direct", "none"]
+NodeAutoscalerKind = Literal["karpenter", "none"]
 
 # EKS minor versions this program is tested with (kubernetes-validate runs every manifest
 # at the default), with the end of standard and of extended support from the EKS release
@@ -111,6 +112,24 @@ class Settings(BaseModel):
     node_min: int = _key(4, "Node group minimum size.", ge=1, le=1000)
     node_desired: int = _key(4, "Node group initial size.", ge=1, le=1000)
     node_max: int = _key(12, "Node group maximum size.", ge=1, le=1000)
+    # --- regional: node autoscaling and warm headroom (infra/node_autoscaling.py)
+    node_autoscaler: NodeAutoscalerKind = _key(
+        "karpenter", "karpenter (nodes follow pending pods) or none (the node group alone)."
+    )
+    node_pool_cpu_limit: int = _key(
+        256, "Most vCPUs the Karpenter NodePool runs at once (a cost cap).", ge=1, le=100_000
+    )
+    node_ami_alias: str = _key(
+        "al2023@latest",
+        "Karpenter nodes' AMI alias; pin al2023@vYYYYMMDD to choose when nodes roll.",
+    )
+    headroom_pods: int = _key(
+        1,
+        "Warm room for this many server pods (placeholders they preempt); "
+        "`iofleet plan --load-step` sizes it; 0 = none.",
+        ge=0,
+        le=1000,
+    )
     # --- regional: Redis
     redis_node_type: str = _key("cache.r7g.large", "ElastiCache node type.")
     redis_replicas: int = _key(1, "Read replicas besides the primary, 1 to 5.", ge=1, le=5)
@@ -268,6 +287,14 @@ class Settings(BaseModel):
                 )
             if _doc_account(arn):
                 raise ValueError(f"{arn!r} is a placeholder; put your team's IAM role ARNs")
+        return value
+
+    @field_validator("node_ami_alias")
+    @classmethod
+    def _ami_alias(cls, value: str) -> str:
+        # EC2NodeClass amiSelectorTerms alias: family@version (AL2023 for x86_64 nodes).
+        if not re.match(r"^al2023@(latest|v\d{8})$", value):
+            raise ValueError(f"{value!r} is not allowed; use al2023@latest or al2023@vYYYYMMDD")
         return value
 
     @field_validator("namespace")

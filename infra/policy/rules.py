@@ -43,6 +43,10 @@ WORKLOADS = {
     "kubernetes:core/v1:Pod": ("spec",),
 }
 API_SERVICE = "kubernetes:apiregistration.k8s.io/v1:APIService"
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+PRIORITY_CLASS = "kubernetes:scheduling.k8s.io/v1:PriorityClass"
+PAUSE_IMAGE = re.compile(r"(^|/)pause(:|@|$)")
+"""A placeholder pod's image (infra/node_autoscaling.py's headroom)."""
 CUSTOM_METRICS_GROUP = "custom.metrics.k8s.io"
 # The server's own defaults (server.contract) when a variable is not set.
 SERVER_DEFAULTS = {
@@ -177,6 +181,65 @@ def check_non_root(resource_type: str, props: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _is_karpenter(props: Mapping[str, Any]) -> bool:
+    return str(props.get("chart") or "").rstrip("/").rsplit("/", 1)[-1] == "karpenter"
+
+
+def check_karpenter_deletion_cost(props: Mapping[str, Any]) -> list[str]:
+    """Karpenter's alpha PodDeletionCostManagement rewrites
+    controller.kubernetes.io/pod-deletion-cost by its own node ranking, erasing the iofleet
+    autoscaler's ranking of pods by connections: the gate is off, explicitly (a chart that
+    later turns it on by default must not do so silently)."""
+    if not _is_karpenter(props):
+        return []
+    values = props.get("values") or {}
+    problems = []
+    if _dig(values, "settings", "featureGates", "podDeletionCostManagement") is not False:
+        problems.append(
+            "Karpenter release must set settings.featureGates.podDeletionCostManagement: "
+            "false, or Karpenter rewrites controller.kubernetes.io/pod-deletion-cost "
+            "(the autoscaler's ranking of pods by connections)"
+        )
+    for env in _dig(values, "controller", "env") or []:
+        value = str(env.get("value", "")) if isinstance(env, Mapping) else ""
+        if env.get("name") == "FEATURE_GATES" and re.search(
+            r"PodDeletionCostManagement=true", value, re.IGNORECASE
+        ):
+            problems.append(
+                "Karpenter release turns PodDeletionCostManagement on in controller.env "
+                "FEATURE_GATES"
+            )
+    return problems
+
+
+def check_karpenter_placement(props: Mapping[str, Any]) -> list[str]:
+    """Karpenter's controller never runs on a node it manages (it could consolidate its
+    own node away, and nothing would bring nodes back): every required node-affinity term
+    excludes karpenter.sh/nodepool, stated in the release, not left to chart defaults."""
+    if not _is_karpenter(props):
+        return []
+    terms = _dig(
+        props.get("values"),
+        "affinity",
+        "nodeAffinity",
+        "requiredDuringSchedulingIgnoredDuringExecution",
+        "nodeSelectorTerms",
+    )
+
+    def excludes(term: Any) -> bool:
+        return any(
+            _dig(e, "key") == "karpenter.sh/nodepool" and _dig(e, "operator") == "DoesNotExist"
+            for e in _dig(term, "matchExpressions") or []
+        )
+
+    if not terms or not all(excludes(t) for t in terms):
+        return [
+            "Karpenter release must keep its controller off Karpenter's nodes: every "
+            "affinity.nodeAffinity required term needs karpenter.sh/nodepool DoesNotExist"
+        ]
+    return []
+
+
 # --- stack checks --------------------------------------------------------------------
 
 
@@ -294,6 +357,56 @@ def check_hpa_has_metrics_source(resources: Sequence[Resource]) -> list[str]:
         for name in hpas
         if missing
     ]
+
+
+def _pod_priority(pod: Any, classes: Mapping[str, Mapping[str, Any]]) -> float:
+    """A pod's priority: its PriorityClass's value, else the global default's, else 0."""
+    name = _dig(pod, "priorityClassName")
+    if name:
+        return float(_dig(classes.get(str(name)), "value") or 0)
+    defaults = [c for c in classes.values() if c.get("globalDefault") is True]
+    return float(defaults[0].get("value") or 0) if defaults else 0.0
+
+
+def check_headroom_priority(resources: Sequence[Resource]) -> list[str]:
+    """Placeholder pods (warm headroom) yield to the servers: their PriorityClass exists,
+    is below every server pod's priority and never preempts; else a load step's server
+    pods stay Pending behind them, or the placeholders evict servers."""
+    classes = {
+        str(_dig(props, "metadata", "name")): props
+        for typ, props in resources
+        if typ == PRIORITY_CLASS
+    }
+    servers = [
+        _pod_priority(_dig(props, *WORKLOADS[DEPLOYMENT]), classes)
+        for typ, props in resources
+        if typ == DEPLOYMENT
+        and any(_is_server(c) for c in _containers(_dig(props, *WORKLOADS[DEPLOYMENT])))
+    ]
+    problems = []
+    for typ, props in resources:
+        pod = _dig(props, *WORKLOADS.get(typ, ("-",)))
+        containers = _containers(pod)
+        if not containers or not all(
+            PAUSE_IMAGE.search(str(c.get("image", ""))) for c in containers
+        ):
+            continue
+        name = _dig(props, "metadata", "name")
+        wanted = _dig(pod, "priorityClassName")
+        if not wanted or str(wanted) not in classes:
+            problems.append(f"placeholder {name} needs its own PriorityClass (none found)")
+            continue
+        value = _pod_priority(pod, classes)
+        if servers and value >= min(servers):
+            problems.append(
+                f"placeholder {name}: priority {value:g} must be below the server pods' "
+                f"({min(servers):g}), or server pods cannot preempt it"
+            )
+        if classes[str(wanted)].get("preemptionPolicy") != "Never":
+            problems.append(
+                f"placeholder {name}: PriorityClass {wanted} must have preemptionPolicy Never"
+            )
+    return problems
 
 
 def check_admin_private(resources: Sequence[Resource]) -> list[str]:
@@ -500,6 +613,23 @@ POLICIES = [
         "connection-hpa-needs-autoscaler",
         "An HPA on iofleet_connections comes with the autoscaler and its metrics APIServices.",
         check_hpa_has_metrics_source,
+    ),
+    _resource_policy(
+        "karpenter-keeps-pod-deletion-cost",
+        "Karpenter: PodDeletionCostManagement off, so the autoscaler's ranking survives.",
+        {HELM_RELEASE},
+        lambda _t, props: check_karpenter_deletion_cost(props),
+    ),
+    _resource_policy(
+        "karpenter-off-its-own-nodes",
+        "Karpenter's controller runs only on nodes it does not manage.",
+        {HELM_RELEASE},
+        lambda _t, props: check_karpenter_placement(props),
+    ),
+    _stack_policy(
+        "headroom-below-servers",
+        "Placeholder pods: own PriorityClass below the servers', preemptionPolicy Never.",
+        check_headroom_priority,
     ),
     _stack_policy(
         "rolling-update-loses-nothing",

@@ -12,6 +12,7 @@ Tests run in their own pytest call with `-p no:asyncio`: Pulumi drives its own l
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import runpy
@@ -55,6 +56,16 @@ for _region in ("us-east-1", "eu-west-1"):
         ),
         "iofleet:alarm_email": "oncall@acme.io",
     }
+
+
+def _mock_id(typ: str, name: str) -> str:
+    """Physical ids; subnets and security groups shaped like AWS's (EC2NodeClass selector
+    terms match `subnet-[0-9a-z]+` and `sg-[0-9a-z]+`)."""
+    prefixes = {"aws:ec2/subnet:Subnet": "subnet-", "aws:ec2/securityGroup:SecurityGroup": "sg-"}
+    if typ in prefixes:
+        return prefixes[typ] + hashlib.sha1(name.encode()).hexdigest()[:17]
+    return f"{name}-id"
+
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 """The key Pulumi's wire format marks a secret value with."""
@@ -147,7 +158,7 @@ class FleetMocks(pulumi.runtime.Mocks):
         inputs = unwrap_secrets(dict(args.inputs), "", secrets)
         self.resources.append(Recorded(args.typ, args.name, inputs, secrets))
         outputs = {**args.inputs, **self._computed(args.typ, args.name, inputs)}
-        return f"{args.name}-id", outputs
+        return _mock_id(args.typ, args.name), outputs
 
     def _computed(self, typ: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
         common = {"arn": f"arn:aws:mock:::{name}", "name": inputs.get("name", name)}
@@ -209,6 +220,8 @@ class FleetMocks(pulumi.runtime.Mocks):
                 "sessionName": arn.split("/")[2],
                 "id": arn,
             }
+        if args.token == "aws:index/getPartition:getPartition":
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}
         if args.token == "aws:lb/getLoadBalancer:getLoadBalancer":
             return _lb_outputs(str(args.args.get("name", "lb")))
         if args.token == "aws:lb/getTargetGroup:getTargetGroup" and "arn" not in args.args:

@@ -14,10 +14,17 @@ from pulumi_fleet import REGIONAL_STACKS, FleetMocks, after_deploy, run_stack
 from infra.config import DEFAULT_CLUSTER_VERSION
 
 K8S_VERSION = DEFAULT_CLUSTER_VERSION
-# Custom resources of the Prometheus operator and cert-manager: kubernetes-validate ships
+# Custom resources of the Prometheus operator, cert-manager and Karpenter: kubernetes-validate ships
 # schemas for built-in kinds only, so these are checked structurally in test_infra_stacks
-# and test_infra_autoscaler_tls instead.
-CRD_KINDS = {"PrometheusRule", "ServiceMonitor", "Certificate", "Issuer"}
+# test_infra_autoscaler_tls and test_infra_node_autoscaling (against the CRD fields).
+CRD_KINDS = {
+    "PrometheusRule",
+    "ServiceMonitor",
+    "Certificate",
+    "Issuer",
+    "NodePool",
+    "EC2NodeClass",
+}
 
 
 def validate_all(fleet: FleetMocks) -> list[str]:

@@ -108,6 +108,9 @@ def test_the_pack_has_every_invariant() -> None:
         "non-root-containers",
         "rolling-update-loses-nothing",
         "rollout-surge-fits-nodes",
+        "karpenter-keeps-pod-deletion-cost",
+        "karpenter-off-its-own-nodes",
+        "headroom-below-servers",
     }
 
 

@@ -11,6 +11,7 @@ import pytest
 from pulumi_fleet import REGIONAL_STACKS, FleetMocks, after_deploy, run_stack, stack_config
 
 from infra.config import DEFAULT_CLUSTER_VERSION
+from infra.node_autoscaling import KARPENTER_CHART
 
 PROD = ("prod-us-east-1", "prod-eu-west-1")
 
@@ -357,7 +358,12 @@ def test_nginx_balancer_uses_cookie_affinity() -> Any:
         assert notes["nginx.ingress.kubernetes.io/affinity"] == "cookie"
         assert int(notes["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > 45
         charts = {r.inputs["chart"] for r in fleet.of_type("kubernetes:helm.sh/v3:Release")}
-        assert charts == {"aws-load-balancer-controller", "ingress-nginx", "cert-manager"}
+        assert charts == {
+            "aws-load-balancer-controller",
+            "ingress-nginx",
+            "cert-manager",
+            KARPENTER_CHART[0],
+        }
 
     return after_deploy(check)
 
