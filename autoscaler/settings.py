@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     deletion_cost_interval: float = Field(
         60, ge=0, description="Least time between two deletion-cost patches of one pod (s)."
     )
+    spare: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Local backend: warm servers kept started out of the balancer rotation,"
+        " put in rotation first on a scale-up (haproxy only).",
+    )
     state_dir: Path | None = Field(
         None, description="Local backend: the fleet's state directory (fleet.json, secrets)."
     )

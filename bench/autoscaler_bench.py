@@ -13,7 +13,11 @@ autoscaler), then per run:
 Baseline, measured in the same run: a bare server process from spawn to /readyz 200.
 Prints medians (and min/max) and the ratio of the reaction to that baseline.
 
-`python -m bench.autoscaler_bench [--runs 5] [--sync 5] [--scrape 1] [--window 5]`
+`--spare N` keeps N warm spares (IOFLEET_AUTOSCALER_SPARE; `--max` grows by N so a new
+spare has a slot): the reaction is then step -> a ready spare put in rotation (its
+`promoted` event is the decision), and each run starts once the spares are ready again.
+
+`python -m bench.autoscaler_bench [--runs 5] [--sync 5] [--scrape 1] [--window 5] [--spare 1]`
 """
 
 from __future__ import annotations
@@ -86,11 +90,36 @@ async def wait_for(check: Callable[[], Any], within: float, what: str) -> Any:
     raise TimeoutError(f"{what}: not within {within:g}s")
 
 
-def event(state_dir: Path, kind: str, since: float, node: str | None = None) -> Any:
+def event(
+    state_dir: Path, kind: str | tuple[str, ...], since: float, node: str | None = None
+) -> Any:
+    kinds = (kind,) if isinstance(kind, str) else kind
     for item in status(state_dir)["fleet_events"]:
-        if item["kind"] == kind and item["at"] >= since and node in (None, item["node"]):
+        if item["kind"] in kinds and item["at"] >= since and node in (None, item["node"]):
             return item
     return None
+
+
+def ready_spares(state_dir: Path) -> set[str]:
+    """Spares that are ready and not yet promoted, stopped or failed (from the events)."""
+    ready: set[str] = set()
+    for item in status(state_dir)["fleet_events"]:
+        if item["kind"] == "spare_ready":
+            ready.add(item["node"])
+        elif item["kind"] in ("promoted", "stopped", "start_failed"):
+            ready.discard(item["node"])
+    return ready
+
+
+def settled(state_dir: Path, spare: int) -> bool:
+    """Two servers in rotation and `spare` ready spares: ready for the next step."""
+    state = FleetState.load(state_dir)
+    return (
+        state is not None
+        and len(state.servers) == 2 + spare
+        and status(state_dir)["current"] == 2
+        and len(ready_spares(state_dir)) == spare
+    )
 
 
 async def connect(session: aiohttp.ClientSession, url: str, secret: str, n: int) -> list[Any]:
@@ -130,7 +159,10 @@ async def one_run(state_dir: Path, env: dict[str, str], args: argparse.Namespace
         step = time.time()
         load = await connect(session, state.url, secret, LOAD)
         ramp = time.time() - step
-        started = await wait_for(lambda: event(state_dir, "started", step), within, "scale-up")
+        # The decision: a new process started, or a warm spare chosen.
+        started = await wait_for(
+            lambda: event(state_dir, ("started", "promoted"), step), within, "scale-up"
+        )
         node = started["node"]
         ready = await wait_for(
             lambda: event(state_dir, "in_rotation", step, node), 60, f"{node} in rotation"
@@ -171,13 +203,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "IOFLEET_AUTOSCALER_SYNC_SECONDS": str(args.sync),
         "IOFLEET_AUTOSCALER_SCRAPE_SECONDS": str(args.scrape),
         "IOFLEET_AUTOSCALER_SCALE_DOWN_STABILIZATION_SECONDS": str(args.window),
+        "IOFLEET_AUTOSCALER_SPARE": str(args.spare),
         "IOFLEET_LOG_LEVEL": "WARNING",
     }
     runs: list[dict[str, Any]] = []
     baselines: list[float] = []
     with TemporaryDirectory(prefix="iofleet-autoscaler-bench-") as tmp:
         state_dir = Path(tmp) / "fleet"
-        up = ["up", "--detach", "--servers", "2", "--min", "2", "--max", "3"]
+        up = ["up", "--detach", "--servers", "2", "--min", "2", "--max", str(3 + args.spare)]
         up += ["--target-connections", "20", "--port", str(free_port())]
         iofleet(env, *up, "--state-dir", str(state_dir))
         try:
@@ -186,14 +219,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             with Progress(console=console, transient=True) as progress:
                 task = progress.add_task("scale up, scale down", total=args.runs)
                 for _ in range(args.runs):
+                    # At 2 servers (plus ready spares) with an empty fleet before a step.
+                    await wait_for(lambda: settled(state_dir, args.spare), 60, "settled")
                     baselines.append(await asyncio.to_thread(bare_start, state_dir, env))
                     runs.append(await one_run(state_dir, env, args))
-                    # Back at 2 servers with an empty fleet before the next step.
-                    await wait_for(
-                        lambda: len(FleetState.load(state_dir).servers) == 2,  # type: ignore[union-attr]
-                        30,
-                        "back to 2",
-                    )
                     progress.advance(task)
         finally:
             iofleet(env, "down", "--state-dir", str(state_dir))
@@ -204,7 +233,8 @@ def report(result: dict[str, Any]) -> None:
     runs = result["runs"]
     base = statistics.median(result["baseline_start_s"])
     table = Table(
-        title=f"local autoscaler, {len(runs)} runs (sync {result['settings']['sync']}s,"
+        title=f"local autoscaler, {len(runs)} runs, {result['settings']['spare']} warm spare(s)"
+        f" (sync {result['settings']['sync']}s,"
         f" scrape {result['settings']['scrape']}s, drain {DRAIN_DELAY_SECONDS:g}s delay +"
         f" {DRAIN_SECONDS:g}s window)"
     )
@@ -212,8 +242,8 @@ def report(result: dict[str, Any]) -> None:
         table.add_column(column, justify="right" if column != "measure" else "left")
     rows = [
         ("reaction: load step -> new server in rotation", "reaction_s"),
-        ("  decision: step -> server process started", "decision_s"),
-        ("  start: process -> in HAProxy rotation", "start_s"),
+        ("  decision: step -> server started (or spare chosen)", "decision_s"),
+        ("  start: process (or spare) -> in HAProxy rotation", "start_s"),
         (f"drain: emptiest server ({ON_NEW} clients) out and stopped", "drain_s"),
     ]
     for label, key in rows:
@@ -231,10 +261,11 @@ def main() -> None:
     parser.add_argument("--sync", type=float, default=5.0, help="autoscaler sync period (s)")
     parser.add_argument("--scrape", type=float, default=1.0, help="scrape interval (s)")
     parser.add_argument("--window", type=int, default=5, help="scale-down window (s)")
+    parser.add_argument("--spare", type=int, default=0, help="warm spares kept out of rotation")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "autoscaler_bench.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"autoscaler_bench_spare{args.spare}.json").write_text(json.dumps(result, indent=2))
     report(result)
 
 

@@ -746,3 +746,43 @@ def compare_to_rule_of_thumb(measured: Plan, catalog: Catalog) -> Plan:
     """The same load and policy sized with the seeds' rules of thumb for the servers
     (the seeds had no Redis figure: Redis is sized as in the plan)."""
     return plan(measured.load, RULE_OF_THUMB, measured.redis, catalog, replace(measured.policy))
+
+
+# --- warm headroom for a load step (infra `headroom_pods`, docs/infra.md) -------------
+
+NODE_START_SECONDS = "45-90 s"
+"""A new EKS node: Karpenter's batching plus the instance's boot (issue #21's figure)."""
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """Placeholder pods one region keeps so a load step needs no new node."""
+
+    region: str
+    load_step: int
+    """New connections per region that may arrive within one node start."""
+    pods: int
+    figure: Figure
+
+    def stack_config(self) -> dict[str, Any]:
+        return {"headroom_pods": self.pods}
+
+
+def headroom(load_step: int, result: Plan) -> tuple[Headroom, ...]:
+    """Per region: the step's share of new connections needs ceil(step / target) more
+    server pods at once (the HPA scales up without a window); each needs one placeholder's
+    room, up to the HPA's maximum."""
+    if load_step < 0:
+        raise PlanError("--load-step must not be negative")
+    n = len(result.regions)
+    found = []
+    for region in result.regions:
+        step = math.ceil(load_step / n)
+        pods = min(math.ceil(step / region.target_connections), region.max_replicas)
+        formula = (
+            f"min(ceil(ceil({load_step} / {n} regions) / {region.target_connections} target), "
+            f"{region.max_replicas} max): room warm for a step within one node start "
+            f"({NODE_START_SECONDS})"
+        )
+        found.append(Headroom(region.region, step, pods, Figure("headroom pods", pods, formula)))
+    return tuple(found)

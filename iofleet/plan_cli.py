@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,12 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from iofleet.plan import (
+    Headroom,
     Load,
     Plan,
     PlanError,
     Policy,
     Recovery,
     compare_to_rule_of_thumb,
+    headroom,
     load_capacity,
     load_catalog,
     load_profile,
@@ -67,6 +69,13 @@ def plan_command(
     ] = None,
     redis_type: Annotated[
         str | None, typer.Option(help="ElastiCache node type (default: cheapest that fits).")
+    ] = None,
+    load_step: Annotated[
+        int | None,
+        typer.Option(
+            help="Connections that may arrive within one node start (all regions): sizes "
+            "the warm headroom (headroom_pods)."
+        ),
     ] = None,
     instance_types: Annotated[
         Path | None, typer.Option(help="Instance-type table (default: the bundled one).")
@@ -123,26 +132,33 @@ def plan_command(
         )
         result = plan(load, measured, shipped.redis, catalog, policy)
         baseline = compare_to_rule_of_thumb(result, catalog)
-        written = _write_stack(result, write_stack, stack_dir) if write_stack else None
+        warm = headroom(load_step, result) if load_step is not None else ()
+        written = _write_stack(result, warm, write_stack, stack_dir) if write_stack else None
     except (PlanError, StackFileError) as error:
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)  # one line
         raise typer.Exit(2) from None
     if as_json:
-        out = {
+        out: dict[str, Any] = {
             "plan": result.to_json(),
             "rule_of_thumb": baseline.to_json(),
             "profile": shipped.provenance,
         }
+        if warm:
+            out["headroom"] = [asdict(h) for h in warm]
         if written is not None:
             out["written"] = written
         typer.echo(json.dumps(out, indent=2))
         return
     print_plan(console, result, baseline, shipped.provenance)
+    if warm:
+        print_headroom(console, warm)
     if written is not None:
         console.print(f"wrote {written['path']}: {', '.join(written['changed']) or 'no change'}")
 
 
-def _write_stack(result: Plan, stack: str, directory: Path) -> dict[str, Any]:
+def _write_stack(
+    result: Plan, warm: tuple[Headroom, ...], stack: str, directory: Path
+) -> dict[str, Any]:
     path = stack_path(directory, stack)
     region = read_config(path).get("aws:region")
     by_region = {r.region: r for r in result.regions}
@@ -160,8 +176,23 @@ def _write_stack(result: Plan, stack: str, directory: Path) -> dict[str, Any]:
             "and the stack has no key for Redis shards: size Redis by hand "
             "(--redis-type with a larger type) or split the load across more regions"
         )
-    changed = write_config(path, planned.stack_config())
+    config = planned.stack_config()
+    for room in warm:
+        if room.region == region:
+            config.update(room.stack_config())
+    changed = write_config(path, config)
     return {"path": str(path), "region": region, "changed": changed}
+
+
+def print_headroom(console: Console, warm: tuple[Headroom, ...]) -> None:
+    table = Table(title="warm headroom (headroom_pods)", title_justify="left")
+    table.add_column("region")
+    table.add_column("load step", justify="right")
+    table.add_column("pods", justify="right")
+    table.add_column("formula", style="dim")
+    for room in warm:
+        table.add_row(room.region, str(room.load_step), str(room.pods), room.figure.formula)
+    console.print(table)
 
 
 def print_plan(console: Console, result: Plan, baseline: Plan, provenance: dict[str, Any]) -> None:

@@ -1,10 +1,15 @@
 """Moves the local fleet: starts servers into free balancer slots, drains the emptiest out.
 
 `scale(n)` returns at once: each start and each drain runs as its own task, and
-`current_replicas()` counts every server in fleet.json that is not draining, so the
-next sync neither starts a server twice nor drains one twice. A server goes into
-fleet.json the moment its process exists and leaves it only once it is stopped, so
+`current_replicas()` counts every server in fleet.json that is neither draining nor a
+spare, so the next sync neither starts a server twice nor drains one twice. A server goes
+into fleet.json the moment its process exists and leaves it only once it is stopped, so
 `iofleet down` always finds it.
+
+Warm spares (`spare`, the local form of the cluster's headroom): servers started and
+ready but kept out of the balancer's rotation (their HAProxy slot stays unfilled). A
+scale-up puts a ready spare in rotation first - a runtime-API call instead of a process
+start - and starts a new spare behind it; every sync tops the spares up.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from autoscaler.kube.actuator import deletion_ranks
-from autoscaler.local.levers import Lever
+from autoscaler.local.levers import Lever, node_number
 from autoscaler.local.source import admin_url
 from autoscaler.model import Node
 from autoscaler.settings import AUTOSCALER_ENV_PREFIX
@@ -42,7 +47,8 @@ class FleetEvent:
     at: float
     node: str
     kind: str
-    """started | in_rotation | start_failed | drain_started | stopped"""
+    """started | in_rotation | start_failed | drain_started | stopped, and for warm spares
+    spare_started | spare_ready | promoted (a spare chosen for a scale-up)"""
     detail: str = ""
 
 
@@ -55,6 +61,7 @@ class LocalActuator:
         drain_within: float,
         start_within: float = 30.0,
         env: Mapping[str, str] | None = None,
+        spare: int = 0,
     ) -> None:
         self._state_dir = state_dir
         self._lever = lever
@@ -69,6 +76,12 @@ class LocalActuator:
         self._started: dict[str, LocalServer] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._nodes: list[Node] = []
+        self._spare = spare
+        self._spares: dict[str, LocalServer] = {}
+        """Ready spares, out of rotation, by node id."""
+        self._starting: set[str] = set()
+        """Node ids handed to a start task that has not finished (claimed slots)."""
+        self._spares_starting: set[str] = set()
 
     @property
     def owns_replicas(self) -> bool:
@@ -78,26 +91,57 @@ class LocalActuator:
         state = FleetState.load(self._state_dir)
         return state.servers if state is not None else []
 
+    @property
+    def spares(self) -> set[str]:
+        """Spares, ready or starting: not replicas, not scraped, not in rotation."""
+        return set(self._spares) | self._spares_starting
+
+    def _live(self, servers: Sequence[ServerRecord]) -> list[ServerRecord]:
+        hidden = self.draining | self.spares
+        return [s for s in servers if s.node_id not in hidden]
+
     async def current_replicas(self) -> int:
-        return sum(1 for s in self._servers() if s.node_id not in self.draining)
+        return len(self._live(self._servers()))
 
     async def rank(self, nodes: Sequence[Node]) -> None:
         self._nodes = list(nodes)  # the emptiest is picked at scale-down time
+        # The controller calls this every sync: the spares are topped up then.
+        await self._refill_spares()
+
+    async def _free_names(self, servers: Sequence[ServerRecord], count: int) -> list[str]:
+        in_use = {s.node_id for s in servers} | self._starting | set(self._spares)
+        return await self._lever.free_names(in_use, count)
+
+    async def _refill_spares(self) -> None:
+        wanted = self._spare - len(self.spares)
+        if wanted <= 0:
+            return
+        for name in await self._free_names(self._servers(), wanted):
+            self._spares_starting.add(name)
+            self._starting.add(name)
+            self._spawn(self._start(name, spare=True))
 
     async def scale(self, replicas: int) -> None:
         servers = self._servers()
-        live = [s for s in servers if s.node_id not in self.draining]
+        live = self._live(servers)
         if replicas > len(live):
-            in_use = {s.node_id for s in servers}
-            names = await self._lever.free_names(in_use, replicas - len(live))
-            if len(names) < replicas - len(live):
+            missing = replicas - len(live)
+            for name in sorted(self._spares, key=node_number)[:missing]:
+                server = self._spares.pop(name)
+                self._event(name, "promoted", "warm spare")
+                self._spawn(self._promote(server))
+                missing -= 1
+            names = await self._free_names(servers, missing) if missing else []
+            if len(names) < missing:
                 log.warning(
                     "only %d free balancer slots for %d new servers",
-                    len(names), replicas - len(live),
+                    len(names), missing,
                     extra={"event": "local.no_slot"},
                 )  # fmt: skip
             for name in names:
+                self._starting.add(name)
                 self._spawn(self._start(name))
+            await self._refill_spares()
         elif replicas < len(live):
             for record in self.pick_emptiest(live, len(live) - replicas):
                 self.draining.add(record.node_id)
@@ -121,7 +165,15 @@ class LocalActuator:
         self.events.append(FleetEvent(time.time(), node, kind, detail))
         del self.events[:-EVENTS_KEPT]
 
-    async def _start(self, name: str) -> None:
+    async def _start(self, name: str, *, spare: bool = False) -> None:
+        """Start a server; into rotation, or (a spare) ready and held out of it."""
+        try:
+            await self._start_server(name, spare)
+        finally:
+            self._starting.discard(name)
+            self._spares_starting.discard(name)
+
+    async def _start_server(self, name: str, spare: bool) -> None:
         state = FleetState.load(self._state_dir)
         if state is None:
             return  # the fleet is stopping
@@ -130,21 +182,42 @@ class LocalActuator:
         env = {**self._env, **load_secrets(self._state_dir)}
         server = start_server(spec, env, Path(state.logs))
         self._started[name] = server
-        self._event(name, "started", f"pid {server.pid}")
+        self._event(name, "spare_started" if spare else "started", f"pid {server.pid}")
         try:
             FleetState.update(self._state_dir, lambda fleet: fleet.add_server(server.record))
             await asyncio.to_thread(server.wait_ready, self._start_within)
-            await self._lever.join(spec, self._start_within)
+            if not spare:
+                await self._lever.join(spec, self._start_within)
         except (StartError, TimeoutError, OSError, ValueError, RuntimeError) as error:
-            log.warning(
-                "server %s did not start: %s", name, error, extra={"event": "local.start_failed"}
-            )
-            self._event(name, "start_failed", str(error).splitlines()[0])
-            await asyncio.to_thread(server.stop, 5)
-            self._forget(name, server.pid)
+            await self._failed(server, error)
+            return
+        if spare:
+            self._spares[name] = server
+            self._event(name, "spare_ready", f"port {spec.port}")
+            log.info("spare %s ready, out of rotation", name, extra={"event": "local.spare"})
             return
         self._event(name, "in_rotation", f"port {spec.port}")
         log.info("server %s in rotation", name, extra={"event": "local.started"})
+
+    async def _promote(self, server: LocalServer) -> None:
+        """A ready spare into rotation: no process start, only the balancer's lever."""
+        name = server.spec.node_id
+        try:
+            await self._lever.join(server.spec, self._start_within)
+        except (TimeoutError, OSError, RuntimeError) as error:
+            await self._failed(server, error)
+            return
+        self._event(name, "in_rotation", f"port {server.spec.port}, warm spare")
+        log.info("spare %s in rotation", name, extra={"event": "local.started"})
+
+    async def _failed(self, server: LocalServer, error: Exception) -> None:
+        name = server.spec.node_id
+        log.warning(
+            "server %s did not start: %s", name, error, extra={"event": "local.start_failed"}
+        )
+        self._event(name, "start_failed", str(error).splitlines()[0])
+        await asyncio.to_thread(server.stop, 5)
+        self._forget(name, server.pid)
 
     async def _stop(self, record: ServerRecord) -> None:
         name = record.node_id

@@ -56,16 +56,25 @@ async def run(settings: Settings, state_dir: Path) -> None:
             "the local backend needs a status port (IOFLEET_AUTOSCALER_STATUS_PORT)"
         )
     lever = lever_for(state, settings.max)
+    if settings.spare and not isinstance(lever, HaproxyLever):
+        # nginx's pool follows every server in fleet.json: a spare would be in rotation.
+        raise RefuseToStart(
+            "warm spares (IOFLEET_AUTOSCALER_SPARE) need the haproxy balancer: nginx puts "
+            "every listed server in its pool"
+        )
     # The fleet's Redis too: the servers' settings (recovery on) need its URL to validate.
     redis = {"IOFLEET_REDIS_URL": state.redis.url} if state.redis else {}
     fleet_env = {**os.environ, **load_secrets(state_dir), **redis}
-    actuator = LocalActuator(state_dir, lever, drain_within=drain_budget(fleet_env))
+    actuator = LocalActuator(
+        state_dir, lever, drain_within=drain_budget(fleet_env), spare=settings.spare
+    )
     source = LocalSource(
         state_dir,
         settings.metric,
         settings.scrape_seconds,
         settings.scrape_timeout,
         draining=lambda: actuator.draining,
+        spares=lambda: actuator.spares,
     )
     controller = Controller(spec_from_settings(settings), source, actuator, settings.sync_seconds)
 
@@ -90,8 +99,9 @@ async def run(settings: Settings, state_dir: Path) -> None:
         await source.scraped.wait()  # decide only on scraped numbers
         tasks.append(asyncio.create_task(controller.run(), name="control-loop"))
         log.info(
-            "local fleet %s: min %d, max %d, target %g, status %s",
-            state_dir, settings.min, settings.max, settings.target_connections, url,
+            "local fleet %s: min %d, max %d, target %g, %d warm spare(s), status %s",
+            state_dir, settings.min, settings.max, settings.target_connections,
+            settings.spare, url,
             extra={"event": "autoscaler.started"},
         )  # fmt: skip
         await asyncio.gather(*tasks)

@@ -106,6 +106,12 @@ def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalFleet
         "--state-dir", str(state_dir),
     )  # fmt: skip
     assert up.returncode == 0, up.stdout + up.stderr
+    yield from running_fleet(state_dir, FLEET_ENV)
+
+
+def running_fleet(state_dir: Path, env: dict[str, str]) -> Iterator[LocalFleet]:
+    """The started fleet in `state_dir`; then `iofleet down`, and no PID it ever listed
+    is left running."""
     running = LocalFleet(state_dir, set())
     running.pids.add(running.state().pid)
     try:
@@ -113,7 +119,7 @@ def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalFleet
     finally:
         if FleetState.load(state_dir) is not None:
             running.state()  # the last PIDs
-        down = iofleet("down", "--state-dir", str(state_dir))
+        down = run_iofleet("down", "--state-dir", str(state_dir), env=env)
         assert down.returncode == 0, down.stdout + down.stderr
         left = {pid for pid in running.pids if pid_alive(pid)}
         assert not left, f"still running after iofleet down: {left}"
