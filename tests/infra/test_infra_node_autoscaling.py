@@ -13,11 +13,18 @@ from typing import Any
 import jsonschema
 import pulumi
 import pytest
-from pulumi_fleet import REGIONAL_STACKS, FleetMocks, Recorded, after_deploy, run_stack
+from pulumi_fleet import (
+    REGIONAL_STACKS,
+    FleetMocks,
+    Recorded,
+    after_deploy,
+    run_stack,
+    stack_config,
+)
 from test_infra_manifests import validate_all
 from test_infra_policy import broken, find, violations
 
-from infra.config import EKS_VERSIONS
+from infra.config import EKS_VERSIONS, validate
 from infra.node_autoscaling import (
     HEADROOM,
     KARPENTER_CHART,
@@ -511,3 +518,20 @@ def test_headroom_policy_fails_placeholders_that_do_not_yield() -> Any:
         assert "needs its own PriorityClass" in found
 
     return after_deploy(check)
+
+
+@pulumi.runtime.test
+def test_bad_node_autoscaling_keys_are_named() -> None:
+    base = {
+        key.removeprefix("iofleet:"): value
+        for key, value in stack_config("dev").items()
+        if key.startswith("iofleet:")
+    }
+    for key, value, fragment in (
+        ("node_ami_alias", "al2@latest", "al2023@latest or al2023@vYYYYMMDD"),
+        ("node_autoscaler", "cluster-autoscaler", "karpenter"),
+        ("headroom_pods", "-1", "out of range"),
+    ):
+        config, problems, _ = validate({**base, key: value}, stack="dev", region="us-west-2")
+        assert config is None
+        assert any(p.startswith(f"iofleet:{key}") and fragment in p for p in problems), problems
