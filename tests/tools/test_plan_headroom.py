@@ -11,18 +11,24 @@ import pytest
 from typer.testing import CliRunner
 
 from iofleet.cli import app
-from iofleet.plan import Capacity, Load, PlanError, headroom, load_catalog, plan
+from iofleet.plan import Capacity, Load, PlanError, RedisCapacity, headroom, load_catalog, plan
 from iofleet.stackfile import read_config
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = load_catalog()
+REDIS = RedisCapacity(
+    cpu_us_per_message=3.0, cpu_us_per_subscriber=0.3, delivery_bytes=300, source="test"
+)
 
 
 def test_headroom_by_hand() -> None:
     # Two regions, a server holds 5,000 (target 3,500); a step of 20,000 new connections
     # within one node start: 10,000 per region -> ceil(10000 / 3500) = 3 pods each.
     result = plan(
-        Load(connections=60_000, regions=("us-east-1", "eu-west-1")), Capacity(5000), CATALOG
+        Load(connections=60_000, regions=("us-east-1", "eu-west-1")),
+        Capacity(5000, memory_per_connection_mb=0.1, base_memory_mb=150),
+        REDIS,
+        CATALOG,
     )
     us, eu = headroom(20_000, result)
     assert (us.region, us.load_step, us.pods) == ("us-east-1", 10_000, 3)
