@@ -368,6 +368,12 @@ def _pod_priority(pod: Any, classes: Mapping[str, Mapping[str, Any]]) -> float:
     return float(defaults[0].get("value") or 0) if defaults else 0.0
 
 
+def _is_placeholder(pod: Any) -> bool:
+    """A headroom placeholder: every container runs the pause image."""
+    containers = _containers(pod)
+    return bool(containers) and all(PAUSE_IMAGE.search(str(c.get("image", ""))) for c in containers)
+
+
 def check_headroom_priority(resources: Sequence[Resource]) -> list[str]:
     """Placeholder pods (warm headroom) yield to the servers: their PriorityClass exists,
     is below every server pod's priority and never preempts; else a load step's server
@@ -386,10 +392,7 @@ def check_headroom_priority(resources: Sequence[Resource]) -> list[str]:
     problems = []
     for typ, props in resources:
         pod = _dig(props, *WORKLOADS.get(typ, ("-",)))
-        containers = _containers(pod)
-        if not containers or not all(
-            PAUSE_IMAGE.search(str(c.get("image", ""))) for c in containers
-        ):
+        if not _is_placeholder(pod):
             continue
         name = _dig(props, "metadata", "name")
         wanted = _dig(pod, "priorityClassName")
@@ -761,6 +764,9 @@ def check_surge_room(resources: Sequence[Resource]) -> list[str]:
         if typ != DEPLOYMENT:
             continue
         name = str(_dig(props, "metadata", "name"))
+        if _is_placeholder(_dig(props, *WORKLOADS[DEPLOYMENT])):
+            # Headroom placeholders yield: a surge pod preempts one (headroom-below-servers).
+            continue
         replicas = int(float(_dig(props, "spec", "replicas") or 1))
         request = _pod_request(_dig(props, *WORKLOADS[DEPLOYMENT]))
         if name in servers:

@@ -535,3 +535,16 @@ def test_bad_node_autoscaling_keys_are_named() -> None:
         config, problems, _ = validate({**base, key: value}, stack="dev", region="us-west-2")
         assert config is None
         assert any(p.startswith(f"iofleet:{key}") and fragment in p for p in problems), problems
+
+
+@pulumi.runtime.test
+def test_placeholders_do_not_take_the_rollouts_surge_room() -> Any:
+    """A surge pod preempts a placeholder, so the node group's surge-room check does not
+    count placeholders (however many) as pods needing room."""
+    fleet = run_stack("prod-us-east-1", {"iofleet:headroom_pods": 40})
+
+    def check() -> None:
+        assert violations("rollout-surge-fits-nodes", fleet.resources) == []
+        assert violations("headroom-below-servers", fleet.resources) == []
+
+    return after_deploy(check)
