@@ -41,7 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.fanout_bench import IOFLEET_ENV, REPO, ROOM, running
-from bench.raw_ws import RawSocket, Tally, connect
+from bench.raw_ws import LatencyTally, RawSocket, Tally, connect
 from iofleet.processes import free_port
 
 HOST = "127.0.0.1"
@@ -51,27 +51,6 @@ console = Console()
 
 
 # --- the generator process -----------------------------------------------------------
-
-
-class WallLatencyTally(Tally):
-    """Counts deliveries and their latency: the sender puts `time.time_ns()` (another
-    process: the wall clock, shared on one machine) in the message's text."""
-
-    TEXT = b'"text":"'
-
-    def __init__(self) -> None:
-        super().__init__(EVENT)
-        self.latencies_ms: list[float] = []
-
-    def hit(self, packet: bytes) -> None:
-        now = time.time_ns()
-        start = packet.find(self.TEXT)
-        if start >= 0:
-            start += len(self.TEXT)
-            sent = packet[start : packet.index(b'"', start)]
-            if sent.isdigit():
-                self.latencies_ms.append((now - int(sent)) / 1e6)
-        super().hit(packet)
 
 
 async def open_from(
@@ -104,7 +83,8 @@ async def open_from(
 
 async def generator(args: argparse.Namespace) -> None:
     """Connect and join, say `ready`, then count `--broadcasts` deliveries to each."""
-    tally = WallLatencyTally()
+    # The sender is the orchestrator, another process: the wall clock on both sides.
+    tally = LatencyTally(EVENT, clock=time.time_ns)
     sockets, connect_ms = await open_from(
         args.source, args.port, tally, args.count, args.concurrency
     )

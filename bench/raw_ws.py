@@ -18,6 +18,7 @@ import asyncio
 import base64
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -73,17 +74,19 @@ class Tally:
 
 
 class LatencyTally(Tally):
-    """A Tally that also records each delivery's latency: the sender puts
-    `time.perf_counter_ns()` (of this same process) in the message's `text`."""
+    """A Tally that also records each delivery's latency: the sender puts `clock()`
+    in the message's `text` (`time.perf_counter_ns` within one process; the wall clock,
+    `time.time_ns`, when the sender is another process on the same machine)."""
 
     TEXT = b'"text":"'
 
-    def __init__(self, event: bytes) -> None:
+    def __init__(self, event: bytes, clock: Callable[[], int] = time.perf_counter_ns) -> None:
         super().__init__(event)
+        self.clock = clock
         self.latencies_ms: list[float] = []
 
     def hit(self, packet: bytes) -> None:
-        now = time.perf_counter_ns()
+        now = self.clock()
         start = packet.find(self.TEXT)
         if start >= 0:
             start += len(self.TEXT)
