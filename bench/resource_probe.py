@@ -9,6 +9,7 @@ and the release tests load it the same way.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 import socketio
@@ -16,6 +17,8 @@ import socketio
 from server.apps import chat
 
 PROBE_EVENT = "debug:resources"
+# What the scheduled timers will call: for a failure message that names what is held.
+TIMERS_EVENT = "debug:timers"
 
 
 def resources(sio: socketio.AsyncServer) -> dict[str, int]:
@@ -32,10 +35,21 @@ def resources(sio: socketio.AsyncServer) -> dict[str, int]:
     }
 
 
+def timer_callbacks() -> dict[str, int]:
+    """How many live timers call each function, on the plain asyncio loop (none on uvloop)."""
+    scheduled = getattr(asyncio.get_running_loop(), "_scheduled", None) or []
+    callbacks = (getattr(t, "_callback", None) for t in scheduled if not t.cancelled())
+    return dict(Counter(getattr(c, "__qualname__", repr(c)) for c in callbacks))
+
+
 def register_probe(sio: socketio.AsyncServer) -> None:
     @sio.on(PROBE_EVENT)
     async def probe(sid: str, data: Any = None) -> dict[str, int]:
         return resources(sio)
+
+    @sio.on(TIMERS_EVENT)
+    async def timers(sid: str, data: Any = None) -> dict[str, int]:
+        return timer_callbacks()
 
 
 def chat_with_probe(sio: socketio.AsyncServer) -> None:

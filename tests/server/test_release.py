@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import socketio
 
-from bench.resource_probe import PROBE_EVENT
+from bench.resource_probe import PROBE_EVENT, TIMERS_EVENT
 from bench.short_lived import KINDS, Endpoint, storm
 from tests.support.procs import ServerProcess, make_token
 
@@ -61,6 +61,19 @@ async def held(probe: socketio.AsyncClient) -> dict[str, int]:
     return reply
 
 
+async def idle_peak(probe: socketio.AsyncClient, samples: int = 5) -> dict[str, int]:
+    """What the idle server holds at most over a few samples. The node's own periodic
+    tasks (the loop-lag sampler, Redis link pings) drop their timer for the one loop
+    turn between its firing and the task's resuming; a single sample can land there and
+    make a steady server look as if it gained a timer later."""
+    peak = await held(probe)
+    for _ in range(samples - 1):
+        await asyncio.sleep(0.05)
+        now = await held(probe)
+        peak = {key: max(peak[key], now[key]) for key in peak}
+    return peak
+
+
 async def wait_released(
     probe: socketio.AsyncClient, before: dict[str, int], within: float
 ) -> tuple[dict[str, int], float]:
@@ -80,7 +93,7 @@ async def test_short_lived_connections_release_everything(
     kind: str, server: ServerProcess, probe: socketio.AsyncClient
 ) -> None:
     await asyncio.sleep(0.3)  # the probe's own connection settles
-    before = await held(probe)
+    before = await idle_peak(probe)
     assert before["eio_sockets"] == 1, before  # the probe alone
 
     endpoint = Endpoint(server.url, auth={"token": make_token(f"churn-{kind}")})
@@ -89,10 +102,13 @@ async def test_short_lived_connections_release_everything(
 
     after, took = await wait_released(probe, before, RELEASE_WITHIN_SECONDS)
     left: dict[str, Any] = {key: after[key] - before[key] for key in before}
-    assert all(value <= 0 for value in left.values()), (
-        f"{kind}: {RELEASE_WITHIN_SECONDS}s after {CONNECTIONS_PER_KIND} connections closed, "
-        f"the server still holds {left} more than before ({before} -> {after})"
-    )
+    if not all(value <= 0 for value in left.values()):
+        timers = await probe.call(TIMERS_EVENT, timeout=10)
+        pytest.fail(
+            f"{kind}: {RELEASE_WITHIN_SECONDS}s after {CONNECTIONS_PER_KIND} connections "
+            f"closed, the server still holds {left} more than before ({before} -> {after}); "
+            f"its timers call {timers}"
+        )
     print(f"{kind}: released in {took:.2f}s")
 
 
@@ -119,7 +135,7 @@ async def test_silent_clients_are_released_at_their_ping_timeout(start_server) -
     )
     try:
         await asyncio.sleep(0.3)
-        before = await held(probe)
+        before = await idle_peak(probe)
         endpoint = Endpoint(server.url, auth={"token": make_token("silent")})
         # force_close: an idle HTTP keep-alive connection is the client's to hold
         # (aiohttp keeps a task for it), not a resource of a closed Engine.IO session.
