@@ -15,7 +15,12 @@ Per target it prints:
   `--broadcasts` messages from one sender, each carrying its send time (the wall
   clock, the same on every process here); time to the last delivery and the p99
   delivery latency over all deliveries.
-- the connect p99 while filling (the generators connect `--concurrency` at a time).
+- the connect p99 while filling (the generators connect `--concurrency` at a time);
+- with `--storm`, a reconnect storm: the first server is killed with SIGKILL and its
+  clients come back to the others, each after a random delay in `--storm-spread`
+  seconds (stock clients back off 0.5-1.5 s, then retry), joining their room again:
+  connect p99 (TCP + Engine.IO OPEN + CONNECT + join), how many came back, and how many
+  were refused (only the capacity guard, `--max-connections`, should refuse any).
 
 `python -m bench.hundred_k` (both targets, 100,000 connections). `--servers 1
 --connections 19000` is the one-process case. Results: `bench/results/hundred_k.json`.
@@ -28,10 +33,12 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,10 +60,26 @@ console = Console()
 # --- the generator process -----------------------------------------------------------
 
 
+async def open_one(source: str, port: int, tally: Tally) -> RawSocket:
+    """One connection from `source`: WebSocket, Engine.IO OPEN, CONNECT, then the join."""
+    loop = asyncio.get_running_loop()
+    _, sock = await asyncio.wait_for(
+        loop.create_connection(
+            lambda: RawSocket(tally, HOST, port), HOST, port, local_addr=(source, 0)
+        ),
+        60,
+    )
+    await asyncio.wait_for(sock.ready, 60)
+    reply = await asyncio.wait_for(sock.call("room:join", {"room": ROOM}), 60)
+    if not reply[0].get("ok"):
+        sock.close()
+        raise RuntimeError(f"join refused: {reply}")
+    return sock
+
+
 async def open_from(
     source: str, port: int, tally: Tally, count: int, concurrency: int
 ) -> tuple[list[RawSocket], list[float]]:
-    loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(concurrency)
     sockets: list[RawSocket] = []
     connect_ms: list[float] = []
@@ -64,21 +87,49 @@ async def open_from(
     async def one() -> None:
         async with gate:
             started = time.perf_counter()
-            _, sock = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: RawSocket(tally, HOST, port), HOST, port, local_addr=(source, 0)
-                ),
-                60,
-            )
-            await asyncio.wait_for(sock.ready, 60)
+            sockets.append(await open_one(source, port, tally))
             connect_ms.append((time.perf_counter() - started) * 1000)
-            reply = await asyncio.wait_for(sock.call("room:join", {"room": ROOM}), 60)
-            if not reply[0].get("ok"):
-                raise RuntimeError(f"join refused: {reply}")
-            sockets.append(sock)
 
     await asyncio.wait_for(asyncio.gather(*(one() for _ in range(count))), 900)
     return sockets, connect_ms
+
+
+async def storm(
+    source: str, ports: list[int], sockets: list[RawSocket], spread: float
+) -> dict[str, Any]:
+    """Bring back every one of `sockets` whose server died, to the servers at `ports`
+    (round robin), each after a random delay in [0, spread] s, as a fleet of stock
+    clients does after their node is killed."""
+    await asyncio.wait_for(asyncio.gather(*(s.closed for s in sockets)), 60)
+    killed_at = time.perf_counter()
+    tally = Tally(EVENT)
+    connect_ms: list[float] = []
+    refused: Counter[str] = Counter()
+    back: list[RawSocket] = []
+
+    async def one(index: int) -> None:
+        await asyncio.sleep(random.uniform(0, spread))
+        started = time.perf_counter()
+        try:
+            back.append(await open_one(source, ports[index % len(ports)], tally))
+        except Exception as error:  # a refusal is a result here, counted by its kind
+            refused[f"{type(error).__name__}: {str(error)[:60]}"] += 1
+            return
+        connect_ms.append((time.perf_counter() - started) * 1000)
+
+    await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(len(sockets)))), 300)
+    connect_ms.sort()
+    for sock in back:
+        sock.close()
+    return {
+        "storm_clients": len(sockets),
+        "storm_reconnected": len(back),
+        "storm_refused": sum(refused.values()),
+        "storm_refusals": dict(refused),
+        "storm_connect_p50_ms": percentile(connect_ms, 0.5),
+        "storm_connect_p99_ms": percentile(connect_ms, 0.99),
+        "storm_all_back_seconds": time.perf_counter() - killed_at,
+    }
 
 
 async def generator(args: argparse.Namespace) -> None:
@@ -110,7 +161,11 @@ async def generator(args: argparse.Namespace) -> None:
         ),
         flush=True,
     )  # fmt: skip
-    await reader.readline()  # "stop"
+    command = (await reader.readline()).split()  # "stop", or "storm <port>,<port>..."
+    if command and command[0] == b"storm":
+        ports = [int(p) for p in command[1].split(b",")]
+        print(json.dumps(await storm(args.source, ports, sockets, args.storm_spread)), flush=True)
+        await reader.readline()  # "stop"
     for sock in sockets:
         sock.close()
 
@@ -118,18 +173,22 @@ async def generator(args: argparse.Namespace) -> None:
 # --- the orchestrator ----------------------------------------------------------------
 
 
-def server_command(target: str, port: int, redis_url: str) -> tuple[list[str], dict[str, str]]:
+def server_command(
+    target: str, port: int, redis_url: str, max_connections: int | None
+) -> tuple[list[str], dict[str, str]]:
     if target == "node":
         node = ["node", str(REPO / "bench" / "node_server.mjs"), str(port), redis_url]
         return node, dict(os.environ)
     fill = {"port": str(port), "redis": redis_url}
     env = {**os.environ, **{k: v.format(**fill) for k, v in IOFLEET_ENV.items()}}
+    if max_connections is not None:
+        env["IOFLEET_MAX_CONNECTIONS"] = str(max_connections)
     return [sys.executable, "-m", "server"], env
 
 
 @contextlib.contextmanager
 def fleet(
-    target: str, servers: int, workdir: Path
+    target: str, servers: int, workdir: Path, max_connections: int | None
 ) -> Iterator[tuple[list[int], list[psutil.Process]]]:
     redis_port = free_port()
     redis_url = f"redis://{HOST}:{redis_port}/0"
@@ -143,7 +202,7 @@ def fleet(
         ports, processes = [], []
         for index in range(servers):
             port = free_port()
-            argv, env = server_command(target, port, redis_url)
+            argv, env = server_command(target, port, redis_url, max_connections)
             process = stack.enter_context(
                 running(argv, env, workdir / f"{target}-{index}.log", all_cores, "tcp", port)
             )
@@ -164,7 +223,7 @@ def percentile(values: list[float], q: float) -> float:
 async def measure(target: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     per_server = [args.connections // args.servers] * args.servers
     per_server[0] += args.connections - sum(per_server)
-    with fleet(target, args.servers, workdir) as (ports, servers):
+    with fleet(target, args.servers, workdir, args.max_connections) as (ports, servers):
         await asyncio.sleep(1.0)
         base_rss = [p.memory_info().rss for p in servers]
         generators = [
@@ -185,6 +244,8 @@ async def measure(target: str, args: argparse.Namespace, workdir: Path) -> dict[
                 str(args.broadcasts),
                 "--timeout",
                 str(args.timeout),
+                "--storm-spread",
+                str(args.storm_spread),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 cwd=REPO,
@@ -221,7 +282,8 @@ async def _run(
     idle_before = cpu_seconds(servers)
     await asyncio.sleep(args.idle_seconds)
     idle_cpu = (cpu_seconds(servers) - idle_before) / args.idle_seconds
-    sender = await connect(HOST, ports[0], Tally(EVENT))
+    # The sender talks to the last server: `--storm` kills the first.
+    sender = await connect(HOST, ports[-1], Tally(EVENT))
     reply = await asyncio.wait_for(sender.call("room:join", {"room": ROOM}), 30)
     assert reply[0].get("ok"), reply
     for gen in generators:
@@ -236,11 +298,20 @@ async def _run(
         assert ack[0].get("ok"), ack
         await asyncio.sleep(args.broadcast_gap)
     results = [json.loads(await _line(g, args.timeout + 30)) for g in generators]
+    sender.close()
+    stormed: dict[str, Any] = {}
+    if args.storm:
+        servers[0].kill()  # SIGKILL: no drain, the clients find out from the kernel
+        console.print(f"{target}: server 0 killed; {per_server[0]:,} clients come back")
+        first = generators[0]
+        assert first.stdin is not None
+        first.stdin.write(b"storm " + ",".join(str(p) for p in ports[1:]).encode() + b"\n")
+        await first.stdin.drain()
+        stormed = json.loads(await _line(first, 400))
     for gen in generators:
         assert gen.stdin is not None
         gen.stdin.write(b"stop\n")
         await gen.stdin.drain()
-    sender.close()
     latencies = [x for r in results for x in r["latencies_ms"]]
     connect_ms = [x for r in ready for x in r["connect_ms"]]
     deliveries = sum(r["delivered"] for r in results)
@@ -263,6 +334,7 @@ async def _run(
         "delivery_p50_ms": percentile(latencies, 0.5),
         "delivery_p99_ms": percentile(latencies, 0.99),
         "lost_connections": sum(r["lost_connections"] for r in results),
+        **stormed,
     }
 
 
@@ -287,6 +359,12 @@ ROWS = (
     ("broadcast_deliveries", "broadcast deliveries", "{:,}"),
     ("broadcast_expected", "broadcast deliveries expected", "{:,}"),
     ("lost_connections", "connections lost", "{:,}"),
+    ("storm_clients", "storm: clients of the killed server", "{:,}"),
+    ("storm_reconnected", "storm: back on the others", "{:,}"),
+    ("storm_refused", "storm: refused", "{:,}"),
+    ("storm_connect_p50_ms", "storm: connect + join p50 (ms)", "{:.0f}"),
+    ("storm_connect_p99_ms", "storm: connect + join p99 (ms)", "{:.0f}"),
+    ("storm_all_back_seconds", "storm: kill to all back (s)", "{:.1f}"),
 )
 
 
@@ -300,6 +378,7 @@ def main() -> None:
     gen.add_argument("--concurrency", type=int, default=100)
     gen.add_argument("--broadcasts", type=int, default=3)
     gen.add_argument("--timeout", type=float, default=60)
+    gen.add_argument("--storm-spread", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=100_000)
     parser.add_argument("--servers", type=int, default=6)
     parser.add_argument("--concurrency", type=int, default=100, help="connects in flight, each")
@@ -308,6 +387,11 @@ def main() -> None:
     parser.add_argument("--broadcast-gap", type=float, default=3.0)
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--only", action="append", choices=["iofleet", "node"])
+    parser.add_argument("--storm", action="store_true", help="kill a server, time the return")
+    parser.add_argument("--storm-spread", type=float, default=5.0, help="seconds of arrivals")
+    parser.add_argument(
+        "--max-connections", type=int, help="the capacity guard (IOFLEET_MAX_CONNECTIONS)"
+    )
     args = parser.parse_args()
     if args.mode == "generator":
         asyncio.run(generator(args))
@@ -323,7 +407,8 @@ def main() -> None:
     for target in results:
         table.add_column(target, justify="right")
     for key, title, fmt in ROWS:
-        table.add_row(title, *(fmt.format(results[t][key]) for t in results))
+        if all(key in results[t] for t in results):
+            table.add_row(title, *(fmt.format(results[t][key]) for t in results))
     console.print(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
