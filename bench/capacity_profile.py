@@ -3,11 +3,17 @@ benchmarks measured on this machine, with provenance (commands, machine, date, c
 
     python -m bench.fanout_bench --runs 3 --only iofleet --xnode-rate 0
     python -m bench.redis_bench --runs 3
+    python -m bench.hundred_k --only iofleet --connections 19000 --servers 1
     python -m bench.capacity_profile
+
+`--only heartbeat` rewrites just the heartbeat figure (and its provenance) in the
+profile already there, from `bench/results/hundred_k.json`.
 
 Server figures come from `bench/results/fanout_bench.json` (iofleet's medians):
 memory per idle connection and base RSS; CPU per broadcast delivery; CPU per event
 (an echo round trip: the event in and its ack out); the connections one process held.
+Heartbeat CPU (a ping out and its pong in, per idle connection) from
+`bench/results/hundred_k.json`: the servers' idle CPU over the pings they sent.
 Redis figures from `bench/results/redis_bench.json`: a line `a + b x subscribers`
 through the largest CPU per message seen at each subscriber count (any topology, any
 room spread), so the planner's Redis cost is never below what was measured.
@@ -33,6 +39,7 @@ RESULTS = REPO / "bench" / "results"
 PROFILE = REPO / "iofleet" / "data" / "capacity_profile.yaml"
 FANOUT_COMMAND = "python -m bench.fanout_bench --runs 3 --only iofleet --xnode-rate 0"
 REDIS_COMMAND = "python -m bench.redis_bench --runs 3"
+HEARTBEAT_COMMAND = "python -m bench.hundred_k"
 
 # What Redis writes to a subscribing node for one chat:message: redis-cli MONITOR of a
 # local server showed 230 bytes of envelope for a 2-character text on its 26-byte room
@@ -64,6 +71,20 @@ def server_figures(fanout: dict[str, Any]) -> dict[str, float | int]:
         "event_cpu_us": round(median(runs, "cpu_us_per_echo"), 2),
         "delivery_cpu_us": round(median(runs, "cpu_s_per_100k") * 10, 3),
     }
+
+
+def heartbeat_figure(hundred_k: dict[str, Any]) -> float:
+    result = hundred_k["results"]["iofleet"]
+    return round(float(result["heartbeat_cpu_us_per_ping"]), 1)
+
+
+def heartbeat_provenance(hundred_k: dict[str, Any]) -> str:
+    args, result = hundred_k["args"], hundred_k["results"]["iofleet"]
+    return (
+        f"{HEARTBEAT_COMMAND} --connections {args['connections']} --servers {args['servers']} "
+        f"({result['connections']:,} idle connections, {args['idle_seconds']:g} s of idle CPU, "
+        f"{datetime.date.today().isoformat()})"
+    )
 
 
 def redis_figures(bench: dict[str, Any]) -> dict[str, float]:
@@ -112,18 +133,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=PROFILE)
     parser.add_argument("--note", help="conditions of the run (load on the machine, ...)")
+    parser.add_argument("--only", choices=["heartbeat"], help="rewrite only this figure")
     args = parser.parse_args()
-    fanout = json.loads((RESULTS / "fanout_bench.json").read_text())
-    redis_bench = json.loads((RESULTS / "redis_bench.json").read_text())
-    profile = {
-        "provenance": {**provenance(fanout), **({"note": args.note} if args.note else {})},
-        "server": server_figures(fanout),
-        "redis": redis_figures(redis_bench),
-    }
+    hundred_k = json.loads((RESULTS / "hundred_k.json").read_text())
     yaml = YAML()
     yaml.default_flow_style = False
+    if args.only == "heartbeat":
+        profile = yaml.load(args.out.read_text())
+        profile["server"]["heartbeat_cpu_us"] = heartbeat_figure(hundred_k)
+        profile["provenance"]["heartbeat"] = heartbeat_provenance(hundred_k)
+    else:
+        fanout = json.loads((RESULTS / "fanout_bench.json").read_text())
+        redis_bench = json.loads((RESULTS / "redis_bench.json").read_text())
+        profile = {
+            "provenance": {
+                **provenance(fanout),
+                "heartbeat": heartbeat_provenance(hundred_k),
+                **({"note": args.note} if args.note else {}),
+            },
+            "server": {**server_figures(fanout), "heartbeat_cpu_us": heartbeat_figure(hundred_k)},
+            "redis": redis_figures(redis_bench),
+        }
     with args.out.open("w") as out:
-        out.write(HEADER)
+        if args.only is None:
+            out.write(HEADER)  # a profile read back keeps its header as a comment
         yaml.dump(profile, out)
     print(f"wrote {args.out}")
 

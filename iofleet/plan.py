@@ -104,14 +104,17 @@ class Capacity:
     delivery_cpu_us: float | None = None
     """Server CPU per delivery of a broadcast to one member, µs. With `event_cpu_us`, the
     deliveries one server sends at the load's fanout, when not measured directly."""
+    heartbeat_cpu_us: float | None = None
+    """Server CPU per heartbeat (one ping out, its pong in) of an idle connection, µs:
+    every connection costs this once a ping interval, whether it talks or not."""
     source: str = "flags"
 
     def __post_init__(self) -> None:
         if self.connections_per_server < 1:
             raise PlanError("connections per server must be at least 1")
-        for cost in (self.event_cpu_us, self.delivery_cpu_us):
+        for cost in (self.event_cpu_us, self.delivery_cpu_us, self.heartbeat_cpu_us):
             if cost is not None and cost <= 0:
-                raise PlanError("CPU costs per event and per delivery must be positive")
+                raise PlanError("CPU costs per event, delivery and heartbeat must be positive")
         if self.deliveries_per_second_per_server is not None and (
             self.deliveries_per_second_per_server <= 0
         ):
@@ -180,6 +183,7 @@ class _ServerProfile(BaseModel, extra="forbid"):
     base_memory_mb: float = Field(gt=0)
     event_cpu_us: float = Field(gt=0)
     delivery_cpu_us: float = Field(gt=0)
+    heartbeat_cpu_us: float = Field(gt=0)
 
 
 class _RedisProfile(BaseModel, extra="forbid"):
@@ -281,6 +285,8 @@ class Policy:
     min_nodes: int = 2
     server_cpu: float = 1.0
     """One server process uses one core: a pod asks for one CPU."""
+    ping_interval_seconds: float = 25.0
+    """The servers' IOFLEET_PING_INTERVAL: each connection's heartbeat comes this often."""
     memory_margin: float = 1.25
     system_cpu_per_node: float = 0.35
     """kubelet reserve + daemon sets (VPC CNI, kube-proxy) per node, vCPU."""
@@ -297,6 +303,8 @@ class Policy:
             raise PlanError("burst must be >= 0 and off-peak share in (0, 1]")
         if self.min_servers < 1 or self.min_nodes < 1 or self.server_cpu <= 0:
             raise PlanError("minimum servers, nodes and server CPU must be positive")
+        if self.ping_interval_seconds <= 0:
+            raise PlanError("the ping interval must be positive")
 
 
 @dataclass(frozen=True)
@@ -430,16 +438,31 @@ def _plan_region(
             f"{policy.server_cpu:g} core x 1e6 x fanout {f:g} / ({capacity.event_cpu_us:g} µs "
             f"per event + {f:g} x {capacity.delivery_cpu_us:g} µs per delivery)",
         )
-    if per_server_delivery is not None and deliveries > 0:
-        # The HPA scales on connections, so a delivery limit becomes a lower
-        # connections target: the connections at which a server's share of the
-        # deliveries reaches its budget.
-        by_deliveries = conns * per_server_delivery * u / deliveries
+    heartbeat_core = 0.0  # of one core, per connection
+    if capacity.heartbeat_cpu_us:
+        heartbeat_core = capacity.heartbeat_cpu_us / policy.ping_interval_seconds / 1e6
+        note(
+            "heartbeat CPU per 1,000 connections",
+            f"{heartbeat_core * 1000:.4f} core",
+            f"1000 x {capacity.heartbeat_cpu_us:g} µs per ping / "
+            f"{policy.ping_interval_seconds:g} s ping interval",
+        )
+    if (per_server_delivery is not None and deliveries > 0) or heartbeat_core > 0:
+        # The HPA scales on connections, so a CPU limit becomes a lower connections
+        # target: the connections at which a server's core is used to its budget by
+        # their heartbeats plus their share of the deliveries.
+        delivery_core = 0.0
+        if per_server_delivery is not None and deliveries > 0:
+            delivery_core = deliveries / conns * policy.server_cpu / per_server_delivery
+        # Rounded before the floor: 0.7 / 0.0005 is 1399.9999999999998 in floats.
+        by_cpu = round(policy.server_cpu * u / (heartbeat_core + delivery_core), 6)
         target = note(
             "HPA target_connections",
-            max(1, math.floor(min(by_connections, by_deliveries))),
-            f"floor(min({capacity.connections_per_server} conn x {u}, "
-            f"{conns} conn x {per_server_delivery:g} deliv/s x {u} / {deliveries:g} deliv/s))",
+            max(1, math.floor(min(by_connections, by_cpu))),
+            f"floor(min({capacity.connections_per_server} conn x {u}, {policy.server_cpu:g} "
+            f"core x {u} / ({heartbeat_core:.3g} heartbeat + {deliveries:g} deliv/s / {conns} "
+            f"conn x {policy.server_cpu:g} core / {per_server_delivery or 0:g} deliv/s) core "
+            "per connection))",
         )
     else:
         target = note(

@@ -26,6 +26,7 @@ from iofleet.plan import (
     plan,
 )
 from iofleet.stackfile import StackFileError, read_config, stack_path, write_config
+from server.contract import PING_INTERVAL_SECONDS
 
 
 def plan_command(
@@ -70,6 +71,10 @@ def plan_command(
     redis_type: Annotated[
         str | None, typer.Option(help="ElastiCache node type (default: cheapest that fits).")
     ] = None,
+    ping_interval: Annotated[
+        float,
+        typer.Option(help="The servers' IOFLEET_PING_INTERVAL, s: each connection's heartbeat."),
+    ] = PING_INTERVAL_SECONDS,
     load_step: Annotated[
         int | None,
         typer.Option(
@@ -129,6 +134,7 @@ def plan_command(
             off_peak_share=off_peak_share,
             node_type=node_type,
             redis_type=redis_type,
+            ping_interval_seconds=ping_interval,
         )
         result = plan(load, measured, shipped.redis, catalog, policy)
         baseline = compare_to_rule_of_thumb(result, catalog)

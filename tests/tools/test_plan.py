@@ -228,6 +228,42 @@ def test_delivery_cost_model_by_hand() -> None:
     assert heavy.servers == 173  # ceil(100000 / 579)
 
 
+def test_heartbeat_cost_by_hand() -> None:
+    # Idle connections still cost CPU: 500 µs per ping round every 25 s is 2e-5 of a
+    # core per connection, so one core at 0.7 holds 0.7 / 2e-5 = 35,000 of them, below
+    # the 100,000 x 0.7 = 70,000 the memory-measured connection figure allows.
+    idle = Capacity(
+        connections_per_server=100_000,
+        memory_per_connection_mb=0.007,
+        base_memory_mb=80,
+        heartbeat_cpu_us=500,
+    )
+    quiet = Load(connections=1_000_000, messages_per_second=1, fanout=1)
+    region = plan(quiet, idle, REDIS, CATALOG).regions[0]
+    assert region.target_connections == 35_000
+    assert region.servers == 29  # ceil(1e6 / 35000) = ceil(28.6)
+    # The delivery-bound case above (1400 connections a server) with 125 µs heartbeats:
+    # 5e-6 core per connection for heartbeats + 500000 / 50000 deliveries/s per
+    # connection x 1 core / 20000 = 5e-4 for deliveries: 0.7 / 5.05e-4 = 1386.1.
+    busy = Capacity(
+        connections_per_server=4000,
+        memory_per_connection_mb=0.01,
+        base_memory_mb=80,
+        deliveries_per_second_per_server=20_000,
+        heartbeat_cpu_us=125,
+    )
+    load = Load(
+        connections=100_000,
+        messages_per_second=1000,
+        fanout=1000,
+        regions=("us-east-1", "eu-west-1"),
+    )
+    assert plan(load, busy, REDIS, CATALOG).regions[0].target_connections == 1386
+    slower = plan(load, busy, REDIS, CATALOG, Policy(ping_interval_seconds=5)).regions[0]
+    # A 5 s ping interval: 125 / 5 = 2.5e-5 core per connection: 0.7 / 5.25e-4 = 1333.3.
+    assert slower.target_connections == 1333
+
+
 def test_redis_shards_by_hand() -> None:
     # 200,000 msg/s to rooms of 10 (one region, 20 servers at most): Redis CPU per
     # message 3 + 0.3 x 10 = 6 µs, 1.2 cores busy; egress 200000 x 10 x 300 B x 8 =
