@@ -352,6 +352,10 @@ class RegionPlan:
             "node_max": self.node_max,
             "redis_node_type": self.redis_node_type,
             "redis_replicas": self.redis_replicas,
+            "redis_shards": self.redis_shards,
+            # More than one primary is a Redis Cluster; one leaves the stack's mode as it
+            # is (a cluster of one shard is fine, and a switch means a new group).
+            **({"redis_mode": "cluster"} if self.redis_shards > 1 else {}),
         }
 
 

@@ -93,7 +93,9 @@ def plan_command(
     recovery: Annotated[
         bool,
         typer.Option(
-            "--recovery/--no-recovery", help="Size Redis for the recovery stream (stack default)."
+            "--recovery/--no-recovery",
+            help="Size Redis for the recovery stream (stack default); --write-stack writes it "
+            "as iofleet:recovery.",
         ),
     ] = True,
     recovery_window: Annotated[
@@ -174,15 +176,9 @@ def _write_stack(
             f"({', '.join(by_region)}); pass --regions with it"
         )
     planned = by_region[region]
-    if planned.redis_shards > 1:
-        # infra/ renders ElastiCache with cluster mode disabled (one primary) today;
-        # writing the servers' keys alone would deploy a Redis the plan says is short.
-        raise PlanError(
-            f"the plan needs {planned.redis_shards} Redis shards in {region} (cluster mode), "
-            "and the stack has no key for Redis shards: size Redis by hand "
-            "(--redis-type with a larger type) or split the load across more regions"
-        )
-    config = planned.stack_config()
+    # Recovery too: the plan sized Redis with or without its stream. Whether the stack
+    # may run it on the Redis it plans is the stack check's to say (infra/redis_rules.py).
+    config = {**planned.stack_config(), "recovery": result.load.recovery.enabled}
     for room in warm:
         if room.region == region:
             config.update(room.stack_config())

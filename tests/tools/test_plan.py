@@ -284,21 +284,42 @@ def test_redis_shards_by_hand() -> None:
     assert cheapest.monthly_cost > shards_cost
 
 
-def test_the_one_million_plan_completes_and_refuses_to_write_half_of_it(tmp_path: Path) -> None:
+def test_the_one_million_plan_writes_a_redis_cluster(tmp_path: Path) -> None:
     args = ["plan", "--connections", "1000000", "--messages-per-second", "20000"]
-    args += ["--fanout", "50", "--regions", "us-east-1,eu-west-1"]
+    args += ["--fanout", "50", "--regions", "us-east-1,eu-west-1", "--no-recovery"]
     result = CliRunner().invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     regions = json.loads(result.output)["plan"]["regions"]
     assert [r["region"] for r in regions] == ["us-east-1", "eu-west-1"]
-    assert all(r["servers"] >= 50 and r["redis_shards"] >= 1 for r in regions)
+    assert all(r["servers"] >= 50 for r in regions)
+    us = regions[0]
+    # 10,000 msg/s x 50 subscribing nodes x 320 B x 8 = 1.28 Gbit/s per region; on
+    # cache.m7g.large (0.937 Gbit/s baseline) ceil(1.28 / (0.7 x 0.937)) = 2 shards, the
+    # cheapest in shards x price.
+    assert (us["redis_node_type"], us["redis_shards"]) == ("cache.m7g.large", 2)
     stack = tmp_path / "Pulumi.prod-us-east-1.yaml"
     shutil.copy(REPO / "Pulumi.prod-us-east-1.yaml", stack)
-    before = stack.read_text()
-    # On t4g.small the 1M load needs many shards; cluster mode has no stack key yet, so
-    # nothing is half-written: one clear line, exit 2, the file untouched.
-    args += ["--redis-type", "cache.t4g.small", "--write-stack", "prod-us-east-1"]
-    written = CliRunner().invoke(app, [*args, "--stack-dir", str(tmp_path)])
-    assert written.exit_code == 2, written.output
-    assert "Redis shards" in written.output and "Traceback" not in written.output
-    assert stack.read_text() == before
+    written = CliRunner().invoke(
+        app, [*args, "--write-stack", "prod-us-east-1", "--stack-dir", str(tmp_path), "--json"]
+    )
+    assert written.exit_code == 0, written.output
+    config = read_config(stack)
+    assert config["iofleet:redis_mode"] == "cluster"
+    assert config["iofleet:redis_shards"] == us["redis_shards"]
+    assert config["iofleet:redis_replicas"] == us["redis_replicas"] >= 1
+    assert config["iofleet:redis_node_type"] == us["redis_node_type"]
+    assert config["iofleet:recovery"] is False
+    changed = json.loads(written.output)["written"]["changed"]
+    assert {"iofleet:redis_mode", "iofleet:redis_shards", "iofleet:recovery"} <= set(changed)
+
+
+def test_a_one_shard_plan_leaves_the_redis_mode_alone(tmp_path: Path) -> None:
+    stack = tmp_path / "Pulumi.dev.yaml"
+    shutil.copy(REPO / "Pulumi.dev.yaml", stack)
+    args = ["plan", "--connections", "9000", "--regions", "us-west-2"]
+    result = CliRunner().invoke(app, [*args, "--write-stack", "dev", "--stack-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    config = read_config(stack)
+    assert config["iofleet:redis_shards"] == 1
+    assert "iofleet:redis_mode" not in config  # no switch to a new group for one shard
+    assert config["iofleet:recovery"] is True
