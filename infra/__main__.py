@@ -70,6 +70,9 @@ def regional(cfg: RegionalConfig) -> None:
             engine_version=cfg.redis_engine_version,
             engine=cfg.redis_engine,
             snapshot_retention_days=cfg.redis_snapshot_retention_days,
+            mode=cfg.redis_mode,
+            shards=cfg.redis_shards,
+            auth_rotation=cfg.redis_auth_rotation,
             tags=tags,
         ),
     )
@@ -147,7 +150,10 @@ def regional(cfg: RegionalConfig) -> None:
     pulumi.export("cluster_name", cluster.name)
     pulumi.export("kubeconfig", cluster.kubeconfig)
     pulumi.export("namespace", cfg.namespace)
-    pulumi.export("redis_primary_endpoint", redis.primary_endpoint)
+    pulumi.export("redis_mode", cfg.redis_mode)
+    pulumi.export("redis_endpoint", redis.endpoint)
+    if cfg.redis_mode == "replication":
+        pulumi.export("redis_primary_endpoint", redis.primary_endpoint)
     pulumi.export("balancer", cfg.balancer)
     pulumi.export("public_hostname", balancer.hostname)
     pulumi.export("public_scheme", "https" if cfg.certificate_arn else "http")

@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from infra import redis_rules
 from server.contract import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS
 
 NAMESPACE = "iofleet"
@@ -38,6 +39,7 @@ Balancer = Literal["alb", "nginx", "haproxy"]
 Routing = Literal["route53", "accelerator"]
 Autoscaling = Literal["hpa", "direct", "none"]
 NodeAutoscalerKind = Literal["karpenter", "none"]
+RedisMode = Literal["replication", "cluster"]
 
 # EKS minor versions this program is tested with (kubernetes-validate runs every manifest
 # at the default), with the end of standard and of extended support from the EKS release
@@ -131,13 +133,33 @@ class Settings(BaseModel):
         le=1000,
     )
     # --- regional: Redis
+    redis_mode: RedisMode = _key(
+        "replication",
+        "replication (one primary, cluster mode disabled) or cluster (cluster mode enabled: "
+        "redis_shards primaries, sharded pub/sub); switching makes a new group.",
+    )
+    redis_shards: int = _key(
+        1,
+        "Shards (primaries) of a cluster-mode group, 1 to 500; replication has one.",
+        ge=1,
+        le=500,
+    )
     redis_node_type: str = _key("cache.r7g.large", "ElastiCache node type.")
-    redis_replicas: int = _key(1, "Read replicas besides the primary, 1 to 5.", ge=1, le=5)
+    redis_replicas: int = _key(
+        1, "Replicas besides each primary (per shard in cluster mode), 1 to 5.", ge=1, le=5
+    )
     redis_engine_version: str = _key("7.1", "ElastiCache Redis OSS engine version.")
     redis_engine: Literal["redis", "valkey"] = _key(
         "redis", "ElastiCache engine: redis (Redis OSS) or valkey (7.2+, same protocol)."
     )
     redis_snapshot_retention_days: int = _key(1, "Daily snapshots kept, 0 to 35.", ge=0, le=35)
+    redis_auth_rotation: int = _key(
+        0,
+        "Redis AUTH rotation step, raised by one per `up`: odd = a new token beside the old "
+        "(ROTATE), even = the old one dropped (SET); docs/infra.md.",
+        ge=0,
+        le=1_000_000,
+    )
     # --- regional: workloads
     namespace: str = _key("iofleet", "Kubernetes namespace of the server and autoscaler.")
     image: str = _key("", "Server image, pinned: repo@sha256:... or repo:exact-tag.")
@@ -445,9 +467,39 @@ class Settings(BaseModel):
             )
         if self.jwt_public_key and self.jwt_secret.get_secret_value():
             problems.append(f"{full('jwt_public_key')} and {full('jwt_secret')}: set one, not both")
+        problems.extend(self._redis_mode_problems())
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def _redis_mode_problems(self) -> list[str]:
+        mode = f"{full('redis_mode')}: {self.redis_mode}"
+        if self.redis_mode == "replication":
+            if self.redis_shards > 1:
+                return [
+                    f"{full('redis_shards')} ({self.redis_shards}) needs "
+                    f"{full('redis_mode')}: cluster (a replication group has one primary)"
+                ]
+            return []
+        problems = []
+        if self.recovery and not redis_rules.RECOVERY_ON_CLUSTER:
+            problems.append(
+                f"{full('recovery')}: true with {mode}: "
+                f"{redis_rules.RECOVERY_ON_CLUSTER_REASON}; set {full('recovery')}: false, "
+                f"or {full('redis_mode')}: replication"
+            )
+        major = self.redis_engine_version.split(".", maxsplit=1)[0]
+        if (
+            self.redis_engine == "redis"
+            and major.isdigit()
+            and int(major) < redis_rules.SHARDED_PUBSUB_MIN_REDIS
+        ):
+            problems.append(
+                f"{full('redis_engine_version')} ({self.redis_engine_version}) with {mode}: "
+                "sharded pub/sub needs Redis OSS "
+                f"{redis_rules.SHARDED_PUBSUB_MIN_REDIS}+ (or valkey)"
+            )
+        return problems
 
 
 class RegionalConfig(Settings):

@@ -49,6 +49,9 @@ class Thresholds:
     redis_engine_cpu_percent: int = 70
     redis_memory_percent: int = 80
     redis_replication_lag_seconds: int = 1
+    redis_connections: int = 52_000
+    """Client connections on one Redis node (each server pod: one subscriber link per
+    shard plus its publishers): 80 % of ElastiCache's maxclients, fixed at 65,000."""
     balancer_5xx_per_5m: int = 10
 
 
@@ -409,45 +412,34 @@ class Observability(pulumi.ComponentResource):
     def _create_redis_alarms(self, name: str) -> None:
         t = self._args.thresholds
         prefix = self._args.name_prefix
+        # (name suffix, metric, statistic, threshold, minutes, what it means), every node.
+        alarms: list[tuple[str, str, str, float, int, str]] = [
+            ("engine-cpu", "EngineCPUUtilization", "Average", t.redis_engine_cpu_percent, 5,
+             "Redis main thread busy; pub/sub fan-out will lag"),
+            ("memory", "DatabaseMemoryUsagePercentage", "Average", t.redis_memory_percent, 5,
+             "Redis memory high (pub/sub output buffers?)"),
+            ("replication-lag", "ReplicationLag", "Maximum", t.redis_replication_lag_seconds, 3,
+             "replica behind; a failover would lose messages"),
+            # Packets the node's instance shaped because its outbound bandwidth passed the
+            # type's allowance: pub/sub delivery slows before the CPU shows it.
+            ("network-out", "NetworkBandwidthOutAllowanceExceeded", "Sum", 0, 3,
+             "Redis outbound bandwidth over the node type's allowance"),
+            ("connections", "CurrConnections", "Maximum", t.redis_connections, 3,
+             "Redis subscriber/publisher connections near maxclients"),
+            ("evictions", "Evictions", "Sum", 0, 1, "Redis evicting keys"),
+        ]  # fmt: skip
         for member in self._args.redis_member_ids:
-            dims = {"CacheClusterId": member}
-            common = {"namespace": "AWS/ElastiCache", "dimensions": dims}
-            self._alarm(
-                f"{member}-engine-cpu",
-                metric="EngineCPUUtilization",
-                statistic="Average",
-                threshold=t.redis_engine_cpu_percent,
-                periods=5,
-                description=f"{prefix}: Redis main thread busy; pub/sub fan-out will lag",
-                **common,  # type: ignore[arg-type]
-            )
-            self._alarm(
-                f"{member}-memory",
-                metric="DatabaseMemoryUsagePercentage",
-                statistic="Average",
-                threshold=t.redis_memory_percent,
-                periods=5,
-                description=f"{prefix}: Redis memory high (pub/sub output buffers?)",
-                **common,  # type: ignore[arg-type]
-            )
-            self._alarm(
-                f"{member}-replication-lag",
-                metric="ReplicationLag",
-                statistic="Maximum",
-                threshold=t.redis_replication_lag_seconds,
-                periods=3,
-                description=f"{prefix}: replica behind; a failover would lose messages",
-                **common,  # type: ignore[arg-type]
-            )
-            self._alarm(
-                f"{member}-evictions",
-                metric="Evictions",
-                statistic="Sum",
-                threshold=0,
-                periods=1,
-                description=f"{prefix}: Redis evicting keys",
-                **common,  # type: ignore[arg-type]
-            )
+            for suffix, metric, statistic, threshold, periods, what in alarms:
+                self._alarm(
+                    f"{member}-{suffix}",
+                    namespace="AWS/ElastiCache",
+                    metric=metric,
+                    dimensions={"CacheClusterId": member},
+                    statistic=statistic,
+                    threshold=threshold,
+                    periods=periods,
+                    description=f"{prefix}: {what}",
+                )
 
     def _create_balancer_alarms(self, name: str) -> None:
         a = self._args

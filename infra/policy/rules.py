@@ -1,8 +1,8 @@
 """iofleet's invariants as policies. Each check is a pure function over resource
 properties (camelCase, as the engine passes them) returning violation messages; the
-`POLICIES` list wraps them for pulumi-policy. Only stdlib, pulumi_policy and
-`server.contract` (stdlib only; the pack's __main__ puts the repo root on sys.path) here:
-the pack runs in its own small virtualenv.
+`POLICIES` list wraps them for pulumi-policy. Only stdlib, pulumi_policy,
+`server.contract` and `infra.redis_rules` (stdlib only; the pack's __main__ puts the repo
+root on sys.path) here: the pack runs in its own small virtualenv.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
+from infra import redis_rules
 from server.contract import (
     ADMIN_PORT,
     CONNECTIONS_METRIC,
@@ -134,11 +135,44 @@ def check_redis(props: Mapping[str, Any]) -> list[str]:
             problems.append(f"Redis replication group must enable {what} ({key})")
     if not props.get("authToken"):
         problems.append("Redis replication group must require an auth token (authToken)")
-    if float(props.get("numCacheClusters") or 0) < 2:
+    if props.get("authTokenUpdateStrategy") == "DELETE":
+        problems.append(
+            "Redis replication group must keep its auth token (authTokenUpdateStrategy DELETE"
+            " turns AUTH off)"
+        )
+    if _is_cluster_mode(props):
+        # Every shard is a primary of its own slots: one without a replica loses them
+        # (and every room hashed there) until AWS replaces the node.
+        if float(props.get("replicasPerNodeGroup") or 0) < 1:
+            problems.append(
+                "Redis cluster-mode group needs a replica in every shard for failover "
+                "(replicasPerNodeGroup>=1)"
+            )
+    elif float(props.get("numCacheClusters") or 0) < 2:
         problems.append(
             "Redis replication group needs a replica for failover (numCacheClusters>=2)"
         )
     return problems
+
+
+def _is_cluster_mode(props: Mapping[str, Any]) -> bool:
+    return props.get("clusterMode") == "enabled" or props.get("numNodeGroups") is not None
+
+
+def check_recovery_redis(resources: Sequence[Resource]) -> list[str]:
+    """Connection state recovery only where infra.redis_rules allows it: not on a Redis
+    Cluster while RECOVERY_ON_CLUSTER is False."""
+    if redis_rules.RECOVERY_ON_CLUSTER:
+        return []
+    clusters = [p for t, p in resources if t == REPLICATION_GROUP and _is_cluster_mode(p)]
+    if not clusters:
+        return []
+    return [
+        f"Deployment {name}: IOFLEET_RECOVERY=true with a cluster-mode Redis group: "
+        f"{redis_rules.RECOVERY_ON_CLUSTER_REASON}"
+        for name, container in _server_containers(resources)
+        if _env(container).get("IOFLEET_RECOVERY", "").lower() == "true"
+    ]
 
 
 def check_termination_grace(props: Mapping[str, Any]) -> list[str]:
@@ -584,9 +618,15 @@ def _stack_policy(
 POLICIES = [
     _resource_policy(
         "redis-tls-auth-multi-az",
-        "ElastiCache: TLS in transit, auth token, encryption at rest, Multi-AZ, failover.",
+        "ElastiCache: TLS in transit, auth token, encryption at rest, Multi-AZ, failover "
+        "(a replica in every shard in cluster mode).",
         {REPLICATION_GROUP},
         lambda _t, props: check_redis(props),
+    ),
+    _stack_policy(
+        "recovery-needs-supported-redis",
+        "Connection state recovery runs only on a Redis topology the server supports it on.",
+        check_recovery_redis,
     ),
     _resource_policy(
         "termination-grace-covers-drain",

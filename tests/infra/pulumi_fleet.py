@@ -171,7 +171,12 @@ class FleetMocks(pulumi.runtime.Mocks):
                 "vpcConfig": {**inputs.get("vpcConfig", {}), "clusterSecurityGroupId": "sg-c"},
             },
             "aws:elasticache/replicationGroup:ReplicationGroup": {
-                "primaryEndpointAddress": "master.iofleet.cache.amazonaws.com",
+                # AWS answers one of the two, by cluster mode.
+                **(
+                    {"configurationEndpointAddress": "clustercfg.iofleet.cache.amazonaws.com"}
+                    if inputs.get("clusterMode") == "enabled"
+                    else {"primaryEndpointAddress": "master.iofleet.cache.amazonaws.com"}
+                ),
             },
             "random:index/randomPassword:RandomPassword": {"result": f"pw-{name}"},
             "kubernetes:networking.k8s.io/v1:Ingress": {"status": hostname},

@@ -95,6 +95,25 @@ def test_every_stack_file_loads_with_the_operators_values(stack: str) -> None:
             {"iofleet:jwt_public_key": "PEM", "iofleet:jwt_secret": "s"},
             ["jwt_public_key", "jwt_secret"],
         ),
+        # Issue 20: Redis cluster mode (tests/infra/test_infra_redis_cluster.py).
+        (
+            {"iofleet:redis_shards": 2},
+            ["iofleet:redis_shards (2)", "iofleet:redis_mode: cluster"],
+        ),
+        (
+            {"iofleet:redis_mode": "cluster", "iofleet:recovery": True},
+            ["iofleet:recovery: true", "iofleet:redis_mode: cluster", "Redis Cluster"],
+        ),
+        (
+            {
+                "iofleet:redis_mode": "cluster",
+                "iofleet:recovery": False,
+                "iofleet:redis_engine_version": "6.2",
+            },
+            ["iofleet:redis_engine_version (6.2)", "sharded pub/sub"],
+        ),
+        ({"iofleet:redis_mode": "sharded"}, ["iofleet:redis_mode", "replication, cluster"]),
+        ({"iofleet:redis_auth_rotation": -1}, ["iofleet:redis_auth_rotation", "out of range"]),
     ],
 )
 @pulumi.runtime.test

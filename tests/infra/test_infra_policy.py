@@ -111,6 +111,7 @@ def test_the_pack_has_every_invariant() -> None:
         "karpenter-keeps-pod-deletion-cost",
         "karpenter-off-its-own-nodes",
         "headroom-below-servers",
+        "recovery-needs-supported-redis",
     }
 
 
@@ -139,6 +140,7 @@ REDIS_BREAKS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("automatic failover", lambda g: g.update(automaticFailoverEnabled=False)),
     ("encryption at rest", lambda g: g.update(atRestEncryptionEnabled=False)),
     ("numCacheClusters", lambda g: g.update(numCacheClusters=1)),
+    ("turns AUTH off", lambda g: g.update(authTokenUpdateStrategy="DELETE")),
 ]
 
 
@@ -362,19 +364,24 @@ def test_a_connection_hpa_needs_the_autoscaler_and_its_api_services() -> Any:
 @pulumi.runtime.test
 def test_the_pack_imports_only_what_its_own_virtualenv_has() -> None:
     """The pack's venv holds pulumi and pulumi-policy only (requirements.txt); the server
-    defaults come from server.contract, which must stay stdlib-only for that to work."""
-    allowed_roots = {"pulumi_policy", "server", "__future__", *sys.stdlib_module_names}
-    for path in (ROOT / "infra" / "policy" / "rules.py", ROOT / "server" / "contract.py"):
+    defaults come from server.contract and the Redis rule from infra.redis_rules, which
+    must stay stdlib-only for that to work."""
+    allowed_roots = {"pulumi_policy", "server", "infra", "__future__", *sys.stdlib_module_names}
+    shared = {"server.contract", "infra.redis_rules"}
+    paths = [ROOT / "infra" / "policy" / "rules.py", ROOT / "server" / "contract.py"]
+    for path in [*paths, ROOT / "infra" / "redis_rules.py"]:
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module in ("server", "infra"):
+                names = [f"{node.module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             for module in names:
                 assert module.split(".")[0] in allowed_roots, f"{path.name} imports {module}"
-                if module.startswith("server"):
-                    assert module == "server.contract", f"{path.name} imports {module}"
+                if module.startswith(("server", "infra")):
+                    assert module in shared, f"{path.name} imports {module}"
     from infra.policy import rules
     from server import contract
 
