@@ -244,15 +244,6 @@ class Settings(BaseSettings):
                 "IOFLEET_RECOVERY=true needs IOFLEET_REDIS_URL (sessions and the event stream"
                 " live in Redis)"
             )
-        cluster = (
-            self.redis_url is not None and parse_redis_url(self.redis_url).topology == "cluster"
-        )
-        if self.recovery and cluster:
-            raise ValueError(
-                "IOFLEET_RECOVERY=true needs one Redis or Sentinel, not a Redis Cluster (one"
-                " script appends each event to the stream and publishes it, and a script"
-                " cannot span a cluster's slots)"
-            )
         if self.guest_tokens and self.jwt_secret is None:
             raise ValueError("IOFLEET_GUEST_TOKENS=true needs IOFLEET_JWT_SECRET to sign tokens")
         return self

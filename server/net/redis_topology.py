@@ -369,6 +369,15 @@ class ShardedSubscriber:
                 self._unsubscribing[channel] += 1
             await self._links[name].sunsubscribe(*group)
 
+    async def ping(self, message: bytes, channel: str) -> None:
+        """PING on the link that holds `channel`; `listen()` yields the answer as a
+        "pong" after every SSUBSCRIBE sent on that link before it (the master owning
+        the slot of `channel`: `server.sio.cluster.recovery` waits on it)."""
+        name = self._owner.get(channel)
+        if name is None:
+            raise ShardChannelMoved(f"{channel!r} is not subscribed")
+        await self._links[name].ping(message)
+
     async def _read(self, name: str, link: PubSub) -> None:
         try:
             while True:
@@ -380,6 +389,8 @@ class ShardedSubscriber:
                     await self._queue.put(message)
                 elif kind == "pong":
                     self._unanswered[name] = 0
+                    if message.get("data"):  # a `ping(message, channel)`'s, not the watchdog's
+                        await self._queue.put(message)
                 elif kind == "sunsubscribe":
                     self._check_unsubscribed(message["channel"])
         except asyncio.CancelledError:

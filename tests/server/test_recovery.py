@@ -197,7 +197,13 @@ async def clients_to_move(
 async def test_clients_whose_node_is_killed_recover_on_another(
     redis_server: RedisServer, start_server: Any, js: JsClients
 ) -> None:
-    node_a, node_b = nodes(start_server, redis_server)
+    await clients_of_a_killed_node_recover(js, *nodes(start_server, redis_server))
+
+
+async def clients_of_a_killed_node_recover(
+    js: JsClients, node_a: ServerProcess, node_b: ServerProcess
+) -> None:
+    """MOVED on node A, SIGKILLed a third of the way into the sending: all recover on B."""
     sids = await clients_to_move(js, node_a, node_b)
     mark = len(js.messages)
 

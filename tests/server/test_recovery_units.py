@@ -1,13 +1,15 @@
 """The pure parts of connection state recovery (`server/sio/cluster/recovery.py`): stream ids,
-which stream entries concern a socket, and an emit message's event arguments."""
+which stream entries concern a socket, an emit message's event arguments, and the key
+layout on one Redis and on a Redis Cluster."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from redis.crc import key_slot
 
-from server.sio.cluster.recovery import concerns, event_arguments, stream_id
+from server.sio.cluster.recovery import KeyLayout, concerns, event_arguments, hash_tag, stream_id
 
 SID = "node-a.AAAAAAAAAAAAAAAAAAAA"
 
@@ -70,3 +72,42 @@ def test_event_arguments_as_python_socketio_spreads_them(
     data: list[Any], arguments: list[Any]
 ) -> None:
     assert event_arguments({"data": data}) == arguments
+
+
+def test_one_redis_keeps_the_keys_it_always_had() -> None:
+    """A fleet upgraded in place finds its stream, sessions and channels where they were."""
+    keys = KeyLayout("iofleet")
+    assert keys.stream("/") == keys.stream("/admin") == "iofleet#stream"
+    assert keys.session("p1") == "iofleet#session#p1"
+    assert keys.room_channel("/", "lobby") == "iofleet#room#/#lobby"
+
+
+@pytest.mark.parametrize("namespace", ["/", "/chat", "/a}b", "/{x}"])
+@pytest.mark.parametrize("channel", ["iofleet", "app{blue}"])
+def test_a_namespace_s_keys_share_one_slot_on_a_cluster(channel: str, namespace: str) -> None:
+    """The emit script touches the stream and one channel: they must hash to one
+    slot whatever the names hold (braces in a room, a namespace or the channel)."""
+    keys = KeyLayout(channel, sharded=True)
+    stream = keys.stream(namespace)
+    channels = [keys.namespace_channel(namespace)]
+    channels += [keys.room_channel(namespace, room) for room in ("lobby", "r{1}", "}", "{")]
+    slots = {key_slot(name.encode()) for name in [stream, *channels]}
+    assert len(slots) == 1, (stream, channels)
+    assert all(keys.stream_of_channel(name) == stream for name in channels)
+
+
+def test_namespaces_spread_over_the_slots_on_a_cluster() -> None:
+    keys = KeyLayout("iofleet", sharded=True)
+    assert keys.stream("/") == "iofleet#stream#{iofleet#/}"
+    assert keys.room_channel("/", "r") == "iofleet#room#{iofleet#/}#r"
+    slots = {key_slot(keys.stream(f"/ns{i}").encode()) * 3 // 16384 for i in range(12)}
+    assert slots == {0, 1, 2}  # twelve namespaces reach all three masters' thirds
+
+
+@pytest.mark.parametrize(
+    ("key", "tag"),
+    [("a{b}c", "b"), ("a{}c", "a{}c"), ("a{b", "a{b"), ("{x}{y}", "x"), ("a}{b}", "b")],
+)
+def test_hash_tag_is_redis_s_rule(key: str, tag: str) -> None:
+    assert key_slot(key.encode()) == key_slot(hash_tag(key).encode())
+    assert hash_tag(key) == tag

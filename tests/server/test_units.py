@@ -78,10 +78,6 @@ class FakeClock:
         ),
         ({"IOFLEET_RECOVERY": "true"}, "IOFLEET_RECOVERY=true needs IOFLEET_REDIS_URL"),
         (
-            {"IOFLEET_RECOVERY": "true", "IOFLEET_REDIS_URL": "redis+cluster://127.0.0.1:7000"},
-            "IOFLEET_RECOVERY=true needs one Redis or Sentinel, not a Redis Cluster",
-        ),
-        (
             {"IOFLEET_RECOVERY_WINDOW_SECONDS": "0"},
             "invalid setting IOFLEET_RECOVERY_WINDOW_SECONDS: Input should be greater than 0",
         ),
@@ -97,6 +93,13 @@ def test_bad_settings_name_the_variable(
         load_settings()
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_recovery_is_allowed_on_a_redis_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IOFLEET_JWT_SECRET", LONG)
+    monkeypatch.setenv("IOFLEET_RECOVERY", "true")
+    monkeypatch.setenv("IOFLEET_REDIS_URL", "redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
+    assert load_settings().recovery
 
 
 def test_settings_defaults_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:

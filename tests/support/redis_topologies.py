@@ -49,6 +49,9 @@ class RedisClusterServers:
 
     masters: int = 3
     announce_ports: list[int] | None = None
+    durable: bool = False
+    """Each master keeps its data across a SIGKILL (an append-only file synced at every
+    write), as a shard whose replica takes over keeps it in production."""
     ports: list[int] = field(default_factory=list)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     commands: list[list[str]] = field(default_factory=list)
@@ -89,6 +92,9 @@ class RedisClusterServers:
             ]  # fmt: skip
             if self.announce_ports:
                 command += ["--cluster-announce-port", str(self.announce_ports[index])]
+            if self.durable:  # one append-only directory per master: they share the work dir
+                command += ["--appendonly", "yes", "--appendfsync", "always"]
+                command += ["--appenddirname", f"appendonly-{port}"]
             self.ports.append(port)
             self.commands.append(command)
             self.processes.append(_spawn(command))

@@ -100,6 +100,12 @@ OUTBOX_RETRY_SECONDS = 0.1
 PUBLISH_BATCH = 256
 
 
+def room_channel_name(channel: str, namespace: str, room: str) -> str:
+    """The pub/sub channel of `room` in `namespace` (`server.sio.cluster.recovery` tags it
+    on a Redis Cluster)."""
+    return f"{channel}{ROOM_CHANNEL_INFIX}{namespace}#{room}"
+
+
 class QueuedPublish(NamedTuple):
     """One publish waiting for the sender (`FanoutManager._send_queued`)."""
 
@@ -446,7 +452,7 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
     # --- per-room routing ---------------------------------------------------------
 
     def room_channel(self, namespace: str, room: str) -> str:
-        return f"{self.room_prefix}{namespace}#{room}"
+        return room_channel_name(str(self.channel), namespace, room)
 
     @staticmethod
     def routes(room: object) -> bool:

@@ -10,6 +10,9 @@ is iofleet's own, at the manager's hooks (STYLE.md #5).
   callback or binary attachments: to a room, a sid or a whole namespace) is
   appended to `<channel>#stream` and published on its usual fan-out channel by
   ONE Lua script (`EMIT_SCRIPT`), so the stream's order is the pub/sub order.
+  On a Redis Cluster a script stays in one slot and a client's offset names one
+  position in one stream: one stream per namespace, with that namespace's
+  channels in its slot (`KeyLayout`, the one owner of the key names).
   The stream is trimmed by length (`IOFLEET_RECOVERY_MAX_MESSAGES`, approximate)
   and by age (the window). The offset travels as the last argument of the event,
   as the Node server sends it, added once for every recipient (the broadcast is
@@ -49,6 +52,7 @@ from typing import Any
 
 import orjson
 from redis import asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from socketio import packet as sio_packet
 
@@ -57,9 +61,20 @@ from socketio.base_manager import ValueDuplicationError
 
 from server.core.jsonlog import OncePerBurst
 from server.core.metrics import Metrics
-from server.net.redis_topology import ChannelSubscriber
+from server.net.redis_topology import (
+    ChannelSubscriber,
+    RedisClient,
+    ShardChannelMoved,
+    ShardedSubscriber,
+)
 from server.sio.broadcast import as_arguments
-from server.sio.cluster.fanout import PUBLISH_TIMEOUT_SECONDS, FanoutManager, QueuedPublish
+from server.sio.cluster.fanout import (
+    PUBLISH_TIMEOUT_SECONDS,
+    ROOM_CHANNEL_INFIX,
+    FanoutManager,
+    QueuedPublish,
+    room_channel_name,
+)
 
 log = logging.getLogger("iofleet.recovery")
 
@@ -88,6 +103,10 @@ redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%.0f', oldest))
 redis.call('PUBLISH', ARGV[1], string.sub(ARGV[2], 1, -2) .. ',"offset":"' .. id .. '"}')
 return id
 """
+# The same on a Redis Cluster: SPUBLISH (sharded pub/sub), the channel declared as a
+# key, so Redis (and redis-py, routing the script) checks it shares the stream's slot.
+SHARDED_EMIT_SCRIPT = EMIT_SCRIPT.replace("'PUBLISH', ARGV[1]", "'SPUBLISH', KEYS[2]")
+assert SHARDED_EMIT_SCRIPT != EMIT_SCRIPT
 
 OUTCOMES = ("recovered", "unknown_session", "offset_trimmed", "auth_mismatch", "in_use", "error")
 
@@ -131,6 +150,60 @@ def concerns(message: dict[str, Any], sid: str, namespace: str, rooms: set[str])
     return any(target == sid or target in rooms for target in targets)
 
 
+def hash_tag(key: str) -> str:
+    """What Redis Cluster hashes of `key`: the text between its first `{` and the
+    first `}` after it, if not empty; else the whole key."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return key[start + 1 : end] if end > start + 1 else key
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """Where recovery keeps its keys and publishes its emits: the one owner of that layout.
+
+    One Redis (or Sentinel): one stream, `<channel>#stream`, and the fan-out's channels.
+    A Redis Cluster (`sharded`): the emit script must stay in one slot, and a client's
+    offset is one position in one stream, so everything that can reach one socket (its
+    rooms, its sid, its whole namespace) is one stream per namespace, in the slot of the
+    hash tag `{<channel>#<namespace>}`, with the namespace's room channels
+    (`<channel>#room#{<channel>#<namespace>}#<room>`) and a namespace channel for its
+    other emits (`<channel>#room#{<channel>#<namespace>}`). Sessions are looked up by
+    pid: `<channel>#session#<pid>` either way, spread over the slots.
+    """
+
+    channel: str
+    sharded: bool = False
+
+    def tag(self, namespace: str) -> str:
+        return "{" + f"{self.channel}#{namespace}" + "}"
+
+    def room_channel(self, namespace: str, room: str) -> str:
+        if not self.sharded:
+            return room_channel_name(self.channel, namespace, room)
+        return f"{self.namespace_channel(namespace)}#{room}"
+
+    def namespace_channel(self, namespace: str) -> str:
+        """The channel of a namespace's recoverable emits that are not to one room (a
+        Cluster only: on one Redis they travel on the fan-out's shared channel)."""
+        return f"{self.channel}{ROOM_CHANNEL_INFIX}{self.tag(namespace)}"
+
+    def stream(self, namespace: str) -> str:
+        if not self.sharded:
+            return f"{self.channel}{STREAM_SUFFIX}"
+        return self.stream_of_channel(self.namespace_channel(namespace))
+
+    def stream_of_channel(self, channel: str) -> str:
+        """The stream an emit published on `channel` is appended to: on a Cluster, the
+        one in the channel's slot (the same hash tag, whatever the names hold)."""
+        if not self.sharded:
+            return f"{self.channel}{STREAM_SUFFIX}"
+        return f"{self.channel}{STREAM_SUFFIX}#" + "{" + hash_tag(channel) + "}"
+
+    def session(self, pid: str) -> str:
+        return f"{self.channel}{SESSION_INFIX}{pid}"
+
+
 @dataclass
 class Session:
     """A session record as stored in Redis."""
@@ -159,7 +232,7 @@ class SessionWrites:
     pipelined; a failure is logged (once per burst) and the batch dropped: a lost
     write costs at most that session's recovery."""
 
-    def __init__(self, client: Callable[[], aioredis.Redis]) -> None:
+    def __init__(self, client: Callable[[], RedisClient]) -> None:
         self._client = client
         self._ops: list[Callable[[Any], object]] = []
         self._task: asyncio.Task[None] | None = None
@@ -221,7 +294,8 @@ class RecoveringFanoutManager(FanoutManager):
         outbox_seconds: float = 30.0,
     ) -> None:
         super().__init__(url, channel, metrics, outbox_messages, outbox_seconds, node_id)
-        self.stream_key = f"{channel}{STREAM_SUFFIX}"
+        self.keys = KeyLayout(channel, sharded=self.endpoint.topology == "cluster")
+        self.stream_key = self.keys.stream("/")  # the default namespace's (one Redis: all's)
         self.session_prefix = f"{channel}{SESSION_INFIX}"
         self.window_ms = int(window_seconds * 1000)
         self.max_messages = max_messages
@@ -236,7 +310,17 @@ class RecoveringFanoutManager(FanoutManager):
         self._data_log = OncePerBurst(window=10.0)
 
     def session_key(self, pid: str) -> str:
-        return f"{self.session_prefix}{pid}"
+        return self.keys.session(pid)
+
+    def room_channel(self, namespace: str, room: str) -> str:
+        return self.keys.room_channel(namespace, room)
+
+    def _stream_channel(self, message: dict[str, Any]) -> str:
+        """The channel of a recoverable emit: on a Cluster, in its namespace's slot."""
+        channel = self._channel_for(message)
+        if self.keys.sharded and channel == self.channel:
+            return self.keys.namespace_channel(message["namespace"])
+        return channel
 
     # --- emitting: through the stream, delivered when it comes back -------------------
 
@@ -277,7 +361,7 @@ class RecoveringFanoutManager(FanoutManager):
             "host_id": "",
         }
         encoded = self.json.dumps(message)
-        channel = self._channel_for(message)
+        channel = self._stream_channel(message)
         # Behind this node's other publishes, in the order they were made (the
         # emit script in the same pipeline): concurrent emits reach the stream,
         # and so every node and every replay, in one order.
@@ -294,6 +378,8 @@ class RecoveringFanoutManager(FanoutManager):
         if not any(queued.streamed for queued in batch):
             return await super()._send_batch(redis, batch)
         client = self._stream_client()
+        if isinstance(client, RedisCluster):
+            return await self._send_batch_sharded(client, batch)
         if self._emit_script is None:
             self._emit_script = client.register_script(EMIT_SCRIPT)
         pipe = client.pipeline(transaction=False)
@@ -306,6 +392,29 @@ class RecoveringFanoutManager(FanoutManager):
                 pipe.publish(queued.channel, queued.message)
         results = await pipe.execute()
         return [0 if q.streamed else int(r) for q, r in zip(batch, results, strict=True)]
+
+    async def _send_batch_sharded(
+        self, client: RedisCluster, batch: list[QueuedPublish]
+    ) -> list[int]:
+        """The batch on a Cluster: one pipeline per run of publishes to one slot, the
+        runs one after the other, so this node's publishes keep their order across
+        slots as on one Redis (a burst of emits to one namespace is one run). EVAL,
+        not EVALSHA: a restarted master has lost its script cache, and a cluster
+        pipeline cannot load it first (Redis caches the script by its digest)."""
+        counts: list[int] = []
+        for run in _runs_by_slot(client, batch):
+            pipe = client.pipeline(transaction=False)
+            for queued in run:
+                if queued.streamed:
+                    stream = self.keys.stream_of_channel(queued.channel)
+                    args: list[str | int] = [queued.channel, queued.message]
+                    args += [self.max_messages, self.window_ms]
+                    pipe.eval(SHARDED_EMIT_SCRIPT, 2, stream, queued.channel, *args)
+                else:
+                    pipe.spublish(queued.channel, queued.message)
+            results = await pipe.execute()
+            counts += [0 if q.streamed else int(r) for q, r in zip(run, results, strict=True)]
+        return counts
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
         offset = message.get("offset")
@@ -434,6 +543,11 @@ class RecoveringFanoutManager(FanoutManager):
         self, sid: str, namespace: str, room: str | None, eio_sid: str | None = None
     ) -> None:
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if room is None and self.keys.sharded:  # a socket in the namespace: hear its channel
+            channel = self.keys.namespace_channel(namespace)
+            if channel not in self.room_channels:
+                self.room_channels.add(channel)
+                self._sync_rooms_soon()
         pid = self.pids.get(sid)
         if pid is not None and room is not None and room != sid:
             key, name = self.session_key(pid), f"{ROOM_FIELD}{room}"
@@ -441,6 +555,9 @@ class RecoveringFanoutManager(FanoutManager):
 
     def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
         super().basic_leave_room(sid, namespace, room)
+        if room is None and self.keys.sharded and None not in self.rooms.get(namespace, {}):
+            self.room_channels.discard(self.keys.namespace_channel(namespace))
+            self._sync_rooms_soon()
         pid = self.pids.get(sid)  # gone already on a disconnect: its rooms stay recorded
         if pid is not None and room is not None and room != sid:
             key, name = self.session_key(pid), f"{ROOM_FIELD}{room}"
@@ -479,7 +596,7 @@ class RecoveringFanoutManager(FanoutManager):
             pipe = self._stream_client().pipeline(transaction=False)
             pipe.hgetall(self.session_key(pid))
             if isinstance(offset, str) and valid:
-                pipe.xrange(self.stream_key, min=offset, max=offset, count=1)
+                pipe.xrange(self.keys.stream(namespace), min=offset, max=offset, count=1)
             record, *found = await asyncio.wait_for(pipe.execute(), PUBLISH_TIMEOUT_SECONDS)
         except (OSError, TimeoutError, aioredis.RedisError) as error:
             log.warning(
@@ -537,12 +654,13 @@ class RecoveringFanoutManager(FanoutManager):
         sid, namespace = handoff.session.sid, handoff.namespace
         replayed = 0
         last = stream_id(handoff.offset)
+        stream = self.keys.stream(namespace)
         try:
             await self._subscription_covers(self.get_rooms(sid, namespace), namespace)
             start = f"({handoff.offset}"
             while self.handoffs.get(sid) is handoff:
                 entries: list[tuple[bytes, dict[bytes, bytes]]] = await asyncio.wait_for(
-                    self._stream_client().xrange(self.stream_key, min=start, count=REPLAY_BATCH),  # type: ignore[arg-type]
+                    self._stream_client().xrange(stream, min=start, count=REPLAY_BATCH),  # type: ignore[arg-type]
                     PUBLISH_TIMEOUT_SECONDS,
                 )
                 rooms = set(self.get_rooms(sid, namespace))
@@ -573,34 +691,36 @@ class RecoveringFanoutManager(FanoutManager):
     def _event(self, namespace: str, event: str, args: list[Any]) -> Any:
         return self.server.packet_class(sio_packet.EVENT, namespace=namespace, data=[event, *args])
 
-    def _stream_client(self) -> aioredis.Redis:
-        """The publisher link, a plain client: settings refuse recovery on a Redis
-        Cluster, where the emit script could not span the slots."""
-        client = self._publisher()
-        if not isinstance(client, aioredis.Redis):
-            raise TypeError("connection state recovery needs one Redis or Sentinel")
-        return client
+    def _stream_client(self) -> RedisClient:
+        """The publisher link (a cluster client on a Cluster: see `KeyLayout`)."""
+        return self._publisher()
 
     async def _subscription_covers(self, rooms: Iterable[str], namespace: str) -> None:
         """Wait until this node hears the socket's room channels, so that every
         entry the replay does not read arrives live: the subscriber holds them and
         a PING sent after the SUBSCRIBE came back (Redis answers in order)."""
         wanted = {self.room_channel(namespace, r) for r in rooms if self.routes(r)}
+        if self.keys.sharded:
+            wanted.add(self.keys.namespace_channel(namespace))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SUBSCRIBE_WAIT_SECONDS
         while not wanted <= self._active_rooms and loop.time() < deadline:
             self._sync_rooms_soon()
             await asyncio.sleep(0.01)
         pubsub = self.pubsub
-        if not isinstance(pubsub, ChannelSubscriber):  # not subscribed (recovery has no Cluster)
+        if not isinstance(pubsub, ChannelSubscriber | ShardedSubscriber):  # not subscribed
             return
         token = secrets.token_hex(8).encode()
         pong: asyncio.Future[None] = loop.create_future()
         self._pongs[token] = pong
         try:
-            await pubsub.ping(token)
+            if isinstance(pubsub, ShardedSubscriber):
+                # Every channel of the namespace is on one master: one link to confirm.
+                await pubsub.ping(token, self.keys.namespace_channel(namespace))
+            else:
+                await pubsub.ping(token)
             await asyncio.wait_for(pong, max(0.1, deadline - loop.time()))
-        except (OSError, TimeoutError, aioredis.RedisError):
+        except (OSError, TimeoutError, aioredis.RedisError, ShardChannelMoved):
             log.warning(
                 "recovery: subscription not confirmed; an event sent meanwhile may be missed",
                 extra={"event": "recovery.subscribe_unconfirmed"},
@@ -620,3 +740,16 @@ class RecoveringFanoutManager(FanoutManager):
             self._refresher.cancel()
         await self._writes.drain(timeout)
         await super().close(timeout)
+
+
+def _runs_by_slot(client: RedisCluster, batch: list[QueuedPublish]) -> list[list[QueuedPublish]]:
+    """`batch` cut into runs of consecutive publishes whose channels share a slot."""
+    runs: list[list[QueuedPublish]] = []
+    last_slot = -1
+    for queued in batch:
+        slot = client.keyslot(queued.channel)
+        if slot != last_slot:
+            runs.append([])
+            last_slot = slot
+        runs[-1].append(queued)
+    return runs
