@@ -38,7 +38,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -204,6 +204,28 @@ class Publisher(asyncio.Protocol):
         self.transport.write(command)
 
 
+async def send_all(
+    publishers: Mapping[int, Publisher],
+    commands: Sequence[tuple[RedisNode, bytes]],
+    messages: int,
+    seconds: float,
+) -> tuple[int, float]:
+    """Send `commands` in turn, each to its node's publisher, until `messages` are sent
+    or `seconds` have passed, and wait for every reply: (commands sent, seconds taken)."""
+    started = time.perf_counter()
+    deadline = started + seconds
+    sent = 0
+    while sent < messages and time.perf_counter() < deadline:
+        node, command = commands[sent % len(commands)]
+        await publishers[node.port].send(command)
+        sent += 1
+    while sum(p.replies for p in publishers.values()) < sent:
+        if time.perf_counter() > deadline + 10:
+            raise RuntimeError("Redis did not answer every command within 10 s")
+        await asyncio.sleep(0.01)
+    return sent, time.perf_counter() - started
+
+
 async def one_case(
     nodes: list[RedisNode], subscribers: int, rooms: int, args: argparse.Namespace
 ) -> dict[str, float]:
@@ -233,18 +255,7 @@ async def one_case(
         for c in channels
     ]
     cpu_before = [n.cpu_seconds() for n in nodes]
-    started = time.perf_counter()
-    sent = 0
-    deadline = started + args.seconds
-    while sent < args.messages and time.perf_counter() < deadline:
-        node, command = commands[sent % len(commands)]
-        await publishers[node.port].send(command)
-        sent += 1
-    while sum(p.replies for p in publishers.values()) < sent:
-        if time.perf_counter() > deadline + 10:
-            raise RuntimeError("Redis did not answer every publish within 10 s")
-        await asyncio.sleep(0.01)
-    elapsed = time.perf_counter() - started
+    sent, elapsed = await send_all(publishers, commands, args.messages, args.seconds)
     cpu = [n.cpu_seconds() - before for n, before in zip(nodes, cpu_before, strict=True)]
     receivers = sum(p.receivers for p in publishers.values())
     for drain in drains:

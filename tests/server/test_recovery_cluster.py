@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from iofleet.processes import free_port
+from server.net.redis_topology import ShardedSubscriber, parse_redis_url
 from tests.server.fanout_support import status
 from tests.server.test_recovery import (
     RECOVERY_ENV,
@@ -128,3 +129,26 @@ async def test_cluster_recovery_across_a_restart_of_the_namespace_s_master(
     await js.retarget("c", node_b.url)
     await assert_recovered(js, "c", sid, before + after, node_b, mark)
     assert texts(js, "c") == before + after
+
+
+async def test_a_ping_on_a_shard_link_answers_after_its_subscriptions(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    """What a recovery waits on before it replays (`_subscription_covers`): a PING on
+    the link holding the namespace's channels comes back through `listen()` after the
+    SSUBSCRIBE sent before it, so an emit published from then on is heard live."""
+    subscriber = parse_redis_url(redis_cluster.url).subscriber("iofleet-test")
+    assert isinstance(subscriber, ShardedSubscriber)
+    publisher = redis.RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0])
+    try:
+        await subscriber.subscribe(ROOM_CHANNEL)
+        await subscriber.ping(b"token-1", ROOM_CHANNEL)
+        messages = subscriber.listen()
+        pong = await asyncio.wait_for(anext(messages), 5)
+        assert (pong["type"], pong["data"]) == ("pong", b"token-1")
+        assert publisher.spublish(ROOM_CHANNEL, "after the pong") == 1
+        heard = await asyncio.wait_for(anext(messages), 5)
+        assert (heard["type"], heard["data"]) == ("smessage", b"after the pong")
+    finally:
+        publisher.close()
+        await subscriber.aclose()
