@@ -24,6 +24,7 @@ from tests.server.test_recovery import (
     assert_recovered,
     clients_of_a_killed_node_recover,
     open_in_room,
+    say,
     send_while,
     texts,
 )
@@ -60,15 +61,19 @@ def stream_length(cluster: RedisClusterServers, key: str) -> int:
         client.close()
 
 
+@pytest.mark.parametrize("sender_on", ["a", "b"], ids=lambda n: f"sender-on-{n}")
 async def test_cluster_a_dropped_client_recovers_every_message_once_in_order(
-    redis_cluster: RedisClusterServers, start_server: Any, js: JsClients
+    redis_cluster: RedisClusterServers, start_server: Any, js: JsClients, sender_on: str
 ) -> None:
-    node_a, node_b = nodes(start_server, redis_cluster)
+    """The client moves from node A to node B; the sender is on A (its node delivers
+    its own emits as they come back from the cluster) or on B."""
+    node = dict(zip("ab", nodes(start_server, redis_cluster), strict=True))
+    node_a, node_b = node["a"], node["b"]
     sid = await open_in_room(js, "c", node_a)
-    await open_in_room(js, "sender", node_b)
-    # The room's channel is in the namespace's slot, both nodes hear it there through
-    # sharded pub/sub, and the stream is in that slot too (one script, one slot).
-    assert redis_cluster.shard_subscribers(ROOM_CHANNEL) == 2
+    await open_in_room(js, "sender", node[sender_on])
+    # The room's channel is in the namespace's slot, the nodes with members hear it
+    # there through sharded pub/sub, and the stream is in that slot too (one script).
+    assert redis_cluster.shard_subscribers(ROOM_CHANNEL) == len({"a", sender_on})
     assert redis_cluster.master_of(STREAM) == redis_cluster.master_of(ROOM_CHANNEL)
     mark = len(js.messages)
 
@@ -78,6 +83,32 @@ async def test_cluster_a_dropped_client_recovers_every_message_once_in_order(
     sent = await send_while(js, "sender", drop)
     await assert_recovered(js, "c", sid, sent, node_b, mark)
     assert stream_length(redis_cluster, STREAM) >= len(sent)
+
+
+async def test_cluster_a_client_in_two_rooms_recovers_both(
+    redis_cluster: RedisClusterServers, start_server: Any, js: JsClients
+) -> None:
+    """Two rooms whose channels would hash to different masters without the tag: one
+    stream for the namespace, so one offset covers both, and the replay has them all."""
+    node_a, node_b = nodes(start_server, redis_cluster)
+    other = next(
+        f"other-{i}"
+        for i in range(100)
+        if redis_cluster.master_of(f"iofleet#room#/#other-{i}")
+        != redis_cluster.master_of(f"iofleet#room#/#{ROOM}")
+    )
+    sid = await open_in_room(js, "c", node_a, **QUICK_RECONNECT)
+    await say(js, "c", other)
+    await open_in_room(js, "sender", node_b)
+    await say(js, "sender", other)
+    mark = len(js.messages)
+    await js.drop("c", f"http://127.0.0.1:{free_port()}")  # away until all is sent
+    sent = [f"m{i:03d}" for i in range(30)]
+    for index, text in enumerate(sent):
+        room = (ROOM, other)[index % 2]
+        assert (await js.call("sender", "chat:message", {"room": room, "text": text}))["ok"]
+    await js.retarget("c", node_b.url)
+    await assert_recovered(js, "c", sid, sent, node_b, mark)
 
 
 async def test_cluster_clients_whose_node_is_killed_recover_on_another(
