@@ -296,7 +296,7 @@ class RecoveringFanoutManager(FanoutManager):
         super().__init__(url, channel, metrics, outbox_messages, outbox_seconds, node_id)
         self.keys = KeyLayout(channel, sharded=self.endpoint.topology == "cluster")
         self.stream_key = self.keys.stream("/")  # the default namespace's (one Redis: all's)
-        self.session_prefix = f"{channel}{SESSION_INFIX}"
+        self.session_prefix = self.keys.session("")
         self.window_ms = int(window_seconds * 1000)
         self.max_messages = max_messages
         self.node_id = node_id
