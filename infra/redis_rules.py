@@ -5,15 +5,16 @@ policy pack (infra/policy/rules.py, its own small virtualenv) both read it.
 
 from __future__ import annotations
 
-RECOVERY_ON_CLUSTER = False
+RECOVERY_ON_CLUSTER = True
 """Whether connection state recovery (`recovery`, IOFLEET_RECOVERY) may run on a Redis
-Cluster. False while the server refuses the combination at start (server/settings.py:
-its recovery stream and session keys need one Redis); flip it here once the server runs
-recovery on a Cluster (issue 20), and both checks follow."""
+Cluster. True since the server keeps one recovery stream per namespace in that
+namespace's hash-tag slot (server/sio/cluster/recovery.py, README "Recovery on a Redis
+Cluster"): a namespace's recoverable emits are then bounded by one shard. Set it False
+for a server build that refuses the combination, and both checks follow."""
 
 RECOVERY_ON_CLUSTER_REASON = (
-    "the server refuses IOFLEET_RECOVERY on a Redis Cluster (its recovery stream and "
-    "sessions need one Redis)"
+    "this server build refuses IOFLEET_RECOVERY on a Redis Cluster (its recovery stream "
+    "and sessions need one Redis)"
 )
 
 SHARDED_PUBSUB_MIN_REDIS = 7

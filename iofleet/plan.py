@@ -759,8 +759,8 @@ def _choose_redis(
                 f"{stream_gib * 1024:.1f} MiB of {kind.memory_gib:g} GiB",
                 f"stream <= {kind.memory_gib:g} GiB x utilization {u}"
                 + (
-                    "; recovery needs one primary (the server refuses it on a Redis"
-                    " Cluster): at this load run it with recovery off, or split regions"
+                    "; on a Redis Cluster a namespace's recovery stream lives on one"
+                    " shard: spread busy traffic over namespaces, or split regions"
                     if shards > 1
                     else ""
                 ),

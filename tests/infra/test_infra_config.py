@@ -101,10 +101,6 @@ def test_every_stack_file_loads_with_the_operators_values(stack: str) -> None:
             ["iofleet:redis_shards (2)", "iofleet:redis_mode: cluster"],
         ),
         (
-            {"iofleet:redis_mode": "cluster", "iofleet:recovery": True},
-            ["iofleet:recovery: true", "iofleet:redis_mode: cluster", "Redis Cluster"],
-        ),
-        (
             {
                 "iofleet:redis_mode": "cluster",
                 "iofleet:recovery": False,

@@ -127,7 +127,11 @@ def test_every_policy_passes_the_cluster_stack() -> Any:
 
 
 @pulumi.runtime.test
-def test_the_policy_pack_refuses_a_shard_without_replica_and_recovery_on_a_cluster() -> Any:
+def test_the_policy_pack_refuses_a_shard_without_replica_and_recovery_on_a_cluster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Any:
+    """With the rule set to refuse (a server build without recovery on a Cluster)."""
+    monkeypatch.setattr(redis_rules, "RECOVERY_ON_CLUSTER", False)
     fleet = run_stack("prod-us-east-1", CLUSTER)
 
     def no_replica(resources: list[Recorded]) -> None:
@@ -149,10 +153,10 @@ def test_the_policy_pack_refuses_a_shard_without_replica_and_recovery_on_a_clust
 
 
 @pulumi.runtime.test
-def test_recovery_on_a_cluster_is_one_rule(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Flip infra/redis_rules.py's constant and both the config check and the policy pack
-    accept the combination (what landing recovery on a Cluster changes)."""
-    monkeypatch.setattr(redis_rules, "RECOVERY_ON_CLUSTER", True)
+def test_recovery_on_a_cluster_is_allowed(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The server recovers on a Cluster (tests/server/test_recovery_cluster.py), so the
+    config check and the policy pack accept the combination as shipped."""
+    assert redis_rules.RECOVERY_ON_CLUSTER
     fleet = run_stack("prod-us-east-1", {**CLUSTER, "iofleet:recovery": True})
 
     def check() -> None:
@@ -196,10 +200,26 @@ def test_the_planned_one_million_stack_renders_its_shards(tmp_path: Path) -> Any
 
 
 @pulumi.runtime.test
-def test_the_planned_cluster_with_recovery_is_refused_naming_the_keys(tmp_path: Path) -> None:
+def test_the_planned_cluster_with_recovery_renders(tmp_path: Path) -> Any:
     written = _planned(tmp_path)  # --recovery, the default (the stack has it on already)
     assert written["iofleet:redis_mode"] == "cluster" and "iofleet:recovery" not in written
-    message = config_error("prod-us-east-1", written)
+    fleet = run_stack("prod-us-east-1", written)
+
+    def check() -> None:
+        assert fleet.one(GROUP).inputs["clusterMode"] == "enabled"
+        pod = find(fleet.resources, "Deployment", "iofleet-server")["spec"]["template"]["spec"]
+        env = {v["name"]: v.get("value") for v in pod["containers"][0]["env"]}
+        assert env["IOFLEET_RECOVERY"] == "true"
+        assert violations("recovery-needs-supported-redis", fleet.resources) == []
+
+    return after_deploy(check)
+
+
+def test_the_planned_cluster_with_recovery_is_refused_by_a_refusing_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_rules, "RECOVERY_ON_CLUSTER", False)
+    message = config_error("prod-us-east-1", _planned(tmp_path))
     assert "iofleet:recovery: true" in message and "iofleet:redis_mode: cluster" in message
 
 
