@@ -1,20 +1,16 @@
 """A connection's outgoing packet queue, small enough to keep one per idle client.
 
-python-engineio gives every connection an `asyncio.Queue` (`create_queue`), which
-holds four deques (items, getters, putters, the `join` event's waiters) of about
-740 bytes each even when empty: some 3 KiB per idle connection, a tenth of what
-a connection cost in the fan-out benchmark. `PacketQueue` offers the part of the
-`asyncio.Queue` interface python-engineio and `server.eio.socket` use (`put`,
-`put_nowait`, `get`, `get_nowait`, `task_done`, `join`, `qsize`, `empty`, and
-`wait_nonempty`), with
-a list and futures created only while someone waits.
+An `asyncio.Queue` holds four deques (items, getters, putters, the `join`
+event's waiters) of about 740 bytes each even when empty: some 3 KiB per idle
+connection, a tenth of what a connection cost in the fan-out benchmark.
+`PacketQueue` offers the part of the `asyncio.Queue` interface
+`server.eio.socket` uses (`put`, `put_nowait`, `get`, `get_nowait`, `task_done`,
+`join`, `qsize`, `empty`, and `wait_nonempty`), with a list and futures created
+only while someone waits.
 
 It also tells its owner when a packet arrives with nobody waiting for it
-(`on_idle_put`): a WebSocket connection starts its writer task then, instead of
-keeping one parked on the queue for its whole life. And it puts the handshake's
-`pingInterval` in exact milliseconds: python-engineio builds the OPEN packet with
-`int(interval + grace) * 1000`, which turns 0.3 s into 0 (a client then pings at
-the wrong pace); the OPEN packet is the first thing put on a new queue.
+(`on_idle_put`): a WebSocket connection starts its writer then, instead of
+keeping a task parked on the queue for its whole life.
 """
 
 from __future__ import annotations
@@ -22,8 +18,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import Any
-
-from engineio import packet as eio_packet
 
 # Taken items are dropped from the front of the list in one step once this many
 # have been taken and they are at least half of it: each put and get is O(1)
@@ -44,19 +38,17 @@ class PacketQueue:
         "_head",
         "_items",
         "_joiners",
-        "_ping_interval_ms",
         "_unfinished",
         "on_idle_put",
     )
 
-    def __init__(self, ping_interval_ms: int | None = None) -> None:
+    def __init__(self) -> None:
         self._items: list[Any] = []
         self._head = 0  # items before this index were taken
         self._getters: list[asyncio.Future[None]] | None = None
         self._joiners: list[asyncio.Future[None]] | None = None
         self._unfinished = 0  # put and not yet `task_done`
         self._bytes = 0  # payload bytes of the packets queued (`nbytes`)
-        self._ping_interval_ms = ping_interval_ms
         # Called after a put that no `get` was waiting for.
         self.on_idle_put: Callable[[], None] | None = None
 
@@ -73,12 +65,6 @@ class PacketQueue:
         return self._head == len(self._items)
 
     def put_nowait(self, item: Any) -> None:
-        if self._ping_interval_ms is not None:
-            if getattr(item, "packet_type", None) == eio_packet.OPEN and isinstance(
-                item.data, dict
-            ):
-                item.data["pingInterval"] = self._ping_interval_ms
-            self._ping_interval_ms = None  # only the first packet can be the OPEN
         self._items.append(item)
         self._bytes += payload_bytes(item)
         self._unfinished += 1

@@ -1,37 +1,28 @@
-"""An Engine.IO socket that releases everything it holds the moment it closes.
+"""One Engine.IO connection: its session, its heartbeat, its outbound queue and
+its transport (long-polling, then perhaps a WebSocket), owned here alone.
 
-Works around python-engineio 4.15.1 (`engineio.async_socket.AsyncSocket`), where a
-closed connection outlives its transport (issue 13; STYLE.md #13):
-- the ping loop is a Task per connection sleeping `ping_interval` (25 s): it holds
-  the socket, its queue and its coroutine until it wakes, whether the connection
-  closed or not;
-- a closed socket stays in `server.sockets` until the service task's next sweep or
-  the next request with its sid (a polling client that sent CLOSE never sends one);
-- the pending long-poll GET and the WebSocket writer are not woken by a close: they
-  wait out `ping_interval + ping_timeout` (45 s) on the queue;
-- a dropped long-poll request is swallowed as a timeout, and a client that stops
-  answering pings is noticed only by the service task's sweep (up to another
-  `ping_timeout`);
-- the WebSocket loop starts a Task and a timer for every packet it reads.
-
-`ReleasingSocket` keeps the protocol and the public behaviour and changes who owns
-what: pings and the pong deadline are loop timers, not sleeping Tasks; `close()`
-ends in `_release()`, the one place that cancels the timers, wakes whoever waits on
-the queue (the WebSocket writer ends and closes the socket; a pending GET returns),
-and removes the socket from the server's table. `ReleasingSockets` is the table
-`IofleetEngine` keeps its sockets in: python-engineio creates every socket as a
-plain `AsyncSocket` in `_handle_connect` and offers no factory hook, so the table
-turns each one into a `ReleasingSocket` as it is registered, before it is used.
-`tests/server/test_eio_socket.py` pins every upstream method this relies on.
+iofleet's own Engine.IO socket (no python-engineio class underneath; its
+`engineio.packet` and `engineio.payload` codecs are reused). Who owns what:
+- the heartbeat is an entry in the engine's `server.eio.heartbeat.HeartbeatWheel`,
+  not a task or a timer per connection: a PING is one pre-built frame written to
+  the transport, and a PONG only clears a flag;
+- `close()` ends in `_release()`, the one place that leaves the heartbeat wheel,
+  wakes whoever waits on the queue (the WebSocket writer ends and closes the
+  socket; a pending GET returns) and removes the socket from the engine's table
+  (STYLE.md #13: when a connection ends, nothing it started outlives it);
+- the WebSocket is a `server.net.ws_transport.WebSocketConnection` (frames in as
+  calls, frames out as bytes), or, for a client that negotiates permessage-deflate
+  (`IOFLEET_WS_COMPRESSION`), aiohttp's `WebSocketResponse`
+  (`server.eio.deflate_ws`), read by a loop and written by a task that runs only
+  while packets are queued.
 
 Outbound bytes are bounded per connection (`send_ready`, `send`): a broadcast frame
 goes straight to an idle WebSocket's transport (gathered per loop pass, one write:
 `flush_frames`) while that transport holds less than the engine's
 `send_buffer_bytes` (`IOFLEET_SEND_BUFFER_BYTES`), and is otherwise queued; a
-connection with the engine's `send_queue_packets` (`IOFLEET_SEND_QUEUE_PACKETS`)
-packets already queued is a slow consumer: its transport
-is dropped (the server's `slow_consumer_hook` counts and logs it) instead of
-letting its backlog grow without bound.
+connection with `send_queue_packets` packets or `send_queue_bytes` bytes already
+queued is a slow consumer: its transport is dropped (the engine's
+`slow_consumer_hook` counts and logs it) instead of letting its backlog grow.
 """
 
 from __future__ import annotations
@@ -39,13 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio import payload as eio_payload
-from engineio.async_socket import AsyncSocket
 
 from server.eio.eager import step_eagerly
 from server.eio.packet_queue import PacketQueue
@@ -58,17 +47,23 @@ from server.net.ws_transport import (
     text_frame,
 )
 
+if TYPE_CHECKING:
+    from server.eio.deflate_ws import DeflateWebSocket
+    from server.eio.engine import IofleetEngine
+
 log = logging.getLogger("iofleet.engine")
 
-# The outbound bounds are the engine's (`IofleetEngine.send_buffer_bytes`,
-# `send_queue_packets`): a broadcast goes straight to a WebSocket's transport only
-# below that many buffered bytes, above it packets queue behind the writer, which
-# waits for the transport to drain; a connection with that many packets queued is
-# a slow consumer. Broadcast packets are shared objects, so a full queue holds
-# references, not copies.
+RejectHook = Callable[[str, str | None, str], None]
+"""Called with (reason, engine.io sid or None, detail) when a packet is refused."""
+SlowConsumerHook = Callable[[str, int], None]
+"""Called with (engine.io sid, packets queued) when a slow consumer is dropped."""
+
 SLOW_CONSUMER_REASON = "slow consumer"
-# An Engine.IO PING as a final, unmasked WebSocket text frame ("2").
+# An Engine.IO PING as a final, unmasked WebSocket text frame ("2"): built once,
+# written as is to every WebSocket at every heartbeat.
 PING_FRAME = text_frame(b"2")
+PING_PACKET = eio_packet.Packet(eio_packet.PING)
+NOOP_PACKET = eio_packet.Packet(eio_packet.NOOP)
 # An Engine.IO MESSAGE packet as text starts with this type digit.
 MESSAGE_TYPE = str(eio_packet.MESSAGE)
 # A Socket.IO EVENT (any namespace) inside an Engine.IO MESSAGE, as text.
@@ -78,13 +73,17 @@ ENGINEIO_PACKET_TYPES = frozenset("0123456")
 # Upgrade from polling over a `WebSocketConnection`: what the socket waits for.
 PROBE_PING = 1  # the client's PING "probe"
 PROBE_UPGRADE = 2  # then its UPGRADE
-PROBE_PONG_FRAME = text_frame(b"3probe")  # the answer to the probe
+PROBE_PONG = "3probe"  # the answer to the probe
+PROBE_PONG_FRAME = text_frame(PROBE_PONG.encode())
 # Packets waiting behind one that is still being handled; past this many the
 # connection stops reading until they are done.
 INBOX_PAUSE_AT = 256
-# Packets written per pass of the WebSocket drain (one write) before it checks
-# whether the transport is full.
+# Packets turned into frames per write of the WebSocket drain, so the transport
+# can say it is full (`write_paused`) before the whole queue is framed.
 DRAIN_BATCH = 64
+# The heartbeat's two steps (`EngineSocket.beat`).
+BEAT_PING = 0  # the next beat sends a PING
+BEAT_CHECK = 1  # the next beat checks that its PONG came
 
 
 def message(encoded: str) -> tuple[eio_packet.Packet, bytes]:
@@ -96,101 +95,162 @@ def message(encoded: str) -> tuple[eio_packet.Packet, bytes]:
     return pkt, text_frame(text.encode())
 
 
-class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
+class EngineSocket:
     """One Engine.IO connection; `_release()` is the one owner of its resources."""
 
-    # Set by upstream's BaseSocket.__init__; annotated here for the type checker.
-    server: Any
-    sid: str
-    queue: PacketQueue  # `IofleetEngine.create_queue`
-    last_ping: float | None
-    connected: bool
-    upgrading: bool
-    upgraded: bool
-    closing: bool
-    closed: bool
+    __slots__ = (
+        "_awaiting_pong",
+        "_beat",
+        "_beat_key",
+        "_close_reason",
+        "_close_task",
+        "_conn",
+        "_deflate",
+        "_direct_max_frame",
+        "_direct_transport",
+        "_draining",
+        "_evicted",
+        "_frames",
+        "_frames_bytes",
+        "_inbox",
+        "_ping_sent",
+        "_probe",
+        "_probe_timer",
+        "_released",
+        "_sending",
+        "_writer",
+        "closed",
+        "closing",
+        "connected",
+        "queue",
+        "server",
+        "session",
+        "sid",
+        "upgraded",
+        "upgrading",
+    )
 
-    # Class-level defaults: instances are made by python-engineio as plain
-    # `AsyncSocket`s and adopted by `ReleasingSockets`, so `__init__` never runs here.
-    _ping_timer: asyncio.TimerHandle | None = None
-    _pong_deadline: asyncio.TimerHandle | None = None
-    _close_task: asyncio.Task[None] | None = None
-    _released: bool = False
-    _close_reason: str | None = None
-    _direct: Any = None  # the LimitedWebSocket broadcasts may write to directly
-    _direct_transport: asyncio.Transport | None = None  # its transport
-    _direct_max_frame: float = 0  # frames up to this size are shared (not deflated)
-    # Broadcast frames taken this loop pass, written with one syscall when the pass
-    # ends (`flush_frames`): a burst of broadcasts costs a recipient one write.
-    _frames: list[bytes] | None = None
-    _frames_bytes: int = 0
-    _sending: bool = False  # the writer holds packets it has taken off the queue
-    _websocket: Any = None  # the LimitedWebSocket once upgraded, for `_start_writer`
-    _writer: asyncio.Task[None] | None = None  # runs only while packets are queued
-    _evicted: bool = False  # dropped as a slow consumer (its close may still be pending)
-    # The WebSocket when served below aiohttp (`server.net.ws_transport`): packets in
-    # arrive as calls (`ws_message`), packets out are written by `_drain_to_websocket`.
-    _conn: WebSocketConnection | None = None
-    _probe: int = 0  # upgrading from polling over `_conn`: PROBE_PING, PROBE_UPGRADE
-    _probe_timer: asyncio.TimerHandle | None = None
-    _inbox: list[str | bytes] | None = None  # packets behind one still being handled
-    _draining: bool = False  # `_drain_to_websocket` is writing
+    def __init__(self, server: IofleetEngine, sid: str) -> None:
+        self.server = server
+        self.sid = sid
+        self.queue = PacketQueue()
+        self.session: dict[str, Any] = {}  # python-socketio's per-namespace sessions
+        self.connected = False  # the handshake was answered (OPEN sent)
+        self.upgrading = False
+        self.upgraded = False  # on a WebSocket
+        self.closing = False
+        self.closed = False
+        self._beat = BEAT_PING
+        self._beat_key: int | None = None  # its slot in the heartbeat wheel
+        self._awaiting_pong = False
+        self._ping_sent = 0.0  # loop time of the last PING
+        self._close_task: asyncio.Task[None] | None = None
+        self._close_reason: str | None = None
+        self._released = False
+        # The WebSocket below aiohttp (`server.net.ws_transport`): packets in arrive
+        # as calls (`ws_message`), packets out are written by `_drain_to_websocket`.
+        self._conn: WebSocketConnection | None = None
+        # aiohttp's WebSocket, for a client that negotiated permessage-deflate.
+        self._deflate: DeflateWebSocket | None = None
+        self._direct_transport: asyncio.Transport | None = None  # broadcasts write here
+        self._direct_max_frame: float = 0  # frames up to this size are shared
+        # Broadcast frames taken this loop pass, written with one syscall when the pass
+        # ends (`flush_frames`): a burst of broadcasts costs a recipient one write.
+        self._frames: list[bytes] | None = None
+        self._frames_bytes = 0
+        self._sending = False  # the deflate writer holds packets taken off the queue
+        self._writer: asyncio.Task[None] | None = None  # runs only while packets queue
+        self._evicted = False  # dropped as a slow consumer (its close may be pending)
+        self._probe = 0  # upgrading from polling over `_conn`: PROBE_PING, PROBE_UPGRADE
+        self._probe_timer: asyncio.TimerHandle | None = None
+        self._inbox: list[str | bytes] | None = None  # packets behind one being handled
+        self._draining = False  # `_drain_to_websocket` is writing
 
-    # --- heartbeat: timers, not sleeping tasks ---------------------------------
+    # --- heartbeat ------------------------------------------------------------------
 
-    def schedule_ping(self) -> None:
-        """Called at connect and on every PONG: the next PING in `ping_interval`."""
-        # As upstream: only when the previous ping cycle completed (a PING went out).
-        if not self.last_ping or self.closing or self.closed:
-            return
-        self.last_ping = None
-        self._cancel_timers()
-        loop = asyncio.get_running_loop()
-        self._ping_timer = loop.call_later(self.server.ping_interval, self._ping)
+    def start_heartbeat(self) -> None:
+        """Called once the session is open: the first PING in `ping_interval`."""
+        self._beat = BEAT_PING
+        self._beat_key = self.server.heartbeat.add(self, self.server.ping_interval)
 
-    def _ping(self) -> None:
-        self._ping_timer = None
+    def beat(self) -> None:
+        """The heartbeat wheel's call: send a PING, or check that its PONG came."""
+        self._beat_key = None
         if self.closing or self.closed:
             return
-        self.last_ping = time.time()
-        if self._frames is None and self._writable(PING_FRAME):
-            transport = self._direct_transport
-            assert transport is not None  # checked by _writable
-            transport.write(PING_FRAME)
-        else:
-            self.queue.put_nowait(eio_packet.Packet(eio_packet.PING))
-        loop = asyncio.get_running_loop()
-        self._pong_deadline = loop.call_later(self.server.ping_timeout, self._pong_missed)
+        server = self.server
+        if self._beat == BEAT_PING:
+            self._awaiting_pong = True
+            self._ping_sent = server.heartbeat.now()
+            if self._frames is None and self._writable(PING_FRAME):
+                transport = self._direct_transport
+                assert transport is not None  # checked by _writable
+                transport.write(PING_FRAME)
+            else:
+                self.queue.put_nowait(PING_PACKET)
+            self._beat = BEAT_CHECK
+            self._beat_key = server.heartbeat.add(self, server.ping_timeout)
+            return
+        if self._awaiting_pong:  # no PONG within `ping_timeout`: the client is gone
+            self._start_close(abort=False, reason=server.reason.PING_TIMEOUT)
+            return
+        self._beat = BEAT_PING
+        due = self._ping_sent + server.ping_interval - server.heartbeat.now()
+        self._beat_key = server.heartbeat.add(self, max(due, 0.0))
 
-    def _pong_missed(self) -> None:
-        """No PONG within `ping_timeout`: the client is gone; close now, not at a sweep."""
-        self._pong_deadline = None
-        if not (self.closing or self.closed):
-            self._close_soon(self.server.reason.PING_TIMEOUT, abort=False)
+    def pong_overdue(self) -> bool:
+        """A PING went unanswered for longer than `ping_timeout` (the wheel's check
+        may not have run yet): a request must then find the session gone."""
+        return (
+            self._awaiting_pong
+            and self.server.heartbeat.now() - self._ping_sent > self.server.ping_timeout
+        )
 
-    def _close_soon(self, reason: str, abort: bool) -> None:
-        """Close from a timer callback or a cancelled request, without waiting."""
-        self._start_close(wait=False, abort=abort, reason=reason)
+    # --- inbound ---------------------------------------------------------------------
 
-    def _start_close(
-        self, wait: bool, abort: bool, reason: str | None
-    ) -> asyncio.Task[None] | None:
-        """The close, as a task of its own; None when a close is already under way."""
-        if self._close_task is not None or self.closing or self.closed:
-            return None
-        self._close_task = asyncio.ensure_future(self._close(wait, abort, reason))
-        return self._close_task
+    async def receive(self, pkt: eio_packet.Packet) -> None:
+        """One Engine.IO packet from the client (over polling or a WebSocket)."""
+        kind = pkt.packet_type
+        if kind == eio_packet.PONG:
+            self._awaiting_pong = False
+        elif kind == eio_packet.MESSAGE:
+            await self._message(pkt.data)
+        elif kind == eio_packet.UPGRADE:
+            self.send_nowait(NOOP_PACKET)
+        elif kind == eio_packet.CLOSE:
+            await self.close(wait=False, abort=True, reason=self.server.reason.CLIENT_DISCONNECT)
+        # Anything else (a PING, a NOOP, an OPEN from a client) means nothing here.
 
-    def _cancel_timers(self) -> None:
-        for timer in (self._ping_timer, self._pong_deadline):
-            if timer is not None:
-                timer.cancel()
-        self._ping_timer = self._pong_deadline = None
+    async def _message(self, data: Any) -> None:
+        """A MESSAGE packet's payload, to the engine's `message` handler (the
+        Socket.IO layer), which logs what it refuses; an error it did not expect is
+        logged here and the connection goes on."""
+        handler = self.server.handlers.get("message")
+        if handler is None:
+            return
+        try:
+            await handler(self.sid, data)
+        except Exception:
+            log.exception(
+                "message handler error",
+                extra={"event": "engine.handler_error", "eio_sid": self.sid},
+            )
 
-    # --- outbound: bounded ---------------------------------------------------------
+    async def handle_post(self, body: str) -> None:
+        """A polling POST's payload: its packets in order."""
+        for pkt in eio_payload.Payload(encoded_payload=body).packets:
+            await self.receive(pkt)
 
-    def send_ready(self, pkt: Any, frame: bytes) -> bool:
-        """Send a broadcast packet already encoded (`pkt`) and framed (`frame`), now.
+    # --- outbound: bounded -------------------------------------------------------------
+
+    def send_nowait(self, pkt: eio_packet.Packet) -> None:
+        """Queue `pkt` for the client, within the outbound bound."""
+        if self._evicted or self.closed or not self._room_for_one_more():
+            return
+        self.queue.put_nowait(pkt)
+
+    def send_ready(self, pkt: eio_packet.Packet, frame: bytes) -> bool:
+        """Send a packet already encoded (`pkt`) and framed (`frame`), now.
 
         Straight to the transport when nothing is queued or being written before it
         (order is kept) and the transport is under its high-water mark; otherwise on
@@ -206,15 +266,13 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         self.queue.put_nowait(pkt)
         return True
 
-    def send_one(self, pkt: Any, frame: bytes) -> bool:
+    def send_one(self, pkt: eio_packet.Packet, frame: bytes) -> bool:
         """`send_ready` for a packet to this client alone (acks, sid emits, connects).
 
         On aiohttp's WebSocket, with nothing taken this loop pass and nothing
         queued, the frame is written at once: no flush callback to schedule for
         one frame. Below aiohttp it joins the frames of this pass (`send_ready`):
-        a CONNECT and the greeting that follows it cost one write, not two (on
-        this machine a write that wakes the peer is the dearest part of a packet).
-        Otherwise it goes behind what is waiting, so order is kept.
+        a CONNECT and the greeting that follows it cost one write, not two.
         """
         if self._conn is None and self._frames is None and self._writable(frame):
             transport = self._direct_transport
@@ -256,17 +314,11 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             return
         self._frames = None
         self._frames_bytes = 0
-        ws = self._direct
+        ws = self._conn if self._conn is not None else self._deflate
         transport = ws.raw_transport() if ws is not None else None
         if transport is None:
             return
         transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
-
-    async def send(self, pkt: Any) -> None:
-        """Upstream's send, within the same outbound bound as broadcasts."""
-        if self._evicted or (not self.closed and not self._room_for_one_more()):
-            return
-        await super().send(pkt)
 
     def _room_for_one_more(self) -> bool:
         queue = self.queue
@@ -285,42 +337,43 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         if self.closing or self.closed or self._evicted:
             return
         self._evicted = True
-        hook = getattr(self.server, "slow_consumer_hook", None)
-        if hook is not None:
-            hook(self.sid, self.queue.qsize())
+        self.server.slow_consumer_hook(self.sid, self.queue.qsize())
         transport = self._direct_transport
         self._frames = None
         if transport is not None:
             transport.abort()
-        self._close_soon(self.server.reason.TRANSPORT_ERROR, abort=True)
+        self._start_close(abort=True, reason=self.server.reason.TRANSPORT_ERROR)
 
-    # --- the queue --------------------------------------------------------------
+    # --- long-polling ------------------------------------------------------------------
 
-    async def poll(self) -> list[Any]:
-        """Packets for the client: wait until there is one, or the socket is released.
+    async def poll(self) -> list[eio_packet.Packet]:
+        """Packets for a polling client: wait until there is one, or the socket is
+        released ([]).
 
-        No timeout of its own (upstream waits `ping_interval + ping_timeout` with a
-        Task and a timer per wait): a live client gets a PING every `ping_interval`,
-        and `_release()` wakes the waiter with `None`. A long-poll request cancelled
-        because its client dropped the connection (aiohttp `handler_cancellation`,
-        set by `server.node.app.serve`) closes the socket and the cancellation propagates.
+        No timeout of its own: a live client gets a PING every `ping_interval`,
+        and `_release()` wakes the waiter. A long-poll request cancelled because
+        its client dropped the connection (aiohttp `handler_cancellation`, set by
+        `server.node.app.serve`) closes the socket; the cancellation propagates.
         """
+        if self.upgrading or self.upgraded:
+            # Upgrading to a WebSocket: nothing more goes out over polling.
+            return [NOOP_PACKET]
         try:
             await self.queue.wait_nonempty()
         except asyncio.CancelledError:
-            self._close_soon(self.server.reason.TRANSPORT_CLOSE, abort=True)
+            self._start_close(abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
             raise
         # One long-poll response carries at most what python-engineio's clients
         # decode in one payload (16: more and the client drops the connection);
         # the rest waits for the next GET.
         return self._take_queued(eio_payload.Payload.max_decode_packets)
 
-    def _take_queued(self, limit: int | None = None) -> list[Any]:
+    def _take_queued(self, limit: int | None = None) -> list[eio_packet.Packet]:
         """The packets queued now (at most `limit`); [] once the socket is released
         (the `None` `_release()` puts stays at the head, so every later taker sees
         it too)."""
         queue = self.queue
-        packets: list[Any] = []
+        packets: list[eio_packet.Packet] = []
         while not queue.empty() and (limit is None or len(packets) < limit):
             pkt = queue.get_nowait()
             queue.task_done()
@@ -330,27 +383,42 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             packets.append(pkt)
         return packets
 
-    # --- closing ----------------------------------------------------------------
+    # --- closing ---------------------------------------------------------------------
 
     async def close(
         self, wait: bool = True, abort: bool = False, reason: str | None = None
     ) -> None:
-        """Close once (disconnect handlers, CLOSE packet unless `abort`), then release.
+        """Close once (the disconnect handler, a CLOSE packet unless `abort`), then
+        release.
 
         The close runs in a task of its own that the caller's cancellation cannot
         stop halfway (aiohttp cancels a request's handler when its client drops the
-        connection, which is when closes happen): the disconnect handlers and the
+        connection, which is when closes happen): the disconnect handler and the
         release always finish, and the caller's cancellation still propagates.
-        As upstream, a close already under way returns at once (it may be the caller).
+        A close already under way returns at once (it may be the caller).
         """
-        task = self._start_close(wait, abort, reason)
+        task = self._start_close(abort=abort, reason=reason, wait=wait)
         if task is not None:
             await asyncio.shield(task)
 
+    def _start_close(
+        self, abort: bool, reason: str | None, wait: bool = False
+    ) -> asyncio.Task[None] | None:
+        """The close, as a task of its own; None when a close is already under way."""
+        if self._close_task is not None or self.closing or self.closed:
+            return None
+        self.closing = True
+        self._close_task = asyncio.ensure_future(self._close(wait, abort, reason))
+        return self._close_task
+
     async def _close(self, wait: bool, abort: bool, reason: str | None) -> None:
+        reason = reason or self.server.reason.SERVER_DISCONNECT
         self._close_reason = reason
         try:
-            await super().close(wait=False, abort=abort, reason=reason)
+            await self.server.trigger_disconnect(self.sid, reason)
+            if not abort:
+                self.queue.put_nowait(eio_packet.Packet(eio_packet.CLOSE))
+            self.closed = True
             if wait:
                 # Let the writer flush the CLOSE packet, bounded: a polling client
                 # that never polls again must not hold this coroutine forever.
@@ -361,6 +429,12 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         finally:
             self._release()
 
+    def abandon(self) -> None:
+        """Forget a session whose handshake was refused or never answered: no
+        disconnect handler (no connect was accepted), nothing held."""
+        self.closing = True
+        self._release()
+
     def _release(self) -> None:
         """Let go of everything this connection holds. Idempotent."""
         if self._released:
@@ -368,176 +442,63 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         self._released = True
         self.closed = True
         self.flush_frames()  # what was sent before the close goes out before it
-        self._direct = self._direct_transport = self._frames = None
-        self._cancel_timers()
+        self._direct_transport = self._frames = None
+        if self._beat_key is not None:
+            self.server.heartbeat.remove(self, self._beat_key)
+            self._beat_key = None
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
         self._close_task = None
         if self._close_reason == self.server.reason.CLIENT_DISCONNECT and not self.upgraded:
             # The polling client said CLOSE: its pending GET answers NOOP at once (the
             # protocol's forced close, what the reference suite expects) instead of
             # waiting out the poll; its next request finds the session gone (400).
-            self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))
+            self.queue.put_nowait(NOOP_PACKET)
         # Wake a pending GET, or start the WebSocket writer, which ends and closes the
         # WebSocket; the writer started, no later put starts another.
         self.queue.put_nowait(None)
         self.queue.on_idle_put = None
-        sockets = self.server.sockets
-        if sockets.get(self.sid) is self:
-            del sockets[self.sid]
+        self.server.forget(self)
 
-    # --- the WebSocket transport --------------------------------------------------
+    # --- the WebSocket (either kind) ------------------------------------------------
 
-    async def _websocket_handler(self, ws: Any) -> None:
-        """Serve one WebSocket: a reader loop here, and a writer task only while
-        packets are queued (`_start_writer`); both end with the socket (the
-        upstream loop leaves them to their 45 s timeouts)."""
-        if self.connected:
-            if not await self._upgrade_from_polling(ws):
-                return
-        else:
-            self.connected = True
-            self.upgraded = True
-        self._use_websocket(ws)
-        try:
-            await self._read(ws)
-        finally:
-            # Any way out (client close, error, cancellation) closes the socket once;
-            # `_release()` starts the writer, which closes the WebSocket.
-            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
-            if self._writer is not None:
-                await self._writer
-
-    def _use_websocket(self, ws: Any) -> None:
-        """From now on packets go out over `ws` (a `LimitedWebSocket` or a
-        `WebSocketConnection`); broadcasts may write to it directly (`send_ready`)."""
-        self._direct = ws
+    def _use_websocket(self, ws: WebSocketConnection | DeflateWebSocket) -> None:
+        """From now on packets go out over `ws`; broadcasts may write to it directly
+        (`send_ready`)."""
         self._direct_transport = ws.raw_transport()
         self._direct_max_frame = ws.shared_frame_limit()
-        self._websocket = ws
         self.queue.on_idle_put = self._start_writer
         if not self.queue.empty():
             self._start_writer()
 
     def _start_writer(self) -> None:
-        """A packet was queued with no writer running: start one. An idle connection
-        keeps no task parked on its queue; most packets never queue at all
-        (`send_one`, `send_ready`, `_ping` write to the transport). A WebSocket
-        below aiohttp needs no task: the queue is written out here."""
-        if self._conn is not None:
+        """A packet was queued with no writer running. A WebSocket below aiohttp
+        needs no task: the queue is written out here. aiohttp's gets a writer task
+        that ends when the queue is empty: an idle connection keeps no task parked."""
+        if self._conn is not None and self.upgraded:
             self._drain_to_websocket()
             return
-        if self._writer is None and self._websocket is not None:
-            self._writer = asyncio.ensure_future(self._write(self._websocket))
-
-    async def _upgrade_from_polling(self, ws: Any) -> bool:
-        """The probe exchange (PING probe -> PONG probe, then UPGRADE); False if it fails.
-
-        Each step is bounded by `ping_timeout`: a client that opens the upgrade
-        WebSocket and goes silent must not hold it for longer than a dead client.
-        """
-        self.upgrading = True  # hold packet sends during the upgrade
-        try:
-            async with asyncio.timeout(self.server.ping_timeout):
-                probe = eio_packet.Packet(encoded_packet=await self._receive(ws))
-                if probe.packet_type != eio_packet.PING or probe.data != "probe":
-                    return False
-                await ws.send(eio_packet.Packet(eio_packet.PONG, data="probe").encode())
-                self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # ends the long-poll
-                upgrade = eio_packet.Packet(encoded_packet=await self._receive(ws))
-                if upgrade.packet_type != eio_packet.UPGRADE:
-                    return False
-        except (OSError, ValueError, TimeoutError):
-            return False
-        finally:
-            self.upgrading = False
-        if self.closed:
-            return False
-        self.upgraded = True
-        return True
-
-    async def _receive(self, ws: Any) -> Any:
-        data = await ws.wait()
-        if data and len(data) > self.server.max_http_buffer_size:
-            raise ValueError("packet is too large")
-        return data
-
-    async def _read(self, ws: Any) -> None:
-        while not self.closed:
-            try:
-                data = await self._receive(ws)
-            except ValueError as error:  # over the size limit: counted and logged
-                self.ws_refused("oversize", str(error))
-                return
-            except OSError:
-                return  # closed, refused or broken: the caller closes the socket
-            if data is None:
-                return
-            try:
-                if isinstance(data, str) and data[0] == MESSAGE_TYPE:
-                    await self._message(data[1:])
-                    continue
-                await self.receive(eio_packet.Packet(encoded_packet=data))
-            except eio_exceptions.UnknownPacketError:
-                continue
-            except eio_exceptions.SocketIsClosedError:
-                return
-            except Exception:
-                # As upstream: one bad packet is logged and the connection goes on.
-                log.exception("engine.io receive error", extra={"event": "engine.receive_error"})
-
-    async def _message(self, data: str) -> None:
-        """A text MESSAGE packet's payload, to the server's `message` handler (the
-        Socket.IO layer). What upstream's `receive` does for it, less the
-        per-packet work that does not apply: an Engine.IO `Packet` whose decode
-        first tries the payload as JSON (a Socket.IO packet never is: a failed
-        parse and an exception per message), a log call, and a closure built
-        per call in the server's `_trigger_event`."""
-        handler = self.server.handlers.get("message")
-        if handler is None:
-            return
-        try:
-            await handler(self.sid, data)
-        except Exception:
-            # As upstream's `_trigger_event`: logged, and the connection goes on.
-            log.exception("message handler error", extra={"event": "engine.handler_error"})
-
-    async def _write(self, ws: Any) -> None:
-        """Send what is queued, then end; at the release (`None` queued), or when
-        the peer is gone, close the WebSocket and stay the writer, so none other
-        starts."""
-        try:
-            while not self.queue.empty():
-                packets = self._take_queued()
-                if not packets:  # released
-                    break
-                self._sending = True
-                # Frames taken before these packets go first. The pass-end flush is
-                # scheduled before any put can start this writer, so this is a guard.
-                self.flush_frames()
-                for pkt in packets:
-                    await ws.send(pkt.encode())
-                self._sending = False
-            else:
-                self._writer = None  # all sent: the next put starts a writer again
-                return
-        except (OSError, ConnectionError):
-            pass  # the peer went away mid-send; the reader sees it too
-        except RuntimeError as error:  # aiohttp refusing a send: not expected, so said
-            log.warning(
-                "websocket send failed",
-                extra={"event": "engine.send_error", "eio_sid": self.sid, "error": str(error)},
-            )
-        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
-            async with asyncio.timeout(CLOSE_HANDSHAKE_SECONDS):
-                await ws.close()
+        if self._writer is None and self._deflate is not None and self.upgraded:
+            self._writer = asyncio.ensure_future(self._write(self._deflate))
 
     # --- the WebSocket below aiohttp (`server.net.ws_transport`) ---------------------
 
     def attach_websocket(self, conn: WebSocketConnection, handshake: bytes) -> None:
-        """`conn` took this socket's WebSocket request from aiohttp; `handshake`
-        is the 101 response still to send. A new connection uses it at once (the
-        101 and the OPEN packet go out in one write); a polling one first does
-        the probe exchange (PING probe -> PONG probe, then UPGRADE), each step
-        within `ping_timeout`."""
+        """`conn` holds this socket's WebSocket; `handshake` is the 101 response
+        still to send. A new connection uses it at once (the 101 and the OPEN
+        packet go out in one write); a polling one first does the probe exchange
+        (PING probe -> PONG probe, then UPGRADE) within `ping_timeout`."""
+        if self.closing or self.closed:
+            conn.write(handshake)
+            conn.close()
+            return
+        if self._conn is not None or self._deflate is not None:
+            # One upgrade per session, as the reference server: a second WebSocket
+            # is accepted and closed at once.
+            conn.write(handshake)
+            conn.close(CLOSE_POLICY_VIOLATION, "session already upgraded")
+            return
         self._conn = conn
         if not self.connected:
             self.connected = True
@@ -556,7 +517,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         closes now, not at its first missed ping (an upgrade from polling just
         does not happen; the session goes on over polling)."""
         if not self.connected:
-            self._close_soon(self.server.reason.TRANSPORT_CLOSE, abort=True)
+            self._start_close(abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
 
     def ws_message(self, data: str | bytes) -> None:
         """One message from the client: an Engine.IO packet."""
@@ -591,7 +552,10 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
         try:
             rest = step_eagerly(coro)
         except Exception:
-            log.exception("engine.io receive error", extra={"event": "engine.receive_error"})
+            log.exception(
+                "engine.io receive error",
+                extra={"event": "engine.receive_error", "eio_sid": self.sid},
+            )
             return
         if rest is not None:
             self._inbox = []
@@ -611,16 +575,17 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
                 conn.transport.resume_reading()
 
     async def _packet(self, data: str | bytes) -> None:
-        """One packet, as `_read` handles it on aiohttp's WebSocket."""
+        """One packet read from a WebSocket."""
         try:
             if isinstance(data, str) and data[0] == MESSAGE_TYPE:
                 await self._message(data[1:])
                 return
             await self.receive(eio_packet.Packet(encoded_packet=data))
-        except (eio_exceptions.UnknownPacketError, eio_exceptions.SocketIsClosedError):
-            return
         except Exception:
-            log.exception("engine.io receive error", extra={"event": "engine.receive_error"})
+            log.exception(
+                "engine.io receive error",
+                extra={"event": "engine.receive_error", "eio_sid": self.sid},
+            )
 
     def _upgrade_step(self, data: str | bytes) -> None:
         conn = self._conn
@@ -637,7 +602,7 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
                 self._upgrade_failed()
                 return
             conn.write(PROBE_PONG_FRAME)
-            self.queue.put_nowait(eio_packet.Packet(eio_packet.NOOP))  # ends the long-poll
+            self.queue.put_nowait(NOOP_PACKET)  # ends the long-poll
             self._probe = PROBE_UPGRADE
             return
         if pkt.packet_type != eio_packet.UPGRADE:
@@ -667,12 +632,10 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             self._probe_timer = None
 
     def ws_refused(self, reason: str, detail: str) -> None:
-        hook = getattr(self.server, "reject_hook", None)
-        if hook is not None:
-            hook(reason, self.sid, detail)
+        self.server.reject_hook(reason, self.sid, detail)
 
     def ws_writable(self, conn: WebSocketConnection) -> None:
-        if conn is self._conn and self._websocket is conn:
+        if conn is self._conn and self.upgraded:
             self._drain_to_websocket()
 
     def ws_lost(self, conn: WebSocketConnection) -> None:
@@ -685,14 +648,14 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
             self._end_probe()
             self._conn = None
             return
-        self._direct = self._direct_transport = self._frames = None
-        self._close_soon(self.server.reason.TRANSPORT_CLOSE, abort=True)
+        self._direct_transport = self._frames = None
+        self._start_close(abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
 
     def _drain_to_websocket(self) -> None:
         """Send what is queued to the WebSocket, in order (with the frames of this
-        loop pass: one write when it ends), while the transport takes it;
-        `ws_writable` calls again when it has drained. At the release (`None`
-        queued) the WebSocket closes after what came before it."""
+        loop pass), while the transport takes it; `ws_writable` calls again when it
+        has drained. At the release (`None` queued) the WebSocket closes after what
+        came before it."""
         conn = self._conn
         if self._draining or conn is None:
             return
@@ -706,29 +669,90 @@ class ReleasingSocket(AsyncSocket):  # type: ignore[misc]
                     return
                 packets = self._take_queued(DRAIN_BATCH)
                 if not packets:  # released
-                    self.flush_frames()
                     conn.close()
                     return
                 for pkt in packets:
+                    if pkt is PING_PACKET:
+                        self._send_raw(PING_FRAME)
+                        continue
                     encoded = pkt.encode()
                     if isinstance(encoded, str):
                         self._send_raw(text_frame(encoded.encode()))
                     else:
                         self._send_raw(frame(OP_BINARY, encoded))
-                # Written per batch, so the transport can say it is full
-                # (`write_paused`) before the whole queue is turned into frames.
                 self.flush_frames()
         finally:
             self._draining = False
 
+    # --- aiohttp's WebSocket, with permessage-deflate (`server.eio.deflate_ws`) ------
 
-class ReleasingSockets(dict[str, Any]):
-    """`IofleetEngine.sockets`: adopts each socket python-engineio registers as a
-    `ReleasingSocket` (upstream builds them as `AsyncSocket` with no factory hook)."""
+    async def serve_deflate(self, ws: DeflateWebSocket) -> None:
+        """Serve one deflating WebSocket: the probe exchange when upgrading, then
+        a reader loop here, and a writer task only while packets are queued; both
+        end with the socket."""
+        if self._conn is not None or self._deflate is not None or self.closing:
+            await ws.close()  # one upgrade per session
+            return
+        if self.connected and not await self._probe_deflate(ws):
+            await ws.close()
+            return
+        self.connected = self.upgraded = True
+        self._deflate = ws
+        self._use_websocket(ws)
+        try:
+            while not self.closed:
+                data = await ws.receive()
+                if data is None:
+                    break
+                await self._packet(data)
+        finally:
+            # Any way out (client close, error, cancellation) closes the socket once;
+            # `_release()` starts the writer, which closes the WebSocket.
+            await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+            if self._writer is not None:
+                await self._writer
 
-    def __setitem__(self, sid: str, socket: Any) -> None:
-        if type(socket) is AsyncSocket:
-            # Same layout, more methods: ReleasingSocket adds no instance state of its
-            # own beyond class-level defaults, so adopting is safe before first use.
-            socket.__class__ = ReleasingSocket
-        super().__setitem__(sid, socket)
+    async def _probe_deflate(self, ws: DeflateWebSocket) -> bool:
+        """The probe exchange on aiohttp's WebSocket, each step within `ping_timeout`."""
+        self.upgrading = True  # hold packet sends during the upgrade
+        try:
+            async with asyncio.timeout(self.server.ping_timeout):
+                probe = eio_packet.Packet(encoded_packet=await ws.receive())
+                if probe.packet_type != eio_packet.PING or probe.data != "probe":
+                    return False
+                await ws.send(PROBE_PONG)
+                self.queue.put_nowait(NOOP_PACKET)  # ends the long-poll
+                upgrade = eio_packet.Packet(encoded_packet=await ws.receive())
+                return upgrade.packet_type == eio_packet.UPGRADE and not self.closed
+        except (OSError, ValueError, TimeoutError, TypeError):
+            return False
+        finally:
+            self.upgrading = False
+
+    async def _write(self, ws: DeflateWebSocket) -> None:
+        """Send what is queued, then end; at the release (`None` queued), or when
+        the peer is gone, close the WebSocket and stay the writer, so none other
+        starts."""
+        try:
+            while not self.queue.empty():
+                packets = self._take_queued()
+                if not packets:  # released
+                    break
+                self._sending = True
+                self.flush_frames()  # frames taken before these packets go first
+                for pkt in packets:
+                    await ws.send(pkt.encode())
+                self._sending = False
+            else:
+                self._writer = None  # all sent: the next put starts a writer again
+                return
+        except (OSError, ConnectionError):
+            pass  # the peer went away mid-send; the reader sees it too
+        except RuntimeError as error:  # aiohttp refusing a send: not expected, so said
+            log.warning(
+                "websocket send failed",
+                extra={"event": "engine.send_error", "eio_sid": self.sid, "error": str(error)},
+            )
+        with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+            async with asyncio.timeout(CLOSE_HANDSHAKE_SECONDS):
+                await ws.close()

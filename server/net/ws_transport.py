@@ -217,7 +217,10 @@ class WebSocketConnection(asyncio.Protocol):
         """`adopt` `request`'s transport, taking it from aiohttp.
 
         None when the client is already gone. aiohttp's request handler then
-        finds no transport (its response is never written) and ends.
+        finds no transport (its response is never written) and ends. aiohttp's
+        protocol is told the connection is gone (so its server forgets it) only
+        once the running handler is done with the request: its `connection_lost`
+        cancels the task that runs the handler, which is the caller's task.
         """
         http = request.protocol
         connection = cls.adopt(request.transport, endpoint, max_message_bytes)
@@ -227,7 +230,11 @@ class WebSocketConnection(asyncio.Protocol):
             connection._early = bytes(getattr(http, "_message_tail", b""))
             http._message_tail = b""
             http.transport = None  # aiohttp writes nothing more, and closes nothing
-            http.connection_lost(None)  # and its server forgets the connection
+            task = asyncio.current_task()
+            if task is None:
+                http.connection_lost(None)
+            else:
+                task.add_done_callback(lambda _: http.connection_lost(None))
         return connection
 
     def start_reading(self) -> None:

@@ -28,10 +28,11 @@ import orjson
 import socketio
 from socketio import packet as sio_packet
 
+from server.core.lograte import LogLimiter
 from server.core.metrics import Metrics
 from server.core.ratelimit import KeyedBuckets, TokenBucket
-from server.eio.engine import IofleetEngine
-from server.eio.socket import message
+from server.eio.engine import REFUSAL_LOG_SECONDS, IofleetEngine
+from server.eio.socket import EngineSocket, message
 from server.settings import Settings
 from server.sio.auth import AuthError, Identity, TokenVerifier, token_from_handshake
 from server.sio.broadcast import LocalBroadcastManager
@@ -135,6 +136,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         self.node_id = settings.node_id  # for applications (the chat app greets with it)
         self.user_buckets = KeyedBuckets(settings.rate_limit, settings.burst)
         self._series_by_label: dict[str, tuple[Any, Any]] = {}  # `_event_metrics`
+        self._refusal_log = LogLimiter(log, REFUSAL_LOG_SECONDS)
         # Asked at admission; the drain controller owns the flag (server/node/drain.py).
         self.is_draining: Callable[[], bool] = lambda: False
         # Connection state recovery (`server.sio.cluster.recovery`), when the manager offers it.
@@ -173,6 +175,9 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         self.eio.slow_consumer_hook = self._on_slow_consumer
 
     def _engineio_server_class(self) -> type[IofleetEngine]:
+        # The one seam between python-socketio and iofleet's Engine.IO server
+        # (`server.eio.engine`): python-socketio builds it here and then uses only
+        # its public surface (tests/server/test_engine_seam.py).
         return IofleetEngine
 
     def start_manager(self) -> None:
@@ -459,8 +464,8 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             args = list(result)
         else:
             args = [result]
-        socket = self.eio.sockets.get(eio_sid)
-        if socket is not None and hasattr(socket, "send_one"):
+        socket = self.eio.socket(eio_sid)
+        if socket is not None:
             try:
                 body = orjson.dumps(args).decode()
             except TypeError:
@@ -552,7 +557,9 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
     def _on_packet_rejected(self, reason: str, eio_sid: str | None, detail: str) -> None:
         self.metrics.events_rejected.labels(reason).inc()
         conn = self.connections.get(eio_sid) if eio_sid else None
-        log.warning(
+        # A client can cause this at will (before authenticating, too): one line per
+        # kind and interval, counting what it held back (`suppressed`).
+        self._refusal_log.warning(
             "packet refused; closing the sender's transport",
             extra={
                 "event": f"packet.{reason}",
@@ -565,7 +572,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
     def _on_slow_consumer(self, eio_sid: str, queued: int) -> None:
         self.metrics.slow_consumers.inc()
         conn = self.connections.get(eio_sid)
-        log.warning(
+        self._refusal_log.warning(
             "client does not read what it is sent; dropping its transport",
             extra={
                 "event": "send.slow_consumer",
@@ -593,8 +600,8 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             if pid is not None:  # the recovery session id (Socket.IO v4.6+)
                 pkt.data = {**pkt.data, "pid": pid}
         encoded = pkt.encode()
-        socket = self.eio.sockets.get(eio_sid)
-        if isinstance(encoded, str) and socket is not None and hasattr(socket, "send_one"):
+        socket = self.eio.socket(eio_sid)
+        if isinstance(encoded, str) and socket is not None:
             send_text(socket, encoded)
             return
         await super()._send_packet(eio_sid, pkt)
@@ -647,8 +654,8 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         return bool(await self.eio.close_transport(eio_sid))
 
 
-def send_text(socket: Any, encoded: str) -> None:
-    """An encoded Socket.IO packet to one client's `ReleasingSocket`: its Engine.IO
+def send_text(socket: EngineSocket, encoded: str) -> None:
+    """An encoded Socket.IO packet to one client's `EngineSocket`: its Engine.IO
     MESSAGE framed once (`send_one` queues the packet when it cannot write)."""
     socket.send_one(*message(encoded))
 

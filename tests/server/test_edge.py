@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
+from bench.fuzz_edge import fuzz, mutated
 from server.net.ws_transport import OP_PING, OP_TEXT
 from tests.support.metrics import metric, metric_or_zero
 from tests.support.procs import ServerProcess, make_token
@@ -427,33 +428,12 @@ async def test_a_client_that_never_reads_large_answers_is_bounded_in_bytes(
         writer.transport.abort()
 
 
-# Bytes a mutation inserts: the ones parsers disagree on most.
-AWKWARD = [b"\x00", b"\x01", b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b",", b"\x7f", b"\xff", b"a"]
-
-
-def mutated(rng: random.Random, raw: bytes) -> bytes:
-    """`raw` with one to three random edits: a byte dropped, an awkward byte put
-    in, a line repeated, a case flipped, or the end cut off."""
-    data = bytearray(raw)
-    for _ in range(rng.randint(1, 3)):
-        if not data:
-            break
-        at = rng.randrange(len(data))
-        edit = rng.randrange(5)
-        if edit == 0:
-            del data[at]
-        elif edit == 1:
-            data[at:at] = rng.choice(AWKWARD)
-        elif edit == 2:
-            lines = bytes(data).split(b"\r\n")
-            line = rng.randrange(len(lines))
-            lines.insert(line, lines[line])
-            data = bytearray(b"\r\n".join(lines))
-        elif edit == 3:
-            data[at : at + 1] = bytes(data[at : at + 1]).swapcase()
-        else:
-            del data[at:]
-    return bytes(data) or b"G"
+async def test_the_protocol_cores_give_one_verdict_for_any_split() -> None:
+    """A short seeded run of the edge fuzzer (bench/fuzz_edge.py; the bench run
+    is a million inputs): mutated heads through the sniffer and random frame
+    streams through the WebSocket core, whole and split, the same verdict each."""
+    run = await fuzz(int(os.environ.get("IOFLEET_FUZZ_INPUTS", "4000")), seed=22)
+    assert run.crashes == 0 and run.findings == [], run.findings
 
 
 async def test_mutated_heads_get_the_same_verdict_however_they_are_split(

@@ -13,6 +13,7 @@ import websockets
 
 from tests.server.conftest import PyClient
 from tests.support.jsclient import JsClients
+from tests.support.metrics import metric_or_zero
 from tests.support.procs import TEST_JWT_SECRET, ServerProcess, http_status, make_token, wait_until
 
 WRONG_SECRET = "not-the-server-secret-0123456789abcdef"
@@ -145,6 +146,9 @@ async def test_malformed_packets_close_only_the_offender(cluster, js: JsClients)
     await js.wait_client("bystander", "connect")
     assert (await js.call("bystander", "room:join", {"room": "calm"}))["ok"]
 
+    malformed_before = metric_or_zero(
+        node_a.admin_url, "iofleet_events_rejected_total", {"reason": "malformed"}
+    )
     token = make_token("raw")
     cases = {
         "not engine.io": "hello there",
@@ -171,9 +175,15 @@ async def test_malformed_packets_close_only_the_offender(cluster, js: JsClients)
         "ok": True
     }
     assert not js.seen("bystander", "disconnect")
+    # Each refusal is counted; the log says it once per kind and interval (a client
+    # can cause these at will), not once per packet.
+    counted = metric_or_zero(
+        node_a.admin_url, "iofleet_events_rejected_total", {"reason": "malformed"}
+    )
+    assert counted - malformed_before >= len(cases) - 1
     entries = node_a.log_entries()
     malformed = [e for e in entries if e.get("event") == "packet.malformed"]
-    assert len(malformed) >= len(cases) - 1
+    assert 1 <= len(malformed) < len(cases) - 1
     assert all("\n" not in line for line in node_a.log().splitlines())
 
 

@@ -65,16 +65,6 @@ async def test_join_waits_for_task_done() -> None:
         queue.task_done()
 
 
-async def test_the_open_packet_gets_exact_milliseconds() -> None:
-    queue = PacketQueue(ping_interval_ms=300)
-    open_packet = eio_packet.Packet(eio_packet.OPEN, {"pingInterval": 0})
-    queue.put_nowait(open_packet)
-    assert open_packet.data["pingInterval"] == 300
-    later = eio_packet.Packet(eio_packet.OPEN, {"pingInterval": 0})
-    queue.put_nowait(later)  # only the first packet can be the handshake
-    assert later.data["pingInterval"] == 0
-
-
 def test_the_queue_counts_the_payload_bytes_it_holds() -> None:
     queue = PacketQueue()
     queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, "x" * 1000))

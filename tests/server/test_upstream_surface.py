@@ -1,8 +1,11 @@
 """The private upstream surface iofleet's server overrides, calls or reads.
 
-`server/sio/server.py`, `server/eio/engine.py` and `server/sio/cluster/fanout.py` extend
-python-socketio, python-engineio and aiohttp at methods that are not public
-API. When an upgrade renames one or changes its parameters, these tests fail
+`server/sio/server.py`, `server/sio/cluster/fanout.py`, `server/eio/deflate_ws.py`
+and `server/net/` extend python-socketio and aiohttp at methods that are not
+public API. On the Engine.IO side the one private name left is python-socketio's
+`_engineio_server_class` (the seam: iofleet's own Engine.IO server,
+`server.eio.engine`, sits behind it; tests/server/test_engine_seam.py). When an
+upgrade renames one or changes its parameters, these tests fail
 naming the method, instead of the server misbehaving at run time.
 `pyproject.toml` bounds the versions this was checked with.
 """
@@ -10,15 +13,11 @@ naming the method, instead of the server misbehaving at run time.
 from __future__ import annotations
 
 import inspect
-import re
 from typing import Any
 
-import engineio
 import pytest
 import socketio
 from aiohttp import web
-from engineio import async_socket, base_socket
-from engineio.async_drivers import aiohttp as engineio_aiohttp
 
 # (owner, method name, the parameters after `self` the server relies on)
 METHODS: list[tuple[Any, str, list[str]]] = [
@@ -71,24 +70,7 @@ METHODS: list[tuple[Any, str, list[str]]] = [
     (socketio.AsyncRedisManager, "_redis_connect", []),
     (socketio.AsyncRedisManager, "_publish", ["data"]),
     (socketio.AsyncRedisManager, "_redis_listen_with_retries", []),
-    # engineio.AsyncServer: overridden or called in server/eio/engine.py
-    (engineio.AsyncServer, "generate_id", []),
-    (engineio.AsyncServer, "create_queue", ["args", "kwargs"]),
-    (engineio.AsyncServer, "handle_request", ["args", "kwargs"]),
-    (engineio.AsyncServer, "attach", ["app", "engineio_path"]),
-    (engineio.AsyncServer, "_handle_connect", ["environ", "transport", "jsonp_index"]),
-    (engineio.AsyncServer, "_cors_allowed_origins", ["environ"]),
-    # the engine.io socket: called from server/eio/engine.py
-    (async_socket.AsyncSocket, "check_ping_timeout", []),
-    (async_socket.AsyncSocket, "close", ["wait", "abort", "reason"]),
-    (async_socket.AsyncSocket, "_websocket_handler", ["ws"]),
-    (async_socket.AsyncSocket, "send", ["pkt"]),
-    # engineio's aiohttp WebSocket wrapper: subclassed in server/eio/engine.py
-    (engineio_aiohttp.WebSocket, "__init__", ["handler", "server"]),
-    (engineio_aiohttp.WebSocket, "__call__", ["environ"]),
-    (engineio_aiohttp.WebSocket, "send", ["message"]),
-    (engineio_aiohttp.WebSocket, "wait", []),
-    # aiohttp: per-frame compression in server/eio/engine.py
+    # aiohttp: per-frame compression in server/eio/deflate_ws.py
     (web.WebSocketResponse, "send_str", ["data", "compress"]),
     (web.WebSocketResponse, "send_bytes", ["data", "compress"]),
 ]
@@ -110,8 +92,7 @@ def test_upstream_method_is_there_with_its_parameters(
 
 def test_upstream_attributes_the_server_reads() -> None:
     """Attributes set in upstream constructors: `manager.rooms`, `manager_initialized`,
-    the engine's `_async` driver table, `sockets`, `reason`, a socket's flags and
-    queue, aiohttp's WebSocket writer with its `compress` switch."""
+    aiohttp's WebSocket writer with its `compress` switch."""
     sio = socketio.AsyncServer(async_mode="aiohttp")
     for name in (
         "manager",
@@ -132,22 +113,6 @@ def test_upstream_attributes_the_server_reads() -> None:
     for name in ("callbacks", "pending_connect", "pending_disconnect"):
         # server.sio.rooms.RoomIndex.basic_disconnect cleans these up as the library does
         assert isinstance(getattr(sio.manager, name, None), dict), f"manager.{name} changed"
-    eio = sio.eio
-    assert "websocket" in eio._async, "engineio AsyncServer._async['websocket'] is gone"
-    for name in (
-        "sockets",
-        "reason",
-        "ping_interval",
-        "ping_interval_grace_period",
-        "ping_timeout",
-        "transports",
-        "max_http_buffer_size",
-    ):
-        assert hasattr(eio, name), f"engineio.AsyncServer.{name} is gone"
-    assert hasattr(eio.reason, "SERVER_DISCONNECT")
-    sock = async_socket.AsyncSocket(eio, "sid")
-    for name in ("queue", "upgrading", "upgraded", "closed", "closing", "last_ping"):
-        assert hasattr(sock, name), f"engineio AsyncSocket.{name} is gone"
     writer_params = inspect.signature(web.WebSocketResponse.__init__).parameters
     assert "max_msg_size" in writer_params and "compress" in writer_params
     assert "_writer" in web.WebSocketResponse.__slots__ or hasattr(
@@ -180,7 +145,6 @@ def test_broadcast_surface() -> None:
     for name in ("transport", "_closing", "compress"):
         assert hasattr(writer, name), f"aiohttp WebSocketWriter.{name} is gone"
     assert hasattr(eio_packet.Packet(), "encode_cache")
-    assert hasattr(engineio.AsyncServer.reason, "TRANSPORT_ERROR")
 
 
 def test_recovery_surface() -> None:
@@ -216,30 +180,18 @@ def test_recovery_surface() -> None:
     )
 
 
-def test_receive_and_queue_surface() -> None:
-    """What server/eio/socket.py's receive path and server/eio/packet_queue.py rely on:
+def test_receive_and_payload_surface() -> None:
+    """What server/eio relies on in python-socketio and python-engineio's codecs:
     python-socketio registers its Engine.IO `message` handler as a coroutine
-    function in `eio.handlers` (a text MESSAGE goes straight to it), an Engine.IO
-    socket takes its queue from `server.create_queue()` and uses only the methods
-    `PacketQueue` has, and a long-poll payload's packet limit is
-    `Payload.max_decode_packets`."""
+    function (a text MESSAGE is awaited straight), and a long-poll payload's packet
+    limit is `Payload.max_decode_packets`."""
     from engineio import payload as eio_payload
-
-    from server.eio.packet_queue import PacketQueue
 
     sio = socketio.AsyncServer(async_mode="aiohttp")
     handler = sio.eio.handlers.get("message")
     assert handler is not None and inspect.iscoroutinefunction(handler), (
-        "socketio no longer registers a coroutine `message` handler in engineio's handlers"
+        "socketio no longer registers a coroutine `message` handler"
     )
-    source = inspect.getsource(async_socket) + inspect.getsource(base_socket)
-    assert "self.server.create_queue()" in source, "engineio sockets no longer use create_queue"
-    unknown = {
-        name
-        for name in re.findall(r"self\.queue\.(\w+)\(", source)
-        if not hasattr(PacketQueue, name)
-    }
-    assert not unknown, f"engineio now calls queue methods PacketQueue lacks: {unknown}"
     assert isinstance(getattr(eio_payload.Payload, "max_decode_packets", None), int), (
         "engineio Payload.max_decode_packets is gone"
     )
@@ -247,9 +199,7 @@ def test_receive_and_queue_surface() -> None:
 
 def test_websocket_takeover_surface() -> None:
     """What server/net/ws_transport.py relies on to serve a WebSocket below aiohttp:
-    python-engineio hands the WebSocket wrapper the socket's bound
-    `_websocket_handler` (the wrapper reaches the socket through it); aiohttp's
-    request exposes its protocol and transport; the protocol's `transport` can be
+    aiohttp's request exposes its protocol and transport; the protocol's `transport` can be
     cleared (every write aiohttp makes goes through it) and it has
     `connection_lost` (which unregisters it from aiohttp's server); bytes read
     behind an upgrade's head wait in its `_message_tail`; and `websocket_mask`
@@ -259,10 +209,6 @@ def test_websocket_takeover_surface() -> None:
     from aiohttp.http_writer import StreamWriter
     from aiohttp.web_protocol import RequestHandler
 
-    upgrade = inspect.getsource(async_socket.AsyncSocket._upgrade_websocket)
-    assert "self._websocket_handler, self.server" in upgrade, (
-        "engineio AsyncSocket._upgrade_websocket no longer passes the bound handler"
-    )
     for name in ("protocol", "transport"):
         assert isinstance(getattr(web.BaseRequest, name, None), property), (
             f"aiohttp BaseRequest.{name} is gone"
@@ -286,32 +232,19 @@ def test_websocket_takeover_surface() -> None:
 
 
 def test_websocket_accept_surface() -> None:
-    """What server/net/ws_accept.py and `IofleetEngine.open_websocket` rely on to take
-    a WebSocket connect before aiohttp: python-engineio's `handle_request` still
-    applies exactly the rules `open_websocket` checks before it calls
-    `_handle_connect` (a new rule there must be mirrored), gets its environ from
-    the driver's `translate_request` (which iofleet replaces), and
-    `_handle_connect` upgrades through `handle_get_request`; aiohttp's sites keep
-    the runner and the listening server in `_runner`/`_server`, register in
-    `BaseSite.start`, and its `web.Server` makes one `RequestHandler` per call."""
-    handle = inspect.getsource(engineio.AsyncServer.handle_request)
-    for rule in (
-        "self._async['translate_request']",
-        "self._cors_allowed_origins(environ)",
-        "query.get('EIO') != ['4']",
-        "'j' in query",
-        "transport == upgrade_header == 'websocket'",
-    ):
-        assert rule in handle, f"engineio AsyncServer.handle_request changed near {rule!r}"
-    # `ws_transport.handshake_refusal` owns the Upgrade rule and asks it before
-    # python-engineio does: the two must stay the same test (exactly "websocket").
-    get = inspect.getsource(async_socket.AsyncSocket.handle_get_request)
-    for rule in ("environ.get('HTTP_UPGRADE', '').lower()", "transport in self.upgrade_protocols"):
-        assert rule in get, f"engineio AsyncSocket.handle_get_request changed near {rule!r}"
-    connect = inspect.getsource(engineio.AsyncServer._handle_connect)
-    assert "s.handle_get_request(environ)" in connect, (
-        "engineio AsyncServer._handle_connect no longer upgrades through handle_get_request"
-    )
+    """What server/net/ws_accept.py relies on to take a WebSocket connect before
+    aiohttp: aiohttp's sites keep the runner and the listening server in
+    `_runner`/`_server`, register in `BaseSite.start`, and its `web.Server` makes
+    one `RequestHandler` per call."""
     assert {"_runner", "_server"} <= set(web.BaseSite.__slots__), "aiohttp BaseSite slots changed"
     assert "_reg_site(self)" in inspect.getsource(web.BaseSite.start)
     assert "RequestHandler(" in inspect.getsource(web.Server.__call__)
+
+
+def test_engineio_side_private_surface_is_the_seam_alone() -> None:
+    """Of the private upstream names pinned here, none is python-engineio's, and
+    the one on the Engine.IO side is python-socketio's `_engineio_server_class`."""
+    engineio_pins = [o for o, _, _ in METHODS if o.__module__.startswith("engineio")]
+    assert engineio_pins == []
+    seam = [n for o, n, _ in METHODS if "engineio" in n]
+    assert seam == ["_engineio_server_class"]

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from server.net.ws_transport import (
     CLOSE_INVALID_DATA,
@@ -18,6 +20,9 @@ from server.net.ws_transport import (
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    DetachedResponse,
+    WebSocketConnection,
+    switching_protocols,
 )
 from tests.support.metrics import metric_or_zero
 from tests.support.procs import make_token
@@ -154,3 +159,64 @@ async def test_packets_behind_a_slow_connect_wait_for_it_in_order(start_server) 
         assert (await asyncio.wait_for(read_frame(reader), 5))[2] == b"43/slow,300[300]"
     finally:
         writer.close()
+
+
+class Recorder:
+    """A `WebSocketEndpoint` that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.messages: list[str | bytes] = []
+
+    def ws_message(self, data: str | bytes) -> None:
+        self.messages.append(data)
+
+    def ws_refused(self, reason: str, detail: str) -> None:
+        return None
+
+    def ws_writable(self, conn: WebSocketConnection) -> None:
+        return None
+
+    def ws_lost(self, conn: WebSocketConnection) -> None:
+        return None
+
+
+async def test_take_over_leaves_the_handlers_task_running() -> None:
+    """Issue 22, finding 11: taking the transport from aiohttp told aiohttp's
+    protocol the connection was lost, which cancels the task running the handler
+    (the caller's own): whatever the handler awaited after it was cancelled."""
+    after: list[str] = []
+    endpoint = Recorder()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        conn = WebSocketConnection.take_over(request, endpoint, MAX_BYTES)
+        assert conn is not None
+        conn.write(switching_protocols(request.headers["Sec-WebSocket-Key"]))
+        conn.start_reading()
+        try:
+            await asyncio.sleep(0.05)  # anything the handler still awaits
+        except asyncio.CancelledError:
+            after.append("cancelled")
+            raise
+        after.append("went on")
+        return DetachedResponse(status=101)
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        url = f"http://127.0.0.1:{port}/ws"
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            await ws.send_str("hello")
+            for _ in range(50):
+                if after and endpoint.messages:
+                    break
+                await asyncio.sleep(0.01)
+        assert after == ["went on"]
+        assert endpoint.messages == ["hello"]
+        assert len(runner.server.connections) == 0  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()

@@ -9,6 +9,10 @@ import base64
 import os
 import struct
 
+from bench.fuzz_edge import client_frame
+
+__all__ = ["client_frame", "open_websocket", "read_frame", "send_text"]
+
 
 async def open_websocket(
     port: int,
@@ -40,23 +44,6 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[bool, int, bytes]:
     elif length == 127:
         (length,) = struct.unpack("!Q", await reader.readexactly(8))
     return bool(first & 0x40), first & 0x0F, await reader.readexactly(length)
-
-
-def client_frame(opcode: int, payload: bytes, fin: bool = True, masked: bool = True) -> bytes:
-    """One client frame; clients must mask (`masked=False` breaks that rule)."""
-    first = (0x80 if fin else 0) | opcode
-    size = len(payload)
-    flag = 0x80 if masked else 0
-    if size < 126:
-        header = bytes([first, flag | size])
-    elif size < 65536:
-        header = bytes([first, flag | 126]) + struct.pack("!H", size)
-    else:
-        header = bytes([first, flag | 127]) + struct.pack("!Q", size)
-    if not masked:
-        return header + payload
-    mask = os.urandom(4)
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 async def send_text(writer: asyncio.StreamWriter, text: str) -> None:

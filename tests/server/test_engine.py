@@ -1,0 +1,165 @@
+"""iofleet's Engine.IO server (`server.eio.engine`, `server.eio.socket`), from the
+inside: what a closed session leaves behind, the heartbeat wheel, the close that a
+cancelled caller cannot stop halfway, the outbound bounds, the refusal log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from aiohttp import web
+from engineio import packet as eio_packet
+
+from server.core.lograte import LogLimiter
+from server.core.metrics import Metrics
+from server.eio.engine import IofleetEngine
+from server.eio.heartbeat import HeartbeatWheel
+from server.eio.socket import EngineSocket
+from server.settings import Settings
+from server.sio.server import IofleetServer
+
+
+def open_socket(engine: IofleetEngine, sid: str = "s1") -> EngineSocket:
+    socket = EngineSocket(engine, sid)
+    engine.sockets[sid] = socket
+    socket.connected = True
+    return socket
+
+
+def test_aiohttp_runner_takes_handler_cancellation() -> None:
+    # server.node.app.serve turns it on: a dropped long-poll must cancel its handler.
+    import inspect
+
+    assert "handler_cancellation" in inspect.signature(web.AppRunner).parameters or (
+        "handler_cancellation" in inspect.signature(web.Server).parameters
+    ), "aiohttp no longer accepts handler_cancellation"
+
+
+async def test_release_leaves_the_wheel_and_the_table() -> None:
+    engine = IofleetEngine(ping_interval=30, ping_timeout=30)
+    socket = open_socket(engine)
+    socket.start_heartbeat()
+    assert len(engine.heartbeat) == 1
+    await socket.close(wait=False, abort=True, reason=engine.reason.SERVER_DISCONNECT)
+    assert len(engine.heartbeat) == 0, "a closed session is still in the heartbeat wheel"
+    assert "s1" not in engine.sockets
+    assert await socket.poll() == []  # a waiter would wake at once
+
+
+async def test_the_wheel_pings_then_closes_a_silent_client() -> None:
+    engine = IofleetEngine(ping_interval=0.05, ping_timeout=0.05)
+    reasons: list[str] = []
+
+    @engine.on("disconnect")
+    async def on_disconnect(sid: str, reason: str) -> None:
+        reasons.append(reason)
+
+    answering, silent = open_socket(engine, "a"), open_socket(engine, "b")
+    for socket in (answering, silent):
+        socket.start_heartbeat()
+    for _ in range(3):  # three heartbeats: `a` answers each PING, `b` none
+        await asyncio.sleep(0.06)
+        if answering._take_queued():  # its PING (a polling client's next GET)
+            await answering.receive(eio_packet.Packet(eio_packet.PONG))
+    for _ in range(20):
+        if silent.closed:
+            break
+        await asyncio.sleep(0.02)
+    assert silent.closed and reasons == [engine.reason.PING_TIMEOUT]
+    assert not answering.closed
+    await answering.close(wait=False, abort=True)
+    assert len(engine.heartbeat) == 0
+
+
+async def test_a_wheel_timer_goes_with_its_last_entry() -> None:
+    loop = asyncio.get_running_loop()
+    wheel = HeartbeatWheel(0.01)
+    beats: list[str] = []
+
+    class Beat:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def beat(self) -> None:
+            beats.append(self.name)
+
+    one, two = Beat("one"), Beat("two")
+    before = len(loop._scheduled)  # type: ignore[attr-defined]
+    key = wheel.add(one, 0.02)
+    assert wheel.add(two, 0.02) == key  # the same tick: one timer for both
+    assert len(loop._scheduled) == before + 1  # type: ignore[attr-defined]
+    wheel.remove(one, key)
+    await asyncio.sleep(0.05)
+    assert beats == ["two"]
+    key = wheel.add(one, 0.02)
+    wheel.remove(one, key)
+    assert len(wheel) == 0
+    assert sum(not h.cancelled() for h in loop._scheduled) == before  # type: ignore[attr-defined]
+
+
+async def test_a_cancelled_caller_does_not_stop_the_close_halfway() -> None:
+    """aiohttp cancels a request handler when its client drops: the close it was
+    running (the disconnect handler, the release) still finishes."""
+    engine = IofleetEngine()
+    finished: list[str] = []
+
+    @engine.on("disconnect")
+    async def on_disconnect(sid: str, reason: str) -> None:
+        await asyncio.sleep(0.2)  # an application's cleanup, e.g. a Redis call
+        finished.append(sid)
+
+    socket = open_socket(engine)
+    caller = asyncio.create_task(socket.close(wait=False, abort=True))
+    await asyncio.sleep(0.05)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    for _ in range(50):
+        if finished:
+            break
+        await asyncio.sleep(0.02)
+    assert finished == ["s1"] and "s1" not in engine.sockets and socket.closed
+
+
+async def test_the_outbound_bounds_come_from_the_settings() -> None:
+    settings = Settings(auth="none", send_buffer_bytes=2048, send_queue_packets=16)
+    engine = IofleetServer(settings, Metrics()).eio
+    assert isinstance(engine, IofleetEngine)
+    assert (engine.send_buffer_bytes, engine.send_queue_packets) == (2048, 16)
+    evicted: list[tuple[str, int]] = []
+    engine.slow_consumer_hook = lambda sid, queued: evicted.append((sid, queued))
+    socket = open_socket(engine)
+    pkt = eio_packet.Packet(eio_packet.MESSAGE, '2["e"]')
+    for _ in range(16):
+        assert socket.send_ready(pkt, b"")
+    assert evicted == []
+    assert not socket.send_ready(pkt, b""), "a 17th queued packet was taken"
+    assert evicted == [("s1", 16)]
+    await socket.close(wait=False, abort=True)
+
+
+async def test_a_refused_handshake_leaves_no_session() -> None:
+    engine = IofleetEngine()
+
+    @engine.on("connect")
+    async def refuse(sid: str, environ: dict[str, Any]) -> bool:
+        return False
+
+    socket, verdict = await engine._open_session({"REMOTE_ADDR": "127.0.0.1"}, "polling")
+    assert socket is None and verdict is False
+    assert engine.sockets == {} and len(engine.heartbeat) == 0
+
+
+def test_refusal_lines_are_held_to_one_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    limiter = LogLimiter(logging.getLogger("iofleet.test"), 10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="iofleet.test"):
+        written = [limiter.warning("refused", {"event": "packet.malformed"}) for _ in range(1000)]
+        limiter.warning("refused", {"event": "packet.oversize"})  # another kind: its own line
+        now[0] = 10.5
+        limiter.warning("refused", {"event": "packet.malformed"})
+    assert written.count(True) == 1
+    lines = [(r.event, r.suppressed) for r in caplog.records]  # type: ignore[attr-defined]
+    assert lines == [("packet.malformed", 0), ("packet.oversize", 0), ("packet.malformed", 999)]
