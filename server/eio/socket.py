@@ -68,6 +68,8 @@ NOOP_PACKET = eio_packet.Packet(eio_packet.NOOP)
 MESSAGE_TYPE = str(eio_packet.MESSAGE)
 # A Socket.IO EVENT (any namespace) inside an Engine.IO MESSAGE, as text.
 EVENT_PREFIX = MESSAGE_TYPE + "2"
+# Between the packets of a polling payload (Engine.IO v4: the record separator).
+PAYLOAD_SEPARATOR = "\x1e"
 # Engine.IO v4 packet types are the digits 0..6 (open..noop).
 ENGINEIO_PACKET_TYPES = frozenset("0123456")
 # Upgrade from polling over a `WebSocketConnection`: what the socket waits for.
@@ -237,8 +239,15 @@ class EngineSocket:
             )
 
     async def handle_post(self, body: str) -> None:
-        """A polling POST's payload: its packets in order."""
-        for pkt in eio_payload.Payload(encoded_payload=body).packets:
+        """A polling POST's payload: its packets in order. Decoded here, not with
+        `engineio.payload.Payload`, which refuses more than 16 packets: a stock
+        client sends everything it buffered in one POST, and the body is already
+        bounded in bytes (`max_http_buffer_size`), as Node bounds it. A packet
+        that does not decode raises ValueError before any packet is handled."""
+        if not body:
+            return
+        packets = [eio_packet.Packet(encoded_packet=part) for part in body.split(PAYLOAD_SEPARATOR)]
+        for pkt in packets:
             await self.receive(pkt)
 
     # --- outbound: bounded -------------------------------------------------------------

@@ -5,9 +5,11 @@ cancelled caller cannot stop halfway, the outbound bounds, the refusal log."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from engineio import packet as eio_packet
@@ -19,6 +21,8 @@ from server.eio.heartbeat import HeartbeatWheel
 from server.eio.socket import EngineSocket
 from server.settings import Settings
 from server.sio.server import IofleetServer
+from tests.server.conformance_support import eio_url, open_polling
+from tests.support.procs import make_token
 
 
 def open_socket(engine: IofleetEngine, sid: str = "s1") -> EngineSocket:
@@ -163,3 +167,19 @@ def test_refusal_lines_are_held_to_one_per_interval(caplog: pytest.LogCaptureFix
     assert written.count(True) == 1
     lines = [(r.event, r.suppressed) for r in caplog.records]  # type: ignore[attr-defined]
     assert lines == [("packet.malformed", 0), ("packet.oversize", 0), ("packet.malformed", 999)]
+
+
+async def test_a_polling_post_of_many_packets_is_read_whole(start_server) -> None:
+    """A stock client sends all it buffered in one POST; python-engineio's payload
+    decoder refused more than 16 packets (and the CONNECT in it was lost)."""
+    server = start_server("manyposts")
+    async with aiohttp.ClientSession() as http:
+        sid = await open_polling(http, server)
+        url = eio_url(server, f"EIO=4&transport=polling&sid={sid}")
+        connect = "40" + json.dumps({"token": make_token("batcher")})
+        body = "\x1e".join([connect] + ["6"] * 20)  # a CONNECT, then 20 NOOPs
+        async with http.post(url, data=body) as response:
+            assert response.status == 200
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
+            assert response.status == 200
+            assert (await response.text()).startswith("40{"), "the CONNECT was not read"
