@@ -455,9 +455,8 @@ class EngineSocket:
         if self._beat_key is not None:
             self.server.heartbeat.remove(self, self._beat_key)
             self._beat_key = None
-        if self._probe_timer is not None:
-            self._probe_timer.cancel()
-            self._probe_timer = None
+        if self._probe:
+            self._upgrade_failed()  # an upgrade still probing: its WebSocket closes too
         self._close_task = None
         if self._close_reason == self.server.reason.CLIENT_DISCONNECT and not self.upgraded:
             # The polling client said CLOSE: its pending GET answers NOOP at once (the

@@ -14,11 +14,13 @@ import pytest
 from aiohttp import web
 from engineio import packet as eio_packet
 
+from bench.fuzz_edge import RecordingTransport
 from server.core.lograte import LogLimiter
 from server.core.metrics import Metrics
 from server.eio.engine import IofleetEngine
 from server.eio.heartbeat import HeartbeatWheel
 from server.eio.socket import EngineSocket
+from server.net.ws_transport import CLOSE_NORMAL, WebSocketConnection, close_frame
 from server.settings import Settings
 from server.sio.server import IofleetServer
 from tests.server.conformance_support import eio_url, open_polling
@@ -183,3 +185,16 @@ async def test_a_polling_post_of_many_packets_is_read_whole(start_server) -> Non
         async with http.get(url, timeout=aiohttp.ClientTimeout(total=5)) as response:
             assert response.status == 200
             assert (await response.text()).startswith("40{"), "the CONNECT was not read"
+
+
+async def test_a_session_closed_mid_upgrade_closes_the_probing_websocket() -> None:
+    engine = IofleetEngine()
+    socket = open_socket(engine)
+    transport = RecordingTransport()
+    conn = WebSocketConnection(transport, socket, 4096)
+    socket.attach_websocket(conn, b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+    assert socket.upgrading
+    await socket.close(wait=False, abort=True, reason=engine.reason.SERVER_DISCONNECT)
+    assert not socket.upgrading
+    assert transport.written.endswith(close_frame(CLOSE_NORMAL)), "the probe's WebSocket stays open"
+    conn.connection_lost(None)
