@@ -198,3 +198,27 @@ async def test_a_session_closed_mid_upgrade_closes_the_probing_websocket() -> No
     assert not socket.upgrading
     assert transport.written.endswith(close_frame(CLOSE_NORMAL)), "the probe's WebSocket stays open"
     conn.connection_lost(None)
+
+
+async def test_an_upgrade_to_a_deflating_websocket(start_server) -> None:
+    """A polling session upgrades to aiohttp's WebSocket when the client offers
+    permessage-deflate (IOFLEET_WS_COMPRESSION): the probe, then packets."""
+    server = start_server("deflateup", IOFLEET_WS_COMPRESSION="true")
+    async with aiohttp.ClientSession() as http:
+        sid = await open_polling(http, server)
+        url = eio_url(server, f"EIO=4&transport=polling&sid={sid}")
+        ws_url = url.replace("transport=polling", "transport=websocket")
+        async with http.ws_connect(ws_url, compress=15) as ws:
+            assert ws.compress, "deflate was not negotiated"
+            await ws.send_str("2probe")
+            assert await ws.receive_str(timeout=3) == "3probe"
+            async with http.get(url) as response:  # the pending poll ends with NOOP
+                assert await response.text() == "6"
+            await ws.send_str("5")
+            await ws.send_str("40" + json.dumps({"token": make_token("deflating")}))
+            answer = await ws.receive_str(timeout=3)
+            while answer == "6":  # the NOOP that ends a poll, had one been pending
+                answer = await ws.receive_str(timeout=3)
+            assert answer.startswith("40{"), answer
+            async with http.get(url) as response:  # polling after the upgrade: 400
+                assert response.status == 400
