@@ -4,7 +4,7 @@ Most connections a Socket.IO node takes are stock clients opening a WebSocket
 straight away: one `GET /socket.io/?EIO=4&transport=websocket` with the upgrade
 headers, in one TCP segment. Through aiohttp, such a request costs a request
 handler and its task, the HTTP parser, a `Request`, routing, middleware, the
-WSGI environ python-engineio builds from the `Request`, and a response that is
+WSGI environ built from the `Request`, and a response that is
 never written (`server.net.ws_transport.DetachedResponse`), for a connection that
 leaves aiohttp at once. Taking such connects here halved a connect's server CPU
 time (`bench/fanout_bench.py`: about 310 to 143 µs).
@@ -19,10 +19,10 @@ goes to aiohttp with the bytes read, exactly as if aiohttp had read them:
 aiohttp stays the one place where an HTTP request is refused, and this module
 only ever says "mine" or "not mine".
 
-The environ of a connect taken here has the keys python-engineio's aiohttp
-driver sets (`HTTP_*` headers, `QUERY_STRING`, `PATH_INFO`, ...), with the
-peer's real address in `REMOTE_ADDR`, but no `aiohttp.request` and no
-`wsgi.input` (a handshake has no body).
+The environ of a connect taken here has the keys of one through aiohttp
+(`server.eio.engine.translate_request`: `HTTP_*` headers, `QUERY_STRING`,
+`PATH_INFO`, ...), with the peer's real address in `REMOTE_ADDR`, but no
+`aiohttp.request` (a handshake has no body).
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ def environ_of_head(data: bytes, path: str, peer: Any) -> dict[str, Any] | None:
             return None
         key = "HTTP_" + key
         value = value.strip(" \t")
-        # As python-engineio's drivers do: a repeated field is one comma-joined value.
+        # As `server.eio.engine.translate_request` does: a repeated field is one
+        # comma-joined value.
         environ[key] = f"{environ[key]},{value}" if key in environ else value
     host_field = environ.get("HTTP_HOST")
     if not host_field or "," in host_field:

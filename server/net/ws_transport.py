@@ -12,7 +12,7 @@ no task and no queue.
 
 Only connections that do not use permessage-deflate come here (the Node server's
 default too: `perMessageDeflate: false`); with `IOFLEET_WS_COMPRESSION` on, a
-client that offers deflate keeps aiohttp's WebSocket (`server.eio.engine`).
+client that offers deflate keeps aiohttp's WebSocket (`server.eio.deflate_ws`).
 
 The aiohttp surface this relies on (pinned in tests/server/test_upstream_surface.py,
 tested with aiohttp 3.14): the request's `protocol`, whose `transport` is cleared so
@@ -97,15 +97,14 @@ class HandshakeRefusal(NamedTuple):
 def handshake_refusal(environ: Mapping[str, Any]) -> HandshakeRefusal | None:
     """Why the request in `environ` (WSGI keys) is not a WebSocket opening
     handshake we accept, or None. The one owner of the rule, for connects read
-    before aiohttp and through it alike (`IofleetEngine.handle_request` asks it
-    before python-engineio sees the request). `Upgrade` must be exactly
-    `websocket` (any case; a repeated field is joined with commas, so two fields
-    fail): python-engineio's own test, so no request it would refuse is taken."""
+    before aiohttp and through it alike (`IofleetEngine` asks it before it
+    registers a session). `Upgrade` must be exactly `websocket` (any case; a
+    repeated field is joined with commas, so two fields fail)."""
     if environ.get("REQUEST_METHOD") != "GET":
         return HandshakeRefusal(400, "WebSocket handshake must be a GET")
     if environ.get("HTTP_UPGRADE", "").lower() != "websocket":
         return HandshakeRefusal(400, "Invalid websocket upgrade")
-    # A token of the field, as python-engineio reads it too.
+    # A token of the field.
     tokens = [token.strip() for token in environ.get("HTTP_CONNECTION", "").lower().split(",")]
     if "upgrade" not in tokens:
         return HandshakeRefusal(400, "missing Connection: upgrade")

@@ -20,7 +20,7 @@ every recipient gets the same bytes) and hands the recipients to
   one shared, pre-encoded packet on the connection's queue, so order is kept
   and its writer (or pending GET) sends it as any other packet.
 The outbound bound and slow-consumer eviction live on the socket
-(`server.eio.socket.ReleasingSocket.send_ready`).
+(`server.eio.socket.EngineSocket.send_ready`).
 
 What cannot be shared goes to the library unchanged: emits with a callback (one
 ack id per recipient) and packets with binary attachments. Mix it in after the
