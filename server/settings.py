@@ -107,6 +107,13 @@ class Settings(BaseSettings):
     auth: Literal["jwt", "none"] = Field("jwt", description="`none` only when set explicitly.")
     jwt_secret: SecretStr | None = Field(None, description="HS256 secret.")
     jwt_public_key: SecretStr | None = Field(None, description="RS256 public key (PEM).")
+    # Rotation windows: the previous key still verifies (never signs) until it is unset.
+    jwt_secret_previous: SecretStr | None = Field(
+        None, description="HS256 secret still accepted while a rotation rolls out."
+    )
+    jwt_public_key_previous: SecretStr | None = Field(
+        None, description="RS256 public key still accepted while a rotation rolls out."
+    )
     jwt_audience: str | None = Field(None, description="Required `aud` claim, if set.")
     jwt_issuer: str | None = Field(None, description="Required `iss` claim, if set.")
     guest_tokens: bool = Field(False, description="Serve POST /auth/guest (needs JWT_SECRET).")
@@ -181,6 +188,9 @@ class Settings(BaseSettings):
         DRAIN_DELAY_SECONDS, ge=0, description="Wait for deregistration first (s)."
     )
     admin_token: SecretStr | None = Field(None, description="Bearer token for POST /admin/*.")
+    admin_token_previous: SecretStr | None = Field(
+        None, description="Admin token still accepted while a rotation rolls out."
+    )
     node_id: str = Field(default_factory=_default_node_id, description="This node's id.")
     handlers: str = Field(
         "server.apps.chat:register", description="module:function registering app events."
@@ -212,7 +222,7 @@ class Settings(BaseSettings):
             raise ValueError("must be module:function")
         return value
 
-    @field_validator("jwt_secret")
+    @field_validator("jwt_secret", "jwt_secret_previous")
     @classmethod
     def _secret_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
         # RFC 7518 3.2: an HS256 key at least as long as the hash (32 bytes).
@@ -244,6 +254,11 @@ class Settings(BaseSettings):
                 "IOFLEET_RECOVERY=true needs IOFLEET_REDIS_URL (sessions and the event stream"
                 " live in Redis)"
             )
+        if self.admin_token_previous is not None and self.admin_token is None:
+            raise ValueError(
+                "IOFLEET_ADMIN_TOKEN_PREVIOUS needs IOFLEET_ADMIN_TOKEN (the previous token is"
+                " accepted besides the current one, never alone)"
+            )
         if self.guest_tokens and self.jwt_secret is None:
             raise ValueError("IOFLEET_GUEST_TOKENS=true needs IOFLEET_JWT_SECRET to sign tokens")
         return self
@@ -251,6 +266,15 @@ class Settings(BaseSettings):
     @property
     def admin_bind(self) -> str:
         return self.admin_host or self.host
+
+    @property
+    def admin_tokens(self) -> tuple[str, ...]:
+        """The bearer tokens POST /admin/* accepts: current, then previous."""
+        return tuple(
+            token.get_secret_value()
+            for token in (self.admin_token, self.admin_token_previous)
+            if token is not None
+        )
 
     @property
     def burst(self) -> float:

@@ -68,11 +68,13 @@ async def status(request: web.Request) -> web.Response:
 
 async def drain(request: web.Request) -> web.Response:
     node = request.app[NODE_KEY]
-    expected = node.settings.admin_token
-    if expected is None:
+    accepted = node.settings.admin_tokens
+    if not accepted:
         return web.json_response({"error": "IOFLEET_ADMIN_TOKEN is not set"}, status=403)
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip().encode()
+    # Every accepted token is compared (no early exit), in constant time each.
+    matches = [hmac.compare_digest(given, token.encode()) for token in accepted]
+    if not any(matches):
         return web.json_response({"error": "bad admin token"}, status=401)
     started = node.drain.start("admin")
     if request.query.get("wait", "").lower() in ("1", "true", "yes"):

@@ -20,6 +20,10 @@ class AuthError(Exception):
     """A handshake's credentials were refused. The message is safe to show the client."""
 
 
+class _WrongKey(AuthError):
+    """The token was not signed by this key (another accepted key may have signed it)."""
+
+
 @dataclass(frozen=True)
 class Identity:
     user: str
@@ -39,15 +43,21 @@ def token_from_handshake(auth: object, environ: Mapping[str, Any]) -> str | None
 
 
 class TokenVerifier:
+    """Checks a handshake's JWT against the current key and, during a rotation window,
+    the previous one (`IOFLEET_JWT_SECRET_PREVIOUS` / `IOFLEET_JWT_PUBLIC_KEY_PREVIOUS`):
+    a token signed by either verifies, the current key tried first."""
+
     def __init__(self, settings: Settings) -> None:
         self.enabled = settings.auth == "jwt"
         self.audience = settings.jwt_audience
         self.issuer = settings.jwt_issuer
-        self._keys: list[tuple[str, str]] = []
-        if settings.jwt_secret is not None:
-            self._keys.append(("HS256", settings.jwt_secret.get_secret_value()))
-        if settings.jwt_public_key is not None:
-            self._keys.append(("RS256", settings.jwt_public_key.get_secret_value()))
+        candidates = [
+            ("HS256", settings.jwt_secret),
+            ("RS256", settings.jwt_public_key),
+            ("HS256", settings.jwt_secret_previous),
+            ("RS256", settings.jwt_public_key_previous),
+        ]
+        self._keys = [(alg, key.get_secret_value()) for alg, key in candidates if key is not None]
 
     def verify(self, token: str | None) -> Identity:
         if not self.enabled:
@@ -58,14 +68,24 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError:
             raise AuthError("auth: malformed token") from None
-        key = next((k for alg, k in self._keys if alg == header.get("alg")), None)
-        if key is None:
+        keys = [k for alg, k in self._keys if alg == header.get("alg")]
+        if not keys:
             raise AuthError(f"auth: algorithm {header.get('alg')!r} not accepted")
+        # PyJWT checks the signature before any claim, so a key that did not sign the
+        # token fails with InvalidSignatureError and the next one is tried.
+        for key in keys[:-1]:
+            try:
+                return self._decode(token, key, str(header["alg"]))
+            except _WrongKey:
+                continue
+        return self._decode(token, keys[-1], str(header["alg"]))
+
+    def _decode(self, token: str, key: str, alg: str) -> Identity:
         try:
             claims = jwt.decode(
                 token,
                 key,
-                algorithms=[str(header["alg"])],
+                algorithms=[alg],
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=LEEWAY_SECONDS,
@@ -74,7 +94,7 @@ class TokenVerifier:
         except jwt.ExpiredSignatureError:
             raise AuthError("auth: token expired") from None
         except jwt.InvalidSignatureError:
-            raise AuthError("auth: bad signature") from None
+            raise _WrongKey("auth: bad signature") from None
         except jwt.MissingRequiredClaimError as error:
             raise AuthError(f"auth: token has no {error.claim!r} claim") from None
         except (jwt.InvalidAudienceError, jwt.InvalidIssuerError) as error:
