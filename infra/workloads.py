@@ -5,6 +5,7 @@ platform team would review with kubectl."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +82,16 @@ def content_sha(text: str) -> str:
     """A short digest for a pod-template annotation: a change of what it digests rolls
     the pods (ConfigMap and Secret names stay stable)."""
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def secret_sha(data: Mapping[str, pulumi.Input[str]]) -> pulumi.Output[str]:
+    """The pod-template annotation value for a Secret's data (keys sorted, then values):
+    pods that read a Secret as environment variables see a rotated value only through a
+    rollout, which a change of this digest triggers. The digest, never a value, shows."""
+    keys = sorted(data)
+    return pulumi.Output.all(*(data[k] for k in keys)).apply(
+        lambda values: content_sha("\n".join(f"{k}={v}" for k, v in zip(keys, values, strict=True)))
+    )
 
 
 def meta(name: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -174,15 +185,8 @@ class SocketService(pulumi.ComponentResource):
         }
         if self._args.jwt_secret is not None:
             data["jwt-secret"] = self._args.jwt_secret
-        # Pods read these as environment variables at start: a rotated value (a new
-        # admin token, JWT secret or Redis AUTH token) reaches them only through a
-        # rollout, which this digest of the Secret's data triggers.
-        keys = sorted(data)
-        self.secret_sha = pulumi.Output.all(*(data[k] for k in keys)).apply(
-            lambda values: content_sha(
-                "\n".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
-            )
-        )
+        # A rotated admin token, JWT secret or Redis AUTH token rolls the pods.
+        self.secret_sha = secret_sha(data)
         self.secret = k8s.core.v1.Secret(
             f"{name}-secret",
             metadata=meta(SERVER, self.namespace, SERVER_LABELS),
