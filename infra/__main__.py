@@ -16,7 +16,7 @@ from infra.cluster import Cluster, ClusterArgs
 from infra.config import GlobalConfig, RegionalConfig, aws_access, load, qualify
 from infra.elasticache import RedisCache, RedisCacheArgs
 from infra.global_routing import GlobalRouting, GlobalRoutingArgs, Region
-from infra.jwt_secret import jwt_secret
+from infra.jwt_secret import jwt_secret, previous_jwt_secret
 from infra.network import Network, NetworkArgs
 from infra.node_autoscaling import Headroom, HeadroomArgs, NodeAutoscaler, NodeAutoscalerArgs
 from infra.observability import Observability, ObservabilityArgs
@@ -87,6 +87,7 @@ def regional(cfg: RegionalConfig) -> None:
             settings=cfg,
             redis_url=redis.url,
             jwt_secret=secret,
+            jwt_secret_previous=previous_jwt_secret(cfg),
             provider=cluster.provider,
             alb_readiness_gate=cfg.balancer == "alb",
             admin_clients=(

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from infra import redis_rules
-from server.contract import PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS
+from server.contract import HS256_MIN_SECRET_BYTES, PING_INTERVAL_SECONDS, PING_TIMEOUT_SECONDS
 
 NAMESPACE = "iofleet"
 
@@ -228,6 +228,20 @@ class Settings(BaseModel):
     jwt_secret: SecretStr = _key(
         SecretStr(""), "HS256 JWT secret (set with --secret); empty = generated and exported."
     )
+    # Rotation windows (docs/infra.md, "Rotating a secret"): the servers accept these
+    # besides the current values until they are unset again.
+    jwt_secret_previous: SecretStr = _key(
+        SecretStr(""), "HS256 JWT secret still accepted while a rotation rolls out (--secret)."
+    )
+    jwt_public_key_previous: str = _key(
+        "", "PEM public key still accepted while a rotation rolls out."
+    )
+    admin_token: SecretStr = _key(
+        SecretStr(""), "Servers' admin bearer token (set with --secret); empty = generated."
+    )
+    admin_token_previous: SecretStr = _key(
+        SecretStr(""), "Admin token still accepted while a rotation rolls out (--secret)."
+    )
     # --- regional: balancer and observability
     balancer: Balancer = _key("alb", "Public balancer: alb, nginx or haproxy.")
     certificate_arn: str = _key("", "ACM certificate for TLS on the balancer.")
@@ -317,6 +331,16 @@ class Settings(BaseModel):
         # EC2NodeClass amiSelectorTerms alias: family@version (AL2023 for x86_64 nodes).
         if not re.match(r"^al2023@(latest|v\d{8})$", value):
             raise ValueError(f"{value!r} is not allowed; use al2023@latest or al2023@vYYYYMMDD")
+        return value
+
+    @field_validator("jwt_secret", "jwt_secret_previous")
+    @classmethod
+    def _hs256_length(cls, value: SecretStr) -> SecretStr:
+        # The servers refuse a shorter one at start (server/settings.py): every pod would
+        # crash-loop.
+        size = len(value.get_secret_value().encode())
+        if 0 < size < HS256_MIN_SECRET_BYTES:
+            raise ValueError(f"must be at least {HS256_MIN_SECRET_BYTES} bytes (RFC 7518 3.2)")
         return value
 
     @field_validator("namespace")

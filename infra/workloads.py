@@ -104,6 +104,8 @@ class SocketServiceArgs:
     redis_url: pulumi.Output[str]
     jwt_secret: pulumi.Output[str] | None
     """HS256 secret; None when settings.jwt_public_key is used."""
+    jwt_secret_previous: pulumi.Output[str] | None
+    """HS256 secret still accepted during a rotation window; None outside one."""
     provider: k8s.Provider
     alb_readiness_gate: bool
     """Label the namespace so the AWS LB controller injects target-health readiness gates."""
@@ -155,12 +157,7 @@ class SocketService(pulumi.ComponentResource):
         self._ns_opts = pulumi.ResourceOptions(
             parent=self, provider=args.provider, depends_on=[self._ns]
         )
-        self.admin_token = random.RandomPassword(
-            f"{name}-admin-token",
-            length=48,
-            special=False,
-            opts=pulumi.ResourceOptions(parent=self),
-        ).result
+        self.admin_token = self._admin_token(name)
         self._name = name
         self._create_secret(name)
         self._account = self._service_account(name)
@@ -178,13 +175,32 @@ class SocketService(pulumi.ComponentResource):
             self._create_hpa(self._name)
         self.register_outputs({"namespace": self.namespace})
 
+    def _admin_token(self, name: str) -> pulumi.Output[str]:
+        """The operator's token if set (a rotation sets a new one), else a generated one."""
+        given = self._args.settings.admin_token.get_secret_value()
+        if given:
+            return pulumi.Output.secret(given)
+        return random.RandomPassword(
+            f"{name}-admin-token",
+            length=48,
+            special=False,
+            opts=pulumi.ResourceOptions(parent=self),
+        ).result
+
     def _create_secret(self, name: str) -> None:
+        s = self._args.settings
         data: dict[str, pulumi.Input[str]] = {
             "redis-url": self._args.redis_url,
             "admin-token": self.admin_token,
         }
+        if s.admin_token_previous.get_secret_value():
+            data["admin-token-previous"] = pulumi.Output.secret(
+                s.admin_token_previous.get_secret_value()
+            )
         if self._args.jwt_secret is not None:
             data["jwt-secret"] = self._args.jwt_secret
+        if self._args.jwt_secret_previous is not None:
+            data["jwt-secret-previous"] = self._args.jwt_secret_previous
         # A rotated admin token, JWT secret or Redis AUTH token rolls the pods.
         self.secret_sha = secret_sha(data)
         self.secret = k8s.core.v1.Secret(
@@ -226,6 +242,8 @@ class SocketService(pulumi.ComponentResource):
             plain["IOFLEET_HANDLERS"] = s.handlers
         if s.jwt_public_key:
             plain["IOFLEET_JWT_PUBLIC_KEY"] = s.jwt_public_key
+        if s.jwt_public_key_previous:
+            plain["IOFLEET_JWT_PUBLIC_KEY_PREVIOUS"] = s.jwt_public_key_previous
         env: list[dict[str, Any]] = [{"name": k, "value": str(v)} for k, v in plain.items()]
         env.append(
             # Each pod's node id is its name: logs, metrics and /admin/status line up.
@@ -233,8 +251,12 @@ class SocketService(pulumi.ComponentResource):
         )
         env.append(secret("IOFLEET_REDIS_URL", "redis-url"))
         env.append(secret("IOFLEET_ADMIN_TOKEN", "admin-token"))
+        if s.admin_token_previous.get_secret_value():
+            env.append(secret("IOFLEET_ADMIN_TOKEN_PREVIOUS", "admin-token-previous"))
         if self._args.jwt_secret is not None:
             env.append(secret("IOFLEET_JWT_SECRET", "jwt-secret"))
+        if self._args.jwt_secret_previous is not None:
+            env.append(secret("IOFLEET_JWT_SECRET_PREVIOUS", "jwt-secret-previous"))
         return env
 
     def _container(self) -> dict[str, Any]:

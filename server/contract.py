@@ -23,6 +23,10 @@ DRAIN_DELAY_SECONDS: Final = 5.0
 DRAIN_SECONDS: Final = 30.0
 """Window the drain spreads connection closes over (`IOFLEET_DRAIN_SECONDS`)."""
 
+HS256_MIN_SECRET_BYTES: Final = 32
+"""RFC 7518 3.2: an HS256 key at least as long as the hash (`IOFLEET_JWT_SECRET`, and the
+stack's `jwt_secret` keys, which the servers get)."""
+
 PUBLIC_PORT: Final = 8000
 ADMIN_PORT: Final = 9000
 

@@ -18,6 +18,7 @@ from server.contract import (
     DRAIN_DELAY_SECONDS,
     DRAIN_SECONDS,
     ENV_PREFIX,
+    HS256_MIN_SECRET_BYTES,
     NODE_ID_PATTERN,
     NODE_ID_RULE,
     PING_INTERVAL_SECONDS,
@@ -225,9 +226,8 @@ class Settings(BaseSettings):
     @field_validator("jwt_secret", "jwt_secret_previous")
     @classmethod
     def _secret_is_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
-        # RFC 7518 3.2: an HS256 key at least as long as the hash (32 bytes).
-        if value is not None and len(value.get_secret_value().encode()) < 32:
-            raise ValueError("must be at least 32 bytes (RFC 7518 3.2)")
+        if value is not None and len(value.get_secret_value().encode()) < HS256_MIN_SECRET_BYTES:
+            raise ValueError(f"must be at least {HS256_MIN_SECRET_BYTES} bytes (RFC 7518 3.2)")
         return value
 
     @field_validator("redis_url")

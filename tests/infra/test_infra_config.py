@@ -92,7 +92,7 @@ def test_every_stack_file_loads_with_the_operators_values(stack: str) -> None:
         ({"iofleet:kind": "regionl"}, ["iofleet:kind", "regional", "global"]),
         ({"aws:region": ""}, ["aws:region is required"]),
         (
-            {"iofleet:jwt_public_key": "PEM", "iofleet:jwt_secret": "s"},
+            {"iofleet:jwt_public_key": "PEM", "iofleet:jwt_secret": "s" * 32},
             ["jwt_public_key", "jwt_secret"],
         ),
         # Issue 20: Redis cluster mode (tests/infra/test_infra_redis_cluster.py).
@@ -110,6 +110,12 @@ def test_every_stack_file_loads_with_the_operators_values(stack: str) -> None:
         ),
         ({"iofleet:redis_mode": "sharded"}, ["iofleet:redis_mode", "replication, cluster"]),
         ({"iofleet:redis_auth_rotation": -1}, ["iofleet:redis_auth_rotation", "out of range"]),
+        # The servers refuse a shorter HS256 key at start: every new pod would crash-loop.
+        ({"iofleet:jwt_secret": "short"}, ["iofleet:jwt_secret:", "at least 32 bytes"]),
+        (
+            {"iofleet:jwt_secret_previous": "short"},
+            ["iofleet:jwt_secret_previous:", "at least 32 bytes"],
+        ),
     ],
 )
 @pulumi.runtime.test
