@@ -25,7 +25,7 @@ LATEST    ?= .venv-latest
 EXPORTS   := requirements/runtime.txt requirements/build.txt infra/policy/requirements.txt
 EXPORT    := $(UV) export --frozen --quiet --format requirements-txt --no-header
 
-.PHONY: up down test setup system-packages lint typecheck test-py test-infra check-stack bench clean lock exports check-lock test-latest images
+.PHONY: up down test setup system-packages lint typecheck test-py test-infra check-stack bench clean lock exports check-lock test-latest images push-images
 
 # IMAGES=1: the fleet's servers run from the server image (built first, from the lock).
 up: setup $(if $(IMAGES),images)
@@ -35,6 +35,11 @@ up: setup $(if $(IMAGES),images)
 # Both images from the lock with podman; the base comes from Debian (cached by its inputs).
 images: system-packages
 	infra/docker/build-images
+
+# Both images built as above and pushed to ECR tagged with the git sha (a clean tree):
+#   make push-images REGISTRY="<account>.dkr.ecr.us-east-1.amazonaws.com ..."
+push-images: system-packages
+	$(VENV)/bin/iofleet images push $(foreach r,$(REGISTRY),--registry $(r))
 
 down: setup
 	$(VENV)/bin/iofleet down

@@ -3,7 +3,8 @@
 A regional stack builds Network -> Cluster -> NodeAutoscaler (Karpenter) -> RedisCache ->
 BalancerController -> SocketService (namespace, Services) -> Balancer (the route) -> the
 server Deployment -> Headroom -> Autoscaler -> Observability; the global stack reads the
-regional stacks' outputs and builds GlobalRouting.
+regional stacks' outputs and builds GlobalRouting; a registry stack (made first) holds
+the ECR repositories the images are pushed to.
 """
 
 # `infra` is a package of the project (pyproject.toml), installed into `.venv` by `make
@@ -13,13 +14,21 @@ import pulumi
 
 from infra.balancer import Balancer, BalancerArgs, BalancerController, BalancerControllerArgs
 from infra.cluster import Cluster, ClusterArgs
-from infra.config import GlobalConfig, RegionalConfig, aws_access, load, qualify
+from infra.config import (
+    GlobalConfig,
+    RegionalConfig,
+    RegistryConfig,
+    aws_access,
+    load,
+    qualify,
+)
 from infra.elasticache import RedisCache, RedisCacheArgs
 from infra.global_routing import GlobalRouting, GlobalRoutingArgs, Region
 from infra.jwt_secret import jwt_secret, previous_jwt_secret
 from infra.network import Network, NetworkArgs
 from infra.node_autoscaling import Headroom, HeadroomArgs, NodeAutoscaler, NodeAutoscalerArgs
 from infra.observability import Observability, ObservabilityArgs
+from infra.registry import ImageRepositories, ImageRepositoriesArgs
 from infra.workloads import (
     HAPROXY_LABELS,
     Autoscaler,
@@ -195,8 +204,18 @@ def global_(cfg: GlobalConfig) -> None:
     pulumi.export("regions", [r.stack for r in regions])
 
 
+def registry(cfg: RegistryConfig) -> None:
+    tags = {"iofleet:stack": cfg.stack, "iofleet:managed-by": "pulumi"}
+    repositories = ImageRepositories(
+        "images", ImageRepositoriesArgs(cfg.regions, cfg.image_keep_count, tags)
+    )
+    pulumi.export("repositories", repositories.urls)
+
+
 settings = load()
 if isinstance(settings, GlobalConfig):
     global_(settings)
+elif isinstance(settings, RegistryConfig):
+    registry(settings)
 else:
     regional(settings)

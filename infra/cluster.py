@@ -18,7 +18,9 @@ CONTROL_PLANE_LOG_DAYS = 90
 NODE_POLICIES = (
     "arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
     "arn:aws:iam::aws:policy/AmazonEKS_CNI_Policy",
-    "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly",
+    # Pull, nothing more (ReadOnly also lists and describes every repository): what the
+    # EKS node IAM role page names (docs.aws.amazon.com/eks/latest/userguide/create-node-role).
+    "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryPullOnly",
 )
 
 

@@ -34,7 +34,7 @@ from server.contract import HS256_MIN_SECRET_BYTES, PING_INTERVAL_SECONDS, PING_
 
 NAMESPACE = "iofleet"
 
-Kind = Literal["regional", "global"]
+Kind = Literal["regional", "global", "registry"]
 Balancer = Literal["alb", "nginx", "haproxy"]
 Routing = Literal["route53", "accelerator"]
 Autoscaling = Literal["hpa", "direct", "none"]
@@ -57,6 +57,7 @@ QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 PINNED_IMAGE = re.compile(r"^[\w.\-/:]+(@sha256:[0-9a-f]{64}|:[\w][\w.\-]{0,127})$")
 NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 IAM_PRINCIPAL = re.compile(r"^arn:aws[\w-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")
+AWS_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 LABEL = re.compile(r"^([\w./-]{1,253})=([\w.-]{0,63})$")
 
 # Values shipped in the example stack files that must be replaced before a first `up`.
@@ -90,7 +91,10 @@ class Settings(BaseModel):
     # validate_default: a required key left empty (= unset) still reaches its check.
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
-    kind: Kind = _key("regional", "regional (one region's fleet) or global (routing).")
+    kind: Kind = _key(
+        "regional",
+        "regional (one region's fleet), global (routing) or registry (image repositories).",
+    )
     # --- regional: network and cluster
     vpc_cidr: str = _key("10.0.0.0/16", "VPC CIDR (a /16../20), split per AZ.")
     az_count: int = _key(3, "Availability zones to span, 2 to 6.", ge=2, le=6)
@@ -270,6 +274,17 @@ class Settings(BaseModel):
     domain: str = _key("", "Public name clients use, e.g. ws.example.com (route53).")
     hosted_zone_id: str = _key("", "Route 53 hosted zone of domain (route53).")
     health_check_path: str = _key("/", "Path the Route 53 health checks request.")
+    # --- registry (infra/registry.py)
+    image_regions: tuple[str, ...] = _key(
+        (), "Regions to hold the ECR image repositories in (registry); empty = aws:region."
+    )
+    # 50 releases: two months of daily deploys with room to roll back; at the images'
+    # ~300 MB each (README, "Images"; less compressed in ECR) under $3/month a region at
+    # $0.10/GB-month. It must exceed what any stack still runs: an expired image's pods
+    # cannot be rescheduled.
+    image_keep_count: int = _key(
+        50, "Images kept per repository, newest first (registry lifecycle policy).", ge=1, le=1000
+    )
 
     # --- one key at a time (earlier keys are in info.data)
 
@@ -429,6 +444,14 @@ class Settings(BaseModel):
             )
         return value
 
+    @field_validator("image_regions")
+    @classmethod
+    def _image_regions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for region in value:
+            if not AWS_REGION.match(region):
+                raise ValueError(f"{region!r} is not an AWS region like us-east-1")
+        return value
+
     @field_validator("regional_stacks")
     @classmethod
     def _stacks(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
@@ -468,7 +491,7 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _together(self) -> Settings:
-        if self.kind == "global":
+        if self.kind != "regional":
             return self
         problems = []
         if self.min_replicas > self.max_replicas:
@@ -558,6 +581,22 @@ class GlobalConfig(Settings):
     """Global routing over the regional stacks."""
 
     stack: str
+
+
+class RegistryConfig(Settings):
+    """The ECR repositories the regional stacks' images come from (one stack per account,
+    made before the first regional `up`)."""
+
+    stack: str
+    region: str
+    """aws:region of the stack (the repositories' region unless image_regions is set)."""
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        return self.image_regions or (self.region,)
+
+
+StackConfig = RegionalConfig | GlobalConfig | RegistryConfig
 
 
 def _regional(info: ValidationInfo) -> bool:
@@ -682,7 +721,7 @@ def _warnings(config: Settings) -> list[str]:
 
 def validate(
     values: Mapping[str, Any], *, stack: str, region: str | None
-) -> tuple[RegionalConfig | GlobalConfig | None, list[str], list[str]]:
+) -> tuple[StackConfig | None, list[str], list[str]]:
     """Check raw ``iofleet:`` values (without the namespace): (config, problems, warnings).
     Every problem is listed, not just the first."""
     parsed = {}
@@ -692,14 +731,14 @@ def validate(
             parsed[key] = value
     problems: list[str] = []
     kind = parsed.get("kind", "regional")
-    model: type[RegionalConfig | GlobalConfig]
+    model: type[StackConfig]
     extra: dict[str, Any] = {"stack": stack}
     if kind == "global":
         model = GlobalConfig
     else:
-        model = RegionalConfig
+        model = RegistryConfig if kind == "registry" else RegionalConfig
         if not region:
-            problems.append("aws:region is required: the AWS region of this regional stack")
+            problems.append(f"aws:region is required: the AWS region of this {kind} stack")
         extra["region"] = region or ""
     try:
         config = model.model_validate({**parsed, **extra})
@@ -712,7 +751,7 @@ def validate(
     return config, [], _warnings(config)
 
 
-def load() -> RegionalConfig | GlobalConfig:
+def load() -> StackConfig:
     """Read every key through ``pulumi.Config`` and validate once; a ConfigError lists
     every problem, one line each. Keys the stack sets that no field reads (a misspelt
     key would otherwise be ignored) come from ``pulumi.runtime.get_config_env()``, the

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, NoReturn, get_args
 
 import typer
 from rich.console import Console
 
+from iofleet import images
 from iofleet.fleet import FleetConfig
 from iofleet.fleet_state import DEFAULT_STATE_DIR
 from iofleet.loadtest.command import loadtest_command
@@ -309,3 +311,44 @@ def restart_command(state_dir: StateDirOpt = Path(".iofleet")) -> None:
 app.command("plan")(plan_command)
 app.command("loadtest")(loadtest_command)
 app.command("rollout")(rollout_command)
+
+images_app = typer.Typer(help="Build the images from the lock and push them.", no_args_is_help=True)
+app.add_typer(images_app, name="images")
+
+
+@images_app.command("push")
+def images_push_command(
+    *,
+    registry: Annotated[
+        list[str],
+        typer.Option(
+            help="ECR registry, <account>.dkr.ecr.<region>.amazonaws.com; repeat per region.",
+        ),
+    ],
+    base: Annotated[
+        str, typer.Option(help="Base image for build-images (default: made from Debian).")
+    ] = "",
+    dry_run: Annotated[bool, typer.Option(help="Print the commands, run none.")] = False,
+) -> None:
+    """Build both images from the lock (podman) and push them tagged with the git sha.
+
+    Run from a clean checkout of the commit to ship; prints the pushed images by digest
+    for `iofleet:image` and `iofleet:autoscaler_image` (docs/infra.md, "Images").
+    """
+    source = Path.cwd()
+    try:
+        tag = images.commit_tag(source)
+        with tempfile.TemporaryDirectory(prefix="iofleet-digests-") as digests:
+            plan = images.push_plan(tag, registry, Path(digests), base or None)
+            if dry_run:
+                for step in plan.steps:
+                    typer.echo(str(step))
+                return
+            images.check_architecture()
+            pushed = images.run_plan(plan, source)
+    except images.ImagesError as error:
+        typer.echo(f"iofleet images push: {error}", err=True)
+        raise typer.Exit(2) from None
+    for reference in pushed:
+        key = "autoscaler_image" if "/iofleet-autoscaler@" in reference else "image"
+        typer.echo(f"pulumi config set iofleet:{key} {reference}")

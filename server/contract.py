@@ -27,6 +27,10 @@ HS256_MIN_SECRET_BYTES: Final = 32
 """RFC 7518 3.2: an HS256 key at least as long as the hash (`IOFLEET_JWT_SECRET`, and the
 stack's `jwt_secret` keys, which the servers get)."""
 
+IMAGE_REPOSITORIES: Final = ("iofleet-server", "iofleet-autoscaler")
+"""The images' names: local builds (`localhost/<name>:<tag>`, infra/docker/build-images),
+the ECR repositories (infra/registry.py) and what `iofleet images push` pushes."""
+
 PUBLIC_PORT: Final = 8000
 ADMIN_PORT: Final = 9000
 
