@@ -82,10 +82,12 @@ def controller_policy(
     node_role_arn: str,
     queue_arn: str,
 ) -> dict[str, Any]:
-    """The controller's IAM policy: the getting-started template's five policies in one
-    document. Everything that creates, tags or deletes is scoped by the cluster's tags
-    (`kubernetes.io/cluster/<name>: owned`, `eks:eks-cluster-name`) and Karpenter's own
-    (`karpenter.sh/nodepool`, `karpenter.k8s.aws/ec2nodeclass`); `*` only for reads."""
+    """The controller's IAM policy: the getting-started template's six policies in one
+    document (website/content/en/docs/getting-started/getting-started-with-karpenter/
+    cloudformation.yaml at v1.14.1). Everything that creates, tags or deletes is scoped by
+    the cluster's tags (`kubernetes.io/cluster/<name>: owned`, `eks:eks-cluster-name`) and
+    Karpenter's own (`karpenter.sh/nodepool`, `karpenter.k8s.aws/ec2nodeclass`); `*` only
+    for reads."""
     ec2 = f"arn:{partition}:ec2:{region}"
     owned = f"kubernetes.io/cluster/{cluster_name}"
     profile = f"arn:{partition}:iam::{account}:instance-profile/*"
@@ -225,6 +227,22 @@ def controller_policy(
             "Action": "eks:DescribeCluster",
         },
         {
+            # Karpenter stops launching into a zone an ARC zonal shift moved the cluster
+            # away from; without this read it logs "cluster not registered to Zonal Shift"
+            # and ignores shifts. Upstream scopes it by condition, not by resource.
+            "Sid": "AllowZonalShiftStatusReadOnly",
+            "Effect": "Allow",
+            "Resource": "*",
+            "Action": "arc-zonal-shift:GetManagedResource",
+            "Condition": {
+                "StringEquals": {
+                    "arc-zonal-shift:ResourceIdentifier": (
+                        f"arn:{partition}:eks:{region}:{account}:cluster/{cluster_name}"
+                    )
+                }
+            },
+        },
+        {
             "Sid": "AllowInterruptionQueueActions",
             "Effect": "Allow",
             "Resource": queue_arn,
@@ -310,12 +328,14 @@ def karpenter_values(
             "clusterName": settings.name,
             "interruptionQueue": queue_name,
             "featureGates": {
-                # Alpha in upstream Karpenter: with it on, Karpenter rewrites
+                # Not in v1.14.1: its core (sigs.k8s.io/karpenter 6e7eab7a0f48) has the
+                # gates NodeRepair, ReservedCapacity, SpotToSpotConsolidation, NodeOverlay,
+                # StaticCapacity, CapacityBuffer, and the chart renders FEATURE_GATES from
+                # those six keys only, so this value renders nothing today. The proposed
+                # controller (kubernetes-sigs/karpenter PR #2894) would rewrite
                 # controller.kubernetes.io/pod-deletion-cost by its own node ranking,
-                # erasing the iofleet autoscaler's per-connection ranking that makes
-                # scale-down pick the emptiest pods. Explicitly off, so an upgrade that
-                # turns the gate on by default cannot do so silently (the policy pack
-                # refuses anything else: karpenter-keeps-pod-deletion-cost).
+                # erasing the iofleet autoscaler's per-connection ranking: set off ahead
+                # of the release that adds it (policy karpenter-keeps-pod-deletion-cost).
                 "podDeletionCostManagement": False,
             },
         },

@@ -220,10 +220,11 @@ def _is_karpenter(props: Mapping[str, Any]) -> bool:
 
 
 def check_karpenter_deletion_cost(props: Mapping[str, Any]) -> list[str]:
-    """Karpenter's alpha PodDeletionCostManagement rewrites
+    """A PodDeletionCostManagement controller in Karpenter (proposed upstream,
+    kubernetes-sigs/karpenter PR #2894; not in the pinned v1.14.1) would rewrite
     controller.kubernetes.io/pod-deletion-cost by its own node ranking, erasing the iofleet
-    autoscaler's ranking of pods by connections: the gate is off, explicitly (a chart that
-    later turns it on by default must not do so silently)."""
+    autoscaler's ranking of pods by connections: the gate is set off, explicitly, ahead of
+    the release that adds it (a chart that turns it on by default must not do so silently)."""
     if not _is_karpenter(props):
         return []
     values = props.get("values") or {}

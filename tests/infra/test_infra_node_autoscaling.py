@@ -257,7 +257,8 @@ def test_controller_iam_is_scoped_to_the_clusters_tags() -> Any:
         record = fleet.one("aws:iam/rolePolicy:RolePolicy", "node-autoscaler-controller")
         assert len(record.inputs["policy"]) < 10_240  # IAM's inline-policy limit
         reads = re.compile(
-            r"^(ec2:Describe\w+|ssm:GetParameter|pricing:GetProducts|iam:(Get|List)\w+)$"
+            r"^(ec2:Describe\w+|ssm:GetParameter|pricing:GetProducts|iam:(Get|List)\w+"
+            r"|arc-zonal-shift:GetManagedResource)$"
         )
         launched_from = ("image", "snapshot", "security-group", "subnet", "capacity-reservation",
                          "placement-group")  # fmt: skip
@@ -291,12 +292,64 @@ def test_controller_iam_is_scoped_to_the_clusters_tags() -> Any:
         assert by_sid["AllowAPIServerEndpointDiscovery"]["Resource"] == (
             f"arn:aws:eks:us-east-1:444455556666:cluster/{cluster}"
         )
+        zonal = by_sid["AllowZonalShiftStatusReadOnly"]["Condition"]["StringEquals"]
+        cluster_arn = f"arn:aws:eks:us-east-1:444455556666:cluster/{cluster}"
+        assert zonal == {"arc-zonal-shift:ResourceIdentifier": cluster_arn}
         # Only the chart's service account may assume the role (IRSA).
         trust = json.loads(fleet.one("aws:iam/role:Role", "node-autoscaler-controller").inputs[
             "assumeRolePolicy"
         ])  # fmt: skip
         (condition,) = [s["Condition"]["StringEquals"] for s in trust["Statement"]]
         assert f"system:serviceaccount:kube-system:{KARPENTER_SA}" in condition.values()
+
+    return after_deploy(check)
+
+
+# The controller policy's statements and actions in aws/karpenter-provider-aws v1.14.1,
+# website/content/en/docs/getting-started/getting-started-with-karpenter/cloudformation.yaml
+# (its six managed policies; the docs/ tree is v1.14 at that tag).
+UPSTREAM_CONTROLLER_ACTIONS = {
+    "AllowScopedEC2InstanceAccessActions": ["ec2:CreateFleet", "ec2:RunInstances"],
+    "AllowScopedEC2LaunchTemplateAccessActions": ["ec2:CreateFleet", "ec2:RunInstances"],
+    "AllowScopedEC2InstanceActionsWithTags": [
+        "ec2:CreateFleet", "ec2:CreateLaunchTemplate", "ec2:RunInstances"
+    ],
+    "AllowScopedResourceCreationTagging": ["ec2:CreateTags"],
+    "AllowScopedResourceTagging": ["ec2:CreateTags"],
+    "AllowScopedDeletion": ["ec2:DeleteLaunchTemplate", "ec2:TerminateInstances"],
+    "AllowPassingInstanceRole": ["iam:PassRole"],
+    "AllowScopedInstanceProfileCreationActions": ["iam:CreateInstanceProfile"],
+    "AllowScopedInstanceProfileTagActions": ["iam:TagInstanceProfile"],
+    "AllowScopedInstanceProfileActions": [
+        "iam:AddRoleToInstanceProfile", "iam:DeleteInstanceProfile",
+        "iam:RemoveRoleFromInstanceProfile",
+    ],
+    "AllowAPIServerEndpointDiscovery": ["eks:DescribeCluster"],
+    "AllowInterruptionQueueActions": ["sqs:DeleteMessage", "sqs:GetQueueUrl", "sqs:ReceiveMessage"],
+    "AllowZonalShiftStatusReadOnly": ["arc-zonal-shift:GetManagedResource"],
+    "AllowRegionalReadActions": [
+        "ec2:DescribeCapacityReservations", "ec2:DescribeImages", "ec2:DescribeInstanceStatus",
+        "ec2:DescribeInstanceTypeOfferings", "ec2:DescribeInstanceTypes",
+        "ec2:DescribeInstances", "ec2:DescribeLaunchTemplates", "ec2:DescribePlacementGroups",
+        "ec2:DescribeSecurityGroups", "ec2:DescribeSpotPriceHistory", "ec2:DescribeSubnets",
+    ],
+    "AllowSSMReadActions": ["ssm:GetParameter"],
+    "AllowPricingReadActions": ["pricing:GetProducts"],
+    "AllowUnscopedInstanceProfileListAction": ["iam:ListInstanceProfiles"],
+    "AllowInstanceProfileReadActions": ["iam:GetInstanceProfile"],
+}  # fmt: skip
+
+
+@pulumi.runtime.test
+def test_controller_policy_grants_what_the_pinned_release_calls() -> Any:
+    fleet = run_stack("dev")
+
+    def check() -> None:
+        granted = {
+            s["Sid"]: sorted([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+            for s in _controller_policy(fleet)["Statement"]
+        }
+        assert granted == UPSTREAM_CONTROLLER_ACTIONS
 
     return after_deploy(check)
 
