@@ -12,7 +12,7 @@ Sources this module follows (aws/karpenter-provider-aws v1.14.1): the Helm chart
 `charts/karpenter` (values `settings.*`, `affinity`, `nodeSelector`), the CRDs
 `pkg/apis/crds/karpenter.sh_nodepools.yaml` and `karpenter.k8s.aws_ec2nodeclasses.yaml`,
 the getting-started CloudFormation template (IAM, SQS, EventBridge) and
-`website/content/en/v1.14/concepts/disruption.md`; the compatibility matrix there lists
+`website/content/en/docs/concepts/disruption.md`; the compatibility matrix there lists
 Kubernetes 1.35 from Karpenter 1.9 and 1.36 from 1.13.
 """
 
@@ -31,8 +31,8 @@ from infra.config import RegionalConfig
 from infra.workloads import RESTRICTED_CONTAINER, RESTRICTED_POD, meta
 
 KARPENTER_CHART = ("oci://public.ecr.aws/karpenter/karpenter", "1.14.1")
-# The compatibility matrix (website/content/en/v1.14/upgrading/compatibility.md): the
-# first Karpenter minor for each Kubernetes minor, and the newest one 1.14 supports.
+# The compatibility matrix (website/content/en/docs/upgrading/compatibility.md at v1.14.1):
+# the first Karpenter minor for each Kubernetes minor, and the newest one 1.14 supports.
 KARPENTER_KUBERNETES_MIN = {"1.33": "1.5", "1.34": "1.6", "1.35": "1.9", "1.36": "1.13"}
 KARPENTER_KUBERNETES_MAX = "1.36"
 KARPENTER_NAMESPACE = "kube-system"

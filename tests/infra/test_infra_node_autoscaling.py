@@ -240,7 +240,7 @@ def test_the_chart_is_pinned_to_a_release_supporting_every_cluster_version() -> 
     chart, version = KARPENTER_CHART
     assert chart == "oci://public.ecr.aws/karpenter/karpenter"
     assert re.fullmatch(r"\d+\.\d+\.\d+", version)  # pinned, not a range
-    # The compatibility matrix (website/content/en/v1.14/upgrading/compatibility.md).
+    # The compatibility matrix (website/content/en/docs/upgrading/compatibility.md, v1.14.1).
     for cluster in EKS_VERSIONS:
         assert _minor(KARPENTER_KUBERNETES_MIN[cluster]) <= _minor(version), cluster
         assert _minor(cluster) <= _minor(KARPENTER_KUBERNETES_MAX), cluster
