@@ -115,7 +115,7 @@ lint: setup
 	$(VENV)/bin/lint-imports
 
 typecheck: setup
-	$(VENV)/bin/mypy server iofleet infra autoscaler
+	$(VENV)/bin/mypy server iofleet infra autoscaler relay
 
 # Pulumi mocks own their event loop, so infra tests run in their own pytest call.
 test-py: setup

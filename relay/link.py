@@ -1,0 +1,376 @@
+"""One link: this region's relay to a far region's Redis.
+
+The relay publishes into the far Redis exactly as a far server would, so the far
+servers deliver (and, with recovery, stream) the message as a local emit. The link
+listens on the far Redis to the far relay's interest changes (which room channels
+the far region's servers subscribe) and to its own reply channel (fleet queries).
+
+While the far Redis cannot be reached (the path, its Redis, the region gone) the
+link holds what it should forward in an ordered outbox bounded in count and age
+(`IOFLEET_RELAY_OUTBOX_MESSAGES`, `_SECONDS`): beyond, the oldest is dropped and
+counted. When the link is back, the outbox goes out first, in order, then live
+traffic behind it. The far region's interest stays as last known meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Any, Literal
+
+import orjson
+from redis import asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from relay.metrics import RelayMetrics
+from relay.settings import Peer, Settings
+from relay.wire import ORIGIN, Channels, Forward, interest_change
+from server.core.jsonlog import OncePerBurst
+from server.net.redis_topology import RedisClient, parse_redis_url
+from server.sio.cluster.fleet_query import QUERY_TIMEOUT_SECONDS, PendingQuery, SocketInfo
+from server.sio.cluster.recovery import EMIT_SCRIPT, STREAM_SUFFIX
+
+log = logging.getLogger("iofleet.relay.link")
+
+LinkState = Literal["connecting", "up", "down"]
+# A far command (publish batch, ping) that takes longer than this means the link is down.
+LINK_TIMEOUT_SECONDS = 2.0
+# Reconnect backoff, capped low: the first delivery after a link returns is what a
+# user notices, and a retry against a path that is down costs one refused connect.
+BACKOFF_START, BACKOFF_CAP = 0.1, 1.0
+# An idle link pings the far Redis this often, so a dead path shows before traffic.
+IDLE_PING_SECONDS = 1.0
+# Messages per pipelined publish: one round trip across the link carries a burst.
+SEND_BATCH = 256
+# A relayed fleet query must answer the asking server before its own timeout.
+QUERY_WAIT_SECONDS = QUERY_TIMEOUT_SECONDS - 0.5
+
+
+class PeerLink:
+    """Forwarding to one far region (`peer`), from the relay of region `near`."""
+
+    def __init__(
+        self, near: str, peer: Peer, channels: Channels, settings: Settings, metrics: RelayMetrics
+    ) -> None:
+        self.near = near
+        self.name = peer.region
+        self.endpoint = parse_redis_url(peer.redis_url)
+        self.channels = channels
+        self.settings = settings
+        self.metrics = metrics
+        self.stream_key = f"{channels.base}{STREAM_SUFFIX}"
+        self.reply_channel = channels.reply(f"relay-{near}")
+        self.interest: set[bytes] = set()  # the far region's room channels
+        self.outbox: deque[Forward] = deque()
+        self.state: LinkState = "connecting"
+        self.since = time.monotonic()  # in this state since
+        self.listening = False
+        self.publishing = False
+        self.last_delivery: float | None = None  # monotonic time of the last batch taken
+        self._wake = asyncio.Event()  # the outbox got a message
+        self._back = asyncio.Event()  # the far Redis listens again
+        self._failed = False
+        self._pending: dict[str, PendingQuery] = {}
+        self._client: aioredis.Redis | None = None
+        self._script: AsyncScript | None = None
+        self._log = OncePerBurst(window=10.0)
+        self._drop_log = OncePerBurst(window=10.0)
+        for gauge in (metrics.link_up, metrics.held, metrics.lag, metrics.far_rooms):
+            gauge.labels(link=self.name).set(0)
+
+    # --- what the relay calls ------------------------------------------------------
+
+    def interested(self, channel: bytes) -> bool:
+        return channel in self.interest
+
+    def send(self, forward: Forward) -> None:
+        """Queue one message behind the others (O(1)); the sender task takes it."""
+        limit = self.settings.outbox_messages
+        if limit == 0 and self.state != "up":
+            self._dropped("overflow", 1)
+            return
+        if limit and len(self.outbox) >= limit:
+            self.outbox.popleft()
+            self._dropped("overflow", 1)
+        self.outbox.append(forward)
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        """What `/admin/status` shows of this link."""
+        now = time.monotonic()
+        return {
+            "link": f"{self.near}->{self.name}",
+            "region": self.name,
+            "redis": str(self.endpoint),
+            "state": self.state,
+            "state_s": round(now - self.since, 3),
+            "held": len(self.outbox),
+            "lag_s": round(self.lag(now), 3),
+            "far_rooms": len(self.interest),
+        }
+
+    def lag(self, now: float) -> float:
+        return now - self.outbox[0].at if self.outbox else 0.0
+
+    async def run(self) -> None:
+        await asyncio.gather(self._listen(), self._send_loop())
+
+    async def query(self, request: dict[str, Any]) -> list[list[Any]]:
+        """Ask the far region's servers a fleet query; their sockets, as wire items
+        (none when the link is down: the asking server must not wait on it)."""
+        if self.state != "up":
+            return []
+        request_id = str(request["id"])
+        pending = self._pending[request_id] = PendingQuery()
+        outgoing = {**request, "reply_to": self.reply_channel, ORIGIN: self.near}
+        try:
+            receivers = await asyncio.wait_for(
+                self.endpoint.publish(self._far(), self.channels.query, orjson.dumps(outgoing)),
+                LINK_TIMEOUT_SECONDS,
+            )
+            pending.expect(receivers)  # every far server, and the far relay (it answers [])
+            await asyncio.wait_for(pending.complete.wait(), QUERY_WAIT_SECONDS)
+        except (OSError, TimeoutError, aioredis.RedisError) as error:
+            self._warn("relay: a fleet query got part of the far region only", error)
+        finally:
+            del self._pending[request_id]
+        return [info.as_wire() for info in pending.sockets()]
+
+    # --- the far Redis ------------------------------------------------------------
+
+    def _far(self) -> aioredis.Redis:
+        if self._client is None:
+            client = single(
+                self.endpoint.client(
+                    f"iofleet-relay-{self.near}-to-{self.name}",
+                    socket_connect_timeout=LINK_TIMEOUT_SECONDS,
+                    socket_timeout=LINK_TIMEOUT_SECONDS,
+                )
+            )
+            self._client = client
+            self._script = client.register_script(EMIT_SCRIPT)
+        return self._client
+
+    async def _listen(self) -> None:
+        """Subscribe the far relay's interest changes and this link's replies; keep
+        the far region's interest set current."""
+        backoff = BACKOFF_START
+        while True:
+            pubsub = None
+            try:
+                listener = single(
+                    self.endpoint.client(
+                        f"iofleet-relay-{self.near}-from-{self.name}",
+                        socket_connect_timeout=LINK_TIMEOUT_SECONDS,
+                        socket_keepalive=True,
+                        health_check_interval=IDLE_PING_SECONDS,
+                    )
+                )
+                pubsub = listener.pubsub()
+                await pubsub.subscribe(self.channels.interest_changes, self.reply_channel)
+                await self._read_interest(listener)  # after SUBSCRIBE: no change is missed
+                self._set(listening=True)
+                backoff = BACKOFF_START
+                async for message in pubsub.listen():
+                    await self._heard(listener, message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # any failure here means: reconnect
+                self._set(listening=False)
+                self._warn("relay: the far region's Redis is unreachable; retrying", error)
+            finally:
+                if pubsub is not None:
+                    await close_quietly(pubsub.aclose())
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_CAP)
+
+    async def _read_interest(self, client: aioredis.Redis) -> None:
+        members = await asyncio.wait_for(
+            client.smembers(self.channels.interest_key),
+            LINK_TIMEOUT_SECONDS,
+        )
+        self.interest = {bytes(member) for member in members}  # type: ignore[arg-type]
+        self.metrics.far_rooms.labels(link=self.name).set(len(self.interest))
+
+    async def _heard(self, client: aioredis.Redis, message: dict[str, Any]) -> None:
+        if message.get("type") != "message":
+            return
+        channel, data = message["channel"], message["data"]
+        if channel == self.reply_channel.encode():
+            self._take_reply(data)
+            return
+        change = interest_change(data)
+        if change is None:
+            self.metrics.bad_messages.inc()
+            return
+        sign, room_channel = change
+        if sign == "*":
+            await self._read_interest(client)
+        elif sign == "+":
+            self.interest.add(room_channel)
+        else:
+            self.interest.discard(room_channel)
+        self.metrics.far_rooms.labels(link=self.name).set(len(self.interest))
+
+    def _take_reply(self, data: bytes) -> None:
+        try:
+            reply = orjson.loads(data)
+            pending = self._pending.get(str(reply["id"]))
+            sockets = [SocketInfo.from_wire(item) for item in reply["sockets"]]
+        except (ValueError, KeyError, TypeError):
+            self.metrics.bad_messages.inc()
+            return
+        if pending is not None:  # else: late, after its timeout
+            pending.add(sockets)
+
+    # --- sending, in order ----------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        backoff = BACKOFF_START
+        await self._ping()
+        while True:
+            if not self.outbox:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), IDLE_PING_SECONDS)
+                except TimeoutError:
+                    await self._ping()
+                continue
+            self._expire()
+            batch = [self.outbox[i] for i in range(min(SEND_BATCH, len(self.outbox)))]
+            if not batch:
+                continue
+            try:
+                await asyncio.wait_for(self._send_batch(batch), LINK_TIMEOUT_SECONDS)
+            except (OSError, TimeoutError, aioredis.RedisError) as error:
+                self._set(publishing=False)
+                self._warn("relay: publishing to the far region failed; holding", error)
+                self._back.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._back.wait(), backoff)
+                backoff = min(backoff * 2, BACKOFF_CAP)
+                continue
+            backoff = BACKOFF_START
+            for _ in batch:
+                self.outbox.popleft()
+            self.last_delivery = time.monotonic()
+            self._set(publishing=True)
+            self.metrics.forwarded.labels(link=self.name).inc(len(batch))
+            self.metrics.link_bytes.labels(link=self.name).inc(sum(len(f.message) for f in batch))
+            self._gauges()
+
+    async def _send_batch(self, batch: list[Forward]) -> None:
+        """One pipeline, in order: a streamed message through the far region's
+        recovery script (stream append + publish, `server.sio.cluster.recovery`),
+        any other as a plain publish. A batch cut by a failure is sent again whole:
+        the far region may see its first part twice, never a gap."""
+        client = self._far()
+        assert self._script is not None
+        pipe = client.pipeline(transaction=False)
+        window_ms = int(self.settings.recovery_window_seconds * 1000)
+        for forward in batch:
+            if forward.streamed and self.settings.recovery:
+                args: list[str | bytes | int] = [forward.channel, forward.message]
+                args += [self.settings.recovery_max_messages, window_ms]
+                await self._script(keys=[self.stream_key], args=args, client=pipe)
+            else:
+                pipe.publish(forward.channel, forward.message)
+        await pipe.execute()
+
+    async def _ping(self) -> None:
+        try:
+            await asyncio.wait_for(self._far().ping(), LINK_TIMEOUT_SECONDS)
+        except (OSError, TimeoutError, aioredis.RedisError) as error:
+            self._set(publishing=False)
+            self._warn("relay: the far region's Redis does not answer", error)
+        else:
+            self._set(publishing=True)
+
+    def _expire(self) -> None:
+        oldest = time.monotonic() - self.settings.outbox_seconds
+        expired = 0
+        while self.outbox and self.outbox[0].at < oldest:
+            self.outbox.popleft()
+            expired += 1
+        self._dropped("expired", expired)
+
+    def drop_all(self) -> None:
+        """Shutdown: what is still held is lost (counted)."""
+        self._dropped("shutdown", len(self.outbox))
+        self.outbox.clear()
+
+    # --- state and accounting ---------------------------------------------------------
+
+    def _set(self, listening: bool | None = None, publishing: bool | None = None) -> None:
+        if listening is not None:
+            self.listening = listening
+        if publishing is not None:
+            self.publishing = publishing
+        if listening is False or publishing is False:
+            self._failed = True
+        state: LinkState = "up" if self.listening and self.publishing else "down"
+        if state == "down" and not self._failed:
+            state = "connecting"  # still coming up: neither side failed yet
+        if state != self.state:
+            if self.state == "up":
+                self.metrics.link_failures.labels(link=self.name).inc()
+            log.info(
+                "relay link %s",
+                state,
+                extra={"event": f"relay.link_{state}", "link": self.name, "held": len(self.outbox)},
+            )
+            self.state, self.since = state, time.monotonic()
+            self._log.reset()
+        if listening:
+            self._back.set()  # a sender backing off tries again at once
+        self.metrics.link_up.labels(link=self.name).set(1 if state == "up" else 0)
+        self._gauges()
+
+    def _gauges(self) -> None:
+        self.metrics.held.labels(link=self.name).set(len(self.outbox))
+        self.metrics.lag.labels(link=self.name).set(self.lag(time.monotonic()))
+
+    def _dropped(self, reason: str, count: int) -> None:
+        if not count:
+            return
+        self.metrics.dropped.labels(link=self.name, reason=reason).inc(count)
+        if self._drop_log.should_log():
+            log.error(
+                "relay: messages for the far region dropped; it misses them",
+                extra={
+                    "event": "relay.dropped",
+                    "link": self.name,
+                    "reason": reason,
+                    "count": count,
+                    "suppressed": self._drop_log.take_suppressed(),
+                },
+            )
+
+    def _warn(self, what: str, error: BaseException) -> None:
+        if self._log.should_log():
+            log.warning(
+                what,
+                extra={
+                    "event": "relay.link_failed",
+                    "link": self.name,
+                    "reason": f"{type(error).__name__}: {error}"[:200],
+                    "held": len(self.outbox),
+                    "suppressed": self._log.take_suppressed(),
+                },
+            )
+
+
+async def close_quietly(closing: Any, timeout: float = 1.0) -> None:
+    """Close a link to a Redis that may be gone: bounded, failures ignored (logged above)."""
+    with contextlib.suppress(OSError, TimeoutError, aioredis.RedisError):
+        await asyncio.wait_for(closing, timeout)
+
+
+def single(client: RedisClient) -> aioredis.Redis:
+    """The client of one Redis (settings refuse a Sentinel-less Cluster URL)."""
+    if not isinstance(client, aioredis.Redis):
+        raise TypeError("the relay needs one Redis")
+    return client

@@ -1,0 +1,80 @@
+"""The relay's Prometheus metrics, one series per link (`link` = the far region).
+The names are a contract: the alert rules (infra/observability.py) and the README read them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+
+
+@dataclass
+class RelayMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        ProcessCollector(registry=r)
+        self.link_up = Gauge(
+            "iofleet_relay_link_up",
+            "1 while the link to the far region's Redis takes publishes and listens.",
+            ["link"],
+            registry=r,
+        )
+        self.held = Gauge(
+            "iofleet_relay_link_held_messages",
+            "Messages waiting in the link's outbox for the far region.",
+            ["link"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "iofleet_relay_link_lag_seconds",
+            "Age of the oldest message the link still holds (0: nothing waits).",
+            ["link"],
+            registry=r,
+        )
+        self.forwarded = Counter(
+            "iofleet_relay_forwarded_messages",
+            "Messages the far region's Redis took from this relay.",
+            ["link"],
+            registry=r,
+        )
+        self.link_bytes = Counter(
+            "iofleet_relay_link_bytes",
+            "Bytes of messages (payloads) sent to the far region.",
+            ["link"],
+            registry=r,
+        )
+        self.dropped = Counter(
+            "iofleet_relay_dropped_messages",
+            "Messages the link's outbox dropped (overflow, expired, shutdown).",
+            ["link", "reason"],
+            registry=r,
+        )
+        self.link_failures = Counter(
+            "iofleet_relay_link_failures",
+            "Times the link to the far region failed (publish or subscription).",
+            ["link"],
+            registry=r,
+        )
+        self.far_rooms = Gauge(
+            "iofleet_relay_far_rooms",
+            "Rooms the far region has members of (what the link forwards).",
+            ["link"],
+            registry=r,
+        )
+        self.local_rooms = Gauge(
+            "iofleet_relay_local_rooms",
+            "Rooms this region has members of (the interest announced to far relays).",
+            registry=r,
+        )
+        self.local_up = Gauge(
+            "iofleet_relay_local_up",
+            "1 while the relay hears this region's Redis.",
+            registry=r,
+        )
+        self.bad_messages = Counter(
+            "iofleet_relay_bad_messages",
+            "Messages the relay could not read (not a JSON object); left alone.",
+            registry=r,
+        )

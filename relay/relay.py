@@ -1,0 +1,235 @@
+"""The relay of one region: hears its region's Redis, forwards to each far region
+what that region has members for, and announces its own region's interest.
+
+- Hearing: one subscriber on this region's Redis, `PSUBSCRIBE <channel>#room#*`
+  (a pattern, so the relay's own subscription never counts as a room member) and
+  `SUBSCRIBE <channel>` (namespace and sid emits, acks, remote joins: they cross
+  to every far region) and `<channel>#query` (fleet queries). Redis hands one
+  subscriber its messages in publish order; each link keeps that order.
+- Per message O(links): a room message is decoded only if some far region wants
+  the room (a set lookup per link), a message that came from a far region (it
+  carries `iofleet_origin`) is never forwarded again.
+- Interest: every `IOFLEET_RELAY_INTEREST_SECONDS` the relay reads `PUBSUB
+  CHANNELS <channel>#room#*` on its own Redis (the room channels its servers
+  subscribe: `server.sio.cluster.fanout` subscribes a room's channel only while
+  the node has a member), keeps the set in `<channel>#relay#interest` and
+  publishes each change on `<channel>#relay#interest#changes`, where the far
+  relays' links listen (`relay.link`).
+- Fleet queries: a server's query is asked of each far region (`PeerLink.query`)
+  and answered once, with all their sockets: the asking server counts the relay
+  as one more listener, so it waits for one reply from it. A query a far relay
+  republished here is answered with no sockets (that relay counts this one too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+from redis import asyncio as aioredis
+
+from relay.link import (
+    BACKOFF_CAP,
+    BACKOFF_START,
+    LINK_TIMEOUT_SECONDS,
+    PeerLink,
+    close_quietly,
+    single,
+)
+from relay.metrics import RelayMetrics
+from relay.settings import Settings
+from relay.wire import INTEREST_ALL, ORIGIN, Channels, decode, forward_of
+from server.core.jsonlog import OncePerBurst
+from server.net.redis_topology import parse_redis_url
+
+log = logging.getLogger("iofleet.relay")
+
+
+class Relay:
+    def __init__(self, settings: Settings, metrics: RelayMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.region = settings.region
+        self.channels = Channels(settings.redis_channel)
+        self.endpoint = parse_redis_url(settings.redis_url)
+        self.links = [
+            PeerLink(self.region, peer, self.channels, settings, metrics)
+            for peer in settings.peer_list()
+        ]
+        self.local_up = False
+        self.local_rooms: set[bytes] | None = None  # None: not read yet (or read again)
+        self.started = time.monotonic()
+        self._client: aioredis.Redis | None = None
+        self._queries: set[asyncio.Task[None]] = set()
+        self._log = OncePerBurst(window=10.0)
+        metrics.local_up.set(0)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "region": self.region,
+            "redis": str(self.endpoint),
+            "local": "up" if self.local_up else "down",
+            "local_rooms": len(self.local_rooms or ()),
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "links": [link.status() for link in self.links],
+        }
+
+    async def run(self) -> None:
+        await asyncio.gather(
+            self._listen_local(), self._announce_interest(), *(link.run() for link in self.links)
+        )
+
+    def close(self) -> None:
+        for link in self.links:
+            link.drop_all()
+
+    def _local(self) -> aioredis.Redis:
+        if self._client is None:
+            self._client = single(
+                self.endpoint.client(
+                    f"iofleet-relay-{self.region}",
+                    socket_connect_timeout=LINK_TIMEOUT_SECONDS,
+                    socket_timeout=LINK_TIMEOUT_SECONDS,
+                )
+            )
+        return self._client
+
+    # --- this region's traffic -------------------------------------------------------
+
+    async def _listen_local(self) -> None:
+        backoff = BACKOFF_START
+        shared, query = self.channels.base.encode(), self.channels.query.encode()
+        while True:
+            pubsub = None
+            try:
+                listener = self.endpoint.client(
+                    f"iofleet-relay-{self.region}-listener",
+                    socket_connect_timeout=LINK_TIMEOUT_SECONDS,
+                    socket_keepalive=True,
+                    health_check_interval=10,
+                )
+                pubsub = listener.pubsub()
+                await pubsub.psubscribe(self.channels.room_pattern)
+                await pubsub.subscribe(self.channels.base, self.channels.query)
+                self._set_local(True)
+                backoff = BACKOFF_START
+                async for message in pubsub.listen():
+                    kind = message.get("type")
+                    if kind == "pmessage":
+                        self._forward(message["channel"], message["data"], room=True)
+                    elif kind == "message" and message["channel"] == shared:
+                        self._forward(shared, message["data"], room=False)
+                    elif kind == "message" and message["channel"] == query:
+                        self._on_query(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # any failure here means: reconnect
+                self._set_local(False)
+                self._warn("relay: this region's Redis is unreachable; retrying", error)
+            finally:
+                if pubsub is not None:
+                    await close_quietly(pubsub.aclose())
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_CAP)
+
+    def _set_local(self, up: bool) -> None:
+        if up != self.local_up:
+            log.info(
+                "relay hears its region's Redis" if up else "relay lost its region's Redis",
+                extra={"event": "relay.local_up" if up else "relay.local_down"},
+            )
+        self.local_up = up
+        self.metrics.local_up.set(1 if up else 0)
+
+    def _forward(self, channel: bytes, data: bytes, room: bool) -> None:
+        links = [link for link in self.links if not room or link.interested(channel)]
+        if not links:
+            return
+        message = decode(data)
+        if message is None:
+            self.metrics.bad_messages.inc()
+            return
+        forward = forward_of(message, channel.decode(), self.region, time.monotonic())
+        if forward is None:
+            return  # it came from a far region: it crossed its one link already
+        for link in links:
+            link.send(forward)
+
+    def _on_query(self, data: bytes) -> None:
+        request = decode(data)
+        if request is None or not isinstance(request.get("reply_to"), str) or "id" not in request:
+            self.metrics.bad_messages.inc()
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(request))
+        self._queries.add(task)
+        task.add_done_callback(self._queries.discard)
+
+    async def _answer(self, request: dict[str, Any]) -> None:
+        """One reply for the asking server: the far regions' sockets (none for a query
+        a far relay republished here)."""
+        sockets: list[list[Any]] = []
+        if ORIGIN not in request:
+            for found in await asyncio.gather(*(link.query(request) for link in self.links)):
+                sockets += found
+        reply = orjson.dumps({"id": request["id"], "sockets": sockets})
+        try:
+            await asyncio.wait_for(
+                self._local().publish(request["reply_to"], reply), LINK_TIMEOUT_SECONDS
+            )
+        except (OSError, TimeoutError, aioredis.RedisError) as error:
+            self._warn("relay: a fleet query reply was not sent", error)
+
+    # --- this region's interest -----------------------------------------------------
+
+    async def _announce_interest(self) -> None:
+        while True:
+            try:
+                await self._read_and_announce()
+            except (OSError, TimeoutError, aioredis.RedisError) as error:
+                self.local_rooms = None  # announce the whole set again once Redis answers
+                self._warn("relay: this region's interest could not be read", error)
+            await asyncio.sleep(self.settings.interest_seconds)
+
+    async def _read_and_announce(self) -> None:
+        client = self._local()
+        channels = await asyncio.wait_for(
+            client.pubsub_channels(self.channels.room_pattern), LINK_TIMEOUT_SECONDS
+        )
+        current = {bytes(channel) for channel in channels}  # type: ignore[arg-type]
+        known = self.local_rooms
+        key, changes = self.channels.interest_key, self.channels.interest_changes
+        pipe = client.pipeline(transaction=True)  # the set and its changes in one step
+        if known is None:
+            pipe.delete(key)
+            if current:
+                pipe.sadd(key, *current)
+            pipe.publish(changes, INTEREST_ALL)
+        else:
+            added, removed = current - known, known - current
+            if not added and not removed:
+                return
+            if added:
+                pipe.sadd(key, *added)
+            if removed:
+                pipe.srem(key, *removed)
+            for channel in added:
+                pipe.publish(changes, b"+" + channel)
+            for channel in removed:
+                pipe.publish(changes, b"-" + channel)
+        await asyncio.wait_for(pipe.execute(), LINK_TIMEOUT_SECONDS)
+        self.local_rooms = current
+        self.metrics.local_rooms.set(len(current))
+
+    def _warn(self, what: str, error: BaseException) -> None:
+        if self._log.should_log():
+            log.warning(
+                what,
+                extra={
+                    "event": "relay.local_failed",
+                    "reason": f"{type(error).__name__}: {error}"[:200],
+                    "suppressed": self._log.take_suppressed(),
+                },
+            )
