@@ -30,6 +30,7 @@ from relay.settings import Peer, Settings
 from relay.wire import ORIGIN, Channels, Forward, interest_change
 from server.core.jsonlog import OncePerBurst
 from server.net.redis_topology import RedisClient, parse_redis_url
+from server.sio.cluster.fanout import OUTBOX_RESUBSCRIBE_GRACE_SECONDS
 from server.sio.cluster.fleet_query import QUERY_TIMEOUT_SECONDS, PendingQuery, SocketInfo
 from server.sio.cluster.recovery import EMIT_SCRIPT, STREAM_SUFFIX
 
@@ -45,6 +46,10 @@ BACKOFF_START, BACKOFF_CAP = 0.1, 1.0
 IDLE_PING_SECONDS = 1.0
 # Messages per pipelined publish: one round trip across the link carries a burst.
 SEND_BATCH = 256
+# After the far Redis restarted: the far servers' listeners retry at most every
+# LISTEN_BACKOFF_CAP and subscribe within the fan-out's own outbox grace; the far
+# relay reads its region's interest within an interest period of that.
+FAR_RESTART_GRACE_SECONDS = OUTBOX_RESUBSCRIBE_GRACE_SECONDS + 0.2
 # A relayed fleet query must answer the asking server before its own timeout.
 QUERY_WAIT_SECONDS = QUERY_TIMEOUT_SECONDS - 0.5
 
@@ -73,6 +78,8 @@ class PeerLink:
         self._wake = asyncio.Event()  # the outbox got a message
         self._back = asyncio.Event()  # the far Redis listens again
         self._failed = False
+        self._far_run_id: str | None = None  # the far Redis's INFO run_id, once read
+        self._resume_at = 0.0  # the outbox waits until then (the far Redis restarted)
         self._pending: dict[str, PendingQuery] = {}
         self._client: aioredis.Redis | None = None
         self._script: AsyncScript | None = None
@@ -169,6 +176,7 @@ class PeerLink:
                         health_check_interval=IDLE_PING_SECONDS,
                     )
                 )
+                await self._note_restart(listener)
                 pubsub = listener.pubsub()
                 await pubsub.subscribe(self.channels.interest_changes, self.reply_channel)
                 await self._read_interest(listener)  # after SUBSCRIBE: no change is missed
@@ -186,6 +194,20 @@ class PeerLink:
                     await close_quietly(pubsub.aclose())
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_CAP)
+
+    async def _note_restart(self, client: aioredis.Redis) -> None:
+        """A far Redis that restarted (a new run id) has no subscriber yet: its servers
+        resubscribe within their listener backoff, and what is published before
+        reaches nobody. The outbox waits `FAR_RESTART_GRACE_SECONDS` then."""
+        info = await asyncio.wait_for(client.info("server"), LINK_TIMEOUT_SECONDS)
+        run_id = str(info.get("run_id"))
+        if self._far_run_id is not None and run_id != self._far_run_id:
+            self._resume_at = time.monotonic() + FAR_RESTART_GRACE_SECONDS
+            log.info(
+                "relay: the far region's Redis restarted; the outbox waits for its servers",
+                extra={"event": "relay.far_restarted", "link": self.name},
+            )
+        self._far_run_id = run_id
 
     async def _read_interest(self, client: aioredis.Redis) -> None:
         members = await asyncio.wait_for(
@@ -239,6 +261,9 @@ class PeerLink:
                 except TimeoutError:
                     await self._ping()
                 continue
+            pause = self._resume_at - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
             self._expire()
             batch = [self.outbox[i] for i in range(min(SEND_BATCH, len(self.outbox)))]
             if not batch:

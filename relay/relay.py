@@ -14,7 +14,10 @@ what that region has members for, and announces its own region's interest.
   subscribe: `server.sio.cluster.fanout` subscribes a room's channel only while
   the node has a member), keeps the set in `<channel>#relay#interest` and
   publishes each change on `<channel>#relay#interest#changes`, where the far
-  relays' links listen (`relay.link`).
+  relays' links listen (`relay.link`). A room stays in the set for
+  `IOFLEET_RELAY_INTEREST_LINGER_SECONDS` after its last member here left (by
+  default the recovery window): a member that dropped and comes back recovers
+  what the far region sent meanwhile.
 - Fleet queries: a server's query is asked of each far region (`PeerLink.query`)
   and answered once, with all their sockets: the asking server counts the relay
   as one more listener, so it waits for one reply from it. A query a far relay
@@ -64,6 +67,7 @@ class Relay:
         self.started = time.monotonic()
         self._client: aioredis.Redis | None = None
         self._queries: set[asyncio.Task[None]] = set()
+        self._gone: dict[bytes, float] = {}  # room channel -> when its last member left
         self._log = OncePerBurst(window=10.0)
         metrics.local_up.set(0)
 
@@ -198,7 +202,7 @@ class Relay:
         channels = await asyncio.wait_for(
             client.pubsub_channels(self.channels.room_pattern), LINK_TIMEOUT_SECONDS
         )
-        current = {bytes(channel) for channel in channels}  # type: ignore[arg-type]
+        current = self._lingering({bytes(channel) for channel in channels})  # type: ignore[arg-type]
         known = self.local_rooms
         key, changes = self.channels.interest_key, self.channels.interest_changes
         pipe = client.pipeline(transaction=True)  # the set and its changes in one step
@@ -222,6 +226,22 @@ class Relay:
         await asyncio.wait_for(pipe.execute(), LINK_TIMEOUT_SECONDS)
         self.local_rooms = current
         self.metrics.local_rooms.set(len(current))
+
+    def _lingering(self, subscribed: set[bytes]) -> set[bytes]:
+        """The interest to announce: the rooms subscribed now, and those whose last
+        member left less than the linger ago. A member that dropped may come back
+        within the recovery window and must find in its region's stream what the
+        far region sent meanwhile, so the far region must go on sending it."""
+        now = time.monotonic()
+        linger = self.settings.linger_seconds()
+        for channel in (self.local_rooms or set()) - subscribed:
+            self._gone.setdefault(channel, now)
+        for channel in subscribed:
+            self._gone.pop(channel, None)
+        for channel, since in list(self._gone.items()):
+            if now - since >= linger:
+                del self._gone[channel]
+        return subscribed | self._gone.keys()
 
     def _warn(self, what: str, error: BaseException) -> None:
         if self._log.should_log():

@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     interest_seconds: float = Field(
         0.05, gt=0, le=10, description="How often this region's room interest is read."
     )
+    interest_linger_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="A room stays of interest this long after its last member left"
+        " (unset: the recovery window with recovery on, else 0).",
+    )
     admin_host: str = Field(
         "127.0.0.1", description="Address of /healthz, /metrics and /admin/status."
     )
@@ -99,6 +105,11 @@ class Settings(BaseSettings):
                     " IOFLEET_RELAY_REQUIRE_TLS is on"
                 )
         return self
+
+    def linger_seconds(self) -> float:
+        if self.interest_linger_seconds is not None:
+            return self.interest_linger_seconds
+        return self.recovery_window_seconds if self.recovery else 0.0
 
     def peer_list(self) -> list[Peer]:
         return parse_peers(self.far_redis_url)

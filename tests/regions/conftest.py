@@ -28,6 +28,11 @@ NODE_ENV = {
 }
 
 
+# A room stays of interest 3 s after its last member left (production: the recovery
+# window), so a test sees a leave take effect, and a client's short drop is covered.
+RELAY_ENV = {"IOFLEET_RELAY_INTEREST_LINGER_SECONDS": "3"}
+
+
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
@@ -104,7 +109,7 @@ def world() -> Iterator[World]:
     regions = {name: Region(name, RedisServer()) for name in ("r1", "r2")}
     ports = {name: region.redis.port for name, region in regions.items()}
     links = links_between(ports)
-    relays = relays_for(ports, links)
+    relays = relays_for(ports, links, RELAY_ENV)
     try:
         for region in regions.values():
             region.redis.start()
