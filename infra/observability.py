@@ -53,6 +53,9 @@ class Thresholds:
     """Client connections on one Redis node (each server pod: one subscriber link per
     shard plus its publishers): 80 % of ElastiCache's maxclients, fixed at 65,000."""
     balancer_5xx_per_5m: int = 10
+    region_link_lag_seconds: float = 5.0
+    """Oldest message an inter-region link holds (docs/regions.md): past the link's
+    own 2 s timeout and reconnect backoff, far users are visibly behind."""
 
 
 def alert_rules(namespace: str, t: Thresholds) -> list[dict[str, Any]]:
@@ -190,6 +193,32 @@ def alert_rules(namespace: str, t: Thresholds) -> list[dict[str, Any]]:
             "warning",
             "the autoscaler's serving certificate expires within 14 days (cert-manager "
             "renewal failing?)",
+        ),
+        # The inter-region relay (docs/regions.md): one series per link (the far region).
+        rule(
+            "IofleetRegionLinkDown",
+            f"min by (link) (iofleet_relay_link_up{{{scoped}}}) == 0",
+            "2m",
+            "critical",
+            "the link to another region is down: its rooms' messages are held in the relay's "
+            "outbox (each region still serves its own users)",
+        ),
+        rule(
+            "IofleetRegionLinkLagging",
+            f"max by (link) (iofleet_relay_link_lag_seconds{{{scoped}}}) "
+            f"> {t.region_link_lag_seconds}",
+            "2m",
+            "warning",
+            f"messages for another region wait more than {t.region_link_lag_seconds}s",
+        ),
+        rule(
+            "IofleetRegionMessagesDropped",
+            f"sum by (link, reason) (rate(iofleet_relay_dropped_messages_total{{{scoped}}}[5m]))"
+            " > 0",
+            "1m",
+            "critical",
+            "the relay's outbox dropped messages for another region (full, expired): its "
+            "users missed them",
         ),
     ]
     return [{"name": "iofleet.rules", "rules": rules}]

@@ -1,4 +1,4 @@
-"""The alert rules read only metrics the server exports, and the memory-growth
+"""The alert rules read only metrics the server and the relay export, and the memory-growth
 rule (closed connections still held, issue 13) is there."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from infra.observability import Thresholds, alert_rules
+from relay.metrics import RelayMetrics
 from server.core.metrics import Metrics
 
 # Metrics the rules read from elsewhere (kubelet/cAdvisor, kube-state-metrics,
@@ -16,7 +17,8 @@ EXTERNAL = re.compile(r"^(container_|kube_|aggregator_|certmanager_)")
 def exported() -> set[str]:
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     names: set[str] = set()
-    for family in Metrics().registry.collect():
+    families = [*Metrics().registry.collect(), *RelayMetrics().registry.collect()]
+    for family in families:
         names.add(family.name)
         names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
     return names
@@ -70,3 +72,12 @@ def test_the_metrics_api_and_its_certificate_are_alerted() -> None:
         expiring
     )
     assert f"< {14 * 86400}" in expiring
+
+
+def test_a_region_link_down_lagging_or_dropping_is_alerted() -> None:
+    """The relay's links (docs/regions.md): down, behind, or dropping, per link."""
+    named = {str(r["alert"]): str(r["expr"]) for r in rules()}
+    assert "iofleet_relay_link_up{" in named["IofleetRegionLinkDown"]
+    assert "by (link)" in named["IofleetRegionLinkDown"]
+    assert "iofleet_relay_link_lag_seconds{" in named["IofleetRegionLinkLagging"]
+    assert "iofleet_relay_dropped_messages_total{" in named["IofleetRegionMessagesDropped"]
