@@ -16,6 +16,7 @@ from iofleet.fleet_state import DEFAULT_STATE_DIR
 from iofleet.loadtest.command import loadtest_command
 from iofleet.node_ids import resolve_backends
 from iofleet.plan_cli import plan_command
+from iofleet.regions_up import down_regions, run_regions
 from iofleet.render import (
     RELOAD_GRACE_S,
     DnsDiscovery,
@@ -240,6 +241,15 @@ def up_command(
             " client handlers that cannot take the extra offset argument.",
         ),
     ] = True,
+    regions: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=4,
+            help="Regional fleets joined by relays over 70 ms delay proxies (docs/regions.md);"
+            " region i's balancer on --port + i - 1.",
+        ),
+    ] = 1,
 ) -> None:
     """Run Redis, N servers and a sticky balancer on this machine (Ctrl-C stops all).
 
@@ -271,6 +281,10 @@ def up_command(
         env={**os.environ, "IOFLEET_RECOVERY": "true" if recovery else "false"},
     )
     console = Console()
+    if regions > 1:
+        if autoscale is not None:
+            raise typer.BadParameter("--regions runs without an autoscaler", param_hint="--max")
+        raise typer.Exit(run_regions(config, regions, console, detach))
     if detach:
         code = run_detached(config, console, autoscale=autoscale)
     else:
@@ -281,6 +295,9 @@ def up_command(
 @app.command("down")
 def down_command(state_dir: StateDirOpt = DEFAULT_STATE_DIR) -> None:
     """Stop the fleet `iofleet up` started from this state directory."""
+    if down_regions(state_dir.resolve()):
+        Console().print("regions stopped")
+        raise typer.Exit(0)
     raise typer.Exit(run_down(state_dir, Console()))
 
 
