@@ -33,7 +33,7 @@ async def serve(settings: Settings) -> None:
         work.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await work
-        relay.close()
+        await relay.close()
         await runner.cleanup()
 
 

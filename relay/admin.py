@@ -1,6 +1,7 @@
-"""The relay's admin listener: `/healthz`, `/readyz` (it hears its region's Redis;
-a far region down is not a readiness failure: the relay is what holds its
-messages), `/metrics` and `/admin/status` (each link: state, lag, held messages)."""
+"""The relay's admin listener: `/healthz`, `/readyz` (its region's Redis answers,
+whether this replica is the active one or the standby; a far region down is not a
+readiness failure: the relay is what holds its messages), `/metrics` and
+`/admin/status` (each link: state, lag, held messages)."""
 
 from __future__ import annotations
 
@@ -28,13 +29,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     relay = request.app[RELAY_KEY]
-    return web.json_response({"ready": relay.local_up}, status=200 if relay.local_up else 503)
+    ready = relay.ready()
+    body = {"ready": ready, "leader": relay.leader, "local": relay.local_up}
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
     relay = request.app[RELAY_KEY]
-    for link in relay.links:
-        link.status()  # nothing to refresh but the lag, which ages while nothing moves
+    for link in relay.links:  # the lag ages while nothing moves: refreshed when read
         relay.metrics.lag.labels(link=link.name).set(link.status()["lag_s"])
     body = generate_latest(relay.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from typing import Any
 
@@ -50,6 +51,27 @@ from server.net.redis_topology import parse_redis_url
 
 log = logging.getLogger("iofleet.relay")
 
+# Renew the lease only if this replica still holds it.
+RENEW_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+RELEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
 
 class Relay:
     def __init__(self, settings: Settings, metrics: RelayMetrics) -> None:
@@ -62,6 +84,9 @@ class Relay:
             PeerLink(self.region, peer, self.channels, settings, metrics)
             for peer in settings.peer_list()
         ]
+        self.instance = secrets.token_hex(8)  # this replica, in the lease
+        self.leader = False
+        self.redis_answered: float | None = None  # monotonic time its Redis last answered
         self.local_up = False
         self.local_rooms: set[bytes] | None = None  # None: not read yet (or read again)
         self.started = time.monotonic()
@@ -75,6 +100,7 @@ class Relay:
         return {
             "region": self.region,
             "redis": str(self.endpoint),
+            "leader": self.leader,
             "local": "up" if self.local_up else "down",
             "local_rooms": len(self.local_rooms or ()),
             "uptime_s": round(time.monotonic() - self.started, 1),
@@ -82,11 +108,75 @@ class Relay:
         }
 
     async def run(self) -> None:
-        await asyncio.gather(
-            self._listen_local(), self._announce_interest(), *(link.run() for link in self.links)
-        )
+        await asyncio.gather(self._hold_lease(), *(link.run() for link in self.links))
 
-    def close(self) -> None:
+    # --- one active relay per region: a lease in its Redis -----------------------------
+
+    async def _hold_lease(self) -> None:
+        """Take the region's lease when it is free and keep it; while this relay holds
+        it, it hears its region and announces its interest. Two replicas run, one
+        forwards: a standby takes over within `IOFLEET_RELAY_LEASE_SECONDS` of the
+        active one's death (SIGKILL, a lost node). Its links run either way, so what
+        an outbox holds is delivered after a hand-over too."""
+        key, lease_ms = self.channels.lease_key, int(self.settings.lease_seconds * 1000)
+        held_until = 0.0
+        active: list[asyncio.Task[None]] = []
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                now = time.monotonic()
+                try:
+                    client = self._local()
+                    if active:
+                        kept = await asyncio.wait_for(
+                            client.eval(RENEW_SCRIPT, 1, key, self.instance, lease_ms),
+                            LINK_TIMEOUT_SECONDS,
+                        )
+                    else:
+                        kept = await asyncio.wait_for(
+                            client.set(key, self.instance, nx=True, px=lease_ms),
+                            LINK_TIMEOUT_SECONDS,
+                        )
+                    self.redis_answered = now
+                    if kept:
+                        held_until = now + self.settings.lease_seconds
+                    elif active:
+                        held_until = 0.0  # another relay holds it now
+                except (OSError, TimeoutError, aioredis.RedisError) as error:
+                    self._warn("relay: the region's lease could not be renewed", error)
+                leader = time.monotonic() < held_until
+                if leader and not active:
+                    log.info("relay active for its region", extra={"event": "relay.active"})
+                    active = [
+                        loop.create_task(self._listen_local()),
+                        loop.create_task(self._announce_interest()),
+                    ]
+                elif not leader and active:
+                    log.warning("relay standing by", extra={"event": "relay.standby"})
+                    await _cancel(active)
+                    active = []
+                    self._set_local(False)
+                self.leader = leader
+                await asyncio.sleep(self.settings.lease_seconds / 3)
+        finally:
+            await _cancel(active)
+
+    def ready(self) -> bool:
+        """Its own Redis answered within a lease: active or standby, it can forward."""
+        answered = self.redis_answered
+        return answered is not None and time.monotonic() - answered < self.settings.lease_seconds
+
+    async def close(self) -> None:
+        """Shutdown: hand the lease over at once (a rolling update does not wait for it
+        to expire); what the outboxes still hold is lost, counted."""
+        if self.leader:
+            try:
+                await asyncio.wait_for(
+                    self._local().eval(RELEASE_SCRIPT, 1, self.channels.lease_key, self.instance),
+                    LINK_TIMEOUT_SECONDS,
+                )
+            except (OSError, TimeoutError, aioredis.RedisError) as error:
+                self._warn("relay: the lease was not released; a standby waits it out", error)
         for link in self.links:
             link.drop_all()
 

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
         description="A room stays of interest this long after its last member left"
         " (unset: the recovery window with recovery on, else 0).",
     )
+    lease_seconds: float = Field(
+        3.0,
+        gt=0.3,
+        le=60,
+        description="One replica forwards; a standby takes over this long after it died.",
+    )
     admin_host: str = Field(
         "127.0.0.1", description="Address of /healthz, /metrics and /admin/status."
     )

@@ -50,6 +50,11 @@ class Channels:
         return f"{self.base}#relay#interest"
 
     @property
+    def lease_key(self) -> str:
+        """Which of a region's relay replicas forwards (`relay.relay.Relay._hold_lease`)."""
+        return f"{self.base}#relay#lease"
+
+    @property
     def interest_changes(self) -> str:
         """`+<room channel>`, `-<room channel>` or `*`, after each change of the set."""
         return f"{self.base}#relay#interest#changes"

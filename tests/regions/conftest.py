@@ -93,6 +93,16 @@ class World:
                         what=f"link {region.name}->{far} {state}",
                     )
 
+    def wait_active(self, region: str, relay: RelayProcess | None = None) -> None:
+        """`region`'s relay (or `relay`) holds the region's lease: it forwards."""
+        chosen = relay or self.regions[region].relay
+        assert chosen is not None
+        wait_until(
+            lambda: get_json(f"{chosen.admin_url}/admin/status")["leader"],
+            timeout=15,
+            what=f"{region}'s relay active",
+        )
+
     def wait_interest(self, source: str, far: str, rooms: int, within: float = 10) -> None:
         """`source`'s relay knows `far` has members in `rooms` rooms."""
         wait_until(

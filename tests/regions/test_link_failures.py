@@ -11,6 +11,7 @@ import signal
 import time
 from typing import Any
 
+from iofleet.regions import RelayProcess
 from tests.regions.conftest import RELAY_ENV, World, get_json
 from tests.server.conftest import PyClient
 from tests.support.metrics import metric
@@ -128,7 +129,9 @@ async def test_a_relay_killed_and_started_again_joins_the_rooms_again(
     assert max(took) < 0.5, took  # each region goes on by itself
     r1.relay.start(world.log_dir, os.environ)
     world.wait_links("up")
+    world.wait_active("r1")  # once the dead relay's lease ran out
     world.wait_interest("r1", "r2", 1)
+    world.wait_interest("r2", "r1", 1)
     await say(alice, ["A-again"])
     await bob.wait(lambda: texts(bob, "A-again"), timeout=10)
     await say(bob, ["B-again"])
@@ -152,3 +155,38 @@ async def test_a_node_killed_leaves_the_region_s_other_members_joined(
     await carol.wait(lambda: texts(carol, "A-after-kill"), timeout=10)
     status = get_json(f"{world.regions['r1'].relay.admin_url}/admin/status")  # type: ignore[union-attr]
     assert [link["state"] for link in status["links"]] == ["up"]
+
+
+async def test_a_standby_relay_takes_over_when_the_active_one_is_killed(
+    world: World, py_clients: Any
+) -> None:
+    """Two relay replicas in r1: one forwards (each message crosses once), and when
+    it is killed with SIGKILL the other takes the lease and forwards."""
+    r1 = world.regions["r1"]
+    active = r1.relay
+    assert active is not None
+    standby = RelayProcess("r1", active.redis_url, active.far, active.env)
+    standby.start(world.log_dir, os.environ)
+    try:
+        alice, bob = await in_room(world, py_clients)
+        leaders = [
+            get_json(f"{relay.admin_url}/admin/status")["leader"] for relay in (active, standby)
+        ]
+        assert leaders == [True, False]
+        await say(alice, ["A-one"])
+        await bob.wait(lambda: texts(bob, "A-one"))
+        await asyncio.sleep(0.3)
+        assert texts(bob, "A") == ["A-one"]  # once, not once per replica
+
+        assert active.process is not None
+        active.process.send_signal(signal.SIGKILL)
+        active.process.wait(10)
+        world.wait_active("r1", standby)
+        world.wait_interest("r2", "r1", 1)
+        await say(alice, ["A-two"])
+        await bob.wait(lambda: texts(bob, "A-two"), timeout=10)
+        await say(bob, ["B-two"])
+        await alice.wait(lambda: texts(alice, "B-two"), timeout=10)
+        assert texts(bob, "A") == ["A-one", "A-two"]
+    finally:
+        standby.stop()
