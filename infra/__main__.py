@@ -29,6 +29,7 @@ from infra.network import Network, NetworkArgs
 from infra.node_autoscaling import Headroom, HeadroomArgs, NodeAutoscaler, NodeAutoscalerArgs
 from infra.observability import Observability, ObservabilityArgs
 from infra.registry import ImageRepositories, ImageRepositoriesArgs
+from infra.region_link import PeerNetwork, RegionPeering, RegionPeeringArgs, Relay, RelayArgs
 from infra.workloads import (
     HAPROXY_LABELS,
     Autoscaler,
@@ -156,6 +157,26 @@ def regional(cfg: RegionalConfig) -> None:
             depends_on=[service, *scaled],
         ),
     )
+    if cfg.region_peers:
+        # The far regions' Redis URLs (endpoint + AUTH token) are secret outputs of
+        # their stacks; they reach the relay only through its Secret.
+        far = {
+            peer: pulumi.StackReference(f"relay-peer-{peer}", stack_name=qualify(peer))
+            for peer in cfg.region_peers
+        }
+        Relay(
+            "relay",
+            RelayArgs(
+                settings=cfg,
+                provider=cluster.provider,
+                redis_url=redis.url,
+                far_redis_urls={
+                    peer: pulumi.Output.secret(ref.require_output("redis_url")).apply(str)
+                    for peer, ref in far.items()
+                },
+                depends_on=[service],
+            ),
+        )
     pulumi.export("region", cfg.region)
     pulumi.export("cluster_name", cluster.name)
     pulumi.export("kubeconfig", cluster.kubeconfig)
@@ -169,14 +190,38 @@ def regional(cfg: RegionalConfig) -> None:
     pulumi.export("public_scheme", "https" if cfg.certificate_arn else "http")
     pulumi.export("balancer_arn", balancer.lb_arn)
     pulumi.export("balancer_zone_id", balancer.lb_zone_id)
+    # What the global stack peers (region_peering) and the far relays read (secret).
+    pulumi.export("vpc_id", network.vpc_id)
+    pulumi.export("vpc_cidr", network.vpc_cidr)
+    pulumi.export("private_route_table_ids", network.private_route_table_ids)
+    pulumi.export(
+        "redis_security_group_id",
+        redis.replication_group.security_group_ids.apply(lambda ids: ids[0]),
+    )
+    pulumi.export("redis_url", redis.url)
     if secret is not None and not cfg.jwt_secret.get_secret_value():
         pulumi.export("jwt_secret", secret)
 
 
+GLOBAL_TAGS = {"iofleet:stack": "global", "iofleet:managed-by": "pulumi"}
+
+
 def global_(cfg: GlobalConfig) -> None:
     regions = []
+    networks = []
     for name in (qualify(stack) for stack in cfg.regional_stacks):
         ref = pulumi.StackReference(name)
+        if cfg.region_peering:
+            networks.append(
+                PeerNetwork(
+                    key=name.rsplit("/", 1)[-1],
+                    region=ref.require_output("region"),
+                    vpc_id=ref.require_output("vpc_id"),
+                    vpc_cidr=ref.require_output("vpc_cidr"),
+                    private_route_table_ids=ref.require_output("private_route_table_ids"),
+                    redis_security_group_id=ref.require_output("redis_security_group_id"),
+                )
+            )
         regions.append(
             Region(
                 stack=name,
@@ -200,6 +245,12 @@ def global_(cfg: GlobalConfig) -> None:
             health_check_path=cfg.health_check_path,
         ),
     )
+    if networks:
+        peering = RegionPeering(
+            "region-link",
+            RegionPeeringArgs(networks=networks, aws_access=aws_access(), tags=GLOBAL_TAGS),
+        )
+        pulumi.export("region_peering_ids", peering.connection_ids)
     pulumi.export("endpoint", routing.endpoint)
     pulumi.export("regions", [r.stack for r in regions])
 

@@ -268,6 +268,11 @@ class Settings(BaseModel):
         strict=True,
     )
     alarm_email: str = _key("", "Email subscribed to the CloudWatch alarm topic.")
+    region_peers: tuple[str, ...] = _key(
+        (),
+        "Regional stacks whose rooms this region joins: a relay publishes into their Redis "
+        "(docs/regions.md); needs the global stack's region_peering.",
+    )
     # --- global
     regional_stacks: tuple[str, ...] = _key((), "Regional stacks to route over (global stack).")
     global_routing: Routing = _key("route53", "route53 (latency records) or accelerator.")
@@ -284,6 +289,12 @@ class Settings(BaseModel):
     # cannot be rescheduled.
     image_keep_count: int = _key(
         50, "Images kept per repository, newest first (registry lifecycle policy).", ge=1, le=1000
+    )
+    region_peering: bool = _key(
+        False,
+        "Peer the regional stacks' VPCs for their relays: routes and the Redis port only "
+        "(docs/regions.md).",
+        strict=True,
     )
 
     # --- one key at a time (earlier keys are in info.data)
@@ -457,6 +468,16 @@ class Settings(BaseModel):
     def _stacks(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         if info.data.get("kind") == "global" and not value:
             raise ValueError("is required: a list of regional stack names")
+        return value
+
+    @field_validator("region_peers")
+    @classmethod
+    def _peers(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("names a stack twice")
+        if any(not re.fullmatch(r"[a-z0-9-]+", peer) for peer in value):
+            # The relay names its links by these (IOFLEET_RELAY_REGION's rule).
+            raise ValueError("a peer is a regional stack name of [a-z0-9-], e.g. prod-eu-west-1")
         return value
 
     @field_validator("domain", "hosted_zone_id")

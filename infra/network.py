@@ -28,6 +28,8 @@ class Network(pulumi.ComponentResource):
     vpc_cidr: pulumi.Output[str]
     public_subnet_ids: list[pulumi.Output[str]]
     private_subnet_ids: list[pulumi.Output[str]]
+    private_route_table_ids: list[pulumi.Output[str]]
+    """One per AZ: where a peered region's routes go (infra/region_link.py)."""
 
     def __init__(
         self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None
@@ -72,11 +74,14 @@ class Network(pulumi.ComponentResource):
         nat_count = 1 if args.single_nat_gateway else len(zones)
         nats = [self._create_nat(zones[i], public[i]) for i in range(nat_count)]
         nats = nats * len(zones) if args.single_nat_gateway else nats
+        self.private_route_table_ids = [
+            self._private_route_table(zone, nat) for zone, nat in zip(zones, nats, strict=True)
+        ]
         private = [
-            self._create_subnet(
-                zone, cidr, public=False, route_table_id=self._private_route_table(zone, nat)
+            self._create_subnet(zone, cidr, public=False, route_table_id=table)
+            for zone, cidr, table in zip(
+                zones, private_cidrs, self.private_route_table_ids, strict=True
             )
-            for zone, cidr, nat in zip(zones, private_cidrs, nats, strict=True)
         ]
 
         self.vpc_id = self._vpc.id

@@ -118,7 +118,35 @@ def _server_containers(resources: Iterable[Resource]) -> list[tuple[str, Mapping
     return found
 
 
+def _is_relay(container: Mapping[str, Any]) -> bool:
+    """An inter-region relay container: runs `python -m relay` (docs/regions.md)."""
+    command = [str(c) for c in (container.get("command") or []) + (container.get("args") or [])]
+    return "relay" in command and "-m" in command
+
+
 # --- resource checks -----------------------------------------------------------------
+
+
+def check_relay_tls(props: Mapping[str, Any]) -> list[str]:
+    """A relay crosses regions: it must refuse a far Redis without TLS, and the far
+    URLs (endpoint and AUTH token) must come from a Secret, never a plain value."""
+    problems = []
+    for container in _containers(_dig(props, *WORKLOADS[DEPLOYMENT])):
+        if not _is_relay(container):
+            continue
+        env = {str(e.get("name")): e for e in container.get("env") or []}
+        if str(_dig(env.get("IOFLEET_RELAY_REQUIRE_TLS"), "value")).lower() != "true":
+            problems.append(
+                "relay: IOFLEET_RELAY_REQUIRE_TLS must be true (a cross-region path without "
+                "TLS carries users' messages and the far Redis AUTH token in clear)"
+            )
+        far = env.get("IOFLEET_RELAY_FAR_REDIS_URL")
+        if far is None or _dig(far, "valueFrom", "secretKeyRef") is None:
+            problems.append(
+                "relay: IOFLEET_RELAY_FAR_REDIS_URL must come from a Secret (secretKeyRef), "
+                "not a plain value"
+            )
+    return problems
 
 
 def check_redis(props: Mapping[str, Any]) -> list[str]:
@@ -617,6 +645,12 @@ def _stack_policy(
 
 
 POLICIES = [
+    _resource_policy(
+        "relay-far-redis-over-tls",
+        "Inter-region relays: TLS to the far Redis required, its URL from a Secret.",
+        {DEPLOYMENT},
+        lambda _t, props: check_relay_tls(props),
+    ),
     _resource_policy(
         "redis-tls-auth-multi-az",
         "ElastiCache: TLS in transit, auth token, encryption at rest, Multi-AZ, failover "

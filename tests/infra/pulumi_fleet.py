@@ -133,6 +133,19 @@ REGIONAL_OUTPUTS = {
 }
 
 
+def _network_outputs(region: str) -> dict[str, Any]:
+    """What a regional stack exports for the inter-region link (infra/region_link.py),
+    with the example stacks' CIDRs."""
+    cidr = {"us-east-1": "10.10.0.0/16", "eu-west-1": "10.20.0.0/16"}.get(region, "10.0.0.0/16")
+    return {
+        "vpc_id": f"vpc-{region}",
+        "vpc_cidr": cidr,
+        "private_route_table_ids": [f"rtb-{region}-{zone}" for zone in "abc"],
+        "redis_security_group_id": f"sg-redis-{region}",
+        "redis_url": f"rediss://:token-{region}@master.{region}.cache.amazonaws.com:6379/0",
+    }
+
+
 CALLER_ROLE = "arn:aws:iam::444455556666:role/ci-deployer"
 """Who the mocked AWS says runs `up` (an assumed-role session of this role)."""
 
@@ -187,6 +200,7 @@ class FleetMocks(pulumi.runtime.Mocks):
             "pulumi:pulumi:StackReference": {
                 "outputs": {
                     **REGIONAL_OUTPUTS,
+                    **_network_outputs(_region_of(inputs.get("name", name))),
                     "region": _region_of(inputs.get("name", name)),
                     "balancer": self.balancers.get(_region_of(inputs.get("name", name)), "alb"),
                     # One region without a certificate, to show what differs for it.
@@ -194,7 +208,7 @@ class FleetMocks(pulumi.runtime.Mocks):
                         "http" if _region_of(inputs.get("name", name)) == HTTP_REGION else "https"
                     ),
                 },
-                "secretOutputNames": [],
+                "secretOutputNames": ["redis_url"],
             },
         }
         return {**common, **extra.get(typ, {})}

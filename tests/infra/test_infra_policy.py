@@ -112,6 +112,7 @@ def test_the_pack_has_every_invariant() -> None:
         "karpenter-off-its-own-nodes",
         "headroom-below-servers",
         "recovery-needs-supported-redis",
+        "relay-far-redis-over-tls",
     }
 
 
