@@ -231,7 +231,7 @@ class PeerLink:
             return
         change = interest_change(data)
         if change is None:
-            self.metrics.bad_messages.inc()
+            self.metrics.bad_message(f"an interest change from {self.name}: {data[:80]!r}")
             return
         sign, room_channel = change
         if sign == "*":
@@ -248,7 +248,7 @@ class PeerLink:
             pending = self._pending.get(str(reply["id"]))
             sockets = [SocketInfo.from_wire(item) for item in reply["sockets"]]
         except (ValueError, KeyError, TypeError):
-            self.metrics.bad_messages.inc()
+            self.metrics.bad_message(f"a fleet query reply from {self.name}")
             return
         if pending is not None:  # else: late, after its timeout
             pending.add(sockets)
@@ -346,8 +346,8 @@ class PeerLink:
                 except aioredis.ResponseError as error:
                     if "NOSCRIPT" in str(error):
                         raise  # the far Redis lost its scripts: a new connection loads it
-                    self.metrics.bad_messages.inc()  # this one message; the rest go on
-                    self._warn("relay: the far Redis refused a message", error)
+                    # This one message; the rest go on.
+                    self.metrics.bad_message(f"refused by {self.name}'s Redis: {error}"[:200])
             if size == 0:
                 self._set(publishing=True)
                 continue

@@ -3,14 +3,20 @@ The names are a contract: the alert rules (infra/observability.py) and the READM
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
+
+from server.core.jsonlog import OncePerBurst
+
+log = logging.getLogger("iofleet.relay")
 
 
 @dataclass
 class RelayMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    _bad_log: OncePerBurst = field(default_factory=lambda: OncePerBurst(window=10.0))
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -78,3 +84,17 @@ class RelayMetrics:
             "Messages the relay could not read (not a JSON object); left alone.",
             registry=r,
         )
+
+    def bad_message(self, what: str) -> None:
+        """A message the relay cannot read: counted, one log line per burst, left alone
+        (the servers decide what to do with it; the relay forwards nothing of it)."""
+        self.bad_messages.inc()
+        if self._bad_log.should_log():
+            log.warning(
+                "relay: a message it cannot read was left alone",
+                extra={
+                    "event": "relay.bad_message",
+                    "what": what,
+                    "suppressed": self._bad_log.take_suppressed(),
+                },
+            )

@@ -244,7 +244,7 @@ class Relay:
             return
         message = decode(data)
         if message is None:
-            self.metrics.bad_messages.inc()
+            self.metrics.bad_message(f"not a JSON object on {channel[:120]!r}")
             return
         forward = forward_of(message, channel.decode(), self.region, time.monotonic())
         if forward is None:
@@ -255,7 +255,7 @@ class Relay:
     def _on_query(self, data: bytes) -> None:
         request = decode(data)
         if request is None or not isinstance(request.get("reply_to"), str) or "id" not in request:
-            self.metrics.bad_messages.inc()
+            self.metrics.bad_message("a fleet query without id or reply_to")
             return
         task = asyncio.get_running_loop().create_task(self._answer(request))
         self._queries.add(task)
