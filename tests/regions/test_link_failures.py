@@ -60,6 +60,11 @@ async def test_a_cut_link_holds_messages_in_order_and_delivers_them_when_back(
     assert max(took) < 0.5, took
     assert texts(alice, "A") == sent_a and texts(bob, "B") == sent_b
     assert texts(bob, "A") == [] and texts(alice, "B") == []
+    # A fleet query does not wait on the cut link: r1's sockets, at once.
+    start = time.monotonic()
+    found = await alice.sio.call("who", {"room": ROOM}, timeout=10)
+    assert time.monotonic() - start < 1.0
+    assert [user for _, _, user, _ in found] == ["alice"]
     r1 = world.regions["r1"]
     held = r1.link_status("r2")
     assert held["state"] == "down" and held["held"] == 20 and held["lag_s"] > 0
