@@ -156,6 +156,7 @@ class Relay:
                     await _cancel(active)
                     active = []
                     self._set_local(False)
+                    self.local_rooms = None  # another replica announced meanwhile: re-read all
                 self.leader = leader
                 await asyncio.sleep(self.settings.lease_seconds / 3)
         finally:
