@@ -28,8 +28,8 @@ from infra.jwt_secret import jwt_secret, previous_jwt_secret
 from infra.network import Network, NetworkArgs
 from infra.node_autoscaling import Headroom, HeadroomArgs, NodeAutoscaler, NodeAutoscalerArgs
 from infra.observability import Observability, ObservabilityArgs
-from infra.registry import ImageRepositories, ImageRepositoriesArgs
 from infra.region_link import PeerNetwork, RegionPeering, RegionPeeringArgs, Relay, RelayArgs
+from infra.registry import ImageRepositories, ImageRepositoriesArgs
 from infra.workloads import (
     HAPROXY_LABELS,
     Autoscaler,
