@@ -13,9 +13,10 @@ autoscaler), then per run:
 Baseline, measured in the same run: a bare server process from spawn to /readyz 200.
 Prints medians (and min/max) and the ratio of the reaction to that baseline.
 
-`--spare N` keeps N warm spares (IOFLEET_AUTOSCALER_SPARE; `--max` grows by N so a new
-spare has a slot): the reaction is then step -> a ready spare put in rotation (its
-`promoted` event is the decision), and each run starts once the spares are ready again.
+`--spare N` keeps N warm spares (`iofleet up --spare N`, which gives each spare a
+HAProxy slot beyond `--max`): the reaction is then step -> a ready spare put in rotation
+(its `promoted` event is the decision), and each run starts once the spares are ready
+again.
 
 `python -m bench.autoscaler_bench [--runs 5] [--sync 5] [--scrape 1] [--window 5] [--spare 1]`
 """
@@ -203,15 +204,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "IOFLEET_AUTOSCALER_SYNC_SECONDS": str(args.sync),
         "IOFLEET_AUTOSCALER_SCRAPE_SECONDS": str(args.scrape),
         "IOFLEET_AUTOSCALER_SCALE_DOWN_STABILIZATION_SECONDS": str(args.window),
-        "IOFLEET_AUTOSCALER_SPARE": str(args.spare),
         "IOFLEET_LOG_LEVEL": "WARNING",
     }
     runs: list[dict[str, Any]] = []
     baselines: list[float] = []
     with TemporaryDirectory(prefix="iofleet-autoscaler-bench-") as tmp:
         state_dir = Path(tmp) / "fleet"
-        up = ["up", "--detach", "--servers", "2", "--min", "2", "--max", str(3 + args.spare)]
-        up += ["--target-connections", "20", "--port", str(free_port())]
+        up = ["up", "--detach", "--servers", "2", "--min", "2", "--max", "3"]
+        up += ["--spare", str(args.spare), "--target-connections", "20", "--port", str(free_port())]
         iofleet(env, *up, "--state-dir", str(state_dir))
         try:
             state = FleetState.load(state_dir)

@@ -231,6 +231,16 @@ def up_command(
     status_port: Annotated[
         int, typer.Option(min=0, max=65535, help="Autoscaler status page port; 0 = a free one.")
     ] = 0,
+    spare: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=10,
+            envvar="IOFLEET_AUTOSCALER_SPARE",
+            help="Warm spares (with --max, haproxy only): servers kept started and ready out"
+            " of the balancer's rotation, put in rotation first on a scale-up.",
+        ),
+    ] = 0,
     recovery: Annotated[
         bool,
         typer.Option(
@@ -268,9 +278,19 @@ def up_command(
                 f"needs --min ({low}) and --servers ({servers}) at most --max ({max_servers})",
                 param_hint="--max",
             )
-        autoscale = AutoscaleConfig(low, max_servers, target_connections or None, status_port)
-    elif min_servers or target_connections:
-        raise typer.BadParameter("--min/--target-connections need --max", param_hint="--max")
+        if spare and kind != "haproxy":
+            # nginx's pool follows every server in fleet.json: a spare would be in rotation.
+            raise typer.BadParameter(
+                "warm spares need the haproxy balancer (nginx pools every listed server)",
+                param_hint="--spare",
+            )
+        autoscale = AutoscaleConfig(
+            low, max_servers, target_connections or None, status_port, spare
+        )
+    elif min_servers or target_connections or spare:
+        raise typer.BadParameter(
+            "--min/--target-connections/--spare need --max", param_hint="--max"
+        )
     config = FleetConfig(
         servers=servers,
         balancer=kind,  # type: ignore[arg-type]
@@ -278,6 +298,7 @@ def up_command(
         state_dir=state_dir,
         stickiness=stickiness or None,
         max_servers=max_servers or None,
+        warm_spares=spare if max_servers else 0,
         env={**os.environ, "IOFLEET_RECOVERY": "true" if recovery else "false"},
     )
     console = Console()

@@ -48,15 +48,19 @@ class FleetConfig:
     """Most servers the fleet may grow to (the autoscaler's `--max`): HAProxy gets a
     spare slot for each of `node<servers+1>..node<max>`, filled without a reload."""
 
+    warm_spares: int = 0
+    """The autoscaler's warm spares (`--spare`): each takes a slot beyond the most
+    servers, so a spare stands ready even at `--max`."""
+
     surge_slots: int = 1
-    """HAProxy slots beyond the most servers: `iofleet restart` starts each replacement
-    there before the server it replaces drains (HAProxy cannot add a slot with a cookie
-    and a sid rule at runtime)."""
+    """HAProxy slots beyond the most servers and spares: `iofleet restart` starts each
+    replacement there before the server it replaces drains (HAProxy cannot add a slot
+    with a cookie and a sid rule at runtime)."""
 
     @property
     def spare_slots(self) -> tuple[str, ...]:
         """Node ids of the servers that may start later, in the order they should."""
-        top = max(self.max_servers or 0, self.servers) + self.surge_slots
+        top = max(self.max_servers or 0, self.servers) + self.warm_spares + self.surge_slots
         return tuple(f"node{index}" for index in range(self.servers + 1, top + 1))
 
 

@@ -1,9 +1,10 @@
 """`<state dir>/fleet.json`: what a local fleet runs, for `iofleet down` and the autoscaler.
 
 The `iofleet up` process writes it as it starts things; the autoscaler's local backend
-adds and removes servers and records itself under `autoscaler`. Both change it with
-`FleetState.update`, which holds a lock over read-change-write, so neither loses the
-other's change. `iofleet down` stops every recorded PID.
+adds and removes servers and records itself under `autoscaler`; `iofleet restart`
+records its `hold` (`autoscaler.local.hold`). All change it with `FleetState.update`,
+which holds a lock over read-change-write, so none loses another's change. `iofleet
+down` stops every recorded PID.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class ServerRecord:
     pid: int
     port: int
     admin_port: int
+    spare: bool = False
+    """A warm spare: started and ready, out of the balancer's rotation, not a replica
+    (recorded here, so a restarted autoscaler finds it as a spare, not as a replica)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,21 @@ class AutoscalerRecord:
     status_url: str
 
 
+@dataclass(frozen=True)
+class HoldRecord:
+    """Who may start and stop servers right now: while a hold is recorded, its holder
+    (`iofleet restart`), not the autoscaler (`autoscaler.local.hold` has the protocol)."""
+
+    pid: int
+    """The holder; a hold whose holder is gone is stale and cleared by the autoscaler."""
+    reason: str
+    acknowledged_by: int | None = None
+    """The autoscaler's pid once it has paused, with no start or drain of its own left."""
+    replacing: str | None = None
+    """The server the holder is replacing now: neither a replica nor a sample any more
+    (its replacement is counted in its place)."""
+
+
 @dataclass
 class FleetState:
     """The whole of fleet.json. Field names are its keys (README "Local fleet")."""
@@ -76,6 +95,7 @@ class FleetState:
     balancer: BalancerRecord | None = None
     redis: RedisRecord | None = None
     autoscaler: AutoscalerRecord | None = None
+    hold: HoldRecord | None = None
 
     def add_server(self, server: ServerRecord) -> None:
         if any(s.node_id == server.node_id for s in self.servers):
@@ -88,6 +108,10 @@ class FleetState:
                 self.servers.remove(server)
                 return server
         raise KeyError(f"no server {node_id} in the fleet")
+
+    def replace_server(self, server: ServerRecord) -> None:
+        """The record of `server.node_id`, changed (a spare put in rotation)."""
+        self.servers[self.servers.index(self.server(server.node_id))] = server
 
     def server(self, node_id: str) -> ServerRecord:
         for server in self.servers:
@@ -113,6 +137,7 @@ class FleetState:
             balancer=record(BalancerRecord, data.get("balancer")),
             redis=record(RedisRecord, data.get("redis")),
             autoscaler=record(AutoscalerRecord, data.get("autoscaler")),
+            hold=record(HoldRecord, data.get("hold")),
         )
 
     @classmethod

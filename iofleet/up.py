@@ -49,6 +49,8 @@ class AutoscaleConfig:
     """None: the autoscaler's own default (or IOFLEET_AUTOSCALER_TARGET_CONNECTIONS)."""
     status_port: int = 0
     """0: a free port (the URL is printed and in fleet.json)."""
+    spare: int = 0
+    """Warm spares (`--spare`, IOFLEET_AUTOSCALER_SPARE): started, out of rotation."""
 
     def env(self) -> dict[str, str]:
         prefix = "IOFLEET_AUTOSCALER_"
@@ -57,6 +59,7 @@ class AutoscaleConfig:
             f"{prefix}MAX": str(self.max),
             f"{prefix}STATUS_HOST": "127.0.0.1",
             f"{prefix}STATUS_PORT": str(self.status_port or free_port()),
+            f"{prefix}SPARE": str(self.spare),
         }
         if self.target_connections is not None:
             env[f"{prefix}TARGET_CONNECTIONS"] = f"{self.target_connections:g}"
@@ -67,7 +70,7 @@ class AutoscaleConfig:
         args = ["--min", str(self.min), "--max", str(self.max)]
         if self.target_connections is not None:
             args += ["--target-connections", f"{self.target_connections:g}"]
-        return [*args, "--status-port", str(self.status_port)]
+        return [*args, "--status-port", str(self.status_port), "--spare", str(self.spare)]
 
 
 def start_autoscaler(

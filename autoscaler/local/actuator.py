@@ -7,15 +7,21 @@ into fleet.json the moment its process exists and leaves it only once it is stop
 `iofleet down` always finds it.
 
 Warm spares (`spare`, the local form of the cluster's headroom): servers started and
-ready but kept out of the balancer's rotation (their HAProxy slot stays unfilled). A
-scale-up puts a ready spare in rotation first - a runtime-API call instead of a process
+ready but kept out of the balancer's rotation (their HAProxy slot stays unfilled),
+marked `spare` in fleet.json, so an autoscaler started again finds them as spares. A
+scale-up puts a ready spare in rotation first - a runtime-API join instead of a process
 start - and starts a new spare behind it; every sync tops the spares up.
+
+A hold in fleet.json (`autoscaler.local.hold`, taken by `iofleet restart`) pauses all
+of that: no start, promotion or drain while it lasts, `owns_replicas` False so the
+control loop decides without acting, and the server being replaced counted out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -26,18 +32,21 @@ from pathlib import Path
 from typing import Any
 
 from autoscaler.kube.actuator import deletion_ranks
+from autoscaler.local.hold import observe_hold
 from autoscaler.local.levers import Lever, node_number
 from autoscaler.local.source import admin_url
 from autoscaler.model import Node
 from autoscaler.settings import AUTOSCALER_ENV_PREFIX
 from iofleet.fleet_secrets import load_secrets
-from iofleet.fleet_state import FleetState, ServerRecord
+from iofleet.fleet_state import FleetState, HoldRecord, ServerRecord
 from iofleet.local_servers import LocalServer, ServerSpec, start_server
 from iofleet.processes import StartError, stop_pid
 from iofleet.teardown import is_ours
 
 log = logging.getLogger("iofleet.autoscaler.local.actuator")
 EVENTS_KEPT = 200
+HOLD_POLL_SECONDS = 0.5
+"""How often a hold is read between syncs (a holder waits for our acknowledgement)."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,8 @@ class FleetEvent:
     node: str
     kind: str
     """started | in_rotation | start_failed | drain_started | stopped, and for warm spares
-    spare_started | spare_ready | promoted (a spare chosen for a scale-up)"""
+    spare_started | spare_ready | promoted (a spare chosen for a scale-up), and held |
+    resumed (node "-") when a hold (`iofleet restart`) starts and ends"""
     detail: str = ""
 
 
@@ -77,59 +87,102 @@ class LocalActuator:
         self._tasks: set[asyncio.Task[None]] = set()
         self._nodes: list[Node] = []
         self._spare = spare
-        self._spares: dict[str, LocalServer] = {}
-        """Ready spares, out of rotation, by node id."""
         self._starting: set[str] = set()
         """Node ids handed to a start task that has not finished (claimed slots)."""
         self._spares_starting: set[str] = set()
+        self.hold: HoldRecord | None = None
+        """The hold in force (`autoscaler.local.hold`), as last observed."""
 
     @property
     def owns_replicas(self) -> bool:
-        return True
+        # While a hold lasts its holder moves the servers: decide, do not act.
+        return self.hold is None
 
     def _servers(self) -> list[ServerRecord]:
         state = FleetState.load(self._state_dir)
         return state.servers if state is not None else []
 
+    def observe_hold(self) -> HoldRecord | None:
+        """Read the hold (acknowledging it once nothing of ours is in flight); logged and
+        in the events when it starts and ends."""
+        before = self.hold
+        self.hold = observe_hold(self._state_dir, os.getpid(), idle=not self._tasks)
+        if before is None and self.hold is not None:
+            self._event("-", "held", f"pid {self.hold.pid}: {self.hold.reason}")
+            log.info(
+                "paused: the fleet is held by pid %d (%s)", self.hold.pid, self.hold.reason,
+                extra={"event": "local.held"},
+            )  # fmt: skip
+        elif before is not None and self.hold is None:
+            self._event("-", "resumed", f"pid {before.pid}: {before.reason}")
+            log.info(
+                "resumed: the hold of pid %d ended", before.pid, extra={"event": "local.resumed"}
+            )
+        return self.hold
+
+    async def watch_hold(self, every: float = HOLD_POLL_SECONDS) -> None:
+        """Between syncs too: a holder waits for our acknowledgement, not for a sync."""
+        while True:
+            try:
+                self.observe_hold()
+            except (OSError, ValueError) as error:  # fleet.json unreadable for a moment
+                log.warning("reading the hold failed: %s", error)
+            await asyncio.sleep(every)
+
     @property
-    def spares(self) -> set[str]:
+    def leaving(self) -> set[str]:
+        """Servers on their way out: draining, or being replaced under a hold."""
+        replacing = self.hold.replacing if self.hold is not None else None
+        return self.draining | ({replacing} if replacing else set())
+
+    def _spares_of(self, servers: Sequence[ServerRecord]) -> set[str]:
         """Spares, ready or starting: not replicas, not scraped, not in rotation."""
-        return set(self._spares) | self._spares_starting
+        return {s.node_id for s in servers if s.spare} | self._spares_starting
 
     def _live(self, servers: Sequence[ServerRecord]) -> list[ServerRecord]:
-        hidden = self.draining | self.spares
-        return [s for s in servers if s.node_id not in hidden]
+        hidden = self.leaving | self._spares_starting
+        return [s for s in servers if not s.spare and s.node_id not in hidden]
 
     async def current_replicas(self) -> int:
         return len(self._live(self._servers()))
 
     async def rank(self, nodes: Sequence[Node]) -> None:
         self._nodes = list(nodes)  # the emptiest is picked at scale-down time
-        # The controller calls this every sync: the spares are topped up then.
-        await self._refill_spares()
+        # The controller calls this first in every sync: the hold is read, and the
+        # spares are topped up, then.
+        if self.observe_hold() is None:
+            await self._refill_spares()
 
     async def _free_names(self, servers: Sequence[ServerRecord], count: int) -> list[str]:
-        in_use = {s.node_id for s in servers} | self._starting | set(self._spares)
+        in_use = {s.node_id for s in servers} | self._starting
         return await self._lever.free_names(in_use, count)
 
     async def _refill_spares(self) -> None:
-        wanted = self._spare - len(self.spares)
+        servers = self._servers()
+        wanted = self._spare - len(self._spares_of(servers))
         if wanted <= 0:
             return
-        for name in await self._free_names(self._servers(), wanted):
+        names = await self._free_names(servers, wanted)
+        if self.hold is not None:  # taken while we asked the balancer
+            return
+        for name in names:
             self._spares_starting.add(name)
             self._starting.add(name)
             self._spawn(self._start(name, spare=True))
 
     async def scale(self, replicas: int) -> None:
+        if self.hold is not None:
+            return  # the control loop does not call this under a hold; belt and braces
         servers = self._servers()
         live = self._live(servers)
         if replicas > len(live):
             missing = replicas - len(live)
-            for name in sorted(self._spares, key=node_number)[:missing]:
-                server = self._spares.pop(name)
-                self._event(name, "promoted", "warm spare")
-                self._spawn(self._promote(server))
+            ready = sorted(
+                (s for s in servers if s.spare and s.node_id not in self._spares_starting),
+                key=lambda s: node_number(s.node_id),
+            )
+            for record in ready[:missing]:
+                self._promote_record(record)
                 missing -= 1
             names = await self._free_names(servers, missing) if missing else []
             if len(names) < missing:
@@ -138,6 +191,8 @@ class LocalActuator:
                     len(names), missing,
                     extra={"event": "local.no_slot"},
                 )  # fmt: skip
+            if self.hold is not None:  # taken while we asked the balancer
+                return
             for name in names:
                 self._starting.add(name)
                 self._spawn(self._start(name))
@@ -146,6 +201,13 @@ class LocalActuator:
             for record in self.pick_emptiest(live, len(live) - replicas):
                 self.draining.add(record.node_id)
                 self._spawn(self._stop(record))
+
+    def _promote_record(self, record: ServerRecord) -> None:
+        """A ready spare becomes a replica (in fleet.json at once) and joins the rotation."""
+        promoted = dataclasses.replace(record, spare=False)
+        FleetState.update(self._state_dir, lambda fleet: fleet.replace_server(promoted))
+        self._event(record.node_id, "promoted", "warm spare")
+        self._spawn(self._promote(promoted))
 
     def pick_emptiest(self, live: Sequence[ServerRecord], count: int) -> list[ServerRecord]:
         """`count` servers, emptiest first (`deletion_ranks` order); a server not yet seen
@@ -184,7 +246,8 @@ class LocalActuator:
         self._started[name] = server
         self._event(name, "spare_started" if spare else "started", f"pid {server.pid}")
         try:
-            FleetState.update(self._state_dir, lambda fleet: fleet.add_server(server.record))
+            record = dataclasses.replace(server.record, spare=spare)
+            FleetState.update(self._state_dir, lambda fleet: fleet.add_server(record))
             await asyncio.to_thread(server.wait_ready, self._start_within)
             if not spare:
                 await self._lever.join(spec, self._start_within)
@@ -192,22 +255,30 @@ class LocalActuator:
             await self._failed(server, error)
             return
         if spare:
-            self._spares[name] = server
             self._event(name, "spare_ready", f"port {spec.port}")
             log.info("spare %s ready, out of rotation", name, extra={"event": "local.spare"})
             return
         self._event(name, "in_rotation", f"port {spec.port}")
         log.info("server %s in rotation", name, extra={"event": "local.started"})
 
-    async def _promote(self, server: LocalServer) -> None:
+    async def _promote(self, record: ServerRecord) -> None:
         """A ready spare into rotation: no process start, only the balancer's lever."""
-        name = server.spec.node_id
+        name = record.node_id
+        state = FleetState.load(self._state_dir)
+        redis_url = state.redis.url if state is not None and state.redis else None
+        spec = ServerSpec(name, redis_url, record.port, record.admin_port)
         try:
-            await self._lever.join(server.spec, self._start_within)
+            await self._lever.join(spec, self._start_within)
         except (TimeoutError, OSError, RuntimeError) as error:
-            await self._failed(server, error)
+            log.warning(
+                "spare %s did not join: %s", name, error, extra={"event": "local.start_failed"}
+            )
+            self._event(name, "start_failed", str(error).splitlines()[0])
+            if is_ours(record.pid, "server"):  # out of rotation, nobody on it
+                await asyncio.to_thread(stop_pid, record.pid, 5, signal.SIGINT)
+            self._forget(name, record.pid)
             return
-        self._event(name, "in_rotation", f"port {server.spec.port}, warm spare")
+        self._event(name, "in_rotation", f"port {spec.port}, warm spare")
         log.info("spare %s in rotation", name, extra={"event": "local.started"})
 
     async def _failed(self, server: LocalServer, error: Exception) -> None:

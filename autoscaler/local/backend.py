@@ -73,8 +73,8 @@ async def run(settings: Settings, state_dir: Path) -> None:
         settings.metric,
         settings.scrape_seconds,
         settings.scrape_timeout,
-        draining=lambda: actuator.draining,
-        spares=lambda: actuator.spares,
+        # Being drained, or replaced under a hold: no sample of the scale decision.
+        draining=lambda: actuator.leaving,
     )
     controller = Controller(spec_from_settings(settings), source, actuator, settings.sync_seconds)
 
@@ -82,6 +82,7 @@ async def run(settings: Settings, state_dir: Path) -> None:
         # The common page, plus what the local fleet did (each start and drain, timed).
         body = controller.status()
         body["fleet_events"] = [dataclasses.asdict(e) for e in actuator.events]
+        body["hold"] = dataclasses.asdict(actuator.hold) if actuator.hold else None
         return body
 
     runner = web.AppRunner(create_status_app(status), access_log=None)
@@ -96,6 +97,7 @@ async def run(settings: Settings, state_dir: Path) -> None:
             state_dir, lambda fleet: setattr(fleet, "autoscaler", AutoscalerRecord(me, url))
         )
         tasks.append(asyncio.create_task(source.scrape_forever(), name="scrape"))
+        tasks.append(asyncio.create_task(actuator.watch_hold(), name="hold"))
         await source.scraped.wait()  # decide only on scraped numbers
         tasks.append(asyncio.create_task(controller.run(), name="control-loop"))
         log.info(

@@ -43,14 +43,12 @@ class LocalSource:
         scrape_interval: float,
         scrape_timeout: float,
         draining: Callable[[], Collection[str]],
-        spares: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self._state_dir = state_dir
         self._metric = metric
         self._scrape_interval = scrape_interval
         self._scrape_timeout = scrape_timeout
         self._draining = draining
-        self._spares = spares
         self._nodes: list[Node] = []
         self.scraped = asyncio.Event()
 
@@ -66,8 +64,7 @@ class LocalSource:
     async def scrape_once(self, session: aiohttp.ClientSession) -> None:
         state = FleetState.load(self._state_dir)
         # Warm spares serve nobody and are no replicas: not scraped, not counted.
-        spares = self._spares()
-        servers = [s for s in state.servers if s.node_id not in spares] if state else []
+        servers = [s for s in state.servers if not s.spare] if state else []
         urls = {s.node_id: f"{admin_url(s)}/metrics" for s in servers}
         ready, scrapes = await asyncio.gather(
             asyncio.gather(

@@ -99,6 +99,9 @@ def test_spare_slots_name_the_nodes_to_come() -> None:
     assert FleetConfig(servers=2, max_servers=4).spare_slots == ("node3", "node4", "node5")
     assert FleetConfig(servers=3).spare_slots == ("node4",)
     assert FleetConfig(servers=3, surge_slots=0).spare_slots == ()
+    # `--spare`: a slot per warm spare beyond the most servers, so one stands ready at max.
+    spares = FleetConfig(servers=2, max_servers=4, warm_spares=1).spare_slots
+    assert spares == ("node3", "node4", "node5", "node6")
 
 
 def test_up_refuses_a_bad_setting_before_starting_anything(tmp_path: Path) -> None:
