@@ -18,7 +18,13 @@ disconnected, and with recovery on the events out of stream order.
 The drain is shortened (`--drain-delay 1 --drain-seconds 3`, production: 15 + 60)
 so a run takes about a minute; the reconnects it causes are the same kind.
 
+With `--autoscaler`, the fleet is `make up`'s kind: the local autoscaler on (`--max 6`,
+here `--target-connections 80`, so 301 connections want a fourth server, and a 2 s sync);
+the load is put on, the autoscaler settles (4 servers), then the restart holds it and
+replaces all four; the run also records what the autoscaler did meanwhile.
+
     python -m bench.rolling_deploy [--runs 3] [--recovery both|on|off] [--clients 300]
+        [--autoscaler]
 
 tests/balancer/test_lb_rolling_restart.py runs `rolling_deploy` once with recovery on
 and holds it to zero lost, zero duplicates, stream order, nobody left disconnected.
@@ -29,13 +35,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import itertools
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -72,6 +81,43 @@ class Load:
     """The publisher stops after this long whatever happens (bounds every run)."""
 
 
+@dataclass(frozen=True)
+class Autoscale:
+    """`make up`'s autoscaler (`iofleet up --max 6 --target-connections T`), syncing fast."""
+
+    max: int = 6
+    target_connections: float = 80.0
+    sync_seconds: float = 2.0
+    scrape_seconds: float = 1.0
+
+    def up_args(self) -> list[str]:
+        return ["--max", str(self.max), "--target-connections", f"{self.target_connections:g}"]
+
+    def env(self) -> dict[str, str]:
+        return {
+            "IOFLEET_AUTOSCALER_SYNC_SECONDS": f"{self.sync_seconds:g}",
+            "IOFLEET_AUTOSCALER_SCRAPE_SECONDS": f"{self.scrape_seconds:g}",
+        }
+
+
+@dataclass(frozen=True)
+class AutoscalerOutcome:
+    """What the autoscaler wanted and did around the restart."""
+
+    desired_before: int
+    desired_after: int
+    current_after: int
+    servers_after: int
+    """Servers in fleet.json after the restart, spares left out."""
+    acted_while_held: list[dict[str, Any]]
+    """Its starts, promotions and drains between `held` and `resumed` (none expected)."""
+    current_while_held: list[int]
+    """`current` of every sync while held (the fleet's size; one replacement too many
+    would show as one more)."""
+    holds: int
+    """`held` events: the restart's hold was seen (once)."""
+
+
 @dataclass
 class Outcome:
     recovery: bool
@@ -94,6 +140,7 @@ class Outcome:
     """Sends without an ok ack, by reason."""
     restart_output: str = ""
     problems: list[str] = field(default_factory=list)
+    autoscaler: AutoscalerOutcome | None = None
 
     @property
     def delivery_ratio(self) -> float:
@@ -127,14 +174,18 @@ def fleet_env(load: Load) -> dict[str, str]:
 
 @contextlib.contextmanager
 def local_fleet(
-    state_dir: Path, env: dict[str, str], recovery: bool, balancer: str = "haproxy"
+    state_dir: Path,
+    env: dict[str, str],
+    recovery: bool,
+    balancer: str = "haproxy",
+    up_args: tuple[str, ...] = (),
 ) -> Iterator[FleetState]:
     """`iofleet up --detach` ... `iofleet down`, whatever happens in between."""
     flag = "--recovery" if recovery else "--no-recovery"
     port = str(free_port())
     up = iofleet(
         "up", "--detach", "--state-dir", str(state_dir), "--port", port, flag,
-        "--balancer", balancer, env=env,
+        "--balancer", balancer, *up_args, env=env,
     )  # fmt: skip
     try:
         if up.returncode != 0:
@@ -344,16 +395,71 @@ async def wait_delivered(
         await asyncio.sleep(0.2)
 
 
-async def rolling_deploy(work_dir: Path, *, recovery: bool, load: Load = Load()) -> Outcome:
+def autoscaler_status(state_dir: Path) -> dict[str, Any]:
+    """The fleet's autoscaler's /status JSON."""
+    state = FleetState.load(state_dir)
+    assert state is not None and state.autoscaler is not None, "no autoscaler recorded"
+    with urllib.request.urlopen(f"{state.autoscaler.status_url}status", timeout=5) as response:
+        body: dict[str, Any] = json.loads(response.read())
+        return body
+
+
+async def autoscaler_settled(state_dir: Path, connections: int, within: float) -> dict[str, Any]:
+    """Until the autoscaler, having decided on at least `connections`, runs as many
+    servers as it wants (none starting, draining or held): its status then."""
+    deadline = time.monotonic() + within
+    while True:
+        status = await asyncio.to_thread(autoscaler_status, state_dir)
+        state = FleetState.load(state_dir)
+        serving = [s for s in state.servers if not s.spare] if state else []
+        in_flight = {"started", "drain_started", "promoted"}
+        last = {e["node"]: e["kind"] for e in status["fleet_events"]}
+        quiet = not in_flight & set(last.values()) and status["hold"] is None
+        timeline = status["timeline"]
+        seen = bool(timeline) and timeline[-1]["connections"] >= connections
+        if seen and quiet and status["current"] == status["desired"] == len(serving):
+            return status
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the autoscaler did not settle within {within:g}s: {status}")
+        await asyncio.sleep(0.5)
+
+
+def while_held(status: dict[str, Any], before: dict[str, Any]) -> AutoscalerOutcome:
+    """What the autoscaler did between the restart's `held` and `resumed` events."""
+    events = status["fleet_events"]
+    holds = [e for e in events if e["kind"] == "held"]
+    resumed = [e for e in events if e["kind"] == "resumed"]
+    start = holds[0]["at"] if holds else float("inf")
+    end = resumed[-1]["at"] if resumed else float("inf")
+    moves = {"started", "spare_started", "promoted", "drain_started"}
+    return AutoscalerOutcome(
+        desired_before=before["desired"],
+        desired_after=status["desired"],
+        current_after=status["current"],
+        servers_after=0,
+        acted_while_held=[e for e in events if start <= e["at"] <= end and e["kind"] in moves],
+        current_while_held=[p["current"] for p in status["timeline"] if start < p["at"] < end],
+        holds=len(holds),
+    )
+
+
+async def rolling_deploy(
+    work_dir: Path, *, recovery: bool, load: Load = Load(), autoscale: Autoscale | None = None
+) -> Outcome:
     """One run (see the module): start the fleet, load it, restart it, tally, stop it."""
-    env = fleet_env(load)
+    env = {**fleet_env(load), **(autoscale.env() if autoscale else {})}
     state_dir = work_dir / ("recovery-on" if recovery else "recovery-off")
-    with local_fleet(state_dir, env, recovery) as state:
+    up_args = tuple(autoscale.up_args()) if autoscale else ()
+    autoscaled: AutoscalerOutcome | None = None
+    before: dict[str, Any] = {}
+    with local_fleet(state_dir, env, recovery, up_args=up_args) as state:
         secret = load_secrets(state_dir)["IOFLEET_JWT_SECRET"]
         js = await JsClients().start()
         stop = asyncio.Event()
         try:
             rooms = await open_clients(js, state.url, secret, load)
+            if autoscale:
+                before = await autoscaler_settled(state_dir, len(rooms), within=60)
             rejoiner = asyncio.create_task(rejoin_new_sessions(js, rooms, stop))
             publisher = asyncio.create_task(publish(js, load, stop))
             await asyncio.sleep(1.0)  # traffic before the first replacement
@@ -368,9 +474,15 @@ async def rolling_deploy(work_dir: Path, *, recovery: bool, load: Load = Load())
             await wait_delivered(js, rooms, sent)
             await rejoiner
             outcome = tally(js, rooms, sent, recovery)
+            if autoscale:
+                after = await autoscaler_settled(state_dir, len(rooms), within=60)
+                fleet = FleetState.load(state_dir)
+                serving = len([s for s in fleet.servers if not s.spare]) if fleet else 0
+                autoscaled = dataclasses.replace(while_held(after, before), servers_after=serving)
         finally:
             stop.set()
             await js.stop()
+    outcome.autoscaler = autoscaled
     outcome.replace_all_s = replace_all
     outcome.restart_output = restart.stdout + restart.stderr
     if restart.returncode != 0:
@@ -408,7 +520,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=Load.rate)
     parser.add_argument("--drain-delay", type=float, default=Load.drain_delay)
     parser.add_argument("--drain-seconds", type=float, default=Load.drain_seconds)
+    parser.add_argument(
+        "--autoscaler", action="store_true", help="make up's fleet: the local autoscaler on"
+    )
     args = parser.parse_args()
+    autoscale = Autoscale() if args.autoscaler else None
     load = Load(args.clients, Load.rooms, args.rate, args.drain_delay, args.drain_seconds)
     modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.recovery]
     console = Console(width=150)
@@ -422,11 +538,15 @@ def main() -> None:
         for run in range(args.runs):
             for mode in modes:
                 outcome = asyncio.run(
-                    rolling_deploy(Path(work) / f"run{run}", recovery=mode, load=load)
+                    rolling_deploy(
+                        Path(work) / f"run{run}", recovery=mode, load=load, autoscale=autoscale
+                    )
                 )
                 results[mode].append(outcome)
                 table.add_row(*row(outcome))
                 console.print(f"run {run + 1}, recovery {'on' if mode else 'off'}: {row(outcome)}")
+                if outcome.autoscaler is not None:
+                    console.print(f"  autoscaler: {outcome.autoscaler}")
     console.print(table)
     for mode, outcomes in results.items():
         median = statistics.median

@@ -13,6 +13,14 @@ every event they missed. The old server leaves fleet.json once it is stopped, so
 The replacements get the settings the fleet was started with (`fleet_env`), and the
 code now on disk: that is what a restart is for. The balancer levers and the drain
 budget are the autoscaler's local backend's own, so both move servers one way.
+
+Beside the autoscaler (`make up`'s fleet), the restart holds the fleet
+(`autoscaler.local.hold`): it waits until the autoscaler has paused with none of its
+own starts or drains in flight, names the server it is replacing (the autoscaler counts
+the replacement in its place, never both), and releases the hold at the end, whatever
+happens; the autoscaler's next sync then scales to what it wants. Warm spares are the
+autoscaler's headroom, not replicas: the restart stops them (out of rotation, nobody on
+them), and the autoscaler starts fresh ones, on the new code, once the hold ends.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autoscaler.local.backend import drain_budget, lever_for
+from autoscaler.local.hold import HoldError, hold_fleet, set_replacing
 from autoscaler.local.levers import Lever
 from iofleet.fleet_env import load_server_env
 from iofleet.fleet_secrets import load_secrets
@@ -41,6 +50,8 @@ from iofleet.processes import StartError, pid_alive, stop_pid
 from iofleet.teardown import is_ours
 
 RESTART_LOCK = "restart.lock"
+HOLD_MARGIN_SECONDS = 10.0
+"""Beyond a drain and a start: the autoscaler reads a hold twice a second."""
 EXIT_WAIT_SECONDS = 10.0
 """How long a drained server may take to exit by itself before it is stopped by PID."""
 
@@ -87,13 +98,7 @@ def _running_fleet(state_dir: Path) -> FleetState:
     state = FleetState.load(state_dir)
     if state is None or state.status != "running":
         raise RestartError(f"no running fleet in {state_dir} (start one with `iofleet up`)")
-    if state.autoscaler is not None and is_ours(state.autoscaler.pid, "autoscaler"):
-        # Its actuator would see one server too many and drain the emptiest: the new one.
-        raise RestartError(
-            f"the fleet runs an autoscaler (pid {state.autoscaler.pid}), which would drain"
-            " each replacement as a surplus server; restart a fleet started without --max"
-        )
-    if not state.servers:
+    if not any(not s.spare for s in state.servers):
         raise RestartError(f"the fleet in {state_dir} has no server to restart")
     return state
 
@@ -122,10 +127,33 @@ async def rolling_restart(
         env = {**inherited, **settings, **load_secrets(state_dir), **redis}
         budget = drain_budget(env)
         replacements = []
-        for old in list(state.servers):
-            step = await _replace(state_dir, old, env, budget, start_within, on_step)
-            replacements.append(step)
+        # The autoscaler may be in the middle of one start and one drain of its own.
+        pause_within = budget + start_within + HOLD_MARGIN_SECONDS
+        try:
+            async with hold_fleet(state_dir, "iofleet restart", within=pause_within,
+                                  on_wait=on_step):  # fmt: skip
+                state = _running_fleet(state_dir)  # as the paused autoscaler left it
+                await asyncio.to_thread(_retire_spares, state_dir, state, on_step)
+                for old in [s for s in state.servers if not s.spare]:
+                    step = await _replace(state_dir, old, env, budget, start_within, on_step)
+                    replacements.append(step)
+        except HoldError as error:
+            raise RestartError(str(error)) from None
     return RestartReport(tuple(replacements), time.monotonic() - started)
+
+
+def _retire_spares(state_dir: Path, state: FleetState, on_step: Callable[[str], None]) -> None:
+    """Stop the warm spares (old code, out of rotation, nobody on them): SIGINT, no drain."""
+    for spare in (s for s in state.servers if s.spare):
+        if is_ours(spare.pid, "server"):
+            stop_pid(spare.pid, grace=10, first=signal.SIGINT)
+
+        def forget(fleet: FleetState, spare: ServerRecord = spare) -> None:
+            if spare in fleet.servers:
+                fleet.remove_server(spare.node_id)
+
+        FleetState.update(state_dir, forget)
+        on_step(f"spare {spare.node_id} stopped (the autoscaler starts a new one after)")
 
 
 async def _replace(
@@ -137,6 +165,7 @@ async def _replace(
     on_step: Callable[[str], None],
 ) -> Replacement:
     state = _running_fleet(state_dir)
+    set_replacing(state_dir, old.node_id)
     # NginxLever names nodes up to its max: one more than the fleet holds now.
     lever = lever_for(state, len(state.servers) + 1)
     in_use = {s.node_id for s in state.servers}
@@ -169,6 +198,7 @@ async def _replace(
             fleet.remove_server(old.node_id)
 
     FleetState.update(state_dir, forget)
+    set_replacing(state_dir, None)
     drain_s = time.monotonic() - begun
     on_step(f"{old.node_id} drained and stopped in {drain_s:.2f}s")
     return Replacement(old.node_id, name, in_rotation, drain_s, drained)
