@@ -114,11 +114,19 @@ class LocalActuator:
                 extra={"event": "local.held"},
             )  # fmt: skip
         elif before is not None and self.hold is None:
+            self._reap_replaced()
             self._event("-", "resumed", f"pid {before.pid}: {before.reason}")
             log.info(
                 "resumed: the hold of pid %d ended", before.pid, extra={"event": "local.resumed"}
             )
         return self.hold
+
+    def _reap_replaced(self) -> None:
+        """Forget (and reap: we are their parent) our servers the holder stopped."""
+        recorded = {(s.node_id, s.pid) for s in self._servers()}
+        for name, server in list(self._started.items()):
+            if (name, server.pid) not in recorded and server.process.poll() is not None:
+                del self._started[name]
 
     async def watch_hold(self, every: float = HOLD_POLL_SECONDS) -> None:
         """Between syncs too: a holder waits for our acknowledgement, not for a sync."""

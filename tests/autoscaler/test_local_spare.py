@@ -162,6 +162,37 @@ async def test_an_autoscaler_started_again_keeps_the_spare_a_spare(
         stop_pid(again.pid, grace=10, process=again)
 
 
+async def test_a_restart_replaces_the_spare_too_and_keeps_the_replicas(
+    spare_fleet: LocalFleet,
+) -> None:
+    """`iofleet restart` beside the autoscaler: the old spare (old code) is stopped, the
+    serving servers replaced, and once the hold ends the autoscaler starts a fresh spare;
+    the replica count is what it was."""
+    fleet = spare_fleet
+    await _until(lambda: _events(fleet, "spare_ready", "node3"), 30, "spare node3 ready")
+    before = {s.node_id: s.pid for s in fleet.state().servers}
+    restart = run_iofleet("restart", "--state-dir", str(fleet.state_dir), env=FLEET_ENV)
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+    assert "spare node3 stopped" in restart.stdout, restart.stdout
+    assert restart.stdout.count("drained and stopped") == MIN, restart.stdout
+    (resumed,) = _events(fleet, "resumed")
+    await _until(
+        lambda: [e for e in _events(fleet, "spare_ready") if e["at"] > resumed["at"]],
+        30,
+        "a fresh spare",
+    )
+    state = fleet.state()
+    spares = [s for s in state.servers if s.spare]
+    serving = [s for s in state.servers if not s.spare]
+    assert len(spares) == 1 and len(serving) == MIN, state.servers
+    assert not {s.pid for s in state.servers} & set(before.values())
+    assert not any(pid_alive(pid) for pid in before.values())
+    assert await fleet.in_rotation() == {s.node_id for s in serving}
+    assert fleet.status()["current"] == MIN
+    moves = {"started", "drain_started", "promoted"}
+    assert [e for e in fleet.status()["fleet_events"] if e["kind"] in moves] == []
+
+
 def test_a_spare_with_nginx_is_refused_in_one_line(tmp_path: Path) -> None:
     state_dir = tmp_path / "fleet"
     try:
