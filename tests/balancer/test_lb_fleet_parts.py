@@ -40,8 +40,14 @@ def test_fleet_json_round_trip_and_changes(tmp_path: Path) -> None:
     state = fleet(tmp_path)
     assert FleetState.load(tmp_path) == state
     data = json.loads((tmp_path / "fleet.json").read_text())
-    assert data["servers"] == [{"node_id": "node1", "pid": 12, "port": 8001, "admin_port": 9001}]
+    assert data["servers"] == [
+        {"node_id": "node1", "pid": 12, "port": 8001, "admin_port": 9001, "spare": False}
+    ]
     assert data["autoscaler"] is None and data["status"] == "starting"
+    assert data["hold"] is None
+    # A fleet.json written before `spare` and `hold` existed still loads.
+    del data["servers"][0]["spare"], data["hold"]
+    assert FleetState.from_json(data) == state
 
     FleetState.update(tmp_path, lambda s: s.add_server(ServerRecord("node2", 13, 8002, 9002)))
     status = "http://127.0.0.1:9100/status"
