@@ -40,6 +40,7 @@ PROFILE = REPO / "iofleet" / "data" / "capacity_profile.yaml"
 FANOUT_COMMAND = "python -m bench.fanout_bench --runs 3 --only iofleet --xnode-rate 0"
 REDIS_COMMAND = "python -m bench.redis_bench --runs 3"
 HEARTBEAT_COMMAND = "python -m bench.hundred_k"
+RECOVERY_COMMAND = "python -m bench.recovery_cluster --runs 3"
 
 # What Redis writes to a subscribing node for one chat:message: redis-cli MONITOR of a
 # local server showed 230 bytes of envelope for a 2-character text on its 26-byte room
@@ -85,6 +86,14 @@ def heartbeat_provenance(hundred_k: dict[str, Any]) -> str:
         f"({result['connections']:,} idle connections, {args['idle_seconds']:g} s of idle CPU, "
         f"{datetime.date.today().isoformat()})"
     )
+
+
+def recovery_figure(recovery: dict[str, Any]) -> float:
+    """Redis CPU a recoverable emit costs beyond a plain PUBLISH (one Redis, same run)."""
+    medians = recovery["medians"]
+    script = float(medians["one Redis"]["redis_cpu_us_per_emit"])
+    plain = float(medians["one Redis, PUBLISH (recovery off)"]["redis_cpu_us_per_emit"])
+    return round(max(script - plain, 0.0), 3)
 
 
 def redis_figures(bench: dict[str, Any]) -> dict[str, float]:
@@ -133,26 +142,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=PROFILE)
     parser.add_argument("--note", help="conditions of the run (load on the machine, ...)")
-    parser.add_argument("--only", choices=["heartbeat"], help="rewrite only this figure")
+    parser.add_argument(
+        "--only", choices=["heartbeat", "recovery"], help="rewrite only this figure"
+    )
     args = parser.parse_args()
-    hundred_k = json.loads((RESULTS / "hundred_k.json").read_text())
     yaml = YAML()
     yaml.default_flow_style = False
     if args.only == "heartbeat":
+        hundred_k = json.loads((RESULTS / "hundred_k.json").read_text())
         profile = yaml.load(args.out.read_text())
         profile["server"]["heartbeat_cpu_us"] = heartbeat_figure(hundred_k)
         profile["provenance"]["heartbeat"] = heartbeat_provenance(hundred_k)
+    elif args.only == "recovery":
+        recovery = json.loads((RESULTS / "recovery_cluster.json").read_text())
+        profile = yaml.load(args.out.read_text())
+        profile["redis"]["recovery_cpu_us_per_message"] = recovery_figure(recovery)
+        profile["provenance"]["recovery"] = f"{RECOVERY_COMMAND} ({datetime.date.today()})"
     else:
+        hundred_k = json.loads((RESULTS / "hundred_k.json").read_text())
+        recovery = json.loads((RESULTS / "recovery_cluster.json").read_text())
         fanout = json.loads((RESULTS / "fanout_bench.json").read_text())
         redis_bench = json.loads((RESULTS / "redis_bench.json").read_text())
         profile = {
             "provenance": {
                 **provenance(fanout),
                 "heartbeat": heartbeat_provenance(hundred_k),
+                "recovery": f"{RECOVERY_COMMAND} ({datetime.date.today()})",
                 **({"note": args.note} if args.note else {}),
             },
             "server": {**server_figures(fanout), "heartbeat_cpu_us": heartbeat_figure(hundred_k)},
-            "redis": redis_figures(redis_bench),
+            "redis": {
+                **redis_figures(redis_bench),
+                "recovery_cpu_us_per_message": recovery_figure(recovery),
+            },
         }
     with args.out.open("w") as out:
         if args.only is None:

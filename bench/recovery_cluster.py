@@ -36,6 +36,7 @@ from functools import partial
 from rich.console import Console
 from rich.table import Table
 
+from bench.fanout_bench import REPO
 from bench.redis_bench import (
     HOST,
     Drain,
@@ -52,7 +53,16 @@ CHANNEL = "iofleet"
 ROOMS = 10  # per namespace
 MAX_MESSAGES = 100_000  # IOFLEET_RECOVERY_MAX_MESSAGES's default
 WINDOW_MS = 120_000  # IOFLEET_RECOVERY_WINDOW_SECONDS's default
-CASES = (("one Redis", 1, 1), ("cluster x3, 1 namespace", 3, 1), ("cluster x3, 3 namespaces", 3, 3))
+PLAIN = "one Redis, PUBLISH (recovery off)"
+CASES = (
+    ("one Redis", 1, 1),
+    ("cluster x3, 1 namespace", 3, 1),
+    ("cluster x3, 3 namespaces", 3, 3),
+    # The same emits as a plain PUBLISH, as a server with recovery off sends them: the
+    # difference to "one Redis" is what recovery adds to Redis's CPU per message.
+    (PLAIN, 1, 1),
+)
+RESULTS = REPO / "bench" / "results" / "recovery_cluster.json"
 
 
 class ScriptPublisher(Publisher):
@@ -101,9 +111,10 @@ def emit_message(namespace: str, room: str) -> bytes:
 
 
 def commands(
-    nodes: list[RedisNode], namespaces: list[str]
+    nodes: list[RedisNode], namespaces: list[str], plain: bool = False
 ) -> tuple[list[tuple[RedisNode, bytes]], dict[int, list[str]]]:
-    """Each room's emit command and the master it goes to; the channels by master."""
+    """Each room's emit command and the master it goes to; the channels by master.
+    `plain`: a PUBLISH of the same message (recovery off), on one Redis."""
     sharded = len(nodes) > 1
     keys = KeyLayout(CHANNEL, sharded=sharded)
     limits = (str(MAX_MESSAGES).encode(), str(WINDOW_MS).encode())
@@ -116,7 +127,9 @@ def commands(
             channel = keys.room_channel(namespace, room)
             node = owner_of(nodes, stream) if sharded else nodes[0]
             body = emit_message(namespace, room)
-            if sharded:  # the server's cluster path: EVAL, the channel a declared key
+            if plain:
+                command = resp(b"PUBLISH", channel.encode(), body)
+            elif sharded:  # the server's cluster path: EVAL, the channel a declared key
                 script = (b"EVAL", SHARDED_EMIT_SCRIPT.encode(), b"2", stream.encode())
                 command = resp(*script, channel.encode(), channel.encode(), body, *limits)
             else:
@@ -130,13 +143,13 @@ def commands(
 
 
 async def one_case(
-    nodes: list[RedisNode], namespaces: list[str], args: argparse.Namespace
+    nodes: list[RedisNode], namespaces: list[str], args: argparse.Namespace, plain: bool = False
 ) -> dict[str, float]:
     loop = asyncio.get_running_loop()
     sharded = len(nodes) > 1
     if not sharded:
         nodes[0].client().script_load(EMIT_SCRIPT)
-    emits, channels = commands(nodes, namespaces)
+    emits, channels = commands(nodes, namespaces, plain)
     subscribe_word = b"SSUBSCRIBE" if sharded else b"SUBSCRIBE"
     drains: list[Drain] = []
     for _ in range(args.subscribers):
@@ -145,17 +158,18 @@ async def one_case(
             drain.transport.write(b"".join(resp(subscribe_word, c.encode()) for c in mine))
             drains.append(drain)
     await asyncio.wait_for(asyncio.gather(*(d.subscribed for d in drains)), 10)
-    publishers: dict[int, ScriptPublisher] = {}
+    publishers: dict[int, Publisher] = {}
+    kind = Publisher if plain else ScriptPublisher
     for node in nodes:
-        _, publisher = await loop.create_connection(
-            lambda: ScriptPublisher(args.window), HOST, node.port
-        )
+        _, publisher = await loop.create_connection(lambda: kind(args.window), HOST, node.port)
         publishers[node.port] = publisher
     cpu_before = [n.cpu_seconds() for n in nodes]
     sent, elapsed = await send_all(publishers, emits, args.messages, args.seconds)
     cpu = [n.cpu_seconds() - before for n, before in zip(nodes, cpu_before, strict=True)]
-    for connection in [*drains, *publishers.values()]:
-        connection.transport.close()
+    for drain in drains:
+        drain.transport.close()
+    for publisher in publishers.values():
+        publisher.transport.close()
     per_emit_us = sum(cpu) / sent * 1e6
     return {
         "emits": sent,
@@ -181,7 +195,9 @@ def main() -> None:
                 namespaces = (
                     ["/"] if masters == 1 else namespaces_on_distinct_masters(nodes, spread)
                 )
-                results[name].append(asyncio.run(one_case(nodes, namespaces, args)))
+                results[name].append(
+                    asyncio.run(one_case(nodes, namespaces, args, plain=name == PLAIN))
+                )
     table = Table(title=f"Recoverable emits on Redis, medians of {args.runs} runs")
     columns = ("topology", "CPU µs/emit", "emits/s per shard (1 core)", "busiest master")
     for column in (*columns, "ceiling (shards used x per shard)", "emits/s here"):
@@ -200,6 +216,14 @@ def main() -> None:
         )
     Console(width=150).print(table)
     print(f"({args.subscribers} subscribing nodes, {ROOMS} rooms per namespace, 2-core machine)")
+    medians = {
+        name: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        for name, runs in results.items()
+    }
+    extra = medians["one Redis"]["redis_cpu_us_per_emit"] - medians[PLAIN]["redis_cpu_us_per_emit"]
+    print(f"recovery adds {extra:.2f} µs of Redis CPU per message on one Redis")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"args": vars(args), "medians": medians}, indent=2))
 
 
 if __name__ == "__main__":

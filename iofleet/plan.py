@@ -166,10 +166,15 @@ class RedisCapacity:
     delivery_bytes: int
     """What Redis writes to one subscribing node per message (the push with its channel)."""
     source: str
+    recovery_cpu_us_per_message: float = 0.0
+    """What a recoverable emit (the script: XADD, XTRIM, PUBLISH) costs beyond a plain
+    PUBLISH (`bench/recovery_cluster.py`, both in one run): added with recovery on."""
 
     def __post_init__(self) -> None:
         if self.cpu_us_per_message <= 0 or self.cpu_us_per_subscriber < 0:
             raise PlanError("Redis CPU per message must be positive")
+        if self.recovery_cpu_us_per_message < 0:
+            raise PlanError("Redis CPU per recoverable message must not be negative")
         if self.delivery_bytes < 1:
             raise PlanError("Redis bytes per delivery must be positive")
 
@@ -190,6 +195,7 @@ class _RedisProfile(BaseModel, extra="forbid"):
     cpu_us_per_message: float = Field(gt=0)
     cpu_us_per_subscriber: float = Field(ge=0)
     delivery_bytes: int = Field(ge=1)
+    recovery_cpu_us_per_message: float = Field(ge=0)
 
 
 class _ProfileFile(BaseModel, extra="forbid"):
@@ -522,13 +528,17 @@ def _plan_region(
     # its room: at most one per recipient, at most every server (nodes subscribe only
     # to the rooms they serve).
     subscribers = min(load.fanout, max_replicas)
-    cost_us = redis.cost_us(subscribers)
+    # With recovery on, every message is the emit script (its stream write) instead of
+    # a plain PUBLISH.
+    recovery_us = redis.recovery_cpu_us_per_message if load.recovery.enabled else 0.0
+    cost_us = redis.cost_us(subscribers) + recovery_us
     stream_gib = recovery_stream(messages, load.recovery, figures)
     note(
         "Redis CPU per message",
         f"{cost_us:.2f} µs",
         f"{redis.cpu_us_per_message:g} µs + {redis.cpu_us_per_subscriber:g} µs x "
-        f"min(fanout {load.fanout:g}, {max_replicas} servers) subscribing nodes",
+        f"min(fanout {load.fanout:g}, {max_replicas} servers) subscribing nodes"
+        + (f" + {recovery_us:g} µs for the recovery stream's write" if recovery_us else ""),
     )
     egress_gbps = messages * subscribers * redis.delivery_bytes * 8 / 1e9
     note(

@@ -90,3 +90,17 @@ def test_iofleet_plan_prints_the_stream_unless_told_not_to() -> None:
     assert "recovery stream memory (MiB)" in on.output and "Redis recovery writes/s" in on.output
     off = CliRunner().invoke(app, [*args, "--no-recovery"], env={"COLUMNS": "200"})
     assert off.exit_code == 0 and "recovery stream" not in off.output
+
+
+def test_recovery_adds_its_script_to_redis_cpu_per_message_by_hand() -> None:
+    # 10,000 connections: 3 servers, 5 at most (ceil(3 x 1.5)), so a PUBLISH costs
+    # 3 + 0.3 x min(fanout 10, 5) = 4.5 µs; the script 2.5 µs more.
+    redis = replace(REDIS, recovery_cpu_us_per_message=2.5)
+    on = Load(connections=10_000, messages_per_second=1000, fanout=10)
+    off = replace(on, recovery=Recovery(enabled=False))
+    by_name = {
+        name: {f.name: f.value for f in plan(load, CAPACITY, redis, CATALOG).regions[0].figures}
+        for name, load in (("on", on), ("off", off))
+    }
+    assert by_name["off"]["Redis CPU per message"] == "4.50 µs"
+    assert by_name["on"]["Redis CPU per message"] == "7.00 µs"
