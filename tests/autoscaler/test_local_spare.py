@@ -175,6 +175,9 @@ async def test_a_restart_replaces_the_spare_too_and_keeps_the_replicas(
     assert restart.returncode == 0, restart.stdout + restart.stderr
     assert "spare node3 stopped" in restart.stdout, restart.stdout
     assert restart.stdout.count("drained and stopped") == MIN, restart.stdout
+    # The restart ends by releasing its hold; the autoscaler records `resumed` at its
+    # next sync, which a loaded machine may delay past the restart's exit.
+    await _until(lambda: _events(fleet, "resumed"), 30, "the autoscaler resumed")
     (resumed,) = _events(fleet, "resumed")
     await _until(
         lambda: [e for e in _events(fleet, "spare_ready") if e["at"] > resumed["at"]],
