@@ -40,7 +40,7 @@ from bench.fanout_bench import (
     HOST,
     IOFLEET_ENV,
     RESULTS,
-    ROOM,
+    emit_at_rate,
     joined,
     open_many,
     running,
@@ -74,12 +74,7 @@ async def send_at_rate(
     interval = receivers / rate
     count = max(1, int(seconds / interval))
     tally.expect(count * receivers)
-    loop = asyncio.get_running_loop()
-    next_at = loop.time()
-    for _ in range(count):
-        sender.emit("chat:message", {"room": ROOM, "text": str(time.perf_counter_ns())})
-        next_at += interval
-        await asyncio.sleep(max(0.0, next_at - loop.time()))
+    await emit_at_rate(sender, interval, count)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(tally.reached.wait(), 30)
     if tally.count < tally.target:

@@ -166,6 +166,17 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+async def emit_at_rate(sender: RawSocket, interval: float, count: int) -> None:
+    """`count` chat messages to ROOM, one every `interval` seconds (paced on the loop's
+    clock, not slept per message), each carrying its send time for the latency tally."""
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    for _ in range(count):
+        sender.emit("chat:message", {"room": ROOM, "text": str(time.perf_counter_ns())})
+        next_at += interval
+        await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+
 async def open_many(port: int, tally: Tally, count: int, concurrency: int) -> list[RawSocket]:
     sockets: list[RawSocket] = []
     gate = asyncio.Semaphore(concurrency)
@@ -289,12 +300,7 @@ async def measure_cross_node(
     interval = len(subscribers) / args.xnode_rate  # seconds between messages
     count = max(1, int(args.xnode_seconds / interval))
     tally.expect(count * len(subscribers))
-    loop = asyncio.get_running_loop()
-    next_at = loop.time()
-    for _ in range(count):
-        sender.emit("chat:message", {"room": ROOM, "text": str(time.perf_counter_ns())})
-        next_at += interval
-        await asyncio.sleep(max(0.0, next_at - loop.time()))
+    await emit_at_rate(sender, interval, count)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(tally.reached.wait(), 30)
     for sock in [*subscribers, sender]:
