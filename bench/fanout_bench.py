@@ -344,6 +344,15 @@ def run_one(target: Target, args: argparse.Namespace, workdir: Path) -> dict[str
         return figures
 
 
+def keep_logs(workdir: Path, target: Target, run: int) -> Path:
+    """Copy a failed run's server logs out of the temporary directory."""
+    kept = RESULTS / f"fanout-failed-{target.name.replace(' ', '_')}-run{run + 1}"
+    kept.mkdir(parents=True, exist_ok=True)
+    for log in workdir.glob("*.log"):
+        shutil.copy(log, kept / log.name)
+    return kept
+
+
 def ratio(value: float, base: float, higher_is_better: bool) -> str:
     if base == 0 or math.isnan(base) or math.isnan(value):
         return "-"
@@ -459,6 +468,7 @@ def main() -> None:
     args.cores = core_split()
     pin(args.cores[1])
     results: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
+    failures = {t.name: 0 for t in targets}
     with (
         tempfile.TemporaryDirectory(prefix="fanout-bench-") as tmp,
         Progress(console=console, transient=True) as progress,
@@ -469,9 +479,22 @@ def main() -> None:
             order = targets if run % 2 == 0 else list(reversed(targets))
             for target in order:
                 progress.update(task, description=f"run {run + 1}/{args.runs}: {target.name}")
-                results[target.name].append(run_one(target, args, Path(tmp)))
+                try:
+                    results[target.name].append(run_one(target, args, Path(tmp)))
+                except (RuntimeError, TimeoutError, OSError) as error:
+                    # One failed run (a connect timing out on a loaded machine, say) is
+                    # reported with its server logs kept; the other runs still count.
+                    kept = keep_logs(Path(tmp), target, run)
+                    console.print(
+                        f"[red]run {run + 1} of {target.name} failed: "
+                        f"{type(error).__name__}: {error}; server logs in {kept}"
+                    )
+                    failures[target.name] += 1
                 progress.advance(task)
     report(results, args)
+    for name, failed in failures.items():
+        if failed:
+            console.print(f"[red]{name}: {failed} of {args.runs} runs failed (not in the medians)")
 
 
 if __name__ == "__main__":
