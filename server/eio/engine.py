@@ -43,7 +43,7 @@ from server.eio.deflate_ws import DeflateWebSocket
 from server.eio.eager import step_eagerly
 from server.eio.heartbeat import HeartbeatWheel, tick_for
 from server.eio.socket import EngineSocket, RejectHook, SlowConsumerHook
-from server.net.ws_accept import remote_address
+from server.net.ws_accept import wsgi_environ
 from server.net.ws_transport import (
     WEBSOCKET_VERSION,
     DetachedResponse,
@@ -135,33 +135,15 @@ async def refuse_websocket(request: web.Request, reason: str) -> web.WebSocketRe
 
 
 def translate_request(request: web.Request) -> dict[str, Any]:
-    """The WSGI-style environ of a handshake through aiohttp, as connects taken
-    before aiohttp (`server.net.ws_accept.environ_of_head`) have it: `HTTP_*`
-    headers (a repeated field comma-joined), the peer's real address in
-    `REMOTE_ADDR`/`REMOTE_PORT`, and `QUERY_STRING` as sent (percent-encoded).
+    """The WSGI-style environ of a request through aiohttp: the one connects read
+    before aiohttp have (`server.net.ws_accept.wsgi_environ`), plus the request.
     Applications read it in their connect handler (python-socketio passes it on)."""
     transport = request.transport
     peername = transport.get_extra_info("peername") if transport is not None else None
-    host, port = remote_address(peername)
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": request.method,
-        "QUERY_STRING": request.rel_url.raw_query_string,
-        "RAW_URI": request.path_qs,
-        "SERVER_PROTOCOL": f"HTTP/{request.version[0]}.{request.version[1]}",
-        "REMOTE_ADDR": host,
-        "REMOTE_PORT": port,
-        "SERVER_NAME": "iofleet",
-        "SERVER_PORT": "0",
-        "PATH_INFO": request.path,
-        "SCRIPT_NAME": "",
-        "aiohttp.request": request,
-    }
-    for name, value in request.headers.items():
-        key = name.upper().replace("-", "_")
-        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            key = "HTTP_" + key
-        environ[key] = f"{environ[key]},{value}" if key in environ else value
-    environ["wsgi.url_scheme"] = environ.get("HTTP_X_FORWARDED_PROTO", "http")
+    environ = wsgi_environ(
+        request.method, request.rel_url, request.version, request.headers, peername
+    )
+    environ["aiohttp.request"] = request
     return environ
 
 

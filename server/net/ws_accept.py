@@ -10,17 +10,32 @@ leaves aiohttp at once. Taking such connects here halved a connect's server CPU
 time (`bench/fanout_bench.py`: about 310 to 143 µs).
 
 So every public TCP connection starts with a `HandshakeSniffer`. Its first
-request head, read whole (however it is split over reads, within the head
-timeout), goes to `environ_of_head`; when it is a complete, well-formed
-WebSocket connect (and nothing else), the Engine.IO server takes the connection
-itself (`server.eio.engine.IofleetEngine.open_websocket`). Anything else (polling,
-a session's upgrade, a request to be refused, a malformed or unusual request)
-goes to aiohttp with the bytes read, exactly as if aiohttp had read them:
-aiohttp stays the one place where an HTTP request is refused, and this module
-only ever says "mine" or "not mine".
+request head is read by aiohttp's own request parser (`request_parser`: the C
+parser over llhttp, built as aiohttp's `RequestHandler` builds it), piece by
+piece as the bytes arrive, within the head timeout. When the parser has read
+one whole head, with nothing after it, and that head is a WebSocket connect for
+`/socket.io/` (`connect_environ`: an HTTP/1.1 GET of that path, the upgrade to
+`websocket` aiohttp's parser recognises, no body), the Engine.IO server may take
+the connection itself (`server.eio.engine.IofleetEngine.open_websocket`, which
+checks the handshake by the rule it applies through aiohttp too,
+`server.net.ws_transport.handshake_refusal`). Anything else (polling, a
+session's upgrade, a head the parser refuses, one not complete within
+`MAX_HEAD_BYTES`) goes to aiohttp with the bytes read, exactly as if aiohttp
+had read them: aiohttp stays the one place where an HTTP request is refused,
+and this module only ever says "mine" or "not mine".
 
-The environ of a connect taken here has the keys of one through aiohttp
-(`server.eio.engine.translate_request`: `HTTP_*` headers, `QUERY_STRING`,
+Why aiohttp's parser, and not a hand-written one or `httptools`: one verdict.
+A head is refused by the same code on both paths, so a head taken here is one
+aiohttp accepts, whatever the split of its bytes (the hand-written parser this
+replaced took heads aiohttp refuses: two `User-Agent` fields, the old draft's
+`Sec-WebSocket-Key1`; tests/server/test_head_verdict.py compares the two paths
+on generated heads). `httptools` is the same llhttp without aiohttp's own checks
+on top (fields allowed once, `Host` for HTTP/1.1, NUL in values, the field
+count), so it would be a second verdict, for about 3 µs a head less
+(`bench/head_parse.py`, figures in the README's "Dependencies").
+
+The environ of a connect taken here is the one a request through aiohttp gets
+(`wsgi_environ`, the one builder: `HTTP_*` headers, `QUERY_STRING`,
 `PATH_INFO`, ...), with the peer's real address in `REMOTE_ADDR`, but no
 `aiohttp.request` (a handshake has no body).
 """
@@ -28,35 +43,76 @@ The environ of a connect taken here has the keys of one through aiohttp
 from __future__ import annotations
 
 import asyncio
-import re
+import enum
+import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http import (
+    HttpProcessingError,
+    HttpRequestParser,
+    HttpVersion,
+    HttpVersion11,
+    RawRequestMessage,
+)
+from aiohttp.web_protocol import MAX_MSG_QUEUE_SIZE, RequestHandler, RequestPayloadError
+from yarl import URL
 
 WebSocketConnectHandler = Callable[[dict[str, Any], asyncio.Transport], bool]
 """Takes (environ, transport) of a WebSocket connect; True when it took the
 connection, False to leave the request to aiohttp (which then answers it)."""
 
-# The longest request head taken here; aiohttp's own line limit is 8190 bytes.
+# The longest request head read here: a head not complete within it goes to
+# aiohttp (whose limits are per line, 8190 bytes, and 128 fields).
 MAX_HEAD_BYTES = 8192
-# RFC 9110 5.1: a field name is a token.
-FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # Fields that announce a body: a request with one is not a handshake.
-BODY_FIELDS = frozenset({"CONTENT_LENGTH", "CONTENT_TYPE", "TRANSFER_ENCODING"})
-# More header lines than this are left to aiohttp (which refuses over 128); stock
-# clients send about ten.
-MAX_HEADER_LINES = 64
-# Bytes no head taken here holds: controls other than the CRLF line ends and the
-# tab, DEL, and anything outside ASCII (aiohttp's parser refuses most of them;
-# whatever is declined, aiohttp answers, whichever way the bytes were split).
-NOT_TAKEN_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]")
+BODY_FIELDS = frozenset({"Content-Length", "Content-Type", "Transfer-Encoding"})
 # What a request head starts with: a method, a token of capital letters. Bytes that
 # cannot start one (a TLS hello, say) go to aiohttp at once, which answers them.
 METHOD_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 # The answer to a head that did not arrive whole within the head timeout.
 REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+# The parser limits of aiohttp's `RequestHandler` as the public runner makes it (with
+# its defaults: server/node/app.py passes none of these).
+HANDLER_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(RequestHandler.__init__).parameters.items()
+    if name in ("read_bufsize", "max_line_size", "max_field_size", "max_headers", "auto_decompress")
+}
+
+
+class UnreadBody(BaseProtocol):
+    """The protocol a body's `StreamReader` pauses and resumes, for the parser
+    here: a request with a body goes to aiohttp, which reads the body itself
+    (with its own parser), so there is nothing to pause."""
+
+    __slots__ = ()
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        return None
+
+
+def request_parser(loop: asyncio.AbstractEventLoop) -> HttpRequestParser:
+    """aiohttp's HTTP request parser (llhttp), built as aiohttp's `RequestHandler`
+    builds its own (aiohttp/web_protocol.py): what it accepts or refuses is what
+    aiohttp does when it reads the same bytes."""
+    return HttpRequestParser(
+        UnreadBody(loop),
+        loop,
+        HANDLER_DEFAULTS["read_bufsize"],
+        max_line_size=HANDLER_DEFAULTS["max_line_size"],
+        max_field_size=HANDLER_DEFAULTS["max_field_size"],
+        max_headers=HANDLER_DEFAULTS["max_headers"],
+        payload_exception=RequestPayloadError,
+        auto_decompress=HANDLER_DEFAULTS["auto_decompress"],
+        max_msg_queue_size=MAX_MSG_QUEUE_SIZE,
+    )
 
 
 def remote_address(peername: Any) -> tuple[str, str]:
@@ -66,32 +122,20 @@ def remote_address(peername: Any) -> tuple[str, str]:
     return "", "0"
 
 
-def environ_of_head(data: bytes, path: str, peer: Any) -> dict[str, Any] | None:
-    """The WSGI environ of `data` when it is exactly one complete HTTP/1.1 GET
-    head for `path` with no body, else None. `peer` is the transport's
-    `peername` (for `REMOTE_ADDR`/`REMOTE_PORT`).
-
-    Strict on purpose: whatever this declines, aiohttp's parser reads (and
-    refuses with its own answer when it is malformed).
-    """
-    if len(data) > MAX_HEAD_BYTES or not data.startswith(b"GET "):
-        return None
-    head, blank, rest = data.partition(b"\r\n\r\n")
-    if not blank or rest or NOT_TAKEN_BYTES.search(head) is not None:
-        return None
-    # Lines end in CRLF only: a bare CR or LF is not taken here.
-    crlf = head.count(b"\r\n")
-    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
-        return None
-    lines = head.decode("latin-1").split("\r\n")
-    request_line = lines[0].split(" ")
-    if len(request_line) != 3 or request_line[2] != "HTTP/1.1":
-        return None
-    target = request_line[1]
-    route, _, query = target.partition("?")
-    if route != path or "\t" in target or len(lines) - 1 > MAX_HEADER_LINES:
-        return None
-    host, port = remote_address(peer)
+def wsgi_environ(
+    method: str,
+    url: URL,
+    version: HttpVersion,
+    headers: Mapping[str, str],
+    peername: Any,
+) -> dict[str, Any]:
+    """The WSGI-style environ of a request (its relative `url`, `headers` as
+    parsed by aiohttp), as the Engine.IO server and applications read it, for
+    connects read here and requests through aiohttp alike
+    (`server.eio.engine.translate_request`): `HTTP_*` headers (a repeated field
+    comma-joined), `QUERY_STRING` as sent (percent-encoded), the peer's real
+    address in `REMOTE_ADDR`/`REMOTE_PORT`."""
+    host, port = remote_address(peername)
     environ: dict[str, Any] = {
         "wsgi.errors": sys.stderr,
         "wsgi.version": (1, 0),
@@ -100,34 +144,81 @@ def environ_of_head(data: bytes, path: str, peer: Any) -> dict[str, Any] | None:
         "wsgi.multiprocess": False,
         "wsgi.run_once": False,
         "SERVER_SOFTWARE": "iofleet",
-        "REQUEST_METHOD": "GET",
-        "QUERY_STRING": query,
-        "RAW_URI": target,
-        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REQUEST_METHOD": method,
+        "QUERY_STRING": url.raw_query_string,
+        "RAW_URI": str(url),
+        "SERVER_PROTOCOL": f"HTTP/{version[0]}.{version[1]}",
         "REMOTE_ADDR": host,
         "REMOTE_PORT": port,
         "SERVER_NAME": "iofleet",
         "SERVER_PORT": "0",
-        "PATH_INFO": route,
+        "PATH_INFO": url.path,
         "SCRIPT_NAME": "",
     }
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if not colon or FIELD_NAME.fullmatch(name) is None:
-            return None  # also an obsolete folded line, which starts with a space
+    for name, value in headers.items():
         key = name.upper().replace("-", "_")
-        if key in BODY_FIELDS:
-            return None
-        key = "HTTP_" + key
-        value = value.strip(" \t")
-        # As `server.eio.engine.translate_request` does: a repeated field is one
-        # comma-joined value.
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
         environ[key] = f"{environ[key]},{value}" if key in environ else value
-    host_field = environ.get("HTTP_HOST")
-    if not host_field or "," in host_field:
-        return None  # HTTP/1.1 asks for exactly one Host (RFC 9112 3.2): aiohttp decides
     environ["wsgi.url_scheme"] = environ.get("HTTP_X_FORWARDED_PROTO", "http")
     return environ
+
+
+def connect_environ(message: RawRequestMessage, path: str, peername: Any) -> dict[str, Any] | None:
+    """The environ of `message` (a whole head aiohttp's parser read, with nothing
+    after it) when it is a WebSocket connect for `path`, else None: an HTTP/1.1
+    GET of exactly `path` (as sent) with no body. Whether it is a valid opening
+    handshake the Engine.IO server decides, by the rule it applies to requests
+    through aiohttp too (`server.net.ws_transport.handshake_refusal`)."""
+    url = message.url
+    if (
+        message.method != "GET"
+        or message.version != HttpVersion11
+        or url.absolute
+        or url.raw_path != path
+        or any(name in message.headers for name in BODY_FIELDS)
+    ):
+        return None
+    return wsgi_environ("GET", url, message.version, message.headers, peername)
+
+
+class Incomplete(enum.Enum):
+    """A head still to be completed by the bytes to come."""
+
+    HEAD = enum.auto()
+
+
+def read_head(
+    parser: HttpRequestParser, head: bytes, data: bytes, path: str, peername: Any
+) -> dict[str, Any] | Incomplete | None:
+    """Feed `data`, the last piece of `head` (every byte of the connection so
+    far), to `parser`: the environ of a whole WebSocket connect for `path`
+    (`connect_environ`) with nothing after it; `Incomplete.HEAD` while the head
+    may still come whole within `MAX_HEAD_BYTES`; else None (aiohttp's, with
+    `head`). aiohttp's parser decides what is a well-formed head: what it
+    refuses, aiohttp refuses with its own answer on the bytes handed on.
+
+    The parser is fed at most `MAX_HEAD_BYTES` in all: a request with a body is
+    aiohttp's anyway."""
+    room = MAX_HEAD_BYTES - (len(head) - len(data))
+    try:
+        messages, upgraded, tail = parser.feed_data(data if len(data) <= room else data[:room])
+    except HttpProcessingError:
+        return None
+    if not messages:
+        return Incomplete.HEAD if len(head) < MAX_HEAD_BYTES else None
+    if len(messages) != 1 or not upgraded or tail or len(head) > MAX_HEAD_BYTES:
+        return None  # more than one head: bytes after it are left to aiohttp
+    return connect_environ(messages[0][0], path, peername)
+
+
+async def environ_of_head(data: bytes, path: str, peer: Any) -> dict[str, Any] | None:
+    """The environ of `data` when it is exactly one whole WebSocket connect head
+    for `path` that aiohttp's parser accepts (`read_head`), else None. `peer` is
+    the transport's `peername`."""
+    parser = request_parser(asyncio.get_running_loop())
+    environ = read_head(parser, data, data, path, peer)
+    return None if environ is Incomplete.HEAD else environ
 
 
 class HandshakeSniffer(asyncio.Protocol):
@@ -145,6 +236,7 @@ class HandshakeSniffer(asyncio.Protocol):
         "_head_timeout",
         "_http",
         "_on_websocket_connect",
+        "_parser",
         "_path",
         "_taken",
         "_timer",
@@ -165,6 +257,7 @@ class HandshakeSniffer(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._taken = False
         self._head = b""  # a head not complete yet (at most MAX_HEAD_BYTES)
+        self._parser: HttpRequestParser | None = None  # made by the first byte
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -190,19 +283,21 @@ class HandshakeSniffer(asyncio.Protocol):
             transport.close()
             return
         head = self._head + data if self._head else data
-        if (
-            len(head) <= MAX_HEAD_BYTES
-            and head[0] in METHOD_START
-            and b"\r\n\r\n" not in head
-            and b"\n\n" not in head
-        ):
-            self._head = head  # the rest of the head is still to come
-            return
+        environ: dict[str, Any] | None = None
+        if head[0] in METHOD_START:
+            if self._parser is None:
+                self._parser = request_parser(asyncio.get_running_loop())
+            peername = transport.get_extra_info("peername")
+            verdict = read_head(self._parser, head, data, self._path, peername)
+            if verdict is Incomplete.HEAD:
+                self._head = head  # the rest of the head is still to come
+                return
+            environ = verdict
         self._head = b""
+        self._parser = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        environ = environ_of_head(head, self._path, transport.get_extra_info("peername"))
         if environ is not None and self._on_websocket_connect(environ, transport):
             self._taken = True
             return
