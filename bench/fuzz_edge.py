@@ -5,7 +5,9 @@ split, and nothing may raise.
 - heads: a stock WebSocket connect, mutated (`mutated`), through the
   `HandshakeSniffer` (server/net/ws_accept.py) that every public connection starts
   with: taken as a WebSocket connect (with the same environ), handed to aiohttp
-  (with the same bytes), or still waiting for the rest of its head;
+  (with the same bytes), or still waiting for the rest of its head; a head taken
+  must be one aiohttp's own parser accepts (tests/server/test_head_verdict.py
+  compares the two on a real listener);
 - frames: random client frame streams (text, binary, fragments, control frames,
   close codes, bad lengths, unmasked or reserved-bit frames, oversize messages),
   then mutated, through `WebSocketConnection` (server/net/ws_transport.py): the
@@ -32,7 +34,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.net.ws_accept import HandshakeSniffer
+from aiohttp.http import HttpProcessingError
+
+from server.net.ws_accept import HandshakeSniffer, request_parser
 from server.net.ws_transport import (
     OP_BINARY,
     OP_CLOSE,
@@ -173,15 +177,40 @@ def head_verdict(pieces: list[bytes]) -> tuple[Any, ...]:
     return ("waiting", transport.closed)
 
 
+def aiohttp_verdict(raw: bytes) -> tuple[str, str]:
+    """What aiohttp's own request parser, as its server builds it, makes of `raw`
+    read whole: ("refused", the reason it answers with), ("read", "upgrade" or
+    ""), or ("incomplete", ""). Called with a running loop."""
+    try:
+        messages, upgraded, _ = request_parser(asyncio.get_running_loop()).feed_data(raw)
+    except HttpProcessingError as error:
+        return "refused", error_reason(error.message.encode())
+    if not messages:
+        return "incomplete", ""
+    return "read", "upgrade" if upgraded else ""
+
+
+def error_reason(text: bytes) -> str:
+    """The reason of an error text: aiohttp answers a head its parser refused
+    with the error's message (the reason, a colon, then the bytes around the
+    error); the bytes differ with the split, the reason does not."""
+    return text.partition(b"\n")[0].partition(b":")[0].strip().decode("latin-1")
+
+
 def fuzz_head(rng: random.Random) -> str | None:
-    """One mutated head, whole and split: a finding's description, or None."""
+    """One mutated head, whole and split: a finding's description, or None. A
+    head taken as a WebSocket connect must be one aiohttp's parser accepts."""
     raw = mutated(rng, connect_head(rng))
     end = raw.find(b"\r\n\r\n")
     if end != -1 and end + 4 < len(raw):
         raw = raw[: end + 4]  # bytes after the head belong to whoever takes it
     whole = head_verdict([raw])
     split = head_verdict(splits(rng, raw))
-    return None if whole == split else f"head {raw!r}: {whole[0]} whole, {split[0]} split"
+    if whole != split:
+        return f"head {raw!r}: {whole[0]} whole, {split[0]} split"
+    if whole[0] == "taken" and aiohttp_verdict(raw)[0] == "refused":
+        return f"head {raw!r}: taken, and aiohttp refuses it"
+    return None
 
 
 # --- frames ------------------------------------------------------------------------

@@ -22,11 +22,11 @@ import pytest
 
 from bench.fuzz_edge import fuzz, mutated
 from server.net.ws_transport import OP_PING, OP_TEXT
+from tests.support.answers import SOCKETS, answer_to, settle_sessions
 from tests.support.metrics import metric, metric_or_zero
 from tests.support.procs import ServerProcess, make_token
 from tests.support.ws_frames import client_frame, open_websocket, read_frame
 
-SOCKETS = "iofleet_engineio_sockets"  # Engine.IO sessions the node holds
 MAX_MESSAGE = 4_000_000
 
 
@@ -54,38 +54,6 @@ def head(
         f"{upgrade}Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
         f"Sec-WebSocket-Version: {version}\r\n{extra}\r\n"
     ).encode("latin-1")
-
-
-async def answer_to(port: int, chunks: list[bytes], pause: float = 0.2) -> bytes:
-    """What the server answers `chunks` written `pause` seconds apart (so each is
-    a read of its own), up to the end of its head or its close: b"" is a bare close."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        for index, chunk in enumerate(chunks):
-            if index:
-                await asyncio.sleep(pause)
-            writer.write(chunk)
-            await writer.drain()
-        try:
-            return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        except asyncio.IncompleteReadError as error:
-            return error.partial
-        except ConnectionError:
-            return b""
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-
-
-async def settle_sessions(server: ServerProcess, expected: float, within: float = 3.0) -> float:
-    """The node's Engine.IO session count once it is `expected` (or after `within` s)."""
-    deadline = time.monotonic() + within
-    while True:
-        held = metric(server.admin_url, SOCKETS)
-        if held == expected or time.monotonic() >= deadline:
-            return held
-        await asyncio.sleep(0.05)
 
 
 REFUSED = {

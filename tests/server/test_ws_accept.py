@@ -9,10 +9,10 @@ import json
 import os
 
 import pytest
-from aiohttp.http import HttpProcessingError
 
+from bench.fuzz_edge import aiohttp_verdict
 from server.eio.engine import http_response, query_fields
-from server.net.ws_accept import MAX_HEAD_BYTES, environ_of_head, request_parser
+from server.net.ws_accept import MAX_HEAD_BYTES, environ_of_head
 from server.node.public import SOCKETIO_PATH
 from tests.support.procs import make_token
 from tests.support.ws_frames import read_frame, send_text
@@ -81,24 +81,15 @@ REFUSED_BY_AIOHTTP = {
 }
 
 
-async def aiohttp_refuses(head: bytes) -> bool:
-    """Whether aiohttp's own request parser, as its server builds it, refuses `head`."""
-    try:
-        request_parser(asyncio.get_running_loop()).feed_data(head)
-    except HttpProcessingError:
-        return True
-    return False
-
-
 @pytest.mark.parametrize("head", NOT_OURS.values(), ids=NOT_OURS.keys())
 async def test_what_is_no_connect_of_ours_is_left_to_aiohttp(head: str) -> None:
-    assert not await aiohttp_refuses(head.encode("latin-1"))
+    assert aiohttp_verdict(head.encode("latin-1"))[0] != "refused"
     assert await environ_of_head(head.encode("latin-1"), SOCKETIO_PATH, PEER) is None
 
 
 @pytest.mark.parametrize("head", REFUSED_BY_AIOHTTP.values(), ids=REFUSED_BY_AIOHTTP.keys())
 async def test_what_aiohttps_parser_refuses_is_left_to_aiohttp(head: str) -> None:
-    assert await aiohttp_refuses(head.encode("latin-1"))
+    assert aiohttp_verdict(head.encode("latin-1"))[0] == "refused"
     assert await environ_of_head(head.encode("latin-1"), SOCKETIO_PATH, PEER) is None
 
 
