@@ -241,6 +241,35 @@ def test_websocket_accept_surface() -> None:
     assert "RequestHandler(" in inspect.getsource(web.Server.__call__)
 
 
+def test_head_parser_surface() -> None:
+    """server/net/ws_accept.py reads heads with aiohttp's parser built as
+    `RequestHandler.__init__` builds its own: the same arguments, from the
+    handler's defaults (the public runner sets none of them)."""
+    from aiohttp.web_protocol import RequestHandler
+
+    from server.net.ws_accept import HANDLER_DEFAULTS
+    from server.node.app import serve
+
+    limits = ["read_bufsize", "max_line_size", "max_field_size", "max_headers"]
+    assert sorted(HANDLER_DEFAULTS) == sorted([*limits, "auto_decompress"])
+    built = inspect.getsource(RequestHandler.__init__)
+    call = built[built.index("HttpRequestParser(") :].partition("\n        )")[0]
+    for argument in (
+        "read_bufsize,",
+        "max_line_size=max_line_size",
+        "max_field_size=max_field_size",
+        "max_headers=max_headers",
+        "payload_exception=RequestPayloadError",
+        "auto_decompress=auto_decompress",
+        "max_msg_queue_size=MAX_MSG_QUEUE_SIZE",
+    ):
+        assert argument in call, f"aiohttp RequestHandler builds its parser without {argument}"
+    assert call.count("=") == 6, f"aiohttp RequestHandler's parser arguments changed: {call}"
+    # The public runner leaves them at the handler's defaults, which the sniffer reads.
+    runner = inspect.getsource(serve)
+    assert not [name for name in HANDLER_DEFAULTS if name in runner], "set the sniffer's too"
+
+
 def test_engineio_side_private_surface_is_the_seam_alone() -> None:
     """Of the private upstream names pinned here, none is python-engineio's, and
     the one on the Engine.IO side is python-socketio's `_engineio_server_class`."""
