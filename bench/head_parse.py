@@ -5,8 +5,11 @@ aiohttp: this bench prices the candidates for reading it, per head, on the
 heads stock clients send (captured from python-socketio 5.18's client, aiohttp
 3.14 underneath, and socket.io-client 4.8 under Node on loopback):
 
-- `environ_of_head`: what `server.net.ws_accept` does with a whole head today
-  (parse, checks, the environ);
+- the sniffer's read of a whole head (`server.net.ws_accept.read_head`: a
+  parser made and fed, the connect checks, the environ), and with `--tree DIR`
+  the `environ_of_head` and full connect of another checkout's
+  `server/net/ws_accept.py` (the hand-written parser before issue 22:
+  `git archive <commit> server | tar -x -C DIR`);
 - aiohttp's C parser (`aiohttp.http.HttpRequestParser`, llhttp), built as
   aiohttp's `RequestHandler` builds it, fed the head: the parser the requests
   the sniffer leaves to aiohttp go through, so its verdict is aiohttp's;
@@ -28,13 +31,15 @@ import asyncio
 import base64
 import contextlib
 import importlib
+import importlib.util
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bench.fuzz_edge import RecordingTransport
-from server.net.ws_accept import HandshakeSniffer, environ_of_head, request_parser
+from server.net.ws_accept import HandshakeSniffer, read_head, request_parser
 from server.net.ws_transport import handshake_refusal, switching_protocols
 
 PATH = "/socket.io/"
@@ -106,7 +111,29 @@ def httptools_parse() -> Callable[[bytes], object] | None:
     return parse
 
 
-def full_connect(loop: asyncio.AbstractEventLoop) -> Callable[[bytes], object]:
+def sniffer_read(loop: asyncio.AbstractEventLoop) -> Callable[[bytes], object]:
+    """What the sniffer does with a whole head: a parser made, fed, the connect checks."""
+
+    def read(head: bytes) -> object:
+        environ = read_head(request_parser(loop), head, head, PATH, PEER)
+        assert isinstance(environ, dict)
+        return environ
+
+    return read
+
+
+def tree_module(tree: Path) -> Any:
+    """`server/net/ws_accept.py` of another checkout (say, before a change), alone."""
+    spec = importlib.util.spec_from_file_location(
+        "ws_accept_of_tree", tree / "server/net/ws_accept.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def full_connect(sniffer_class: Any = HandshakeSniffer) -> Callable[[bytes], object]:
     """A sniffer made, fed the head, the handshake checked and the 101 written."""
 
     def on_connect(environ: dict[str, Any], transport: asyncio.Transport) -> bool:
@@ -120,7 +147,7 @@ def full_connect(loop: asyncio.AbstractEventLoop) -> Callable[[bytes], object]:
 
     def connect(head: bytes) -> object:
         transport = RecordingTransport()
-        sniffer = HandshakeSniffer(http, PATH, on_connect, head_timeout=60)  # type: ignore[arg-type]
+        sniffer = sniffer_class(http, PATH, on_connect, head_timeout=60)
         sniffer.connection_made(transport)
         sniffer.data_received(head)
         sniffer.connection_lost(None)
@@ -130,16 +157,23 @@ def full_connect(loop: asyncio.AbstractEventLoop) -> Callable[[bytes], object]:
     return connect
 
 
-async def measure(count: int, repeats: int) -> list[tuple[str, float, float]]:
+async def measure(count: int, repeats: int, tree: Path | None) -> list[tuple[str, float, float]]:
     """(parser, µs per stock head, µs per head of the batch) for each candidate."""
     loop = asyncio.get_running_loop()
     same = [stock_head(PYTHON_CLIENT, 1)] * count
     batch = [stock_head((PYTHON_CLIENT, JS_CLIENT)[i % 2], i) for i in range(count)]
-    candidates: list[tuple[str, Callable[[bytes], object] | None]] = [
-        ("environ_of_head (server.net.ws_accept)", lambda h: environ_of_head(h, PATH, PEER)),
-        ("aiohttp HttpRequestParser (C, llhttp)", aiohttp_parse(loop)),
-        ("httptools HttpRequestParser (llhttp)", httptools_parse()),
-        ("full connect: sniffer + checks + 101", full_connect(loop)),
+    candidates: list[tuple[str, Callable[[bytes], object] | None]] = []
+    if tree is not None:
+        before = tree_module(tree)
+        candidates += [
+            ("--tree: environ_of_head", lambda h: before.environ_of_head(h, PATH, PEER)),
+            ("--tree: full connect", full_connect(before.HandshakeSniffer)),
+        ]
+    candidates += [
+        ("sniffer's read: aiohttp parser + checks + environ", sniffer_read(loop)),
+        ("aiohttp HttpRequestParser alone (C, llhttp)", aiohttp_parse(loop)),
+        ("httptools HttpRequestParser alone (llhttp)", httptools_parse()),
+        ("full connect: sniffer + checks + 101", full_connect()),
     ]
     # Candidates take turns within each repeat, so that the load of a shared
     # machine falls on all of them alike.
@@ -161,13 +195,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=10_000, help="heads per batch")
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--tree", type=Path, help="also measure the sniffer of this checkout (before a change)"
+    )
     args = parser.parse_args()
-    rows = asyncio.run(measure(args.count, args.repeats))
+    rows = asyncio.run(measure(args.count, args.repeats, args.tree))
     print(f"µs per head, medians of {args.repeats} runs of {args.count:,} heads")
-    print(f"| {'parser':<45} | stock head | {args.count:,}-head batch |")
-    print(f"| {'-' * 45} | ---------- | ---------------- |")
+    print(f"| {'parser':<50} | stock head | {args.count:,}-head batch |")
+    print(f"| {'-' * 50} | ---------- | ---------------- |")
     for name, same, batch in rows:
-        print(f"| {name:<45} | {same:10.2f} | {batch:16.2f} |")
+        print(f"| {name:<50} | {same:10.2f} | {batch:16.2f} |")
 
 
 if __name__ == "__main__":
