@@ -12,7 +12,7 @@ import pytest
 
 from bench.fuzz_edge import aiohttp_verdict
 from server.eio.engine import http_response, query_fields
-from server.net.ws_accept import MAX_HEAD_BYTES, environ_of_head
+from server.net.ws_accept import MAX_HEAD_BYTES, Incomplete, read_head, request_parser
 from server.node.public import SOCKETIO_PATH
 from tests.support.procs import make_token
 from tests.support.ws_frames import read_frame, send_text
@@ -29,6 +29,13 @@ CONNECT_HEAD = (
     "x-trace: two\r\n"
     "\r\n"
 )
+
+
+async def environ_of_head(data: bytes, path: str, peer: object) -> dict[str, object] | None:
+    """What the sniffer makes of `data` read in one piece: the environ of the
+    WebSocket connect it takes, or None (left to aiohttp, or incomplete)."""
+    environ = read_head(request_parser(asyncio.get_running_loop()), data, data, path, peer)
+    return None if environ is Incomplete.HEAD else environ
 
 
 async def test_a_whole_connect_head_becomes_the_environ_engineio_reads() -> None:
