@@ -28,7 +28,7 @@ from redis.asyncio.connection import AbstractConnection as Connection
 
 from relay.metrics import RelayMetrics
 from relay.settings import Peer, Settings
-from relay.wire import ORIGIN, Channels, Forward, interest_change
+from relay.wire import ORIGIN, Addressee, Channels, Forward, Members, interest_change
 from server.core.jsonlog import OncePerBurst
 from server.net.redis_topology import RedisClient, parse_redis_url
 from server.sio.cluster.fanout import OUTBOX_RESUBSCRIBE_GRACE_SECONDS
@@ -72,7 +72,7 @@ class PeerLink:
         self.metrics = metrics
         self.stream_key = f"{channels.base}{STREAM_SUFFIX}"
         self.reply_channel = channels.reply(f"relay-{near}")
-        self.interest: set[bytes] = set()  # the far region's room channels
+        self.interest = Members(channels)  # the far region's rooms and nodes
         self.outbox: deque[Forward] = deque()
         self.state: LinkState = "connecting"
         self.since = time.monotonic()  # in this state since
@@ -95,7 +95,11 @@ class PeerLink:
     # --- what the relay calls ------------------------------------------------------
 
     def interested(self, channel: bytes) -> bool:
-        return channel in self.interest
+        return channel in self.interest.rooms
+
+    def serves(self, target: Addressee) -> bool:
+        """The far region announced the node `target` names."""
+        return self.interest.has(target)
 
     def send(self, forward: Forward) -> None:
         """Queue one message behind the others (O(1)); the sender task takes it."""
@@ -120,7 +124,8 @@ class PeerLink:
             "state_s": round(now - self.since, 3),
             "held": len(self.outbox),
             "lag_s": round(self.lag(now), 3),
-            "far_rooms": len(self.interest),
+            "far_rooms": len(self.interest.rooms),
+            "far_nodes": len(self.interest.nodes),
         }
 
     def lag(self, now: float) -> float:
@@ -219,8 +224,8 @@ class PeerLink:
             client.smembers(self.channels.interest_key),
             LINK_TIMEOUT_SECONDS,
         )
-        self.interest = {bytes(member) for member in members}  # type: ignore[arg-type]
-        self.metrics.far_rooms.labels(link=self.name).set(len(self.interest))
+        self.interest.replace(bytes(member) for member in members)  # type: ignore[arg-type]
+        self.metrics.far_rooms.labels(link=self.name).set(len(self.interest.rooms))
 
     async def _heard(self, client: aioredis.Redis, message: dict[str, Any]) -> None:
         if message.get("type") != "message":
@@ -233,14 +238,14 @@ class PeerLink:
         if change is None:
             self.metrics.bad_message(f"an interest change from {self.name}: {data[:80]!r}")
             return
-        sign, room_channel = change
+        sign, member = change
         if sign == "*":
             await self._read_interest(client)
         elif sign == "+":
-            self.interest.add(room_channel)
+            self.interest.add(member)
         else:
-            self.interest.discard(room_channel)
-        self.metrics.far_rooms.labels(link=self.name).set(len(self.interest))
+            self.interest.discard(member)
+        self.metrics.far_rooms.labels(link=self.name).set(len(self.interest.rooms))
 
     def _take_reply(self, data: bytes) -> None:
         try:

@@ -79,6 +79,12 @@ class RelayMetrics:
             "1 while the relay hears this region's Redis.",
             registry=r,
         )
+        self.unaddressed = Counter(
+            "iofleet_relay_unaddressed_messages",
+            "Messages for one node that no region announced (a node just started, or"
+            " gone): sent to every far region.",
+            registry=r,
+        )
         self.bad_messages = Counter(
             "iofleet_relay_bad_messages",
             "Messages the relay could not read (not a JSON object); left alone.",

@@ -3,18 +3,22 @@ what that region has members for, and announces its own region's interest.
 
 - Hearing: one subscriber on this region's Redis, `PSUBSCRIBE <channel>#room#*`
   (a pattern, so the relay's own subscription never counts as a room member) and
-  `SUBSCRIBE <channel>` (namespace and sid emits, acks, remote joins: they cross
-  to every far region) and `<channel>#query` (fleet queries). Redis hands one
+  `SUBSCRIBE <channel>` (namespace and sid emits, acks, remote joins) and
+  `<channel>#query` (fleet queries). Redis hands one
   subscriber its messages in publish order; each link keeps that order.
 - Per message O(links): a room message is decoded only if some far region wants
-  the room (a set lookup per link), a message that came from a far region (it
-  carries `iofleet_origin`) is never forwarded again.
+  the room (a set lookup per link); a shared-channel message addressed to one node
+  (a sid emit, an ack, a remote join: `relay.wire.addressee`) goes only to the far
+  region that announced the node, one that is not (a namespace emit) to every far
+  region; a message that came from a far region (it carries `iofleet_origin`) is
+  never forwarded again.
 - Interest: every `IOFLEET_RELAY_INTEREST_SECONDS` the relay reads `PUBSUB
   CHANNELS <channel>#room#*` on its own Redis (the room channels its servers
   subscribe: `server.sio.cluster.fanout` subscribes a room's channel only while
-  the node has a member), keeps the set in `<channel>#relay#interest` and
-  publishes each change on `<channel>#relay#interest#changes`, where the far
-  relays' links listen (`relay.link`). A room stays in the set for
+  the node has a member) and `<channel>#heartbeat#*` (its nodes), keeps the set
+  in `<channel>#relay#interest` and publishes each change on
+  `<channel>#relay#interest#changes`, where the far relays' links listen
+  (`relay.link`). A room (or a node) stays in the set for
   `IOFLEET_RELAY_INTEREST_LINGER_SECONDS` after its last member here left (by
   default the recovery window): a member that dropped and comes back recovers
   what the far region sent meanwhile.
@@ -45,7 +49,7 @@ from relay.link import (
 )
 from relay.metrics import RelayMetrics
 from relay.settings import Settings
-from relay.wire import INTEREST_ALL, ORIGIN, Channels, decode, forward_of
+from relay.wire import INTEREST_ALL, ORIGIN, Channels, Members, addressee, decode, forward_of
 from server.core.jsonlog import OncePerBurst
 from server.net.redis_topology import parse_redis_url
 
@@ -89,6 +93,7 @@ class Relay:
         self.redis_answered: float | None = None  # monotonic time its Redis last answered
         self.local_up = False
         self.local_rooms: set[bytes] | None = None  # None: not read yet (or read again)
+        self.local = Members(self.channels)  # local_rooms, read: this region's rooms and nodes
         self.started = time.monotonic()
         self._client: aioredis.Redis | None = None
         self._queries: set[asyncio.Task[None]] = set()
@@ -102,7 +107,8 @@ class Relay:
             "redis": str(self.endpoint),
             "leader": self.leader,
             "local": "up" if self.local_up else "down",
-            "local_rooms": len(self.local_rooms or ()),
+            "local_rooms": len(self.local.rooms),
+            "local_nodes": len(self.local.nodes),
             "uptime_s": round(time.monotonic() - self.started, 1),
             "links": [link.status() for link in self.links],
         }
@@ -171,9 +177,10 @@ class Relay:
         """Shutdown: hand the lease over at once (a rolling update does not wait for it
         to expire); what the outboxes still hold is lost, counted."""
         if self.leader:
+            local = self._local()
             try:
                 await asyncio.wait_for(
-                    self._local().eval(RELEASE_SCRIPT, 1, self.channels.lease_key, self.instance),
+                    local.eval(RELEASE_SCRIPT, 1, self.channels.lease_key, self.instance),
                     LINK_TIMEOUT_SECONDS,
                 )
             except (OSError, TimeoutError, aioredis.RedisError) as error:
@@ -240,18 +247,35 @@ class Relay:
         self.metrics.local_up.set(1 if up else 0)
 
     def _forward(self, channel: bytes, data: bytes, room: bool) -> None:
-        links = [link for link in self.links if not room or link.interested(channel)]
+        links = [link for link in self.links if link.interested(channel)] if room else self.links
         if not links:
             return
         message = decode(data)
         if message is None:
             self.metrics.bad_message(f"not a JSON object on {channel[:120]!r}")
             return
+        if not room and not (links := self._addressed(message)):
+            return
         forward = forward_of(message, channel.decode(), self.region, time.monotonic())
         if forward is None:
             return  # it came from a far region: it crossed its one link already
         for link in links:
             link.send(forward)
+
+    def _addressed(self, message: dict[str, Any]) -> list[PeerLink]:
+        """The links a shared-channel message goes to: the far regions that announced
+        its addressee's node; none if this region runs it; every far region if it is
+        for no one node, or for a node no region announced: a node that just started
+        may be heard of (a sid in a message) before its region's announcement arrives,
+        and a lost emit costs more than a few bytes (counted: `unaddressed`)."""
+        target = addressee(message)
+        if target is None:
+            return self.links
+        there = [link for link in self.links if link.serves(target)]
+        if there or self.local.has(target):
+            return there
+        self.metrics.unaddressed.inc()
+        return self.links
 
     def _on_query(self, data: bytes) -> None:
         request = decode(data)
@@ -290,10 +314,12 @@ class Relay:
 
     async def _read_and_announce(self) -> None:
         client = self._local()
-        channels = await asyncio.wait_for(
-            client.pubsub_channels(self.channels.room_pattern), LINK_TIMEOUT_SECONDS
-        )
-        current = self._lingering({bytes(channel) for channel in channels})  # type: ignore[arg-type]
+        channels: list[Any] = []
+        for pattern in (self.channels.room_pattern, self.channels.heartbeat_pattern):
+            channels += await asyncio.wait_for(
+                client.pubsub_channels(pattern), LINK_TIMEOUT_SECONDS
+            )
+        current = self._lingering({bytes(channel) for channel in channels})
         known = self.local_rooms
         key, changes = self.channels.interest_key, self.channels.interest_changes
         pipe = client.pipeline(transaction=True)  # the set and its changes in one step
@@ -316,7 +342,8 @@ class Relay:
                 pipe.publish(changes, b"-" + channel)
         await asyncio.wait_for(pipe.execute(), LINK_TIMEOUT_SECONDS)
         self.local_rooms = current
-        self.metrics.local_rooms.set(len(current))
+        self.local.replace(current)
+        self.metrics.local_rooms.set(len(self.local.rooms))
 
     def _lingering(self, subscribed: set[bytes]) -> set[bytes]:
         """The interest to announce: the rooms subscribed now, and those whose last

@@ -7,16 +7,33 @@ a relay never forwards a message that carries it, so each message crosses each
 link at most once and never comes back (no loop, no echo). The servers ignore the
 field. A message that came through the recovery stream (it has an `offset`, a
 stream id of its region) loses it: the far region's stream gives it its own.
+
+What a region announces (its interest) is the channels its servers subscribe that
+matter to a far region: room channels (who has members of which room) and each
+node's heartbeat channel (`server.sio.cluster.fanout.heartbeat_channel_name`: the
+node ids, which prefix its sids, and the host ids, which address its acks). A
+message on the shared channel addressed to one socket (an emit to a sid, a remote
+join, leave or disconnect) or to one node (an ack) then crosses only to the region
+that announced that node (`addressee`, `Members`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
-from server.sio.cluster.fanout import QUERY_SUFFIX, REPLY_INFIX, ROOM_CHANNEL_INFIX
+from server.eio.engine import node_of_sid
+from server.sio.cluster.fanout import (
+    HEARTBEAT_INFIX,
+    QUERY_SUFFIX,
+    REPLY_INFIX,
+    ROOM_CHANNEL_INFIX,
+    heartbeat_channel_owner,
+)
 
 ORIGIN = "iofleet_origin"
 OFFSET = "offset"
@@ -38,6 +55,11 @@ class Channels:
         return f"{self.room_prefix}*"
 
     @property
+    def heartbeat_pattern(self) -> str:
+        """Every node's own channel (`server.sio.cluster.fanout.heartbeat_channel_name`)."""
+        return f"{self.base}{HEARTBEAT_INFIX}*"
+
+    @property
     def query(self) -> str:
         return f"{self.base}{QUERY_SUFFIX}"
 
@@ -46,7 +68,8 @@ class Channels:
 
     @property
     def interest_key(self) -> str:
-        """A set: the room channels this region's servers subscribe (its interest)."""
+        """A set: the room and heartbeat channels this region's servers subscribe (its
+        interest: rooms with members here, and the nodes that run here)."""
         return f"{self.base}#relay#interest"
 
     @property
@@ -95,3 +118,75 @@ def interest_change(data: bytes) -> tuple[str, bytes] | None:
     if data[:1] in (b"+", b"-") and len(data) > 1:
         return data[:1].decode(), data[1:]
     return None
+
+
+class Addressee(NamedTuple):
+    """The one node a shared-channel message is for: by its node id (a sid's prefix)
+    or by its host id (an ack goes back to the node that asked)."""
+
+    kind: Literal["node", "host"]
+    name: str
+
+
+# Messages addressed to one socket by its `sid` field (python-socketio's pub/sub manager).
+SID_METHODS = frozenset({"disconnect", "enter_room", "leave_room"})
+
+
+def addressee(message: dict[str, Any]) -> Addressee | None:
+    """Whom a shared-channel message is for, when it is one node; None when every
+    node may be (a namespace emit, several rooms, `close_room`, a fleet query).
+    An emit to a room named like a sid (`SID_PATTERN`) is taken for that sid's own room."""
+    method = message.get("method")
+    if method == "callback":
+        host = message.get("host_id")
+        return Addressee("host", host) if isinstance(host, str) and host else None
+    if method == "emit":
+        node = node_of_sid(message.get("room"))
+    elif method in SID_METHODS:
+        node = node_of_sid(message.get("sid"))
+    else:
+        return None
+    return Addressee("node", node) if node is not None else None
+
+
+@dataclass
+class Members:
+    """What one region announced: the room channels its servers subscribe, and its
+    nodes (node ids, host ids) from their heartbeat channels. A node id is counted,
+    not kept in a set: a node restarted under the same id has a new heartbeat channel
+    (a new host id), announced before the old one is withdrawn."""
+
+    channels: Channels
+    rooms: set[bytes] = field(default_factory=set)
+    nodes: Counter[str] = field(default_factory=Counter)
+    hosts: set[str] = field(default_factory=set)
+
+    def replace(self, members: Iterable[bytes]) -> None:
+        self.rooms, self.nodes, self.hosts = set(), Counter(), set()
+        for member in members:
+            self.add(member)
+
+    def add(self, member: bytes) -> None:
+        if member.startswith(self.channels.room_prefix.encode()):
+            self.rooms.add(member)
+        elif (owner := self._owner(member)) is not None and owner[1] not in self.hosts:
+            self.nodes[owner[0]] += 1
+            self.hosts.add(owner[1])
+
+    def discard(self, member: bytes) -> None:
+        if member.startswith(self.channels.room_prefix.encode()):
+            self.rooms.discard(member)
+        elif (owner := self._owner(member)) is not None and owner[1] in self.hosts:
+            self.hosts.discard(owner[1])
+            self.nodes[owner[0]] -= 1
+            if self.nodes[owner[0]] <= 0:
+                del self.nodes[owner[0]]
+
+    def has(self, target: Addressee) -> bool:
+        return target.name in (self.nodes if target.kind == "node" else self.hosts)
+
+    def _owner(self, member: bytes) -> tuple[str, str] | None:
+        try:
+            return heartbeat_channel_owner(member.decode(), self.channels.base)
+        except UnicodeDecodeError:
+            return None

@@ -73,6 +73,14 @@ COMPRESSION_METHODS = ("gzip", "deflate")
 SID_RANDOM_BYTES = 15
 SID_PATTERN = re.compile(rf"^{NODE_ID_RULE}\.[A-Za-z0-9_-]{{20}}$")
 
+
+def node_of_sid(sid: object) -> str | None:
+    """The node id a sid of the `generate_id` form names, or None if it is not one."""
+    if not isinstance(sid, str) or not SID_PATTERN.match(sid):
+        return None
+    return sid.partition(".")[0]
+
+
 # A refused request's log line: at most one per this many seconds for each kind.
 REFUSAL_LOG_SECONDS = 10.0
 

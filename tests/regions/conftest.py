@@ -1,4 +1,4 @@
-"""Two regions on loopback, joined as production joins them: each its own
+"""Regions on loopback (two by default), joined as production joins them: each its own
 redis-server and `python -m server` nodes, each its own relay (`python -m relay`),
 and on each directed link a delay proxy (70 ms one way, a cut switch) between a
 relay and the far region's Redis (`iofleet.regions`)."""
@@ -9,14 +9,21 @@ import json
 import os
 import tempfile
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from iofleet.regions import DelayProxyProcess, RelayProcess, links_between, relays_for
+from iofleet.regions import (
+    DelayProxyProcess,
+    RelayProcess,
+    links_between,
+    region_names,
+    relays_for,
+)
 from tests.server.conftest import py_clients  # noqa: F401  (a fixture these tests use)
 from tests.support.procs import RedisServer, ServerProcess, wait_until
 
@@ -103,6 +110,14 @@ class World:
             what=f"{region}'s relay active",
         )
 
+    def wait_nodes(self, source: str, far: str, nodes: int, within: float = 10) -> None:
+        """`source`'s relay knows `far` runs `nodes` nodes (their heartbeat channels)."""
+        wait_until(
+            lambda: self.regions[source].link_status(far)["far_nodes"] == nodes,
+            timeout=within,
+            what=f"{source} sees {nodes} nodes of {far}",
+        )
+
     def wait_interest(self, source: str, far: str, rooms: int, within: float = 10) -> None:
         """`source`'s relay knows `far` has members in `rooms` rooms."""
         wait_until(
@@ -115,8 +130,15 @@ class World:
 @pytest.fixture
 def world() -> Iterator[World]:
     """Regions r1 and r2 with one node each, relays and links; all stopped after."""
+    with running_world(region_names(2)) as running:
+        yield running
+
+
+@contextmanager
+def running_world(names: Sequence[str]) -> Iterator[World]:
+    """Regions `names` with one node each, a relay each and a link per ordered pair."""
     log_dir = Path(tempfile.mkdtemp(prefix="iofleet-regions-"))
-    regions = {name: Region(name, RedisServer()) for name in ("r1", "r2")}
+    regions = {name: Region(name, RedisServer()) for name in names}
     ports = {name: region.redis.port for name, region in regions.items()}
     links = links_between(ports)
     relays = relays_for(ports, links, RELAY_ENV)

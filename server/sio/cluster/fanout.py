@@ -100,6 +100,22 @@ OUTBOX_RETRY_SECONDS = 0.1
 PUBLISH_BATCH = 256
 
 
+def heartbeat_channel_name(channel: str, node_id: str, host_id: str) -> str:
+    """The channel only this node subscribes (its listener's self-check). It names the
+    node's `IOFLEET_NODE_ID` (its sids' prefix) and its host id (its acks' address),
+    so whoever reads `PUBSUB CHANNELS` (the inter-region relay) learns both."""
+    return f"{channel}{HEARTBEAT_INFIX}{node_id}#{host_id}"
+
+
+def heartbeat_channel_owner(name: str, channel: str) -> tuple[str, str] | None:
+    """(node id, host id) of a `heartbeat_channel_name`, or None if `name` is not one."""
+    prefix = f"{channel}{HEARTBEAT_INFIX}"
+    if not name.startswith(prefix):
+        return None
+    node_id, sep, host_id = name[len(prefix) :].rpartition("#")
+    return (node_id, host_id) if sep and node_id and host_id else None
+
+
 def room_channel_name(channel: str, namespace: str, room: str) -> str:
     """The pub/sub channel of `room` in `namespace` (`server.sio.cluster.recovery` tags it
     on a Redis Cluster)."""
@@ -198,7 +214,7 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         self._active_rooms: set[str] = set()  # room channels the subscriber holds
         self._room_sync: asyncio.Task[None] | None = None
         self._sync_log = OncePerBurst(window=10.0)
-        self.heartbeat_channel = f"{channel}{HEARTBEAT_INFIX}{self.host_id}"
+        self.heartbeat_channel = heartbeat_channel_name(channel, node_id, self.host_id)
         self.query_channel = f"{channel}{QUERY_SUFFIX}"
         self.reply_channel = f"{channel}{REPLY_INFIX}{self.host_id}"
         self._queries: dict[str, PendingQuery] = {}
