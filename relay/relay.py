@@ -63,6 +63,10 @@ end
 return 0
 """
 
+# The status key outlives its last write by this many leases: a standby that takes
+# over writes it again before; a region with no active relay shows "unknown" after.
+STATUS_TTL_LEASES = 3
+
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -156,6 +160,7 @@ class Relay:
                     active = [
                         loop.create_task(self._listen_local()),
                         loop.create_task(self._announce_interest()),
+                        loop.create_task(self._write_status()),
                     ]
                 elif not leader and active:
                     log.warning("relay standing by", extra={"event": "relay.standby"})
@@ -167,6 +172,22 @@ class Relay:
                 await asyncio.sleep(self.settings.lease_seconds / 3)
         finally:
             await _cancel(active)
+
+    async def _write_status(self) -> None:
+        """While active: the links' status, for the region's servers (`/admin/status`,
+        `server.node.region_links`), every third of a lease, expiring after
+        `STATUS_TTL_LEASES` leases without a write."""
+        ttl_ms = int(self.settings.lease_seconds * STATUS_TTL_LEASES * 1000)
+        while True:
+            written = orjson.dumps({**self.status(), "written_at": time.time()})
+            try:
+                await asyncio.wait_for(
+                    self._local().set(self.channels.status_key, written, px=ttl_ms),
+                    LINK_TIMEOUT_SECONDS,
+                )
+            except (OSError, TimeoutError, aioredis.RedisError) as error:
+                self._warn("relay: the links' status for the servers was not written", error)
+            await asyncio.sleep(self.settings.lease_seconds / 3)
 
     def ready(self) -> bool:
         """Its own Redis answered within a lease: active or standby, it can forward."""
@@ -183,6 +204,8 @@ class Relay:
                     local.eval(RELEASE_SCRIPT, 1, self.channels.lease_key, self.instance),
                     LINK_TIMEOUT_SECONDS,
                 )
+                # The servers show "unknown" at once, not the links as they were.
+                await asyncio.wait_for(local.delete(self.channels.status_key), LINK_TIMEOUT_SECONDS)
             except (OSError, TimeoutError, aioredis.RedisError) as error:
                 self._warn("relay: the lease was not released; a standby waits it out", error)
         for link in self.links:

@@ -27,6 +27,7 @@ from typing import Any, Literal, NamedTuple
 import orjson
 
 from server.eio.engine import node_of_sid
+from server.node.region_links import relay_status_key
 from server.sio.cluster.fanout import (
     HEARTBEAT_INFIX,
     QUERY_SUFFIX,
@@ -76,6 +77,12 @@ class Channels:
     def lease_key(self) -> str:
         """Which of a region's relay replicas forwards (`relay.relay.Relay._hold_lease`)."""
         return f"{self.base}#relay#lease"
+
+    @property
+    def status_key(self) -> str:
+        """The active relay's links, for the servers' `/admin/status`
+        (`server.node.region_links`)."""
+        return relay_status_key(self.base)
 
     @property
     def interest_changes(self) -> str:

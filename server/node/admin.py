@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from server.node.region_links import read_links
 from server.node.state import NODE_KEY, Node
 
 
@@ -62,8 +64,16 @@ async def status(request: web.Request) -> web.Response:
             "uptime_s": round(time.monotonic() - node.started, 1),
             "redis": node.fanout_state(),
             "fanout_down_s": node.fanout_down_seconds(),
+            "region_links": await region_links(node),
         }
     )
+
+
+async def region_links(node: Node) -> dict[str, Any]:
+    """The links to far regions, as this region's relay last wrote them (bounded wait)."""
+    if node.fanout is None:
+        return {"state": "unused"}  # one node, no Redis: no region to link
+    return await read_links(node.fanout.redis, node.settings.redis_channel)
 
 
 async def drain(request: web.Request) -> web.Response:

@@ -177,8 +177,10 @@ async def test_admin_endpoints(cluster) -> None:
         "uptime_s",
         "redis",
         "fanout_down_s",
+        "region_links",
     }
     assert status["node_id"] == "node-a" and status["redis"] == "up"
+    assert status["region_links"]["state"] == "unknown"  # no relay in this region
     assert status["fanout_down_s"] is None
     with urllib.request.urlopen(f"{node_a.admin_url}/metrics", timeout=5) as response:
         text = response.read().decode()
