@@ -9,7 +9,13 @@ one sender in r1, `--subscribers` in r2, messages at `--rate` deliveries/s for
 `--seconds` (bounded in count and time). Per round:
 
 - cross-region latency p50/p99 minus the injected delay (the relay's overhead
-  with two Redis hops and the servers' own path);
+  with two Redis hops and the servers' own path), raw;
+- the delay proxy's own cost, measured in the same seconds: a Redis `PING` every
+  10 ms to r2's Redis through the proxy (r1's relay's path) and straight to it;
+  the proxy's one-way cost is `(RTT through it - 2 x delay - RTT straight) / 2`
+  (at p50 and p99), which production's path does not have, and the relay's
+  overhead net of it is the raw figure minus that (quantiles subtracted: an
+  estimate, not a per-message difference);
 - bytes per message on the link: payload bytes the relay counted, and every
   byte through the delay proxy r1 -> r2 (RESP framing, the recovery script's
   arguments, pings) per message;
@@ -17,7 +23,9 @@ one sender in r1, `--subscribers` in r2, messages at `--rate` deliveries/s for
 - latency of r1's own users (sender and subscribers on r1's node) with the link
   up and with it cut: a region down the line must add nothing.
 
-Medians over the rounds are printed and written to bench/results/cross_region.json.
+Medians over the rounds are printed, with the 1-minute load average during each
+round (the machine is shared: a figure means little without it), and written to
+bench/results/cross_region.json.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -82,6 +91,23 @@ async def send_at_rate(
     return count
 
 
+async def ping_rtts_ms(port: int, seconds: float, every: float = 0.01) -> list[float]:
+    """Round trips of `PING` to the Redis (or proxy) on `port`, one per `every` s
+    for `seconds` (bounded in count)."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    rtts = []
+    try:
+        for _ in range(max(1, int(seconds / every))):
+            start = time.perf_counter()
+            writer.write(b"PING\r\n")
+            await reader.readuntil(b"\r\n")
+            rtts.append((time.perf_counter() - start) * 1000)
+            await asyncio.sleep(every)
+    finally:
+        writer.close()
+    return rtts
+
+
 @contextlib.contextmanager
 def two_regions(workdir: Path, delay_ms: float) -> Iterator[dict[str, Any]]:
     with contextlib.ExitStack() as stack:
@@ -136,12 +162,21 @@ async def one_round(world: dict[str, Any], args: argparse.Namespace) -> dict[str
     await wait_far_rooms(r1_relay, 1)
     result: dict[str, float] = {}
 
-    # Cross-region latency at the rate, and bytes per message on the link.
+    # Cross-region latency at the rate, and bytes per message on the link; the
+    # proxy's own cost under the same load, through it and straight to r2's Redis.
     bytes_before = get_json(f"{link.control_url}/stats")["bytes_up"]
+    via_proxy = asyncio.ensure_future(ping_rtts_ms(link.port, args.seconds))
+    straight = asyncio.ensure_future(ping_rtts_ms(link.target_port, args.seconds))
     sent = await send_at_rate(sender, far, args.subscribers, args.rate, args.seconds)
+    result["load_1m"] = os.getloadavg()[0]
     p50, p99 = quantiles(far.latencies_ms)
     result["cross_p50_minus_delay_ms"] = p50 - args.delay_ms
     result["cross_p99_minus_delay_ms"] = p99 - args.delay_ms
+    straight_p50, _ = quantiles(await straight)
+    for name, rtt in zip(("p50", "p99"), quantiles(await via_proxy), strict=True):
+        proxy_ms = (rtt - 2 * args.delay_ms - straight_p50) / 2
+        result[f"proxy_one_way_{name}_ms"] = proxy_ms
+        result[f"relay_{name}_net_of_proxy_ms"] = result[f"cross_{name}_minus_delay_ms"] - proxy_ms
     wire = get_json(f"{link.control_url}/stats")["bytes_up"] - bytes_before
     result["link_bytes_per_message"] = wire / sent
     near_p50, near_p99 = quantiles(near.latencies_ms)
