@@ -7,10 +7,12 @@ put, a log call), then wakes that connection's writer task, which has aiohttp
 build the WebSocket frame again. For a room of 2,000 that is 2,000 tasks, 2,000
 writer wake-ups and 2,000 frame builds for one message.
 
-`BroadcastEmit.emit` replaces that loop: it builds the Socket.IO packet, the
-Engine.IO packet and the WebSocket frame once (server frames are unmasked, so
-every recipient gets the same bytes) and hands the recipients to
-`IofleetEngine.deliver`, which gives each one of them, synchronously:
+`BroadcastEmit.emit` replaces that loop: it builds the Socket.IO packet once and
+hands its text with the recipients to `IofleetServer.hand_over` (the one place
+packets leave for clients and are counted), which has the Engine.IO packet and
+the WebSocket frame built once (server frames are unmasked, so every recipient
+gets the same bytes) and gives them to `IofleetEngine.deliver`, which gives each
+recipient, synchronously:
 - over WebSocket with nothing queued before it: the frame is appended to that
   connection's frames for this loop pass, and when the pass ends one
   `transport.write` sends them all (a burst of broadcasts costs a recipient one
@@ -20,10 +22,11 @@ every recipient gets the same bytes) and hands the recipients to
   one shared, pre-encoded packet on the connection's queue, so order is kept
   and its writer (or pending GET) sends it as any other packet.
 The outbound bound and slow-consumer eviction live on the socket
-(`server.eio.socket.EngineSocket.send_ready`).
+(`server.eio.socket.EngineSocket.send_ready`). A packet with binary attachments
+is handed over the same way (its parts queued, in order, per recipient).
 
-What cannot be shared goes to the library unchanged: emits with a callback (one
-ack id per recipient) and packets with binary attachments. Mix it in after the
+Only emits with a callback (one ack id per recipient) go to the library's loop,
+which sends each through `IofleetServer._send_packet`, so `hand_over` too. Mix it in after the
 library's pub/sub manager, before `socketio.AsyncManager`, so that both local
 emits and the emits a Redis listener hands to `AsyncManager.emit` come here:
 `class M(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit)`.
@@ -32,21 +35,19 @@ emits and the emits a Redis listener hands to `AsyncManager.emit` come here:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import socketio
-from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from server.eio.socket import message
 from server.sio.rooms import RoomIndex
 
 
-class Deliverer(Protocol):
-    """What the Engine.IO server offers a broadcast (`IofleetEngine.deliver`)."""
+class Sender(Protocol):
+    """What the Socket.IO server offers a broadcast (`IofleetServer.hand_over`)."""
 
-    def deliver(self, eio_sids: Iterable[str], pkt: eio_packet.Packet, frame: bytes) -> int: ...
+    def hand_over(self, eio_sids: Sequence[str], encoded: str | list[Any]) -> int: ...
 
 
 def as_arguments(data: Any) -> list[Any]:
@@ -72,8 +73,8 @@ class BroadcastEmit(socketio.AsyncManager):  # type: ignore[misc]
         to: Any = None,
         **kwargs: Any,
     ) -> None:
-        deliverer: Deliverer | None = getattr(self.server, "eio", None)
-        if callback is not None or deliverer is None or not hasattr(deliverer, "deliver"):
+        sender: Sender | None = self.server if hasattr(self.server, "hand_over") else None
+        if callback is not None or sender is None:
             await super().emit(
                 event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, to=to
             )
@@ -84,21 +85,12 @@ class BroadcastEmit(socketio.AsyncManager):  # type: ignore[misc]
         pkt = self.server.packet_class(
             sio_packet.EVENT, namespace=namespace, data=[event, *as_arguments(data)]
         )
-        encoded = pkt.encode()
-        if isinstance(encoded, list):  # binary attachments: several packets per recipient
-            await super().emit(event, data, namespace, room=room, skip_sid=skip_sid, to=None)
-            return
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
         recipients = [
             eio_sid for sid, eio_sid in self.get_participants(namespace, room) if sid not in skip
         ]
-        if not recipients:
-            return
-        shared, frame = message(encoded)  # text cached on the packet: queue puts reuse it
-        sent = deliverer.deliver(recipients, shared, frame)
-        count_sent = getattr(self.server, "count_sent", None)
-        if count_sent is not None:
-            count_sent(sent)
+        if recipients:
+            sender.hand_over(recipients, pkt.encode())
 
 
 class LocalBroadcastManager(RoomIndex, BroadcastEmit):

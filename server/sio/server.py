@@ -10,8 +10,11 @@ an event or a raw packet, so every application gets all of them:
   without an identity, `AUTH=none`), metrics, handler timing, one-line logs
   for handler errors (the client gets an error ack);
 - per-packet: malformed packets close only the sender's transport;
-- rooms: at most `MAX_ROOMS_PER_USER` rooms per user on this node, tracked as
-  they change (`server.sio.rooms`) so joins cost O(rooms of that client).
+- rooms: at most `MAX_ROOMS_PER_USER` rooms per user on this node, counted by
+  the manager's room index (`server.sio.rooms`, the one owner of room state),
+  so a join costs O(1);
+- sending: every Socket.IO packet leaves for its clients through `hand_over`,
+  the one place `iofleet_messages_sent_total` is counted.
 The server sends no packet the application did not ask for.
 """
 
@@ -20,24 +23,25 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import socketio
+from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
 from server.core.lograte import LogLimiter
 from server.core.metrics import Metrics
 from server.core.ratelimit import KeyedBuckets, TokenBucket
 from server.eio.engine import REFUSAL_LOG_SECONDS, IofleetEngine
-from server.eio.socket import EngineSocket, message
+from server.eio.socket import message
 from server.settings import Settings
 from server.sio.auth import AuthError, Identity, TokenVerifier, token_from_handshake
-from server.sio.broadcast import LocalBroadcastManager
+from server.sio.broadcast import BroadcastEmit, LocalBroadcastManager
 from server.sio.cluster.recovery import Handoff, RecoveringFanoutManager
-from server.sio.rooms import RoomIndex, RoomLedger
+from server.sio.rooms import RoomIndex
 
 log = logging.getLogger("iofleet.sio")
 # The libraries' own loggers: passed in as loggers (not `False`) so that the
@@ -132,7 +136,6 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         self.verifier = TokenVerifier(settings)
         self.connections: dict[str, Connection] = {}  # by Engine.IO sid
         self.user_clients: dict[str, set[str]] = {}  # user -> Engine.IO sids
-        self.ledger = RoomLedger()
         self.node_id = settings.node_id  # for applications (the chat app greets with it)
         self.user_buckets = KeyedBuckets(settings.rate_limit, settings.burst)
         self._series_by_label: dict[str, tuple[Any, Any]] = {}  # `_event_metrics`
@@ -145,11 +148,15 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         )
         if client_manager is None:
             client_manager = LocalBroadcastManager()
-        elif not isinstance(client_manager, RoomIndex):
-            log.warning(
-                "client manager without a room index: disconnects scan every room",
-                extra={"event": "rooms.unindexed", "manager": type(client_manager).__name__},
+        if not isinstance(client_manager, RoomIndex) or not isinstance(
+            client_manager, BroadcastEmit
+        ):
+            # The room limit asks the room index, and sends are counted in `hand_over`.
+            raise TypeError(
+                f"{type(client_manager).__name__}: the client manager must mix in "
+                "RoomIndex and BroadcastEmit"
             )
+        self.room_index: RoomIndex = client_manager
         super().__init__(
             client_manager=client_manager,
             async_mode="aiohttp",
@@ -297,9 +304,10 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
 
     async def _connect(self, namespace: str, sid: str, environ: dict[str, Any], *rest: Any) -> Any:
         auth = rest[0] if rest else None
-        if sid not in self.ledger:  # the library may call twice (legacy signatures)
-            eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
-            client = self.connections.get(eio_sid)
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        client = self.connections.get(eio_sid)
+        # The library may call twice (legacy signatures): admit once.
+        if client is None or client.sids.get(namespace) != sid:
             try:
                 identity = self._admit(environ, auth, new_client=client is None)
                 if client is not None and identity.user != client.user:
@@ -318,7 +326,7 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             if client is None:
                 client = self._add_client(eio_sid, identity)
             client.sids[namespace] = sid
-            self.ledger.add(sid, namespace, client.owner)
+            self.room_index.assign_owner(sid, namespace, client.owner)
             session: dict[str, Any] = {}
             if self.recovery is not None:
                 # A recovered socket gets back what the application saved in its
@@ -405,14 +413,12 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         last namespace."""
         if self.recovery is not None:
             self.recovery.end_session(sid)
-        if sid not in self.ledger:
-            return
-        self.ledger.remove(sid)
         eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
         client = self.connections.get(eio_sid) if eio_sid is not None else None
-        if client is None:
+        if client is None or client.sids.get(namespace) != sid:
             return
-        client.sids.pop(namespace, None)
+        # Its rooms (and their count for the owner) go when the manager disconnects it.
+        del client.sids[namespace]
         if client.sids:
             return
         del self.connections[client.eio_sid]
@@ -453,8 +459,8 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         self, server: Any, sid: str, eio_sid: str, data: list[Any], namespace: str, id: int | None
     ) -> None:
         """python-socketio's: the handler, then its ack. An ack orjson can encode
-        (no bytes: those are binary attachments) is encoded and framed here, with
-        no `Packet` to build and scan for binary data."""
+        (no bytes: those are binary attachments) is encoded here, with no `Packet`
+        to build and scan for binary data."""
         result = await server._trigger_event(data[0], namespace, sid, *data[1:])
         if result is self.not_handled or id is None:
             return
@@ -464,17 +470,14 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             args = list(result)
         else:
             args = [result]
-        socket = self.eio.socket(eio_sid)
-        if socket is not None:
-            try:
-                body = orjson.dumps(args).decode()
-            except TypeError:
-                pass  # bytes or what orjson refuses: python-socketio's packet path
-            else:
-                prefix = "3" if namespace == "/" else f"3{namespace},"
-                self.metrics.messages_sent.inc()
-                send_text(socket, f"{prefix}{id}{body}")
-                return
+        try:
+            body = orjson.dumps(args).decode()
+        except TypeError:
+            pass  # bytes or what orjson refuses: python-socketio's packet path
+        else:
+            prefix = "3" if namespace == "/" else f"3{namespace},"
+            self.hand_over((eio_sid,), f"{prefix}{id}{body}")
+            return
         await server._send_packet(
             eio_sid, self.packet_class(sio_packet.ACK, namespace=namespace, id=id, data=args)
         )
@@ -582,15 +585,40 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             },
         )
 
-    def count_sent(self, count: int) -> None:
-        """Packets a broadcast gave to clients (`server.sio.broadcast`), for the metric."""
-        self.metrics.messages_sent.inc(count)
+    # --- sending ---------------------------------------------------------------
+
+    def hand_over(self, eio_sids: Sequence[str], encoded: str | list[Any]) -> int:
+        """The one place Socket.IO packets leave for clients, and are counted.
+
+        `encoded` is one packet as `Packet.encode()` gives it: its text, or, with
+        binary attachments, the text and then the attachments (one packet for the
+        metric). The Engine.IO layer gets the text as a MESSAGE framed once for all
+        of `eio_sids` (`server.eio.socket.message`): one client's is written at once
+        when nothing is waiting before it, a broadcast's joins the frames of this
+        loop pass (`server.sio.broadcast`). Returns how many clients took it.
+        """
+        if isinstance(encoded, str):
+            shared, frame = message(encoded)
+            if len(eio_sids) == 1:
+                socket = self.eio.socket(eio_sids[0])
+                sent = 1 if socket is not None and socket.send_one(shared, frame) else 0
+            else:
+                sent = self.eio.deliver(eio_sids, shared, frame)
+        else:
+            parts = [eio_packet.Packet(eio_packet.MESSAGE, part) for part in encoded]
+            sent = 0
+            for eio_sid in eio_sids:
+                socket = self.eio.socket(eio_sid)
+                if socket is not None:
+                    for part in parts:  # queued in order, behind what is waiting
+                        socket.send_nowait(part)
+                    sent += 1
+        self.metrics.messages_sent.inc(sent)
+        return sent
 
     async def _send_packet(self, eio_sid: str, pkt: Any) -> None:
-        """One packet to one client (acks, connects, direct emits): encoded and
-        framed once and handed over as a broadcast to one is (`server.sio.broadcast`),
-        so an idle WebSocket gets it without waking its writer task."""
-        self.metrics.messages_sent.inc()
+        """One packet to one client (acks, connects, direct emits, emits with a
+        callback, replays)."""
         if (
             self.recovery is not None
             and pkt.packet_type == sio_packet.CONNECT
@@ -599,51 +627,31 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
             pid = self.recovery.pid_of(pkt.data.get("sid", ""))
             if pid is not None:  # the recovery session id (Socket.IO v4.6+)
                 pkt.data = {**pkt.data, "pid": pid}
-        encoded = pkt.encode()
-        socket = self.eio.socket(eio_sid)
-        if isinstance(encoded, str) and socket is not None:
-            send_text(socket, encoded)
-            return
-        await super()._send_packet(eio_sid, pkt)
+        self.hand_over((eio_sid,), pkt.encode())
 
     async def _send_eio_packet(self, eio_sid: str, eio_pkt: Any) -> None:
-        # Broadcasts with a callback or binary attachments still come through here
-        # (python-socketio's own loop); the rest are counted by `count_sent`.
-        self.metrics.messages_sent.inc()
-        await super()._send_eio_packet(eio_sid, eio_pkt)
+        # Only python-socketio's own manager `emit` sends this way, one Engine.IO
+        # packet per part; `BroadcastEmit` leaves it nothing, so this stays a
+        # guard: the text part is the Socket.IO packet, attachments follow it.
+        if isinstance(eio_pkt.data, str):
+            self.hand_over((eio_sid,), eio_pkt.data)
+        else:
+            await super()._send_eio_packet(eio_sid, eio_pkt)
 
     # --- rooms ---------------------------------------------------------------
 
-    # A sid on another node is that node's to count; a sid's own room is not an
-    # application room. Every method here costs O(rooms of that client).
+    # The manager's room index (`server.sio.rooms`) holds every room fact; a sid on
+    # another node is that node's to count; a sid's own room is not an application room.
 
     async def enter_room(self, sid: str, room: str, namespace: str | None = None) -> None:
         limit = self.settings.max_rooms_per_user
-        if room != sid and self.ledger.would_exceed(sid, room, limit):
-            self.ledger.prune(sid, self._is_in_room)  # another node's close_room, say
-            if self.ledger.would_exceed(sid, room, limit):
-                raise RoomLimitExceeded(room)
+        if self.room_index.would_exceed(sid, namespace or "/", room, limit):
+            raise RoomLimitExceeded(room)
         await super().enter_room(sid, room, namespace=namespace)
-        if room != sid:
-            self.ledger.join(sid, room)
-
-    async def leave_room(self, sid: str, room: str, namespace: str | None = None) -> None:
-        await super().leave_room(sid, room, namespace=namespace)
-        self.ledger.leave(sid, room)
-
-    async def close_room(self, room: str, namespace: str | None = None) -> None:
-        members = [sid for sid, _ in self.manager.get_participants(namespace or "/", room)]
-        await super().close_room(room, namespace=namespace)
-        for sid in members:
-            self.ledger.leave(sid, room)
-
-    def _is_in_room(self, sid: str, namespace: str, room: str) -> bool:
-        return sid in self.manager.rooms.get(namespace, {}).get(room, ())
 
     def room_count(self) -> int:
         """Application rooms on this node (not the per-connection rooms)."""
-        rooms = self.manager.rooms.get("/", {})
-        return sum(1 for name in rooms if name is not None and name not in self.ledger)
+        return self.room_index.app_room_count("/")
 
     # --- drain -----------------------------------------------------------------
 
@@ -652,12 +660,6 @@ class IofleetServer(socketio.AsyncServer):  # type: ignore[misc]
         if eio_sid not in self.connections:
             return False
         return bool(await self.eio.close_transport(eio_sid))
-
-
-def send_text(socket: EngineSocket, encoded: str) -> None:
-    """An encoded Socket.IO packet to one client's `EngineSocket`: its Engine.IO
-    MESSAGE framed once (`send_one` queues the packet when it cannot write)."""
-    socket.send_one(*message(encoded))
 
 
 def peer(environ: dict[str, Any]) -> str | None:

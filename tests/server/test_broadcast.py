@@ -9,12 +9,15 @@ import base64
 import contextlib
 import os
 import socket
+from typing import Any
 
 import orjson
 import pytest
 from aiohttp._websocket.writer import WebSocketWriter
 
 from server.net.ws_transport import text_frame
+from tests.server.conftest import PyClient
+from tests.server.rooms_app import BLOB
 from tests.support.jsclient import JsClients
 from tests.support.metrics import metric
 from tests.support.procs import ServerProcess, make_token, wait_until
@@ -184,3 +187,35 @@ async def test_a_slow_consumer_is_dropped_and_counted(start_server, py_clients) 
     entries = [e for e in server.log_entries() if e.get("event") == "send.slow_consumer"]
     assert len(entries) == 1 and entries[0]["user"] == "stalled", entries
     assert (await reader.sio.call("room:join", {"room": "after"}, timeout=10))["ok"]
+
+
+async def test_sent_packets_are_counted_once_each(start_server, py_clients) -> None:
+    """`iofleet_messages_sent_total` adds exactly the Socket.IO packets each send
+    gave to clients: a broadcast one per recipient, an ack one, a direct emit
+    one, and a packet with a binary attachment one per recipient (its attachment
+    is part of it), whether to one client or to a room."""
+    server = start_server("counted", IOFLEET_HANDLERS="tests.server.rooms_app:register", **FAST)
+    clients = [await py_clients(server.url, user=f"counted-{i}") for i in range(3)]
+    for client in clients:
+        assert await client.sio.call("join", {"room": "counted"}, timeout=10) == {"ok": True}
+    sender = clients[0]
+
+    def sent() -> float:
+        return metric(server.admin_url, "iofleet_messages_sent_total")
+
+    async def added_by(send: Any, *expected: tuple[PyClient, str, int]) -> float:
+        before = sent()
+        await send()
+        for client, event, count in expected:
+            await client.wait(lambda c=client, e=event, n=count: len(c.received(e)) >= n)
+        return sent() - before
+
+    room = {"room": "counted"}
+    everyone = [(client, "note", 1) for client in clients]
+    assert await added_by(lambda: sender.sio.emit("to_room", room), *everyone) == 3
+    assert await added_by(lambda: sender.sio.call("echo", "hi", timeout=10)) == 1
+    assert await added_by(lambda: sender.sio.emit("to_me"), (sender, "note", 2)) == 1
+    assert await added_by(lambda: sender.sio.emit("binary_to_me"), (sender, "blob", 1)) == 1
+    to_everyone = [(client, "blob", 2 if client is sender else 1) for client in clients]
+    assert await added_by(lambda: sender.sio.emit("binary_to_room", room), *to_everyone) == 3
+    assert sender.received("blob") == [BLOB, BLOB]

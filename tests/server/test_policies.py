@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
+from typing import Any
+
+import socketio
 
 from tests.support.jsclient import JsClients
 from tests.support.procs import (
@@ -34,6 +38,78 @@ async def test_max_rooms_per_user(start_server, js: JsClients) -> None:
     # tab1 still holds "two"; leave it too, then there is room for a new one.
     assert (await js.call("tab1", "room:leave", {"room": "two"}))["ok"]
     assert (await js.call("tab1", "room:join", {"room": "three"}))["ok"]
+
+
+ROOMS_APP = "tests.server.rooms_app:register"
+
+
+async def rooms_of(client: socketio.AsyncClient, namespace: str = "/") -> list[str]:
+    return list(await client.call("rooms", namespace=namespace, timeout=10))
+
+
+async def until_rooms(client: socketio.AsyncClient, rooms: list[str], namespace: str = "/") -> None:
+    """Until the client's rooms on `namespace` are `rooms` (another node's change
+    arrives through Redis), at most 10 s."""
+    for _ in range(200):
+        if await rooms_of(client, namespace) == rooms:
+            return
+        await asyncio.sleep(0.05)
+    assert await rooms_of(client, namespace) == rooms
+
+
+async def test_room_limit_stays_exact_with_changes_from_another_node(
+    start_server, redis_server
+) -> None:
+    """Rooms changed by another node (its close_room, its enter_room for a sid here,
+    its disconnect of a sid here on a second namespace) reach this node's count of
+    the user's rooms as they happen: the limit is never off by one either way."""
+    env = {"IOFLEET_REDIS_URL": redis_server.url, "IOFLEET_HANDLERS": ROOMS_APP}
+    node_a = start_server("node-a", IOFLEET_MAX_ROOMS_PER_USER="2", **env)
+    node_b = start_server("node-b", IOFLEET_MAX_ROOMS_PER_USER="2", **env)
+    user = socketio.AsyncClient()
+    operator = socketio.AsyncClient()
+    try:
+        for client, node, name in ((user, node_a, "limited"), (operator, node_b, "operator")):
+            await client.connect(
+                node.url,
+                namespaces=["/", "/other"],
+                auth={"token": make_token(name)},
+                transports=["websocket"],
+                wait_timeout=10,
+            )
+        refused = {"ok": False, "error": "room limit reached"}
+
+        async def join(room: str, namespace: str = "/") -> Any:
+            return await user.call("join", {"room": room}, namespace=namespace, timeout=10)
+
+        # Both namespaces count toward the one limit.
+        assert await join("r1") == {"ok": True}
+        assert await join("o1", "/other") == {"ok": True}
+        assert await join("r2") == refused
+        # Node B disconnects the user's /other socket: its room no longer counts.
+        other_sid = user.get_sid("/other")
+        kick = {"sid": other_sid}
+        assert await operator.call("kick", kick, namespace="/other", timeout=10) == {"ok": True}
+        for _ in range(200):
+            if "/other" not in user.namespaces:
+                break
+            await asyncio.sleep(0.05)
+        assert await join("r2") == {"ok": True}
+        assert await join("r3") == refused
+        # Node B puts the user's / socket in a third room (not refusable over Redis,
+        # but counted here), then closes r1: two rooms left, r2 and x, at the limit.
+        put = {"sid": user.get_sid("/"), "room": "x"}
+        assert await operator.call("put", put, timeout=10) == {"ok": True}
+        await until_rooms(user, ["r1", "r2", "x"])
+        assert await operator.call("close", {"room": "r1"}, timeout=10) == {"ok": True}
+        await until_rooms(user, ["r2", "x"])
+        assert await join("r3") == refused
+        assert await user.call("leave", {"room": "x"}, timeout=10) == {"ok": True}
+        assert await join("r3") == {"ok": True}
+        assert await rooms_of(user) == ["r2", "r3"]
+    finally:
+        await user.disconnect()
+        await operator.disconnect()
 
 
 def handshake_status(server: ServerProcess, origin: str) -> int:

@@ -35,8 +35,6 @@ METHODS: list[tuple[Any, str, list[str]]] = [
     (socketio.AsyncServer, "_send_packet", ["eio_sid", "pkt"]),
     (socketio.AsyncServer, "_send_eio_packet", ["eio_sid", "eio_pkt"]),
     (socketio.AsyncServer, "enter_room", ["sid", "room", "namespace"]),
-    (socketio.AsyncServer, "leave_room", ["sid", "room", "namespace"]),
-    (socketio.AsyncServer, "close_room", ["room", "namespace"]),
     (socketio.AsyncServer, "rooms", ["sid", "namespace"]),
     (socketio.AsyncServer, "save_session", ["sid", "session", "namespace"]),
     (
@@ -49,10 +47,13 @@ METHODS: list[tuple[Any, str, list[str]]] = [
     (socketio.AsyncManager, "eio_sid_from_sid", ["sid", "namespace"]),
     (socketio.AsyncManager, "get_participants", ["namespace", "room"]),
     (socketio.AsyncManager, "initialize", []),
-    # the manager's room bookkeeping, overridden by server.sio.rooms.RoomIndex
+    # the manager's room bookkeeping, overridden by server.sio.rooms.RoomIndex (every
+    # room change goes through these; basic_close_room leaves each member, which
+    # tests/server/test_rooms.py checks against the library)
     (socketio.AsyncManager, "basic_enter_room", ["sid", "namespace", "room", "eio_sid"]),
     (socketio.AsyncManager, "basic_leave_room", ["sid", "namespace", "room"]),
     (socketio.AsyncManager, "basic_disconnect", ["sid", "namespace", "kwargs"]),
+    (socketio.AsyncManager, "basic_close_room", ["room", "namespace"]),
     (socketio.AsyncManager, "get_rooms", ["sid", "namespace"]),
     (socketio.AsyncManager, "pre_connect", ["eio_sid", "namespace"]),
     # the manager's emit, overridden by server.sio.broadcast.BroadcastEmit (and reached

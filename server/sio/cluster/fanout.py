@@ -8,9 +8,9 @@ is subscribed.
 
 Per-room routing: an emit to one application room is published on that room's
 channel (`<channel>#room#<namespace>#<room>`), and a node subscribes to a room's
-channel only while it has a member in it (kept as rooms change, through the
-manager's `basic_enter_room`/`basic_leave_room`), so a node with no member in a
-room receives none of its bytes. Everything else stays on the shared channel
+channel only while it has a member in it (the room index, `server.sio.rooms`,
+says when a room gets its first member here or loses its last), so a node with
+no member in a room receives none of its bytes. Everything else stays on the shared channel
 every node hears: emits to a whole namespace, to several rooms at once, to a
 sid's own room (a name of the sid form, `server.eio.engine.SID_PATTERN`: an app room
 named like one is routed the same way, still correctly), acks returning to
@@ -481,21 +481,21 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
             return self.room_channel(data.get("namespace") or "/", room)
         return str(self.channel)
 
-    def basic_enter_room(
-        self, sid: str, namespace: str, room: str | None, eio_sid: str | None = None
-    ) -> None:
-        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
-        if self.routes(room):
-            channel = self.room_channel(namespace, room)  # type: ignore[arg-type]
-            if channel not in self.room_channels:
-                self.room_channels.add(channel)
-                self._sync_rooms_soon()
+    def occupancy_channel(self, namespace: str, room: str | None) -> str | None:
+        """The channel this node hears while `room` has a member here, if any."""
+        return self.room_channel(namespace, room) if self.routes(room) else None  # type: ignore[arg-type]
 
-    def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
-        super().basic_leave_room(sid, namespace, room)
-        if self.routes(room) and room not in self.rooms.get(namespace, {}):
-            self.room_channels.discard(self.room_channel(namespace, room))  # type: ignore[arg-type]
-            self._sync_rooms_soon()
+    def on_room_occupancy(self, namespace: str, room: str | None, occupied: bool) -> None:
+        # The room index (`server.sio.rooms`) calls this when a room gets its first
+        # member here or loses its last.
+        channel = self.occupancy_channel(namespace, room)
+        if channel is None:
+            return
+        if occupied:
+            self.room_channels.add(channel)
+        else:
+            self.room_channels.discard(channel)
+        self._sync_rooms_soon()
 
     def _sync_rooms_soon(self) -> None:
         """(Un)subscribe room channels to match `room_channels`, from a task: the

@@ -539,28 +539,21 @@ class RecoveringFanoutManager(FanoutManager):
     def pid_of(self, sid: str) -> str | None:
         return self.pids.get(sid)
 
-    def basic_enter_room(
-        self, sid: str, namespace: str, room: str | None, eio_sid: str | None = None
-    ) -> None:
-        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
-        if room is None and self.keys.sharded:  # a socket in the namespace: hear its channel
-            channel = self.keys.namespace_channel(namespace)
-            if channel not in self.room_channels:
-                self.room_channels.add(channel)
-                self._sync_rooms_soon()
-        pid = self.pids.get(sid)
-        if pid is not None and room is not None and room != sid:
-            key, name = self.session_key(pid), f"{ROOM_FIELD}{room}"
-            self._writes.add(lambda pipe: pipe.hset(key, name, "1"))
+    def occupancy_channel(self, namespace: str, room: str | None) -> str | None:
+        if room is None:  # a socket in the namespace: on a Cluster, hear its channel
+            return self.keys.namespace_channel(namespace) if self.keys.sharded else None
+        return super().occupancy_channel(namespace, room)
 
-    def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
-        super().basic_leave_room(sid, namespace, room)
-        if room is None and self.keys.sharded and None not in self.rooms.get(namespace, {}):
-            self.room_channels.discard(self.keys.namespace_channel(namespace))
-            self._sync_rooms_soon()
-        pid = self.pids.get(sid)  # gone already on a disconnect: its rooms stay recorded
-        if pid is not None and room is not None and room != sid:
-            key, name = self.session_key(pid), f"{ROOM_FIELD}{room}"
+    def on_membership(self, sid: str, namespace: str, room: str, joined: bool) -> None:
+        # The session record follows the socket's rooms. On a disconnect its pid is
+        # gone already (`end_session`): its rooms stay recorded, for its recovery.
+        pid = self.pids.get(sid)
+        if pid is None:
+            return
+        key, name = self.session_key(pid), f"{ROOM_FIELD}{room}"
+        if joined:
+            self._writes.add(lambda pipe: pipe.hset(key, name, "1"))
+        else:
             self._writes.add(lambda pipe: pipe.hdel(key, name))
 
     def _start_refresher(self) -> None:
