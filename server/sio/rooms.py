@@ -69,6 +69,9 @@ class RoomIndex:
     ) -> None:
         members = self.rooms.get(namespace, {}).get(room)
         was_in = members is not None and sid in members
+        # Empty, not only absent: the library, refusing a sid that is not connected
+        # (KeyError), leaves the room it made behind, empty.
+        opens = not members
         # The library checks (and may refuse) first; nothing here changes if it does.
         super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)  # type: ignore[misc]
         if was_in:
@@ -84,7 +87,7 @@ class RoomIndex:
             if owner is not None:
                 self._owned.setdefault(owner, Counter())[(namespace, room)] += 1  # type: ignore[index]
             self.on_membership(sid, namespace, room, True)  # type: ignore[arg-type]
-        if members is None:
+        if opens:
             if app_room:
                 self._app_rooms[namespace] += 1
             self.on_room_occupancy(namespace, room, True)
