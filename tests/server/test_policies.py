@@ -94,6 +94,7 @@ async def test_room_limit_stays_exact_with_changes_from_another_node(
             if "/other" not in user.namespaces:
                 break
             await asyncio.sleep(0.05)
+        assert "/other" not in user.namespaces, "node B's disconnect of /other never arrived"
         assert await join("r2") == {"ok": True}
         assert await join("r3") == refused
         # Node B puts the user's / socket in a third room (not refusable over Redis,
