@@ -188,6 +188,15 @@ class KeyLayout:
         Cluster only: on one Redis they travel on the fan-out's shared channel)."""
         return f"{self.channel}{ROOM_CHANNEL_INFIX}{self.tag(namespace)}"
 
+    def channel_of(self, message: dict[str, Any]) -> str:
+        """The channel a recoverable emit `message` is published on: its room's when the
+        fan-out routes the room (`FanoutManager.routes`), else the shared channel (on a
+        Cluster: its namespace's). The relay recomputes it for a stream entry."""
+        room, namespace = message.get("room"), message.get("namespace") or "/"
+        if message.get("method") == "emit" and isinstance(room, str) and FanoutManager.routes(room):
+            return self.room_channel(namespace, room)
+        return self.namespace_channel(namespace) if self.sharded else self.channel
+
     def stream(self, namespace: str) -> str:
         if not self.sharded:
             return f"{self.channel}{STREAM_SUFFIX}"
@@ -317,10 +326,7 @@ class RecoveringFanoutManager(FanoutManager):
 
     def _stream_channel(self, message: dict[str, Any]) -> str:
         """The channel of a recoverable emit: on a Cluster, in its namespace's slot."""
-        channel = self._channel_for(message)
-        if self.keys.sharded and channel == self.channel:
-            return self.keys.namespace_channel(message["namespace"])
-        return channel
+        return self.keys.channel_of(message)
 
     # --- emitting: through the stream, delivered when it comes back -------------------
 
