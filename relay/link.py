@@ -26,6 +26,7 @@ import orjson
 from redis import asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection as Connection
 
+from relay.guard import GUARDED_EMIT_SCRIPT, crossed_key
 from relay.metrics import RelayMetrics
 from relay.settings import Peer, Settings
 from relay.wire import ORIGIN, Addressee, Channels, Forward, Members, interest_change
@@ -33,7 +34,7 @@ from server.core.jsonlog import OncePerBurst
 from server.net.redis_topology import RedisClient, parse_redis_url
 from server.sio.cluster.fanout import OUTBOX_RESUBSCRIBE_GRACE_SECONDS
 from server.sio.cluster.fleet_query import QUERY_TIMEOUT_SECONDS, PendingQuery, SocketInfo
-from server.sio.cluster.recovery import EMIT_SCRIPT, STREAM_SUFFIX
+from server.sio.cluster.recovery import STREAM_SUFFIX, stream_id
 
 log = logging.getLogger("iofleet.relay.link")
 
@@ -71,6 +72,7 @@ class PeerLink:
         self.settings = settings
         self.metrics = metrics
         self.stream_key = f"{channels.base}{STREAM_SUFFIX}"
+        self.crossed_key = crossed_key(self.stream_key, near)  # `relay.guard`
         self.reply_channel = channels.reply(f"relay-{near}")
         self.interest = Members(channels)  # the far region's rooms and nodes
         self.outbox: deque[Forward] = deque()
@@ -81,12 +83,16 @@ class PeerLink:
         self.last_delivery: float | None = None  # monotonic time of the last batch taken
         self._wake = asyncio.Event()  # the outbox got a message
         self._back = asyncio.Event()  # the far Redis listens again
+        self._up = asyncio.Event()  # set while the state is "up"
         self._failed = False
         self._far_run_id: str | None = None  # the far Redis's INFO run_id, once read
         self._resume_at = 0.0  # the outbox waits until then (the far Redis restarted)
         self._pending: dict[str, PendingQuery] = {}
         self._client: aioredis.Redis | None = None
         self._in_flight = 0  # messages at the outbox's head sent, their replies not yet in
+        self.holding = False  # a catch-up is due: nothing more leaves (`relay.catchup`)
+        self._skip_upto: tuple[int, int] | None = None  # live streamed ids the catch-up sent
+        self.last_catchup: dict[str, Any] | None = None
         self._log = OncePerBurst(window=10.0)
         self._drop_log = OncePerBurst(window=10.0)
         for gauge in (metrics.link_up, metrics.held, metrics.lag, metrics.far_rooms):
@@ -103,6 +109,10 @@ class PeerLink:
 
     def send(self, forward: Forward) -> None:
         """Queue one message behind the others (O(1)); the sender task takes it."""
+        if self._skip_upto is not None and forward.offset is not None:
+            if _at_or_below(forward, self._skip_upto):
+                return  # heard live, and already in the catch-up
+            self._skip_upto = None  # pub/sub order is stream order: the rest are newer
         limit = self.settings.outbox_messages
         if limit == 0 and self.state != "up":
             self._dropped("overflow", 1)
@@ -126,10 +136,61 @@ class PeerLink:
             "lag_s": round(self.lag(now), 3),
             "far_rooms": len(self.interest.rooms),
             "far_nodes": len(self.interest.nodes),
+            "catchup": self.last_catchup,
         }
 
     def lag(self, now: float) -> float:
         return now - self.outbox[0].at if self.outbox else 0.0
+
+    # --- a catch-up (`relay.catchup`) --------------------------------------------------
+
+    def hold(self) -> None:
+        """Send nothing more until `resume`: what is heard live waits behind the catch-up."""
+        self.holding = True
+
+    def resume(self, caught: list[Forward], upto: str | None, unkept: int = 0) -> None:
+        """Put the caught-up messages ahead of what waits (after what is on the wire),
+        drop the waiting streamed ones at or below `upto` (they are in `caught`), and
+        send again. `unkept`: older ones beyond the outbox's bound (counted dropped)."""
+        self._dropped("overflow", unkept)
+        mark = stream_id(upto) if upto is not None else None
+        on_wire = list(itertools.islice(self.outbox, 0, self._in_flight))
+        waiting = [
+            forward
+            for forward in itertools.islice(self.outbox, self._in_flight, None)
+            if not _at_or_below(forward, mark)
+        ]
+        limit = self.settings.outbox_messages
+        if limit and len(on_wire) + len(caught) + len(waiting) > limit:
+            over = min(len(caught), len(on_wire) + len(caught) + len(waiting) - limit)
+            self._dropped("overflow", over)
+            caught = caught[over:]
+        self.outbox.clear()
+        self.outbox.extend(on_wire + caught + waiting)
+        self._skip_upto = mark
+        self.holding = False
+        self._wake.set()
+        self._gauges()
+
+    def abandon(self) -> None:
+        """This relay stands by before its catch-up was done: what waits is dropped
+        (counted, `handover`); the relay taking over catches it up from the stream."""
+        if not self.holding:
+            return
+        waiting = len(self.outbox) - self._in_flight
+        for _ in range(waiting):
+            self.outbox.pop()
+        self._dropped("handover", waiting)
+        self.holding = False
+        self._gauges()
+
+    async def wait_up(self) -> None:
+        await self._up.wait()
+
+    async def crossed(self) -> str | None:
+        """The newest near stream id the far Redis took from this region (`relay.guard`)."""
+        took = await asyncio.wait_for(self._far().get(self.crossed_key), LINK_TIMEOUT_SECONDS)
+        return took.decode() if isinstance(took, bytes) else took
 
     async def run(self) -> None:
         await asyncio.gather(self._listen(), self._send_loop())
@@ -190,6 +251,9 @@ class PeerLink:
                 pubsub = listener.pubsub()
                 await pubsub.subscribe(self.channels.interest_changes, self.reply_channel)
                 await self._read_interest(listener)  # after SUBSCRIBE: no change is missed
+                # A connection ready for a catch-up's or a query's first read: its setup
+                # costs round trips across the link (a standby's catch-up waited 0.58 s).
+                await asyncio.wait_for(self._far().ping(), LINK_TIMEOUT_SECONDS)
                 self._set(listening=True)
                 backoff = BACKOFF_START
                 async for message in pubsub.listen():
@@ -287,10 +351,10 @@ class PeerLink:
             backoff = min(backoff * 2, BACKOFF_CAP)
 
     async def _open(self, connection: Connection) -> str:
-        """Connect, and load the recovery script there (a restarted Redis has an empty
-        script cache); its sha."""
+        """Connect, and load the guarded recovery script there (a restarted Redis has an
+        empty script cache); its sha."""
         await connection.connect()  # type: ignore[no-untyped-call]
-        await connection.send_command("SCRIPT", "LOAD", EMIT_SCRIPT)
+        await connection.send_command("SCRIPT", "LOAD", GUARDED_EMIT_SCRIPT)
         sha = await connection.read_response()
         return sha.decode() if isinstance(sha, bytes) else str(sha)
 
@@ -314,7 +378,7 @@ class PeerLink:
     async def _write(self, connection: Connection, sha: str, replies: asyncio.Queue[int]) -> None:
         window_ms = int(self.settings.recovery_window_seconds * 1000)
         while True:
-            if self._in_flight >= min(len(self.outbox), SEND_WINDOW):
+            if self.holding or self._in_flight >= min(len(self.outbox), SEND_WINDOW):
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), IDLE_PING_SECONDS)
@@ -331,10 +395,11 @@ class PeerLink:
                 continue
             commands: list[tuple[str | bytes | int, ...]] = []
             for forward in batch:
-                if forward.streamed and self.settings.recovery:
+                if forward.offset is not None and self.settings.recovery:
                     commands.append(
-                        ("EVALSHA", sha, 1, self.stream_key, forward.channel, forward.message,
-                         self.settings.recovery_max_messages, window_ms)
+                        ("EVALSHA", sha, 2, self.stream_key, self.crossed_key, forward.channel,
+                         forward.message, self.settings.recovery_max_messages, window_ms,
+                         forward.offset)
                     )  # fmt: skip
                 else:
                     commands.append(("PUBLISH", forward.channel, forward.message))
@@ -345,9 +410,11 @@ class PeerLink:
     async def _read(self, connection: Connection, replies: asyncio.Queue[int]) -> None:
         while True:
             size = await replies.get()
+            refused = 0
             for _ in range(max(size, 1)):
                 try:
-                    await connection.read_response(timeout=LINK_TIMEOUT_SECONDS)
+                    reply = await connection.read_response(timeout=LINK_TIMEOUT_SECONDS)
+                    refused += reply is None  # the guard: it crossed already (`relay.guard`)
                 except aioredis.ResponseError as error:
                     if "NOSCRIPT" in str(error):
                         raise  # the far Redis lost its scripts: a new connection loads it
@@ -361,7 +428,9 @@ class PeerLink:
                 self.metrics.link_bytes.labels(link=self.name).inc(len(forward.message))
             self._in_flight -= size
             self.last_delivery = time.monotonic()
-            self.metrics.forwarded.labels(link=self.name).inc(size)
+            self.metrics.forwarded.labels(link=self.name).inc(size - refused)
+            if refused:
+                self.metrics.refused.labels(link=self.name).inc(refused)
             self._set(publishing=True)
 
     def _expire(self) -> None:
@@ -399,6 +468,10 @@ class PeerLink:
             )
             self.state, self.since = state, time.monotonic()
             self._log.reset()
+        if state == "up":
+            self._up.set()
+        else:
+            self._up.clear()
         if listening:
             self._back.set()  # a sender backing off tries again at once
         self.metrics.link_up.labels(link=self.name).set(1 if state == "up" else 0)
@@ -436,6 +509,12 @@ class PeerLink:
                     "suppressed": self._log.take_suppressed(),
                 },
             )
+
+
+def _at_or_below(forward: Forward, mark: tuple[int, int] | None) -> bool:
+    """Whether `forward` came through the near stream at or before the id `mark`."""
+    offset = stream_id(forward.offset) if forward.offset is not None else None
+    return mark is not None and offset is not None and offset <= mark
 
 
 async def close_quietly(closing: Any, timeout: float = 1.0) -> None:

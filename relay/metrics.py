@@ -53,13 +53,37 @@ class RelayMetrics:
         )
         self.dropped = Counter(
             "iofleet_relay_dropped_messages",
-            "Messages the link's outbox dropped (overflow, expired, shutdown).",
+            "Messages the link's outbox dropped (overflow, expired, shutdown, handover).",
             ["link", "reason"],
             registry=r,
         )
         self.link_failures = Counter(
             "iofleet_relay_link_failures",
             "Times the link to the far region failed (publish or subscription).",
+            ["link"],
+            registry=r,
+        )
+        self.refused = Counter(
+            "iofleet_relay_refused_duplicates",
+            "Messages the far Redis refused: they had crossed already (relay.guard).",
+            ["link"],
+            registry=r,
+        )
+        self.catchups = Counter(
+            "iofleet_relay_catchups",
+            "Catch-ups from the recovery stream after the relay began hearing its region.",
+            ["link"],
+            registry=r,
+        )
+        self.catchup_messages = Counter(
+            "iofleet_relay_catchup_messages",
+            "Messages a catch-up brought from the near stream (published while unheard).",
+            ["link"],
+            registry=r,
+        )
+        self.catchup_seconds = Gauge(
+            "iofleet_relay_catchup_seconds",
+            "The last catch-up: from hearing the region again to its messages queued.",
             ["link"],
             registry=r,
         )

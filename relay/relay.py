@@ -22,6 +22,10 @@ what that region has members for, and announces its own region's interest.
   `IOFLEET_RELAY_INTEREST_LINGER_SECONDS` after its last member here left (by
   default the recovery window): a member that dropped and comes back recovers
   what the far region sent meanwhile.
+- Catch-up: each time the relay begins hearing its region (it became active, its
+  subscription came back), what was published meanwhile comes from the recovery
+  stream ahead of live traffic (`relay.catchup`), and the far Redis takes each
+  message once (`relay.guard`).
 - Fleet queries: a server's query is asked of each far region (`PeerLink.query`)
   and answered once, with all their sockets: the asking server counts the relay
   as one more listener, so it waits for one reply from it. A query a far relay
@@ -39,6 +43,7 @@ from typing import Any
 import orjson
 from redis import asyncio as aioredis
 
+from relay.catchup import CatchUps
 from relay.link import (
     BACKOFF_CAP,
     BACKOFF_START,
@@ -92,6 +97,7 @@ class Relay:
             PeerLink(self.region, peer, self.channels, settings, metrics)
             for peer in settings.peer_list()
         ]
+        self.catchups = CatchUps(self.region, self.links, self.route, settings, metrics)
         self.instance = secrets.token_hex(8)  # this replica, in the lease
         self.leader = False
         self.redis_answered: float | None = None  # monotonic time its Redis last answered
@@ -166,12 +172,14 @@ class Relay:
                     log.warning("relay standing by", extra={"event": "relay.standby"})
                     await _cancel(active)
                     active = []
+                    self.catchups.stand_by()
                     self._set_local(False)
                     self.local_rooms = None  # another replica announced meanwhile: re-read all
                 self.leader = leader
                 await asyncio.sleep(self.settings.lease_seconds / 3)
         finally:
             await _cancel(active)
+            self.catchups.cancel()
 
     async def _write_status(self) -> None:
         """While active: the links' status, for the region's servers (`/admin/status`,
@@ -237,8 +245,9 @@ class Relay:
                     health_check_interval=10,
                 )
                 pubsub = listener.pubsub()
-                await pubsub.psubscribe(self.channels.room_pattern)
+                self.catchups.hold()  # what is heard now waits behind the catch-up
                 await pubsub.subscribe(self.channels.base, self.channels.query)
+                await pubsub.psubscribe(self.channels.room_pattern)  # last: see below
                 self._set_local(True)
                 backoff = BACKOFF_START
                 async for message in pubsub.listen():
@@ -249,6 +258,8 @@ class Relay:
                         self._forward(shared, message["data"], room=False)
                     elif kind == "message" and message["channel"] == query:
                         self._on_query(message["data"])
+                    elif kind == "psubscribe":  # every subscription took effect (in order)
+                        self.catchups.start(self._local())  # what went unheard until now
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # any failure here means: reconnect
@@ -270,20 +281,25 @@ class Relay:
         self.metrics.local_up.set(1 if up else 0)
 
     def _forward(self, channel: bytes, data: bytes, room: bool) -> None:
-        links = [link for link in self.links if link.interested(channel)] if room else self.links
-        if not links:
-            return
+        if room and not any(link.interested(channel) for link in self.links):
+            return  # no far member: not even decoded
         message = decode(data)
         if message is None:
             self.metrics.bad_message(f"not a JSON object on {channel[:120]!r}")
             return
-        if not room and not (links := self._addressed(message)):
+        if not (links := self.route(channel, message, room)):
             return
         forward = forward_of(message, channel.decode(), self.region, time.monotonic())
         if forward is None:
             return  # it came from a far region: it crossed its one link already
         for link in links:
             link.send(forward)
+
+    def route(self, channel: bytes, message: dict[str, Any], room: bool) -> list[PeerLink]:
+        """The links a message heard on `channel` goes to: live, and in a catch-up."""
+        if room:
+            return [link for link in self.links if link.interested(channel)]
+        return self._addressed(message)
 
     def _addressed(self, message: dict[str, Any]) -> list[PeerLink]:
         """The links a shared-channel message goes to: the far regions that announced

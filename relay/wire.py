@@ -6,7 +6,8 @@ A message the relay republishes carries `iofleet_origin` (the region it came fro
 a relay never forwards a message that carries it, so each message crosses each
 link at most once and never comes back (no loop, no echo). The servers ignore the
 field. A message that came through the recovery stream (it has an `offset`, a
-stream id of its region) loses it: the far region's stream gives it its own.
+stream id of its region) loses it: the far region's stream gives it its own; the
+link keeps it beside the message, to write what crossed (`relay.catchup`).
 
 What a region announces (its interest) is the channels its servers subscribe that
 matter to a far region: room channels (who has members of which room) and each
@@ -97,6 +98,7 @@ class Forward(NamedTuple):
     message: bytes  # JSON, origin marked, without the near region's offset
     streamed: bool  # it came through the recovery stream: goes through the far one
     at: float  # monotonic time the relay heard it
+    offset: str | None = None  # its near stream id, if streamed (`relay.catchup`)
 
 
 def decode(data: bytes) -> dict[str, Any] | None:
@@ -113,9 +115,10 @@ def forward_of(message: dict[str, Any], channel: str, region: str, now: float) -
     it came from a far region itself."""
     if ORIGIN in message:
         return None
-    streamed = isinstance(message.pop(OFFSET, None), str)
+    offset = message.pop(OFFSET, None)
+    streamed = isinstance(offset, str)
     message[ORIGIN] = region
-    return Forward(channel, orjson.dumps(message), streamed, now)
+    return Forward(channel, orjson.dumps(message), streamed, now, offset if streamed else None)
 
 
 def interest_change(data: bytes) -> tuple[str, bytes] | None:
