@@ -82,6 +82,25 @@ def test_one_redis_keeps_the_keys_it_always_had() -> None:
     assert keys.room_channel("/", "lobby") == "iofleet#room#/#lobby"
 
 
+@pytest.mark.parametrize(
+    ("sharded", "message", "channel"),
+    [
+        (False, {"method": "emit", "room": "r", "namespace": "/chat"}, "iofleet#room#/chat#r"),
+        (False, {"method": "emit", "room": None, "namespace": "/"}, "iofleet"),
+        (False, {"method": "emit", "room": SID, "namespace": "/"}, "iofleet"),
+        (False, {"method": "emit", "room": ["a", "b"], "namespace": "/"}, "iofleet"),
+        (True, {"method": "emit", "room": "r", "namespace": "/"}, "iofleet#room#{iofleet#/}#r"),
+        (True, {"method": "emit", "room": None, "namespace": "/"}, "iofleet#room#{iofleet#/}"),
+    ],
+)  # fmt: skip
+def test_a_recoverable_emit_s_channel_has_one_rule(
+    sharded: bool, message: dict[str, Any], channel: str
+) -> None:
+    """The servers publish a recoverable emit there, and the relay's catch-up finds a
+    stream entry's channel there (`relay.catchup`)."""
+    assert KeyLayout("iofleet", sharded=sharded).channel_of(message) == channel
+
+
 @pytest.mark.parametrize("namespace", ["/", "/chat", "/a}b", "/{x}"])
 @pytest.mark.parametrize("channel", ["iofleet", "app{blue}"])
 def test_a_namespace_s_keys_share_one_slot_on_a_cluster(channel: str, namespace: str) -> None:
