@@ -10,6 +10,13 @@ link holds what it should forward in an ordered outbox bounded in count and age
 (`IOFLEET_RELAY_OUTBOX_MESSAGES`, `_SECONDS`): beyond, the oldest is dropped and
 counted. When the link is back, the outbox goes out first, in order, then live
 traffic behind it. The far region's interest stays as last known meanwhile.
+
+A far Redis Cluster (`redis+cluster://`) is written as its servers write it
+(`relay.layout`): SPUBLISH, the recovery script as `SHARDED_EMIT_SCRIPT` in the
+channel's slot, each message sent to the master owning its channel's slot. The
+far relay's interest changes and the replies to this link are sharded channels
+there (`ShardedSubscriber`). The far region's interest (its channel names) is kept
+under this region's names, so a room message is matched by its channel alone.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import itertools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Literal
 
 import orjson
@@ -27,11 +35,12 @@ from redis import asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection as Connection
 
 from relay.guard import GUARDED_EMIT_SCRIPT, crossed_key
+from relay.layout import RegionLayout
 from relay.metrics import RelayMetrics
 from relay.settings import Peer, Settings
 from relay.wire import ORIGIN, Addressee, Channels, Forward, Members, interest_change
 from server.core.jsonlog import OncePerBurst
-from server.net.redis_topology import RedisClient, parse_redis_url
+from server.net.redis_topology import RedisClient, Subscriber, parse_redis_url
 from server.sio.cluster.fanout import OUTBOX_RESUBSCRIBE_GRACE_SECONDS
 from server.sio.cluster.fleet_query import QUERY_TIMEOUT_SECONDS, PendingQuery, SocketInfo
 from server.sio.cluster.recovery import STREAM_SUFFIX, stream_id
@@ -73,8 +82,13 @@ class PeerLink:
         self.metrics = metrics
         self.stream_key = f"{channels.base}{STREAM_SUFFIX}"
         self.crossed_key = crossed_key(self.stream_key, near)  # `relay.guard`
+        self.layout = RegionLayout.of(channels.base, self.endpoint, settings.recovery)
+        self.near_layout = RegionLayout.of(
+            channels.base, parse_redis_url(settings.redis_url), settings.recovery
+        )
         self.reply_channel = channels.reply(f"relay-{near}")
-        self.interest = Members(channels)  # the far region's rooms and nodes
+        # The far region's rooms (under this region's names) and nodes.
+        self.interest = Members(channels)
         self.outbox: deque[Forward] = deque()
         self.state: LinkState = "connecting"
         self.since = time.monotonic()  # in this state since
@@ -88,7 +102,8 @@ class PeerLink:
         self._far_run_id: str | None = None  # the far Redis's INFO run_id, once read
         self._resume_at = 0.0  # the outbox waits until then (the far Redis restarted)
         self._pending: dict[str, PendingQuery] = {}
-        self._client: aioredis.Redis | None = None
+        self._client: RedisClient | None = None
+        self.on_interest: Callable[[], None] = lambda: None  # the far interest changed
         self._in_flight = 0  # messages at the outbox's head sent, their replies not yet in
         self.holding = False  # a catch-up is due: nothing more leaves (`relay.catchup`)
         self._skip_upto: tuple[int, int] | None = None  # live streamed ids the catch-up sent
@@ -106,6 +121,14 @@ class PeerLink:
     def serves(self, target: Addressee) -> bool:
         """The far region announced the node `target` names."""
         return self.interest.has(target)
+
+    def for_far(self, forward: Forward, message: dict[str, Any]) -> Forward:
+        """`forward` on the channel the far region's servers would publish it on: the
+        same name when both regions use one layout, else the far layout's (a Cluster
+        with recovery tags its names, `relay.layout`)."""
+        if self.layout.keys == self.near_layout.keys:
+            return forward
+        return forward._replace(channel=self.layout.channel_of(message, forward.streamed))
 
     def send(self, forward: Forward) -> None:
         """Queue one message behind the others (O(1)); the sender task takes it."""
@@ -218,54 +241,51 @@ class PeerLink:
 
     # --- the far Redis ------------------------------------------------------------
 
-    def _far(self) -> aioredis.Redis:
+    def _far(self) -> RedisClient:
         if self._client is None:
-            client = single(
-                self.endpoint.client(
-                    f"iofleet-relay-{self.near}-to-{self.name}",
-                    socket_connect_timeout=LINK_TIMEOUT_SECONDS,
-                    socket_timeout=LINK_TIMEOUT_SECONDS,
-                    driver_info=None,  # no CLIENT SETINFO: one round trip less per connect
-                )
+            self._client = self.endpoint.client(
+                f"iofleet-relay-{self.near}-to-{self.name}",
+                socket_connect_timeout=LINK_TIMEOUT_SECONDS,
+                socket_timeout=LINK_TIMEOUT_SECONDS,
+                driver_info=None,  # no CLIENT SETINFO: one round trip less per connect
             )
-            self._client = client
         return self._client
 
     async def _listen(self) -> None:
         """Subscribe the far relay's interest changes and this link's replies; keep
-        the far region's interest set current."""
+        the far region's interest set current. On a far Cluster both are sharded
+        channels (SSUBSCRIBE on the masters owning their slots)."""
         backoff = BACKOFF_START
         while True:
-            pubsub = None
+            subscriber: Subscriber | None = None
             try:
-                listener = single(
-                    self.endpoint.client(
-                        f"iofleet-relay-{self.near}-from-{self.name}",
-                        socket_connect_timeout=LINK_TIMEOUT_SECONDS,
-                        socket_keepalive=True,
-                        health_check_interval=IDLE_PING_SECONDS,
-                        driver_info=None,  # no CLIENT SETINFO: one round trip less
-                    )
+                subscriber = self.endpoint.subscriber(
+                    f"iofleet-relay-{self.near}-from-{self.name}",
+                    socket_connect_timeout=LINK_TIMEOUT_SECONDS,
+                    socket_keepalive=True,
+                    health_check_interval=IDLE_PING_SECONDS,
+                    driver_info=None,  # no CLIENT SETINFO: one round trip less
                 )
-                await self._note_restart(listener)
-                pubsub = listener.pubsub()
-                await pubsub.subscribe(self.channels.interest_changes, self.reply_channel)
-                await self._read_interest(listener)  # after SUBSCRIBE: no change is missed
+                client = self._far()
+                if not self.layout.cluster:  # a Cluster's masters: `ClusterSender` waits
+                    await self._note_restart(single(client))
+                await subscriber.subscribe(self.channels.interest_changes, self.reply_channel)
+                await self._read_interest(client)  # after SUBSCRIBE: no change is missed
                 # A connection ready for a catch-up's or a query's first read: its setup
                 # costs round trips across the link (a standby's catch-up waited 0.58 s).
-                await asyncio.wait_for(self._far().ping(), LINK_TIMEOUT_SECONDS)
+                await asyncio.wait_for(client.ping(), LINK_TIMEOUT_SECONDS)
                 self._set(listening=True)
                 backoff = BACKOFF_START
-                async for message in pubsub.listen():
-                    await self._heard(listener, message)
+                async for message in subscriber.listen():
+                    await self._heard(client, message)
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # any failure here means: reconnect
                 self._set(listening=False)
                 self._warn("relay: the far region's Redis is unreachable; retrying", error)
             finally:
-                if pubsub is not None:
-                    await close_quietly(pubsub.aclose())
+                if subscriber is not None:
+                    await close_quietly(subscriber.aclose())
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_CAP)
 
@@ -283,16 +303,25 @@ class PeerLink:
             )
         self._far_run_id = run_id
 
-    async def _read_interest(self, client: aioredis.Redis) -> None:
+    async def _read_interest(self, client: RedisClient) -> None:
         members = await asyncio.wait_for(
-            client.smembers(self.channels.interest_key),
+            client.smembers(self.channels.interest_key),  # type: ignore[arg-type,unused-ignore]
             LINK_TIMEOUT_SECONDS,
         )
-        self.interest.replace(bytes(member) for member in members)  # type: ignore[arg-type]
+        names = (self._near_name(bytes(member)) for member in members)  # type: ignore[arg-type,unused-ignore]
+        self.interest.replace(name for name in names if name is not None)
         self.metrics.far_rooms.labels(link=self.name).set(len(self.interest.rooms))
+        self.on_interest()
 
-    async def _heard(self, client: aioredis.Redis, message: dict[str, Any]) -> None:
-        if message.get("type") != "message":
+    def _near_name(self, member: bytes) -> bytes | None:
+        """A far region's member under this region's name: a room channel in this
+        layout (None if it has none), a node's heartbeat channel as it is."""
+        if not member.startswith(self.channels.room_prefix.encode()):
+            return member
+        return self.near_layout.near_name(member, self.layout)
+
+    async def _heard(self, client: RedisClient, message: dict[str, Any]) -> None:
+        if message.get("type") not in ("message", "smessage"):
             return
         channel, data = message["channel"], message["data"]
         if channel == self.reply_channel.encode():
@@ -302,14 +331,18 @@ class PeerLink:
         if change is None:
             self.metrics.bad_message(f"an interest change from {self.name}: {data[:80]!r}")
             return
-        sign, member = change
+        sign, far_member = change
+        member = self._near_name(far_member)
         if sign == "*":
             await self._read_interest(client)
+        elif member is None:
+            pass  # no such channel here (a namespace's emits cross on the shared channel)
         elif sign == "+":
             self.interest.add(member)
         else:
             self.interest.discard(member)
         self.metrics.far_rooms.labels(link=self.name).set(len(self.interest.rooms))
+        self.on_interest()
 
     def _take_reply(self, data: bytes) -> None:
         try:
@@ -331,9 +364,14 @@ class PeerLink:
         outbox when its reply came; after a failure everything unanswered is sent
         again on the next connection: the far region may see a message twice
         then, never miss one or get it out of order."""
+        if self.layout.cluster:
+            from relay.sharded import ClusterSender  # noqa: PLC0415 (it imports this module)
+
+            await ClusterSender(self).run()
+            return
         backoff = BACKOFF_START
         while True:
-            connection: Connection = self._far().connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            connection: Connection = single(self._far()).connection_pool.make_connection()  # type: ignore[no-untyped-call]
             try:
                 sha = await asyncio.wait_for(self._open(connection), LINK_TIMEOUT_SECONDS * 2)
                 self._set(publishing=True)
@@ -524,7 +562,7 @@ async def close_quietly(closing: Any, timeout: float = 1.0) -> None:
 
 
 def single(client: RedisClient) -> aioredis.Redis:
-    """The client of one Redis (settings refuse a Sentinel-less Cluster URL)."""
+    """The client of one Redis: the paths a Cluster takes elsewhere (`relay.sharded`)."""
     if not isinstance(client, aioredis.Redis):
-        raise TypeError("the relay needs one Redis")
+        raise TypeError("a one-Redis path was given a Cluster client")
     return client

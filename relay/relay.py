@@ -30,6 +30,11 @@ what that region has members for, and announces its own region's interest.
   and answered once, with all their sockets: the asking server counts the relay
   as one more listener, so it waits for one reply from it. A query a far relay
   republished here is answered with no sockets (that relay counts this one too).
+- On a Redis Cluster (`redis+cluster://`, `relay.sharded`): the relay hears by
+  `SSUBSCRIBE` exactly the room channels some far region wants (kept current as
+  the links learn the far interest), reads interest with `PUBSUB SHARDCHANNELS`
+  on every master less its own subscriptions, and publishes with SPUBLISH; the
+  lease is a key there as on one Redis.
 """
 
 from __future__ import annotations
@@ -42,8 +47,10 @@ from typing import Any
 
 import orjson
 from redis import asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from relay.catchup import CatchUps
+from relay.layout import RegionLayout
 from relay.link import (
     BACKOFF_CAP,
     BACKOFF_START,
@@ -54,9 +61,10 @@ from relay.link import (
 )
 from relay.metrics import RelayMetrics
 from relay.settings import Settings
+from relay.sharded import shard_interest
 from relay.wire import INTEREST_ALL, ORIGIN, Channels, Members, addressee, decode, forward_of
 from server.core.jsonlog import OncePerBurst
-from server.net.redis_topology import parse_redis_url
+from server.net.redis_topology import RedisClient, Subscriber, parse_redis_url
 
 log = logging.getLogger("iofleet.relay")
 
@@ -93,11 +101,17 @@ class Relay:
         self.region = settings.region
         self.channels = Channels(settings.redis_channel)
         self.endpoint = parse_redis_url(settings.redis_url)
+        self.layout = RegionLayout.of(settings.redis_channel, self.endpoint, settings.recovery)
         self.links = [
             PeerLink(self.region, peer, self.channels, settings, metrics)
             for peer in settings.peer_list()
         ]
-        self.catchups = CatchUps(self.region, self.links, self.route, settings, metrics)
+        # Catch-up reads one stream of one Redis and writes through the guarded script of
+        # one far Redis: links between single-Redis regions only (docs/regions.md).
+        single_links = [
+            link for link in self.links if not (link.layout.cluster or link.near_layout.cluster)
+        ]
+        self.catchups = CatchUps(self.region, single_links, self.route, settings, metrics)
         self.instance = secrets.token_hex(8)  # this replica, in the lease
         self.leader = False
         self.redis_answered: float | None = None  # monotonic time its Redis last answered
@@ -105,7 +119,15 @@ class Relay:
         self.local_rooms: set[bytes] | None = None  # None: not read yet (or read again)
         self.local = Members(self.channels)  # local_rooms, read: this region's rooms and nodes
         self.started = time.monotonic()
-        self._client: aioredis.Redis | None = None
+        self._client: RedisClient | None = None
+        # On a Cluster: the channels the relay's sharded subscriber holds (never local
+        # interest), the namespaces its servers have sockets in, and a wake-up for the
+        # subscriber when what it should hold changed.
+        self._own: set[bytes] = set()
+        self._namespaces: set[str] = {"/"}
+        self._wanted_changed = asyncio.Event()
+        for link in self.links:
+            link.on_interest = self._wanted_changed.set
         self._queries: set[asyncio.Task[None]] = set()
         self._gone: dict[bytes, float] = {}  # room channel -> when its last member left
         self._log = OncePerBurst(window=10.0)
@@ -219,57 +241,136 @@ class Relay:
         for link in self.links:
             link.drop_all()
 
-    def _local(self) -> aioredis.Redis:
+    def _local(self) -> RedisClient:
         if self._client is None:
-            self._client = single(
-                self.endpoint.client(
-                    f"iofleet-relay-{self.region}",
-                    socket_connect_timeout=LINK_TIMEOUT_SECONDS,
-                    socket_timeout=LINK_TIMEOUT_SECONDS,
-                )
+            self._client = self.endpoint.client(
+                f"iofleet-relay-{self.region}",
+                socket_connect_timeout=LINK_TIMEOUT_SECONDS,
+                socket_timeout=LINK_TIMEOUT_SECONDS,
             )
         return self._client
 
     # --- this region's traffic -------------------------------------------------------
 
     async def _listen_local(self) -> None:
+        """Hear this region's Redis, reconnecting with capped backoff after any failure."""
+        hear = self._hear_sharded if self.layout.cluster else self._hear
         backoff = BACKOFF_START
-        shared, query = self.channels.base.encode(), self.channels.query.encode()
         while True:
-            pubsub = None
             try:
-                listener = self.endpoint.client(
-                    f"iofleet-relay-{self.region}-listener",
-                    socket_connect_timeout=LINK_TIMEOUT_SECONDS,
-                    socket_keepalive=True,
-                    health_check_interval=10,
-                )
-                pubsub = listener.pubsub()
-                self.catchups.hold()  # what is heard now waits behind the catch-up
-                await pubsub.subscribe(self.channels.base, self.channels.query)
-                await pubsub.psubscribe(self.channels.room_pattern)  # last: see below
-                self._set_local(True)
-                backoff = BACKOFF_START
-                async for message in pubsub.listen():
-                    kind = message.get("type")
-                    if kind == "pmessage":
-                        self._forward(message["channel"], message["data"], room=True)
-                    elif kind == "message" and message["channel"] == shared:
-                        self._forward(shared, message["data"], room=False)
-                    elif kind == "message" and message["channel"] == query:
-                        self._on_query(message["data"])
-                    elif kind == "psubscribe":  # every subscription took effect (in order)
-                        self.catchups.start(self._local())  # what went unheard until now
+                await hear()
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # any failure here means: reconnect
+                if self.local_up:  # it was heard: retry soon
+                    backoff = BACKOFF_START
                 self._set_local(False)
                 self._warn("relay: this region's Redis is unreachable; retrying", error)
-            finally:
-                if pubsub is not None:
-                    await close_quietly(pubsub.aclose())
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_CAP)
+
+    async def _hear(self) -> None:
+        """One Redis: PSUBSCRIBE the room channels, SUBSCRIBE the shared and query ones."""
+        shared, query = self.channels.base.encode(), self.channels.query.encode()
+        listener = self.endpoint.client(
+            f"iofleet-relay-{self.region}-listener",
+            socket_connect_timeout=LINK_TIMEOUT_SECONDS,
+            socket_keepalive=True,
+            health_check_interval=10,
+        )
+        pubsub = listener.pubsub()
+        try:
+            self.catchups.hold()  # what is heard now waits behind the catch-up
+            await pubsub.subscribe(self.channels.base, self.channels.query)
+            await pubsub.psubscribe(self.channels.room_pattern)  # last: see below
+            self._set_local(True)
+            async for message in pubsub.listen():
+                kind = message.get("type")
+                if kind == "pmessage":
+                    self._forward(message["channel"], message["data"], room=True)
+                elif kind == "message" and message["channel"] == shared:
+                    self._forward(shared, message["data"], room=False)
+                elif kind == "message" and message["channel"] == query:
+                    self._on_query(message["data"])
+                elif kind == "psubscribe":  # every subscription took effect (in order)
+                    self.catchups.start(single(self._local()))  # what went unheard until now
+        finally:
+            await close_quietly(pubsub.aclose())
+
+    async def _hear_sharded(self) -> None:
+        """A Cluster: SSUBSCRIBE to the shared and query channels and to what the far
+        regions want (`_wanted`), kept current by `_follow_wanted`; a failure of
+        either ends both (the caller reconnects)."""
+        subscriber = self.endpoint.subscriber(
+            f"iofleet-relay-{self.region}-listener",
+            socket_connect_timeout=LINK_TIMEOUT_SECONDS,
+            socket_keepalive=True,
+        )
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            wanted = self._wanted()
+            await subscriber.subscribe(
+                self.channels.base, self.channels.query, *(c.decode() for c in wanted)
+            )
+            self._own = wanted
+            self._set_local(True)
+            loop = asyncio.get_running_loop()
+            tasks = [
+                loop.create_task(self._take_sharded(subscriber)),
+                loop.create_task(self._follow_wanted(subscriber)),
+            ]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises what ended it
+        finally:
+            self._own = set()
+            await _cancel(tasks)
+            await close_quietly(subscriber.aclose())
+
+    async def _take_sharded(self, subscriber: Subscriber) -> None:
+        shared, query = self.channels.base.encode(), self.channels.query.encode()
+        async for message in subscriber.listen():
+            if message.get("type") != "smessage":
+                continue
+            channel = message["channel"]
+            if channel == query:
+                self._on_query(message["data"])
+            elif channel == shared or self.layout.namespace_of(channel) is not None:
+                # A namespace channel carries namespace and sid emits: every far
+                # region gets them, as the shared channel's on one Redis.
+                self._forward(channel, message["data"], room=False)
+            else:
+                self._forward(channel, message["data"], room=True)
+
+    def _wanted(self) -> set[bytes]:
+        """The channels of this region the relay must hear on a Cluster: each room some
+        far region has members in, and each namespace channel in use (its servers'
+        namespaces, and the far regions': a namespace emit reaches every region)."""
+        wanted: set[bytes] = set()
+        for link in self.links:
+            wanted |= link.interest.rooms
+        for namespace in self._namespaces:
+            channel = self.layout.namespace_channel(namespace)
+            if channel is not None:
+                wanted.add(channel.encode())
+        return wanted
+
+    async def _follow_wanted(self, subscriber: Subscriber) -> None:
+        """(Un)subscribe as `_wanted` changes. A channel counts as the relay's own from
+        its SSUBSCRIBE's answer until just before its SUNSUBSCRIBE: in between, the
+        interest read may count the relay as a member (a moment of interest too many,
+        never one too few)."""
+        while True:
+            await self._wanted_changed.wait()
+            self._wanted_changed.clear()
+            wanted = self._wanted()
+            add, remove = wanted - self._own, self._own - wanted
+            if remove:
+                self._own -= remove
+                await subscriber.unsubscribe(*(c.decode() for c in remove))
+            if add:
+                await subscriber.subscribe(*(c.decode() for c in add))
+                self._own |= add
 
     def _set_local(self, up: bool) -> None:
         if up != self.local_up:
@@ -293,7 +394,7 @@ class Relay:
         if forward is None:
             return  # it came from a far region: it crossed its one link already
         for link in links:
-            link.send(forward)
+            link.send(link.for_far(forward, message))
 
     def route(self, channel: bytes, message: dict[str, Any], room: bool) -> list[PeerLink]:
         """The links a message heard on `channel` goes to: live, and in a catch-up."""
@@ -335,7 +436,8 @@ class Relay:
         reply = orjson.dumps({"id": request["id"], "sockets": sockets})
         try:
             await asyncio.wait_for(
-                self._local().publish(request["reply_to"], reply), LINK_TIMEOUT_SECONDS
+                self.endpoint.publish(self._local(), request["reply_to"], reply),
+                LINK_TIMEOUT_SECONDS,
             )
         except (OSError, TimeoutError, aioredis.RedisError) as error:
             self._warn("relay: a fleet query reply was not sent", error)
@@ -353,36 +455,71 @@ class Relay:
 
     async def _read_and_announce(self) -> None:
         client = self._local()
-        channels: list[Any] = []
-        for pattern in (self.channels.room_pattern, self.channels.heartbeat_pattern):
-            channels += await asyncio.wait_for(
-                client.pubsub_channels(pattern), LINK_TIMEOUT_SECONDS
-            )
-        current = self._lingering({bytes(channel) for channel in channels})
-        known = self.local_rooms
-        key, changes = self.channels.interest_key, self.channels.interest_changes
-        pipe = client.pipeline(transaction=True)  # the set and its changes in one step
+        if isinstance(client, RedisCluster):
+            subscribed = await self._shard_rooms(client)
+        else:
+            channels: list[Any] = []
+            for pattern in (self.channels.room_pattern, self.channels.heartbeat_pattern):
+                channels += await asyncio.wait_for(
+                    client.pubsub_channels(pattern), LINK_TIMEOUT_SECONDS
+                )
+            subscribed = {bytes(channel) for channel in channels}
+        current = self._lingering(subscribed)
+        channel = self.channels.interest_changes
+        if isinstance(client, RedisCluster):
+            # The set and its change channel are in two slots (no transaction): the set
+            # first, then the changes; a far link reading the set in between gets a
+            # change it already has (idempotent).
+            pipe = client.pipeline(transaction=False)
+            changes = self._write_interest(pipe, current)
+            if changes is None:
+                return
+            await asyncio.wait_for(pipe.execute(), LINK_TIMEOUT_SECONDS)
+            published = self.endpoint.publish_many(client, [(channel, c) for c in changes])
+            await asyncio.wait_for(published, LINK_TIMEOUT_SECONDS)
+        else:
+            step = client.pipeline(transaction=True)  # the set and its changes in one step
+            changes = self._write_interest(step, current)
+            if changes is None:
+                return
+            for change in changes:
+                step.publish(channel, change)
+            await asyncio.wait_for(step.execute(), LINK_TIMEOUT_SECONDS)
+        self.local_rooms = current
+        self.local.replace(current)
+        self.metrics.local_rooms.set(len(self.local.rooms))
+
+    def _write_interest(self, pipe: Any, current: set[bytes]) -> list[bytes] | None:
+        """Queue on `pipe` the interest set's update to `current`; the changes to
+        publish after it (None: nothing changed)."""
+        key, known = self.channels.interest_key, self.local_rooms
         if known is None:
             pipe.delete(key)
             if current:
                 pipe.sadd(key, *current)
-            pipe.publish(changes, INTEREST_ALL)
-        else:
-            added, removed = current - known, known - current
-            if not added and not removed:
-                return
-            if added:
-                pipe.sadd(key, *added)
-            if removed:
-                pipe.srem(key, *removed)
-            for channel in added:
-                pipe.publish(changes, b"+" + channel)
-            for channel in removed:
-                pipe.publish(changes, b"-" + channel)
-        await asyncio.wait_for(pipe.execute(), LINK_TIMEOUT_SECONDS)
-        self.local_rooms = current
-        self.local.replace(current)
-        self.metrics.local_rooms.set(len(self.local.rooms))
+            return [INTEREST_ALL]
+        added, removed = current - known, known - current
+        if not added and not removed:
+            return None
+        if added:
+            pipe.sadd(key, *added)
+        if removed:
+            pipe.srem(key, *removed)
+        return [b"+" + c for c in added] + [b"-" + c for c in removed]
+
+    async def _shard_rooms(self, client: RedisCluster) -> set[bytes]:
+        """This region's interest on a Cluster (`shard_interest`): its rooms, less the
+        relay's own subscriptions, and its nodes (their heartbeat channels); and the
+        namespaces in use here, so the relay hears their channels."""
+        subscribed: set[bytes] = set()
+        for pattern in (self.channels.room_pattern, self.channels.heartbeat_pattern):
+            subscribed |= await shard_interest(client, pattern, self._own, LINK_TIMEOUT_SECONDS)
+        found = (self.layout.namespace_of(channel) for channel in subscribed)
+        namespaces = {namespace for namespace in found if namespace is not None}
+        if not namespaces <= self._namespaces:
+            self._namespaces |= namespaces  # kept: a namespace's channel is cheap to hold
+            self._wanted_changed.set()
+        return subscribed
 
     def _lingering(self, subscribed: set[bytes]) -> set[bytes]:
         """The interest to announce: the rooms subscribed now, and those whose last

@@ -8,6 +8,7 @@ a plain value, and they are never logged (`redacted`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -25,7 +26,7 @@ class Peer:
     """A far region: its name and its Redis (where this relay publishes)."""
 
     region: str
-    redis_url: str
+    redis_url: str  # redis://, rediss://, or redis+cluster:// (rediss+cluster://)
 
     def __str__(self) -> str:
         return f"{self.region}={redacted(self.redis_url)}"
@@ -44,10 +45,13 @@ class Settings(BaseSettings):
     region: str = Field(
         ..., min_length=1, pattern=r"^[a-z0-9-]+$", description="This region's name."
     )
-    redis_url: str = Field(..., description="This region's Redis (the servers' REDIS_URL).")
+    redis_url: str = Field(
+        ..., description="This region's Redis or Redis Cluster (the servers' REDIS_URL)."
+    )
     far_redis_url: str = Field(
         ...,
-        description="The far regions, `region=redis_url` comma-separated (from a Secret).",
+        description="The far regions, `region=redis_url` comma-separated (from a Secret);"
+        " a Cluster's URL lists its seeds comma-separated too.",
     )
     redis_channel: str = Field("iofleet", description="The servers' IOFLEET_REDIS_CHANNEL.")
     recovery: bool = Field(
@@ -105,10 +109,10 @@ class Settings(BaseSettings):
         for peer in self.peer_list():
             if peer.region == self.region:
                 raise ValueError(f"IOFLEET_RELAY_FAR_REDIS_URL names this region {self.region!r}")
-            if self.require_tls and not peer.redis_url.startswith("rediss://"):
+            if self.require_tls and not parse_redis_url(peer.redis_url).tls:
                 raise ValueError(
-                    f"IOFLEET_RELAY_FAR_REDIS_URL: {peer.region} is not rediss:// and"
-                    " IOFLEET_RELAY_REQUIRE_TLS is on"
+                    f"IOFLEET_RELAY_FAR_REDIS_URL: {peer.region} is not rediss:// (or"
+                    " rediss+cluster://) and IOFLEET_RELAY_REQUIRE_TLS is on"
                 )
         return self
 
@@ -126,21 +130,35 @@ def _check_url(url: str) -> None:
         endpoint = parse_redis_url(url)
     except RedisUrlError as error:
         raise ValueError(str(error)) from None
-    if endpoint.topology != "single":
-        # PSUBSCRIBE and PUBSUB CHANNELS see one Redis; a Cluster's sharded channels
-        # would need one link per shard (docs/regions.md, "not done").
-        raise ValueError(f"the relay needs one Redis (redis:// or rediss://), got {endpoint}")
+    if endpoint.topology == "sentinel":
+        # The relay reads interest and subscribes on the data nodes it is given; a
+        # Sentinel-found master is not among the regional choices (`redis_mode`).
+        raise ValueError(
+            f"the relay needs one Redis or a Redis Cluster (redis://, redis+cluster://,"
+            f" rediss:// for TLS), got {endpoint}"
+        )
+
+
+# A comma starts the next peer (`region=`) or, in a Cluster URL, its next seed (`host:port`).
+PEER_START = re.compile(r"^\s*([a-z0-9-]+)=")
 
 
 def parse_peers(value: str) -> list[Peer]:
-    """`a=redis://...,b=rediss://...` as peers; ValueError (URL masked) when malformed."""
+    """`a=redis://...,b=redis+cluster://h1:6379,h2:6379` as peers; ValueError (URL
+    masked) when malformed."""
+    items: list[list[str]] = []  # [region, url] each
+    for part in filter(None, (part.strip() for part in value.split(","))):
+        start = PEER_START.match(part)
+        if start is not None:
+            items.append([start.group(1), part[start.end() :].strip()])
+        elif items and items[-1][1].partition("://")[0].endswith("+cluster"):
+            items[-1][1] += f",{part}"  # the Cluster URL's next seed
+        else:
+            raise ValueError(f"a peer is `region=redis_url`, got {redacted(part)!r}")
     peers: list[Peer] = []
-    for item in filter(None, (part.strip() for part in value.split(","))):
-        region, sep, url = item.partition("=")
-        if not sep or not region.strip():
-            raise ValueError(f"a peer is `region=redis_url`, got {redacted(item)!r}")
-        _check_url(url.strip())
-        peers.append(Peer(region.strip(), url.strip()))
+    for region, url in items:
+        _check_url(url)
+        peers.append(Peer(region, url))
     if not peers:
         raise ValueError("at least one peer region is needed")
     if len({peer.region for peer in peers}) != len(peers):

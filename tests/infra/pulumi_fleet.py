@@ -133,16 +133,22 @@ REGIONAL_OUTPUTS = {
 }
 
 
-def _network_outputs(region: str) -> dict[str, Any]:
+def _network_outputs(region: str, cluster: bool = False) -> dict[str, Any]:
     """What a regional stack exports for the inter-region link (infra/region_link.py),
-    with the example stacks' CIDRs."""
+    with the example stacks' CIDRs; `cluster`: its Redis runs in cluster mode (the URL
+    infra/elasticache.py makes from the configuration endpoint)."""
     cidr = {"us-east-1": "10.10.0.0/16", "eu-west-1": "10.20.0.0/16"}.get(region, "10.0.0.0/16")
+    redis_url = (
+        f"rediss+cluster://:token-{region}@clustercfg.{region}.cache.amazonaws.com:6379"
+        if cluster
+        else f"rediss://:token-{region}@master.{region}.cache.amazonaws.com:6379/0"
+    )
     return {
         "vpc_id": f"vpc-{region}",
         "vpc_cidr": cidr,
         "private_route_table_ids": [f"rtb-{region}-{zone}" for zone in "abc"],
         "redis_security_group_id": f"sg-redis-{region}",
-        "redis_url": f"rediss://:token-{region}@master.{region}.cache.amazonaws.com:6379/0",
+        "redis_url": redis_url,
     }
 
 
@@ -154,11 +160,16 @@ class FleetMocks(pulumi.runtime.Mocks):
     """Echo inputs back as outputs, plus the computed outputs the program reads."""
 
     def __init__(
-        self, caller_role: str = CALLER_ROLE, balancers: dict[str, str] | None = None
+        self,
+        caller_role: str = CALLER_ROLE,
+        balancers: dict[str, str] | None = None,
+        cluster_regions: set[str] | None = None,
     ) -> None:
         self.caller_role = caller_role
         self.balancers = balancers or {}
         """Region -> the `balancer` its mocked regional stack reports (default alb)."""
+        self.cluster_regions = cluster_regions or set()
+        """Regions whose mocked regional stack runs Redis in cluster mode."""
         self.resources: list[Recorded] = []
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.ignore_changes: dict[str, list[str]] = {}
@@ -200,7 +211,10 @@ class FleetMocks(pulumi.runtime.Mocks):
             "pulumi:pulumi:StackReference": {
                 "outputs": {
                     **REGIONAL_OUTPUTS,
-                    **_network_outputs(_region_of(inputs.get("name", name))),
+                    **_network_outputs(
+                        _region_of(inputs.get("name", name)),
+                        _region_of(inputs.get("name", name)) in self.cluster_regions,
+                    ),
                     "region": _region_of(inputs.get("name", name)),
                     "balancer": self.balancers.get(_region_of(inputs.get("name", name)), "alb"),
                     # One region without a certificate, to show what differs for it.

@@ -9,11 +9,13 @@ from typing import Any
 
 import pulumi
 import pytest
-from pulumi_fleet import after_deploy, run_stack
+from pulumi_fleet import FleetMocks, after_deploy, run_stack
 from test_infra_policy import broken, find, violations
 
 from infra.config import validate
 from infra.region_link import RELAY, RELAY_LABELS
+from relay.settings import Settings
+from server.net.redis_topology import parse_redis_url
 
 PEERS = {"prod-us-east-1": "prod-eu-west-1", "prod-eu-west-1": "prod-us-east-1"}
 
@@ -153,3 +155,40 @@ def test_region_peers_must_be_stack_names_once_each() -> None:
         result, problems, _ = validate({"region_peers": peers}, stack="dev", region="us-east-1")
         assert result is None
         assert any("iofleet:region_peers" in p and message in p for p in problems), problems
+
+
+@pulumi.runtime.test
+def test_cluster_mode_regions_give_their_relays_cluster_urls_the_relay_takes() -> Any:
+    """Both regions in cluster mode (`redis_mode: cluster`): the relay's own URL and the
+    far one are `rediss+cluster://` on the configuration endpoint (the servers' form),
+    and the relay's settings accept them with TLS required (it refused any Cluster
+    URL before issue 19's cluster support)."""
+    fleet = run_stack(
+        "prod-us-east-1",
+        {"iofleet:redis_mode": "cluster", "iofleet:redis_shards": 3},
+        mocks=FleetMocks(cluster_regions={"eu-west-1"}),
+    )
+
+    def check() -> None:
+        (secret,) = fleet.kubernetes("Secret", RELAY)
+        data = secret.inputs["stringData"]
+        assert data["redis-url"] == (
+            "rediss+cluster://:pw-redis-auth-token@clustercfg.iofleet.cache.amazonaws.com:6379"
+        )
+        assert data["far-redis-url"] == (
+            "prod-eu-west-1=rediss+cluster://:token-eu-west-1"
+            "@clustercfg.eu-west-1.cache.amazonaws.com:6379"
+        )
+        env = {e["name"]: e.get("value") for e in relay_container(fleet.resources)["env"]}
+        settings = Settings(
+            region=env["IOFLEET_RELAY_REGION"],
+            redis_url=data["redis-url"],
+            far_redis_url=data["far-redis-url"],
+            require_tls=env["IOFLEET_RELAY_REQUIRE_TLS"] == "true",
+        )
+        (peer,) = settings.peer_list()
+        far = parse_redis_url(peer.redis_url)
+        assert (peer.region, far.topology, far.tls) == ("prod-eu-west-1", "cluster", True)
+        assert parse_redis_url(settings.redis_url).topology == "cluster"
+
+    return after_deploy(check)

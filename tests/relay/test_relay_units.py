@@ -10,8 +10,10 @@ import sys
 import orjson
 import pytest
 
+from relay.layout import RegionLayout
 from relay.settings import Settings, parse_peers
 from relay.wire import ORIGIN, Channels, decode, forward_of, interest_change
+from server.net.redis_topology import parse_redis_url
 from server.sio.cluster.fanout import QUERY_SUFFIX, ROOM_CHANNEL_INFIX
 from tests.support.procs import REPO
 
@@ -95,3 +97,50 @@ def test_unreadable_messages_and_interest_changes_are_refused() -> None:
     assert interest_change(b"+iofleet#room#/#r") == ("+", b"iofleet#room#/#r")
     assert interest_change(b"*") == ("*", b"")
     assert interest_change(b"?x") is None and interest_change(b"+") is None
+
+
+def test_cluster_urls_are_peers_and_tls_is_read_off_the_scheme() -> None:
+    """A Cluster URL lists its seeds comma-separated inside the comma-separated peers."""
+    peers = parse_peers("r2=rediss+cluster://:t@a:6379,b:6379,r3=redis://c:6379/0")
+    assert [(p.region, p.redis_url) for p in peers] == [
+        ("r2", "rediss+cluster://:t@a:6379,b:6379"),
+        ("r3", "redis://c:6379/0"),
+    ]
+    tls = Settings(
+        region="r1",
+        redis_url="redis+cluster://a:1,b:2",
+        far_redis_url="r2=rediss+cluster://:t@x:6379",
+        require_tls=True,
+    )
+    assert tls.peer_list()[0].region == "r2"
+    with pytest.raises(ValueError, match="not rediss://"):
+        Settings(
+            region="r1",
+            redis_url="redis://a:1/0",
+            far_redis_url="r2=redis+cluster://x:6379",
+            require_tls=True,
+        )
+    with pytest.raises(ValueError, match="a peer is"):
+        parse_peers("r2=redis://a:1/0,b:2")  # a seed after a single-Redis URL
+
+
+def test_names_cross_between_a_cluster_layout_and_one_redis() -> None:
+    """A far region's interest is read into this region's names, and a message is
+    written where the far region's servers would publish it (`KeyLayout`)."""
+    single = RegionLayout.of("iofleet", parse_redis_url("redis://a:1/0"), recovery=True)
+    cluster = RegionLayout.of("iofleet", parse_redis_url("redis+cluster://a:1"), recovery=True)
+    plain_cluster = RegionLayout.of("iofleet", parse_redis_url("redis+cluster://a:1"), False)
+    tagged = b"iofleet#room#{iofleet#/chat}#support#42"
+    assert single.near_name(tagged, cluster) == b"iofleet#room#/chat#support#42"
+    assert cluster.near_name(b"iofleet#room#/chat#support#42", single) == tagged
+    assert single.near_name(b"iofleet#room#{iofleet#/chat}", cluster) is None
+    assert cluster.namespace_of(b"iofleet#room#{iofleet#/chat}") == "/chat"
+    assert cluster.namespace_of(tagged) is None
+    assert plain_cluster.near_name(b"iofleet#room#/#r", single) == b"iofleet#room#/#r"
+    room = {"method": "emit", "namespace": "/", "room": "r"}
+    namespace = {"method": "emit", "namespace": "/", "room": None}
+    assert cluster.channel_of(room, streamed=True) == "iofleet#room#{iofleet#/}#r"
+    assert cluster.channel_of(namespace, streamed=True) == "iofleet#room#{iofleet#/}"
+    assert cluster.channel_of(namespace, streamed=False) == "iofleet"
+    assert single.channel_of(namespace, streamed=True) == "iofleet"
+    assert cluster.stream_of("iofleet#room#{iofleet#/}#r") == "iofleet#stream#{iofleet#/}"

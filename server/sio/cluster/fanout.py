@@ -122,6 +122,21 @@ def room_channel_name(channel: str, namespace: str, room: str) -> str:
     return f"{channel}{ROOM_CHANNEL_INFIX}{namespace}#{room}"
 
 
+def routes(room: object) -> bool:
+    """Whether emits to `room` travel on the room's own channel."""
+    return isinstance(room, str) and not SID_PATTERN.match(room)
+
+
+def routed_room(data: dict[str, Any]) -> tuple[str, str] | None:
+    """`(namespace, room)` when the fan-out message `data` travels on that room's own
+    channel, else None (the shared channel). The one rule: the servers route by it
+    and the relay (`relay.layout`) finds a far region's channel by it."""
+    room = data.get("room")
+    if data.get("method") == "emit" and isinstance(room, str) and routes(room):
+        return str(data.get("namespace") or "/"), room
+    return None
+
+
 class QueuedPublish(NamedTuple):
     """One publish waiting for the sender (`FanoutManager._send_queued`)."""
 
@@ -470,15 +485,12 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
     def room_channel(self, namespace: str, room: str) -> str:
         return room_channel_name(str(self.channel), namespace, room)
 
-    @staticmethod
-    def routes(room: object) -> bool:
-        """Whether emits to `room` travel on the room's own channel."""
-        return isinstance(room, str) and not SID_PATTERN.match(room)
+    routes = staticmethod(routes)
 
     def _channel_for(self, data: dict[str, Any]) -> str:
-        room = data.get("room")
-        if data.get("method") == "emit" and isinstance(room, str) and self.routes(room):
-            return self.room_channel(data.get("namespace") or "/", room)
+        routed = routed_room(data)
+        if routed is not None:
+            return self.room_channel(*routed)
         return str(self.channel)
 
     def occupancy_channel(self, namespace: str, room: str | None) -> str | None:

@@ -74,6 +74,7 @@ from server.sio.cluster.fanout import (
     FanoutManager,
     QueuedPublish,
     room_channel_name,
+    routed_room,
 )
 
 log = logging.getLogger("iofleet.recovery")
@@ -188,14 +189,38 @@ class KeyLayout:
         Cluster only: on one Redis they travel on the fan-out's shared channel)."""
         return f"{self.channel}{ROOM_CHANNEL_INFIX}{self.tag(namespace)}"
 
-    def channel_of(self, message: dict[str, Any]) -> str:
-        """The channel a recoverable emit `message` is published on: its room's when the
-        fan-out routes the room (`FanoutManager.routes`), else the shared channel (on a
-        Cluster: its namespace's). The relay recomputes it for a stream entry."""
-        room, namespace = message.get("room"), message.get("namespace") or "/"
-        if message.get("method") == "emit" and isinstance(room, str) and FanoutManager.routes(room):
-            return self.room_channel(namespace, room)
-        return self.namespace_channel(namespace) if self.sharded else self.channel
+    def channel_of(self, message: dict[str, Any], streamed: bool = True) -> str:
+        """The channel a server of this layout publishes `message` on: its room's when the
+        fan-out routes the room (`routed_room`), else the shared channel, or on a Cluster
+        its namespace's for a recoverable emit (`streamed`: through the emit script). The
+        relay recomputes it for a stream entry (catch-up) and for a far region's message."""
+        routed = routed_room(message)
+        if routed is not None:
+            return self.room_channel(*routed)
+        if streamed and self.sharded:
+            return self.namespace_channel(str(message.get("namespace") or "/"))
+        return self.channel
+
+    def room_of(self, channel: str) -> tuple[str, str | None] | None:
+        """`(namespace, room)` of a room channel of this layout, `(namespace, None)` of a
+        namespace channel, None for any other name. One Redis: the namespace ends at
+        the first `#` after the prefix (a namespace holding `#` is read wrongly)."""
+        prefix = f"{self.channel}{ROOM_CHANNEL_INFIX}"
+        if not channel.startswith(prefix):
+            return None
+        rest = channel[len(prefix) :]
+        if not self.sharded:
+            namespace, sep, room = rest.partition("#")
+            return (namespace, room) if sep else None
+        tag = "{" + f"{self.channel}#"
+        if not rest.startswith(tag):
+            return None
+        namespace, brace, tail = rest[len(tag) :].partition("}")
+        if not brace:
+            return None
+        if not tail:
+            return namespace, None
+        return (namespace, tail[1:]) if tail.startswith("#") else None
 
     def stream(self, namespace: str) -> str:
         if not self.sharded:
