@@ -70,9 +70,15 @@ def test_modest_load_through_the_fleet_has_no_errors(
     assert text.count("<svg") == 4 and "<script" not in text and "://cdn" not in text
 
 
+# Arrivals for 2 s, none for 1.5 s, then arrivals again. The tests stop a server in
+# the quiet phase: a connect that lands between reading the server's count and
+# stopping it would otherwise be counted "disconnected" without being in the count.
 HOLD = """
 config:
-  phases: [{duration: 4, arrivalRate: 20}]
+  phases:
+    - {duration: 2, arrivalRate: 20}
+    - {duration: 1.5, arrivalRate: 0}
+    - {duration: 2, arrivalRate: 20}
   connectTimeout: 3
 scenarios:
   - flow:
@@ -90,13 +96,7 @@ def test_errors_are_counted_by_kind_when_the_server_dies(tmp_path: Path) -> None
     server = ServerProcess("victim", env=dict(LOAD_ENV)).start()
     try:
         connected: list[int] = []
-
-        def kill_later() -> None:
-            time.sleep(2.0)
-            connected.append(_metric(server, "iofleet_connections"))
-            server.stop()
-
-        killer = threading.Thread(target=kill_later)
+        killer = threading.Thread(target=_stop_in_the_quiet_phase, args=(server, connected))
         killer.start()
         out = run_cli([str(write(tmp_path, HOLD)), "--target", server.url, "--grace", "2"])
         killer.join()
@@ -109,6 +109,22 @@ def test_errors_are_counted_by_kind_when_the_server_dies(tmp_path: Path) -> None
     assert errors["disconnected"] == connected[0], out["summary"]["error_reasons"]
     assert errors["refused"] > 5
     assert errors["rate_limited"] == 0 and errors["lost"] == 0
+
+
+def _stop_in_the_quiet_phase(server: ServerProcess, connected: list[int]) -> None:
+    """Stop `server` 0.6 s into HOLD's quiet phase; record its connections just before.
+
+    The phases are timed from the first connection the server counts (polled every
+    20 ms), not from when the CLI was started, whose start-up time varies with load.
+    """
+    deadline = time.monotonic() + 30
+    while _metric(server, "iofleet_connections") == 0:
+        if time.monotonic() > deadline:
+            raise AssertionError("the load test never connected to the server")
+        time.sleep(0.02)
+    time.sleep(2.6)
+    connected.append(_metric(server, "iofleet_connections"))
+    server.stop()
 
 
 def _metric(server: ServerProcess, name: str) -> int:
@@ -308,13 +324,7 @@ def test_a_fleet_server_stopped_mid_run_costs_its_connections_only(
     balancer, servers = fleet
     victim = servers[0]
     connected: list[int] = []
-
-    def kill_later() -> None:
-        time.sleep(2.0)
-        connected.append(_metric(victim, "iofleet_connections"))
-        victim.stop()
-
-    killer = threading.Thread(target=kill_later)
+    killer = threading.Thread(target=_stop_in_the_quiet_phase, args=(victim, connected))
     killer.start()
     try:
         out = run_cli([str(write(tmp_path, HOLD)), "--target", balancer.url, "--grace", "3"])
@@ -326,8 +336,11 @@ def test_a_fleet_server_stopped_mid_run_costs_its_connections_only(
     # later arrivals to the server left, so most connects after the kill succeeded.
     assert connected[0] > 5
     assert errors["disconnected"] == connected[0]
-    late = [s for s in out["series"] if s["second"] >= 3]
-    assert max(s["connections"] for s in late) > max(s["connections"] for s in out["series"][:2])
+    # Second 2 ends 0.4 s after the kill, in the quiet phase: the survivor's users only.
+    # Arrivals from 3.5 s on must add to them (the balancer sends them to the survivor).
+    series = out["series"]
+    after_kill = next(s["connections"] for s in series if s["second"] == 2)
+    assert max(s["connections"] for s in series if s["second"] >= 4) > after_kill, series
     assert (
         summary["connects"] >= summary["connect_attempts"] - errors["refused"] - errors["timeout"]
     )
