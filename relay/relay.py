@@ -64,6 +64,7 @@ from relay.settings import Settings
 from relay.sharded import shard_interest
 from relay.wire import INTEREST_ALL, ORIGIN, Channels, Members, addressee, decode, forward_of
 from server.core.jsonlog import OncePerBurst
+from server.core.tasks import cancel_all
 from server.net.redis_topology import RedisClient, Subscriber, parse_redis_url
 
 log = logging.getLogger("iofleet.relay")
@@ -80,6 +81,9 @@ return 0
 # over writes it again before; a region with no active relay shows "unknown" after.
 STATUS_TTL_LEASES = 3
 
+# How long a stand-by waits for its hearing tasks to end (each cancel repeated).
+CANCEL_TIMEOUT_SECONDS = 10.0
+
 RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -89,9 +93,14 @@ return 0
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    """End the tasks for certain (`cancel_all` repeats a cancel that was lost): a relay
+    standing by must stop hearing and forwarding, or two replicas forward at once."""
+    left = await cancel_all(tasks, CANCEL_TIMEOUT_SECONDS)
+    if left:
+        log.error(
+            "relay: tasks still running after being cancelled",
+            extra={"event": "relay.cancel_stuck", "tasks": left},
+        )
 
 
 class Relay:
@@ -186,9 +195,9 @@ class Relay:
                 if leader and not active:
                     log.info("relay active for its region", extra={"event": "relay.active"})
                     active = [
-                        loop.create_task(self._listen_local()),
-                        loop.create_task(self._announce_interest()),
-                        loop.create_task(self._write_status()),
+                        loop.create_task(self._listen_local(), name="listen_local"),
+                        loop.create_task(self._announce_interest(), name="announce_interest"),
+                        loop.create_task(self._write_status(), name="write_status"),
                     ]
                 elif not leader and active:
                     log.warning("relay standing by", extra={"event": "relay.standby"})
@@ -316,8 +325,8 @@ class Relay:
             self._set_local(True)
             loop = asyncio.get_running_loop()
             tasks = [
-                loop.create_task(self._take_sharded(subscriber)),
-                loop.create_task(self._follow_wanted(subscriber)),
+                loop.create_task(self._take_sharded(subscriber), name="take_sharded"),
+                loop.create_task(self._follow_wanted(subscriber), name="follow_wanted"),
             ]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:

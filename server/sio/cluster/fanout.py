@@ -48,6 +48,7 @@ from redis import asyncio as aioredis
 
 from server.core.jsonlog import OncePerBurst
 from server.core.metrics import Metrics
+from server.core.tasks import cancel_and_wait
 from server.eio.engine import SID_PATTERN
 from server.net.redis_topology import RedisClient, Subscriber, parse_redis_url
 from server.sio.broadcast import BroadcastEmit
@@ -85,7 +86,6 @@ HEARTBEAT_INFIX = "#heartbeat#"
 # Fleet queries (`server.sio.cluster.fleet_query`): requests every node hears, replies to the asker.
 QUERY_SUFFIX = "#query"
 REPLY_INFIX = "#reply#"
-CANCEL_REPEAT_SECONDS = 0.1
 # After the listener resubscribes, the outbox waits this long before draining:
 # the other nodes' listeners retry every LISTEN_BACKOFF_CAP at most, and a
 # message published before they resubscribe reaches nobody there.
@@ -719,21 +719,3 @@ class FanoutManager(RoomIndex, socketio.AsyncRedisManager, BroadcastEmit):  # ty
         if self.pubsub is not None:
             await self._close_quietly("subscriber", self.pubsub.aclose(), timeout)
         self.subscribed = False
-
-
-async def cancel_and_wait(task: asyncio.Task[Any], timeout: float) -> bool:
-    """Cancel `task` and wait up to `timeout` s for it to end; True if it did.
-
-    The cancellation is repeated every CANCEL_REPEAT_SECONDS: under uvloop a
-    cancel that lands while redis-py is still opening its connection can be lost
-    (the listener then reads on as if never cancelled), and a server that failed
-    to bind its port hung at exit that way.
-    """
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not task.done():
-        left = deadline - asyncio.get_running_loop().time()
-        if left <= 0:
-            return False
-        task.cancel()
-        await asyncio.wait({task}, timeout=min(CANCEL_REPEAT_SECONDS, left))
-    return True
