@@ -15,19 +15,25 @@ Redis keeps, per far stream and origin region, the newest near stream id it took
 
 The record expires one recovery window after the last write: older than that, the near
 stream has nothing left to catch up either.
+
+On a Redis Cluster (either side) the streams are one per namespace (recovery's
+`KeyLayout`). The record's name starts with its far stream's, so it keeps that stream's
+hash tag and the guarded script (stream, channel and record as declared keys) stays in
+one slot. A near stream's ids are its own sequence: where several near streams land in
+one far stream (a clustered region into a single Redis) each has its own record there.
 """
 
 from __future__ import annotations
 
-from server.sio.cluster.recovery import EMIT_SCRIPT
+from server.sio.cluster.recovery import EMIT_SCRIPT, SHARDED_EMIT_SCRIPT, hash_tag
 
 CROSSED_INFIX = "#relay#crossed#"
 
-# KEYS[2]: the record; ARGV[5]: the message's near stream id (`ms-seq`). Then recovery's
-# EMIT_SCRIPT as it is (KEYS[1], ARGV[1..4]; ARGV[4] is the window in ms). A refused
+# KEYS[n]: the record; ARGV[5]: the message's near stream id (`ms-seq`). Then recovery's
+# emit script as it is (KEYS[1], ARGV[1..4]; ARGV[4] is the window in ms). A refused
 # message returns nil (the link counts it), a taken one its far stream id.
 GUARD = """
-local took = redis.call('GET', KEYS[2])
+local took = redis.call('GET', KEYS[@RECORD@])
 local ms, seq = string.match(ARGV[5], '^(%d+)-(%d+)$')
 if took then
   local took_ms, took_seq = string.match(took, '^(%d+)-(%d+)$')
@@ -37,12 +43,17 @@ if took then
     return false
   end
 end
-redis.call('SET', KEYS[2], ARGV[5], 'PX', ARGV[4])
+redis.call('SET', KEYS[@RECORD@], ARGV[5], 'PX', ARGV[4])
 """
-GUARDED_EMIT_SCRIPT = GUARD + EMIT_SCRIPT
+# One Redis: KEYS = stream, record. A Cluster: KEYS = stream, channel, record (one slot).
+GUARDED_EMIT_SCRIPT = GUARD.replace("@RECORD@", "2") + EMIT_SCRIPT
+GUARDED_SHARDED_EMIT_SCRIPT = GUARD.replace("@RECORD@", "3") + SHARDED_EMIT_SCRIPT
 
 
-def crossed_key(stream_key: str, origin: str) -> str:
+def crossed_key(stream_key: str, origin: str, near_stream: str | None = None) -> str:
     """The far record of what crossed from `origin` into `stream_key` (the stream's own
-    name first: on a Redis Cluster it keeps the stream's hash tag, so one slot)."""
-    return f"{stream_key}{CROSSED_INFIX}{origin}"
+    name first: on a Redis Cluster it keeps the stream's hash tag, so one slot).
+    `near_stream`: the origin's stream it came through, when several of the origin's
+    streams land in this one (each its own ids): named by that stream's hash tag."""
+    key = f"{stream_key}{CROSSED_INFIX}{origin}"
+    return key if near_stream is None else f"{key}#{hash_tag(near_stream)}"

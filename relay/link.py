@@ -27,7 +27,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import orjson
@@ -106,7 +106,8 @@ class PeerLink:
         self.on_interest: Callable[[], None] = lambda: None  # the far interest changed
         self._in_flight = 0  # messages at the outbox's head sent, their replies not yet in
         self.holding = False  # a catch-up is due: nothing more leaves (`relay.catchup`)
-        self._skip_upto: tuple[int, int] | None = None  # live streamed ids the catch-up sent
+        # Per near stream: the live streamed ids up to here are in the catch-up.
+        self._skip_upto: dict[str | None, tuple[int, int]] = {}
         self.last_catchup: dict[str, Any] | None = None
         self._log = OncePerBurst(window=10.0)
         self._drop_log = OncePerBurst(window=10.0)
@@ -132,10 +133,12 @@ class PeerLink:
 
     def send(self, forward: Forward) -> None:
         """Queue one message behind the others (O(1)); the sender task takes it."""
-        if self._skip_upto is not None and forward.offset is not None:
-            if _at_or_below(forward, self._skip_upto):
-                return  # heard live, and already in the catch-up
-            self._skip_upto = None  # pub/sub order is stream order: the rest are newer
+        if self._skip_upto and forward.offset is not None:
+            mark = self._skip_upto.get(forward.stream)
+            if mark is not None:
+                if _at_or_below(forward, mark):
+                    return  # heard live, and already in the catch-up
+                del self._skip_upto[forward.stream]  # stream order: the rest are newer
         limit = self.settings.outbox_messages
         if limit == 0 and self.state != "up":
             self._dropped("overflow", 1)
@@ -171,17 +174,23 @@ class PeerLink:
         """Send nothing more until `resume`: what is heard live waits behind the catch-up."""
         self.holding = True
 
-    def resume(self, caught: list[Forward], upto: str | None, unkept: int = 0) -> None:
+    def resume(
+        self, caught: list[Forward], upto: Mapping[str | None, str | None], unkept: int = 0
+    ) -> None:
         """Put the caught-up messages ahead of what waits (after what is on the wire),
-        drop the waiting streamed ones at or below `upto` (they are in `caught`), and
-        send again. `unkept`: older ones beyond the outbox's bound (counted dropped)."""
+        drop the waiting streamed ones at or below their near stream's mark in `upto`
+        (they are in `caught`), and send again. `unkept`: older ones beyond the
+        outbox's bound (counted dropped)."""
         self._dropped("overflow", unkept)
-        mark = stream_id(upto) if upto is not None else None
+        marks: dict[str | None, tuple[int, int]] = {}
+        for stream, mark in upto.items():
+            if mark is not None and (parsed := stream_id(mark)) is not None:
+                marks[stream] = parsed
         on_wire = list(itertools.islice(self.outbox, 0, self._in_flight))
         waiting = [
             forward
             for forward in itertools.islice(self.outbox, self._in_flight, None)
-            if not _at_or_below(forward, mark)
+            if not _at_or_below(forward, marks.get(forward.stream))
         ]
         limit = self.settings.outbox_messages
         if limit and len(on_wire) + len(caught) + len(waiting) > limit:
@@ -190,7 +199,7 @@ class PeerLink:
             caught = caught[over:]
         self.outbox.clear()
         self.outbox.extend(on_wire + caught + waiting)
-        self._skip_upto = mark
+        self._skip_upto = marks
         self.holding = False
         self._wake.set()
         self._gauges()
@@ -210,10 +219,29 @@ class PeerLink:
     async def wait_up(self) -> None:
         await self._up.wait()
 
-    async def crossed(self) -> str | None:
-        """The newest near stream id the far Redis took from this region (`relay.guard`)."""
-        took = await asyncio.wait_for(self._far().get(self.crossed_key), LINK_TIMEOUT_SECONDS)
+    async def crossed(self, record: str) -> str | None:
+        """The newest near stream id the far Redis took from this region into the far
+        stream of `record` (`relay.guard`, `records`)."""
+        took = await asyncio.wait_for(self._far().get(record), LINK_TIMEOUT_SECONDS)
         return took.decode() if isinstance(took, bytes) else took
+
+    def records(self, near_stream: str, namespaces: Iterable[str]) -> set[str]:
+        """The far records of what crossed from `near_stream` (its entries of
+        `namespaces`): one per far stream they land in."""
+        return {self.record_key(near_stream, self.layout.keys.stream(ns)) for ns in namespaces}
+
+    def record_key(self, near_stream: str | None, far_stream: str) -> str:
+        """The far record (`relay.guard.crossed_key`) of what crossed from `near_stream`
+        into `far_stream`: named by the near stream too only where several near streams
+        land in one far stream (a clustered region into one Redis)."""
+        several = self.near_layout.keys.sharded and not self.layout.keys.sharded
+        return crossed_key(far_stream, self.near, near_stream if several else None)
+
+    def record_of(self, forward: Forward) -> str:
+        """The far record a streamed `forward` is guarded by, in its far stream's slot."""
+        if not (self.layout.keys.sharded or self.near_layout.keys.sharded):
+            return self.crossed_key  # one stream each side
+        return self.record_key(forward.stream, self.layout.stream_of(forward.channel))
 
     async def run(self) -> None:
         await asyncio.gather(self._listen(), self._send_loop())
@@ -434,8 +462,9 @@ class PeerLink:
             commands: list[tuple[str | bytes | int, ...]] = []
             for forward in batch:
                 if forward.offset is not None and self.settings.recovery:
+                    record = self.record_of(forward)
                     commands.append(
-                        ("EVALSHA", sha, 2, self.stream_key, self.crossed_key, forward.channel,
+                        ("EVALSHA", sha, 2, self.stream_key, record, forward.channel,
                          forward.message, self.settings.recovery_max_messages, window_ms,
                          forward.offset)
                     )  # fmt: skip

@@ -24,8 +24,8 @@ what that region has members for, and announces its own region's interest.
   what the far region sent meanwhile.
 - Catch-up: each time the relay begins hearing its region (it became active, its
   subscription came back), what was published meanwhile comes from the recovery
-  stream ahead of live traffic (`relay.catchup`), and the far Redis takes each
-  message once (`relay.guard`).
+  stream (on a Cluster: each namespace's) ahead of live traffic (`relay.catchup`),
+  and the far Redis takes each message once (`relay.guard`).
 - Fleet queries: a server's query is asked of each far region (`PeerLink.query`)
   and answered once, with all their sockets: the asking server counts the relay
   as one more listener, so it waits for one reply from it. A query a far relay
@@ -65,9 +65,17 @@ from relay.sharded import shard_interest
 from relay.wire import INTEREST_ALL, ORIGIN, Channels, Members, addressee, decode, forward_of
 from server.core.jsonlog import OncePerBurst
 from server.core.tasks import cancel_all
-from server.net.redis_topology import RedisClient, Subscriber, parse_redis_url
+from server.net.redis_topology import (
+    RedisClient,
+    ShardedSubscriber,
+    Subscriber,
+    parse_redis_url,
+)
 
 log = logging.getLogger("iofleet.relay")
+
+# A Cluster's PING after SSUBSCRIBE, for the catch-up's start (`Relay._ping_streams`).
+CATCHUP_PING = b"iofleet-relay-catchup"
 
 # Renew the lease only if this replica still holds it.
 RENEW_SCRIPT = """
@@ -115,12 +123,9 @@ class Relay:
             PeerLink(self.region, peer, self.channels, settings, metrics)
             for peer in settings.peer_list()
         ]
-        # Catch-up reads one stream of one Redis and writes through the guarded script of
-        # one far Redis: links between single-Redis regions only (docs/regions.md).
-        single_links = [
-            link for link in self.links if not (link.layout.cluster or link.near_layout.cluster)
-        ]
-        self.catchups = CatchUps(self.region, single_links, self.route, settings, metrics)
+        self.catchups = CatchUps(
+            self.region, self.links, self.route, settings, metrics, self.layout, self.namespaces
+        )
         self.instance = secrets.token_hex(8)  # this replica, in the lease
         self.leader = False
         self.redis_answered: float | None = None  # monotonic time its Redis last answered
@@ -135,6 +140,7 @@ class Relay:
         self._own: set[bytes] = set()
         self._namespaces: set[str] = {"/"}
         self._wanted_changed = asyncio.Event()
+        self._catchup_pongs = 0  # PINGs after SSUBSCRIBE not answered yet (`_ping_streams`)
         for link in self.links:
             link.on_interest = self._wanted_changed.set
         self._queries: set[asyncio.Task[None]] = set()
@@ -318,11 +324,13 @@ class Relay:
         tasks: list[asyncio.Task[None]] = []
         try:
             wanted = self._wanted()
+            self.catchups.hold()  # what is heard now waits behind the catch-up
             await subscriber.subscribe(
                 self.channels.base, self.channels.query, *(c.decode() for c in wanted)
             )
             self._own = wanted
             self._set_local(True)
+            self._catchup_pongs = await self._ping_streams(subscriber, wanted)
             loop = asyncio.get_running_loop()
             tasks = [
                 loop.create_task(self._take_sharded(subscriber), name="take_sharded"),
@@ -336,10 +344,35 @@ class Relay:
             await _cancel(tasks)
             await close_quietly(subscriber.aclose())
 
+    async def _ping_streams(self, subscriber: Subscriber, held: set[bytes]) -> int:
+        """A Cluster: PING after the SSUBSCRIBEs on the master of each namespace stream a
+        catch-up reads (a held channel in its slot); its answer means they took effect
+        there, so the stream's mark splits it between heard live and not. The number
+        of answers to wait for (0: no catch-up)."""
+        if not self.catchups.enabled:
+            return 0
+        by_namespace: dict[str, bytes] = {}
+        for channel in sorted(held):
+            parsed = self.layout.keys.room_of(channel.decode(errors="replace"))
+            if parsed is not None:
+                by_namespace.setdefault(parsed[0], channel)
+        assert isinstance(subscriber, ShardedSubscriber)  # a Cluster's (`_hear_sharded`)
+        for channel in by_namespace.values():
+            await subscriber.ping(CATCHUP_PING, channel.decode())
+        if not by_namespace:
+            self.catchups.start(self._local())
+        return len(by_namespace)
+
     async def _take_sharded(self, subscriber: Subscriber) -> None:
         shared, query = self.channels.base.encode(), self.channels.query.encode()
         async for message in subscriber.listen():
-            if message.get("type") != "smessage":
+            kind = message.get("type")
+            if kind == "pong" and message.get("data") == CATCHUP_PING:
+                self._catchup_pongs -= 1
+                if self._catchup_pongs == 0:  # every subscription took effect
+                    self.catchups.start(self._local())  # what went unheard until now
+                continue
+            if kind != "smessage":
                 continue
             channel = message["channel"]
             if channel == query:
@@ -350,6 +383,17 @@ class Relay:
                 self._forward(channel, message["data"], room=False)
             else:
                 self._forward(channel, message["data"], room=True)
+
+    def namespaces(self) -> set[str]:
+        """The namespaces whose streams a catch-up reads: those the relay hears (its
+        servers' and, on a Cluster, every namespace of a room a far region wants)."""
+        found = {"/"} | self._namespaces
+        for link in self.links:
+            for channel in link.interest.rooms:
+                parsed = self.layout.keys.room_of(channel.decode(errors="replace"))
+                if parsed is not None:
+                    found.add(parsed[0])
+        return found
 
     def _wanted(self) -> set[bytes]:
         """The channels of this region the relay must hear on a Cluster: each room some
@@ -399,7 +443,9 @@ class Relay:
             return
         if not (links := self.route(channel, message, room)):
             return
-        forward = forward_of(message, channel.decode(), self.region, time.monotonic())
+        name = channel.decode()
+        stream = self.layout.stream_of(name)  # used only if it came through the stream
+        forward = forward_of(message, name, self.region, time.monotonic(), stream)
         if forward is None:
             return  # it came from a far region: it crossed its one link already
         for link in links:

@@ -14,7 +14,8 @@ and a publish must go to the master owning the channel's slot. So:
   wants, plus the shared channel, the query channel and, with recovery on, the
   namespace channels (a namespace's emits and sid emits travel there).
 - Publishing into a far Cluster (`ClusterSender`): SPUBLISH, or the recovery
-  script as `SHARDED_EMIT_SCRIPT` with its stream in the channel's slot, each
+  script as `SHARDED_EMIT_SCRIPT` behind the guard (`relay.guard`) with its stream
+  and its record of what crossed in the channel's slot, each
   master's part of a batch pipelined on its own connection (in order), the
   masters at once. Batches go one after the other: everything a relay forwards
   reaches a far master in the order the relay heard it. Across masters a far server
@@ -37,6 +38,7 @@ from redis import asyncio as aioredis
 from redis import exceptions
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from relay.guard import GUARDED_SHARDED_EMIT_SCRIPT
 from relay.link import (
     BACKOFF_CAP,
     BACKOFF_START,
@@ -47,7 +49,6 @@ from relay.link import (
     PeerLink,
 )
 from relay.wire import Forward
-from server.sio.cluster.recovery import SHARDED_EMIT_SCRIPT
 
 log = logging.getLogger("iofleet.relay.sharded")
 
@@ -138,7 +139,7 @@ class ClusterSender:
             try:
                 await asyncio.wait_for(client.initialize(), LINK_TIMEOUT_SECONDS * 2)
                 sha = await asyncio.wait_for(
-                    client.script_load(SHARDED_EMIT_SCRIPT), LINK_TIMEOUT_SECONDS
+                    client.script_load(GUARDED_SHARDED_EMIT_SCRIPT), LINK_TIMEOUT_SECONDS
                 )
                 if failed:
                     # A master may have restarted: its servers resubscribe within their
@@ -199,6 +200,7 @@ class ClusterSender:
         )
         failure: BaseException | None = None
         again: list[int] = []  # not taken: sent again, in order
+        refused = 0  # the guard: it crossed already (`relay.guard`)
         for (_, part), answer in zip(parts, answers, strict=True):
             if isinstance(answer, BaseException):
                 failure = failure or answer
@@ -210,6 +212,8 @@ class ClusterSender:
                     again.append(index)
                 elif isinstance(result, aioredis.ResponseError):  # this one message
                     link.metrics.bad_message(f"refused by {link.name}'s Redis: {result}"[:200])
+                elif result is None and batch[index].offset is not None:
+                    refused += 1
         for _ in batch:
             link.outbox.popleft()
         link.outbox.extendleft(batch[i] for i in sorted(again, reverse=True))
@@ -220,7 +224,9 @@ class ClusterSender:
             )
             link.metrics.link_bytes.labels(link=link.name).inc(taken_bytes)
             link.last_delivery = time.monotonic()
-            link.metrics.forwarded.labels(link=link.name).inc(taken)
+            link.metrics.forwarded.labels(link=link.name).inc(taken - refused)
+        if refused:
+            link.metrics.refused.labels(link=link.name).inc(refused)
         if failure is not None:
             raise failure
         link._set(publishing=True)
@@ -231,11 +237,12 @@ class ClusterSender:
         window_ms = int(settings.recovery_window_seconds * 1000)
         pipe = self._master(node).pipeline(transaction=False)
         for forward in forwards:
-            if forward.streamed and settings.recovery:
+            if forward.offset is not None and settings.recovery:
                 stream = self.link.layout.stream_of(forward.channel)
+                record = self.link.record_of(forward)
                 pipe.evalsha(
-                    sha, 2, stream, forward.channel, forward.channel, forward.message,
-                    settings.recovery_max_messages, window_ms,
+                    sha, 3, stream, forward.channel, record, forward.channel, forward.message,
+                    settings.recovery_max_messages, window_ms, forward.offset,
                 )  # fmt: skip
             else:
                 pipe.spublish(forward.channel, forward.message)

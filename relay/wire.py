@@ -99,6 +99,7 @@ class Forward(NamedTuple):
     streamed: bool  # it came through the recovery stream: goes through the far one
     at: float  # monotonic time the relay heard it
     offset: str | None = None  # its near stream id, if streamed (`relay.catchup`)
+    stream: str | None = None  # the near stream it came through, if streamed
 
 
 def decode(data: bytes) -> dict[str, Any] | None:
@@ -110,15 +111,19 @@ def decode(data: bytes) -> dict[str, Any] | None:
     return message if isinstance(message, dict) else None
 
 
-def forward_of(message: dict[str, Any], channel: str, region: str, now: float) -> Forward | None:
-    """`message` (heard on `channel` of `region`) as it goes to a far region; None if
-    it came from a far region itself."""
+def forward_of(
+    message: dict[str, Any], channel: str, region: str, now: float, stream: str | None = None
+) -> Forward | None:
+    """`message` (heard on `channel` of `region`, whose recovery stream for that channel
+    is `stream`) as it goes to a far region; None if it came from a far region itself."""
     if ORIGIN in message:
         return None
     offset = message.pop(OFFSET, None)
     streamed = isinstance(offset, str)
     message[ORIGIN] = region
-    return Forward(channel, orjson.dumps(message), streamed, now, offset if streamed else None)
+    if not streamed:
+        return Forward(channel, orjson.dumps(message), False, now)
+    return Forward(channel, orjson.dumps(message), True, now, offset, stream)
 
 
 def interest_change(data: bytes) -> tuple[str, bytes] | None:

@@ -33,6 +33,12 @@ KILL_AT = 40
 
 @pytest.fixture
 async def standby(world: World) -> AsyncIterator[RelayProcess]:
+    async with standby_in(world) as replica:
+        yield replica
+
+
+@contextlib.asynccontextmanager
+async def standby_in(world: World) -> AsyncIterator[RelayProcess]:
     """A second relay replica in r1, standing by (r1's first relay holds the lease)."""
     active = world.regions["r1"].relay
     assert active is not None
@@ -95,6 +101,12 @@ async def hand_over(
 async def test_the_active_relay_killed_while_a_room_talks_loses_nothing(
     world: World, py_clients: Any, standby: RelayProcess
 ) -> None:
+    await killed_while_talking(world, py_clients, standby)
+
+
+async def killed_while_talking(world: World, py_clients: Any, standby: RelayProcess) -> None:
+    """r1's active relay SIGKILLed while alice talks to bob: bob gets every message
+    once, in order, the gap from the standby's catch-up."""
     active = world.regions["r1"].relay
     assert active is not None
     bob, sent, first_after = await hand_over(world, py_clients, standby, signal.SIGKILL)
@@ -123,6 +135,11 @@ async def test_a_relay_killed_right_after_a_batch_crossed_repeats_nothing(
 ) -> None:
     """What crossed (r2's record, `relay.guard`) is the catch-up's start: the replica
     taking over sends nothing again."""
+    await killed_after_a_batch(world, py_clients, standby)
+
+
+async def killed_after_a_batch(world: World, py_clients: Any, standby: RelayProcess) -> None:
+    """A batch crossed, r1's active relay SIGKILLed: the standby sends nothing again."""
     alice, bob = await in_room(world, py_clients)
     first = [f"B{i:02d}" for i in range(30)]
     await say(alice, first)
