@@ -323,6 +323,7 @@ class Relay:
         )
         tasks: list[asyncio.Task[None]] = []
         try:
+            await self._namespaces_announced()
             wanted = self._wanted()
             self.catchups.hold()  # what is heard now waits behind the catch-up
             await subscriber.subscribe(
@@ -343,6 +344,21 @@ class Relay:
             self._own = set()
             await _cancel(tasks)
             await close_quietly(subscriber.aclose())
+
+    async def _namespaces_announced(self) -> None:
+        """A Cluster: the namespaces in the region's announced interest (the set the
+        active relay, maybe a dead one, last wrote), before this relay read its own:
+        it hears their channels, and its catch-up reads their streams, from the start."""
+        client = self._local()
+        members = await asyncio.wait_for(
+            client.smembers(self.channels.interest_key),  # type: ignore[arg-type,unused-ignore]
+            LINK_TIMEOUT_SECONDS,
+        )
+        for member in members:  # type: ignore[union-attr,unused-ignore]
+            name = member.decode(errors="replace") if isinstance(member, bytes) else str(member)
+            parsed = self.layout.keys.room_of(name)  # a room's or a namespace's channel
+            if parsed is not None:
+                self._namespaces.add(parsed[0])
 
     async def _ping_streams(self, subscriber: Subscriber, held: set[bytes]) -> int:
         """A Cluster: PING after the SSUBSCRIBEs on the master of each namespace stream a
