@@ -2,8 +2,9 @@
 relay replicas, a room talks from r1 to r2, r1's active relay is SIGKILLed, and r2's
 member gets every message once, in publish order. r1 on a 3-master Cluster with r2 on
 one Redis: the catch-up reads the namespace's stream on its master; r1 on one Redis
-with r2 on a Cluster: the far record of what crossed sits in the slot of r2's namespace
-stream, beside it (`relay.catchup`, `relay.guard`). Regions as in
+with r2 on a Cluster: the far record of what crossed sits in the slot of r2's
+namespace stream, beside it (`relay.catchup`, `relay.guard`); and two Clusters, both
+at once. Regions as in
 tests/regions/test_cluster_regions.py; the hand-over as in test_handover.py."""
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ from tests.regions.test_handover import killed_after_a_batch, killed_while_talki
 
 CLUSTER_TO_SINGLE = {"r1": "cluster", "r2": "single"}
 SINGLE_TO_CLUSTER = {"r1": "single", "r2": "cluster"}
-BOTH = pytest.mark.parametrize(
-    "kinds", [CLUSTER_TO_SINGLE, SINGLE_TO_CLUSTER], ids=["cluster-to-single", "single-to-cluster"]
+CLUSTER_TO_CLUSTER = {"r1": "cluster", "r2": "cluster"}
+EVERY_PAIR = pytest.mark.parametrize(
+    "kinds",
+    [CLUSTER_TO_SINGLE, SINGLE_TO_CLUSTER, CLUSTER_TO_CLUSTER],
+    ids=["cluster-to-single", "single-to-cluster", "cluster-to-cluster"],
 )
 
 
@@ -43,15 +47,18 @@ CASES = pytest.mark.parametrize(
 )
 
 
-@BOTH
+@EVERY_PAIR
 @CASES
 async def test_the_active_relay_of_a_cluster_link_killed_loses_and_repeats_nothing(
     cworld: World,  # noqa: F811 (a fixture)
     py_clients: Any,
     cstandby: RelayProcess,
-    case: Callable[[World, Any, RelayProcess], Awaitable[None]],
+    kinds: dict[str, str],  # noqa: F811 (a fixture)
+    case: Callable[[World, Any, RelayProcess, int], Awaitable[None]],
 ) -> None:
-    await case(cworld, py_clients, cstandby)
+    # Two Clusters also announce the namespace's channel to each other: two channels.
+    rooms = 2 if set(kinds.values()) == {"cluster"} else 1
+    await case(cworld, py_clients, cstandby, rooms)
 
 
 def link_of(near_url: str, far_url: str) -> PeerLink:

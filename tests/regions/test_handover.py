@@ -70,13 +70,13 @@ async def talk(alice: PyClient, sent: list[str], event: asyncio.Event, at: int) 
 
 
 async def hand_over(
-    world: World, py_clients: Any, standby: RelayProcess, how: signal.Signals
+    world: World, py_clients: Any, standby: RelayProcess, how: signal.Signals, rooms: int = 1
 ) -> tuple[PyClient, list[str], float | None]:
     """alice (r1) talks to bob (r2); after KILL_AT messages r1's active relay gets `how`.
     bob's messages once the talk is over and all arrived (or 20 s passed: the caller's
     assertion shows what is missing); and the time from the signal to the first
     arrival at bob of a message sent after it (None: none came)."""
-    alice, bob = await in_room(world, py_clients)
+    alice, bob = await in_room(world, py_clients, rooms)
     active = world.regions["r1"].relay
     assert active is not None and active.process is not None
     sent = [f"H{i:03d}" for i in range(COUNT)]
@@ -104,12 +104,14 @@ async def test_the_active_relay_killed_while_a_room_talks_loses_nothing(
     await killed_while_talking(world, py_clients, standby)
 
 
-async def killed_while_talking(world: World, py_clients: Any, standby: RelayProcess) -> None:
+async def killed_while_talking(
+    world: World, py_clients: Any, standby: RelayProcess, rooms: int = 1
+) -> None:
     """r1's active relay SIGKILLed while alice talks to bob: bob gets every message
-    once, in order, the gap from the standby's catch-up."""
+    once, in order, the gap from the standby's catch-up (`rooms`: as `in_room`)."""
     active = world.regions["r1"].relay
     assert active is not None
-    bob, sent, first_after = await hand_over(world, py_clients, standby, signal.SIGKILL)
+    bob, sent, first_after = await hand_over(world, py_clients, standby, signal.SIGKILL, rooms)
     assert active.process is not None and active.process.wait(10) == -signal.SIGKILL
     assert_once_in_order(texts(bob, "H"), sent)  # every message once, in publish order
     caught = get_json(f"{standby.admin_url}/admin/status")["links"][0]["catchup"]
@@ -138,9 +140,11 @@ async def test_a_relay_killed_right_after_a_batch_crossed_repeats_nothing(
     await killed_after_a_batch(world, py_clients, standby)
 
 
-async def killed_after_a_batch(world: World, py_clients: Any, standby: RelayProcess) -> None:
+async def killed_after_a_batch(
+    world: World, py_clients: Any, standby: RelayProcess, rooms: int = 1
+) -> None:
     """A batch crossed, r1's active relay SIGKILLed: the standby sends nothing again."""
-    alice, bob = await in_room(world, py_clients)
+    alice, bob = await in_room(world, py_clients, rooms)
     first = [f"B{i:02d}" for i in range(30)]
     await say(alice, first)
     await bob.wait(lambda: len(texts(bob, "B")) >= len(first))

@@ -20,14 +20,15 @@ from tests.support.procs import wait_until
 ROOM = "support-42"
 
 
-async def in_room(world: World, py_clients: Any) -> tuple[PyClient, PyClient]:
-    """alice on r1, bob on r2, both in ROOM, each relay aware of the other region's."""
+async def in_room(world: World, py_clients: Any, rooms: int = 1) -> tuple[PyClient, PyClient]:
+    """alice on r1, bob on r2, both in ROOM, each relay aware of the other region's
+    (`rooms` channels of it: 2 between two Clusters, which announce the namespace's too)."""
     alice = await py_clients(world.regions["r1"].nodes[0].url, user="alice")
     bob = await py_clients(world.regions["r2"].nodes[0].url, user="bob")
     for client in (alice, bob):
         assert (await client.sio.call("room:join", {"room": ROOM}))["ok"]
-    world.wait_interest("r1", "r2", 1)
-    world.wait_interest("r2", "r1", 1)
+    world.wait_interest("r1", "r2", rooms)
+    world.wait_interest("r2", "r1", rooms)
     return alice, bob
 
 
