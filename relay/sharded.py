@@ -166,7 +166,7 @@ class ClusterSender:
     async def _pump(self, client: RedisCluster, sha: str) -> None:
         link = self.link
         while True:
-            if not link.outbox:
+            if not link.outbox or link.holding:  # a catch-up is due: nothing more leaves
                 link._wake.clear()
                 try:
                     await asyncio.wait_for(link._wake.wait(), IDLE_PING_SECONDS)
@@ -177,8 +177,14 @@ class ClusterSender:
                 continue
             link._expire()
             batch = list(itertools.islice(link.outbox, 0, SEND_WINDOW))
-            if batch:
+            if not batch:
+                continue
+            # On the wire: a catch-up's `resume` puts its messages behind these.
+            link._in_flight = len(batch)
+            try:
                 await self._send(client, sha, batch)
+            finally:
+                link._in_flight = 0
 
     async def _send(self, client: RedisCluster, sha: str, batch: list[Forward]) -> None:
         """Send `batch` (the outbox's head), each message to its channel's master; take
@@ -214,6 +220,7 @@ class ClusterSender:
                     link.metrics.bad_message(f"refused by {link.name}'s Redis: {result}"[:200])
                 elif result is None and batch[index].offset is not None:
                     refused += 1
+        link._in_flight = 0
         for _ in batch:
             link.outbox.popleft()
         link.outbox.extendleft(batch[i] for i in sorted(again, reverse=True))

@@ -154,6 +154,11 @@ async def killed_after_a_batch(
     active.process.send_signal(signal.SIGKILL)
     active.process.wait(10)
     await asyncio.to_thread(world.wait_active, "r1", standby)
+
+    def caught_up() -> bool:  # before `then`: the catch-up's count is of `first` alone
+        return get_json(f"{standby.admin_url}/admin/status")["links"][0]["catchup"] is not None
+
+    await asyncio.to_thread(wait_until, caught_up, 10, "the standby's catch-up")
     then = [f"B{i:02d}" for i in range(30, 40)]
     await say(alice, then)
     await bob.wait(lambda: len(texts(bob, "B")) >= len(first + then))
