@@ -140,6 +140,9 @@ class Outcome:
     """Sends without an ok ack, by reason."""
     restart_output: str = ""
     problems: list[str] = field(default_factory=list)
+    duplicate_copies: list[list[Message]] = field(default_factory=list)
+    """Every copy of each message a client got more than once (its client, offset,
+    arrival): what a failing run must show to be diagnosed."""
     autoscaler: AutoscalerOutcome | None = None
 
     @property
@@ -336,10 +339,13 @@ def tally(
     acked = acked_texts(js, sent)
     got = deliveries(js)
     expected = received = lost = duplicates = out_of_order = 0
+    copies: list[list[Message]] = []
     for name, its_rooms in rooms.items():
         texts = [m["args"][0]["text"] for m in got.get(name, [])]
         counts = Counter(texts)
         duplicates += sum(n - 1 for n in counts.values())
+        for text in (t for t, n in counts.items() if n > 1):
+            copies.append([m for m in got[name] if m["args"][0]["text"] == text])
         for room in its_rooms:
             due = acked.get(room, [])
             expected += len(due)
@@ -354,6 +360,7 @@ def tally(
         acked=sum(len(t) for t in acked.values()), expected=expected, received=received,
         lost=lost, duplicates=duplicates, out_of_order=out_of_order,
         left_disconnected=left, not_recovered=not_recovered, not_acked=refusals(js, sent),
+        duplicate_copies=copies,
     )  # fmt: skip
 
 
